@@ -1,0 +1,139 @@
+"""Control messages between the signalling process and media workers.
+
+The signalling process decides, per call, which ports relay what between whom and with which
+keys; media workers do only the packet path. They talk over a local stream (a socketpair or a
+Unix socket) with msgspec-encoded, length-prefixed messages, the way rtpengine is driven by its
+control protocol. Keys travel only over this local channel and are never logged: their Structs
+hide them from ``repr``.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class SrtpKeying(msgspec.Struct, frozen=True, tag=False):
+    """One direction's SRTP keying: the suite's SDP name and master key || master salt."""
+
+    suite: str
+    master: bytes
+    #: Raised by a re-key (RFC 4568 §7.1.4): a new value means a new crypto context.
+    generation: int = 0
+
+    def __repr__(self) -> str:  # never print key material
+        return f"SrtpKeying(suite={self.suite!r}, generation={self.generation})"
+
+
+class StreamSpec(msgspec.Struct, frozen=True):
+    """What one relayed media stream (one m-line) does right now.
+
+    The LAN side carries plain RTP/RTCP with the phone; the WAN side carries SRTP/SRTCP with
+    the provider (plain only under the per-trunk downgrade, ``wan_plaintext``).
+    """
+
+    #: Gateway LAN port for RTP (RTCP on lan_port + 1; the LAN side never muxes).
+    lan_port: int
+    #: Gateway WAN port for RTP (RTCP on wan_port + 1 unless ``wan_rtcp_mux``).
+    wan_port: int
+    #: The phone's signalled media address; None until its SDP is known. Packets from any
+    #: other IP are dropped (no RTP bleed); the port is latched from the first good packet.
+    phone_addr: tuple[str, int] | None = None
+    #: The provider's signalled media address; None until its SDP is known.
+    provider_addr: tuple[str, int] | None = None
+    #: The provider's RTCP address when not muxed (its port + 1 or its a=rtcp).
+    provider_rtcp_addr: tuple[str, int] | None = None
+    #: The phone's RTCP address (its port + 1 or its a=rtcp).
+    phone_rtcp_addr: tuple[str, int] | None = None
+    wan_rtcp_mux: bool = False
+    #: Keying for packets the gateway sends to the provider (protect).
+    wan_tx: SrtpKeying | None = None
+    #: Keying for packets the gateway receives from the provider (unprotect).
+    wan_rx: SrtpKeying | None = None
+    #: Only under an operator's explicit downgrade: WAN side plain RTP.
+    wan_plaintext: bool = False
+    #: "sendrecv", "sendonly", "recvonly" or "inactive" as seen from the phone.
+    direction: str = "sendrecv"
+
+
+class OpenStream(msgspec.Struct, frozen=True, tag=True):
+    """Bind the stream's sockets (LAN and WAN) and start relaying per ``spec``."""
+
+    call_id: str
+    stream: int
+    spec: StreamSpec
+
+
+class UpdateStream(msgspec.Struct, frozen=True, tag=True):
+    """Replace a stream's spec: new peer addresses, new keys (a re-key), hold/resume."""
+
+    call_id: str
+    stream: int
+    spec: StreamSpec
+
+
+class CloseCall(msgspec.Struct, frozen=True, tag=True):
+    """Close every stream of a call, release its ports and forget its keys."""
+
+    call_id: str
+
+
+class QueryStats(msgspec.Struct, frozen=True, tag=True):
+    """Ask for the counters of every stream (answered with WorkerStats)."""
+
+    request_id: int
+
+
+class Shutdown(msgspec.Struct, frozen=True, tag=True):
+    """Stop the worker after closing all streams."""
+
+
+Command = OpenStream | UpdateStream | CloseCall | QueryStats | Shutdown
+
+
+class StreamCounters(msgspec.Struct):
+    """Per-stream counters, by direction and drop reason."""
+
+    lan_in_packets: int = 0
+    lan_in_bytes: int = 0
+    wan_out_packets: int = 0
+    wan_in_packets: int = 0
+    wan_in_bytes: int = 0
+    lan_out_packets: int = 0
+    drop_wrong_source: int = 0
+    drop_auth: int = 0
+    drop_replay: int = 0
+    drop_plain_rtcp: int = 0
+    drop_no_peer: int = 0
+    drop_malformed: int = 0
+    last_lan_packet: float = 0.0
+    last_wan_packet: float = 0.0
+
+
+class StreamOpened(msgspec.Struct, frozen=True, tag=True):
+    """Reply to OpenStream: ``error`` is None when both sides are bound."""
+
+    call_id: str
+    stream: int
+    error: str | None = None
+
+
+class StreamIdle(msgspec.Struct, frozen=True, tag=True):
+    """No media in either direction for longer than the worker's inactivity timeout."""
+
+    call_id: str
+    idle_seconds: float
+
+
+class WorkerStats(msgspec.Struct, frozen=True, tag=True):
+    """Reply to QueryStats."""
+
+    request_id: int
+    streams: dict[str, StreamCounters]
+    cpu_seconds: float = 0.0
+
+
+Report = StreamOpened | StreamIdle | WorkerStats
+
+COMMAND_DECODER = msgspec.msgpack.Decoder(Command)
+REPORT_DECODER = msgspec.msgpack.Decoder(Report)
+ENCODER = msgspec.msgpack.Encoder()
