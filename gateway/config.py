@@ -1,0 +1,371 @@
+"""The gateway's configuration: one TOML file decoded into typed, frozen msgspec Structs.
+
+Every table forbids unknown keys, so a misspelt option is an error rather than a silently ignored
+line. Errors name the file, the line where it can be found, the field path and what was expected;
+``gateway check-config`` prints all of them at once (one decode per top-level table, then the
+cross-field checks).
+
+Insecure settings are deliberately long and loud (``insecure_...``): a configuration that would
+send plaintext SIP or media toward the provider, or skip certificate verification, is refused
+unless the operator wrote one of them (DESIGN.md, invariant 1).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from gateway.certs.settings import (
+    CertWatchSettings,
+    ProviderTrustSettings,
+    TlsIdentitySettings,
+)
+from gateway.media.suites import NULL_SUITE_NAMES, SrtpSuite
+from gateway.policy.settings import PolicySettings
+
+
+class _Table(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of every configuration table: frozen, strict about unknown keys."""
+
+
+class LanSettings(_Table):
+    """The side facing the legacy phones: plain SIP over UDP and TCP, plain RTP."""
+
+    #: Address the SIP listeners bind to, and the address phones are told (Via, Contact).
+    sip_address: str = "127.0.0.1"
+    sip_port: int = 5060
+    #: Listen on UDP and/or TCP.
+    transports: tuple[str, ...] = ("udp", "tcp")
+    #: Address of the gateway's LAN media ports (what the phone's SDP answer points at).
+    media_address: str = "127.0.0.1"
+    #: Inclusive range of LAN media ports (even ports for RTP, the next odd one for RTCP).
+    media_ports: tuple[int, int] = (40000, 44999)
+
+
+class WanSettings(_Table):
+    """The side facing the provider: SIP over verified TLS, SRTP."""
+
+    #: The provider: a host name (resolved per RFC 3263: NAPTR, SRV, A/AAAA) or an address.
+    provider_host: str = "127.0.0.1"
+    #: Port; None means "look up SRV records, else 5061".
+    provider_port: int | None = 5061
+    #: SIP domain used in Request-URIs, To and From toward the provider; defaults to the host.
+    domain: str | None = None
+    #: Local address for the connection to the provider and for WAN media.
+    sip_address: str = "127.0.0.1"
+    media_address: str = "127.0.0.1"
+    media_ports: tuple[int, int] = (45000, 49999)
+    #: Optional TLS listener for providers that open their own connections (trunks).
+    listen_port: int | None = None
+    #: The gateway's certificate: required for the listener, optional client cert (mutual TLS).
+    identity: TlsIdentitySettings | None = None
+    trust: ProviderTrustSettings = ProviderTrustSettings()
+    #: Addresses (CIDR) allowed to connect to the WAN listener; default: the provider's.
+    listener_allow: tuple[str, ...] = ()
+    #: RFC 5626 §4.4.1 CRLF keep-alive interval on the provider connection, seconds.
+    keepalive_interval: float = 25.0
+    reconnect_min: float = 0.5
+    reconnect_max: float = 30.0
+    #: SRTP suites offered and accepted, in the operator's order of preference.
+    srtp_suites: tuple[str, ...] = tuple(s.value for s in SrtpSuite)
+    rtcp_mux: bool = True
+    #: DOWNGRADE. Lets calls with this provider carry plain RTP. Logged at every call.
+    insecure_plaintext_media: bool = False
+    #: DOWNGRADE. Lets SIP go to the provider over plain TCP instead of TLS.
+    insecure_plaintext_signalling: bool = False
+    #: DOWNGRADE. Accepts a provider certificate that does not verify.
+    insecure_skip_verify: bool = False
+
+    @property
+    def sip_domain(self) -> str:
+        return self.domain or self.provider_host
+
+    @property
+    def suites(self) -> tuple[SrtpSuite, ...]:
+        return tuple(SrtpSuite(name) for name in self.srtp_suites)
+
+
+class SipSettings(_Table):
+    """Transaction timers (RFC 3261 §17.1.1.1) and limits."""
+
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    max_message_bytes: int = 65535
+    #: Registration expiry the gateway asks for when a phone gives none.
+    default_expires: int = 3600
+    #: Header value the gateway puts in User-Agent/Server toward both sides.
+    user_agent: str = "sip-media-gateway"
+
+
+class MediaSettings(_Table):
+    """The media workers that carry the packet path."""
+
+    #: Worker processes; 0 means one per spare core (at least one).
+    workers: int = 0
+    #: End a call when no media flowed either way for this long (seconds).
+    inactivity_timeout: float = 60.0
+    #: DSCP code point for media sockets (46 = EF, RFC 3246).
+    dscp: int = 46
+
+
+class AdminSettings(_Table):
+    """The operator's HTTP surface (status API, metrics)."""
+
+    listen: str = "127.0.0.1:8080"
+    #: Environment variable that holds the admin API token.
+    token_env: str = "GATEWAY_ADMIN_TOKEN"
+    enabled: bool = False
+
+
+class LogSettings(_Table):
+    level: str = "info"
+    #: "auto" (human on a terminal, JSON otherwise), "json" or "text".
+    format: str = "auto"
+
+
+class StateSettings(_Table):
+    #: Folder for state that survives a restart (bans, call records).
+    directory: str = "state"
+
+
+class GatewayConfig(_Table):
+    """The whole configuration file."""
+
+    lan: LanSettings = LanSettings()
+    wan: WanSettings = WanSettings()
+    sip: SipSettings = SipSettings()
+    media: MediaSettings = MediaSettings()
+    policy: PolicySettings = PolicySettings()
+    certs: CertWatchSettings = CertWatchSettings()
+    admin: AdminSettings = AdminSettings()
+    log: LogSettings = LogSettings()
+    state: StateSettings = StateSettings()
+    #: Folder relative paths in this file are resolved against (set by the loader).
+    base_dir: str = "."
+
+    def path(self, relative: str) -> Path:
+        """Resolve a path from the file against the file's own folder."""
+        p = Path(relative)
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with a configuration file."""
+
+    file: str
+    line: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.field}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[ConfigProblem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+_TABLES: dict[str, type[_Table]] = {
+    name: info.type  # type: ignore[misc]
+    for name, info in ((f.name, f) for f in msgspec.structs.fields(GatewayConfig))
+    if name != "base_dir"
+}
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read, decode and check a configuration file; raise ConfigError listing every problem."""
+    file = Path(path)
+    name = str(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(name, None, "(file)", exc.strerror or str(exc))]) from None
+    return parse_config(text, name, base_dir=str(file.resolve().parent))
+
+
+def parse_config(text: str, name: str = "<config>", *, base_dir: str = ".") -> GatewayConfig:
+    """Decode TOML text into a GatewayConfig, collecting every problem before raising."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None)
+        raise ConfigError([ConfigProblem(name, line, "(syntax)", str(exc))]) from None
+    locate = _LineLocator(text)
+    problems: list[ConfigProblem] = []
+    tables: dict[str, Any] = {}
+    for key, value in raw.items():
+        table_type = _TABLES.get(key)
+        if table_type is None:
+            known = ", ".join(sorted(_TABLES))
+            problems.append(
+                ConfigProblem(name, locate(key), key, f"unknown table (expected one of: {known})")
+            )
+            continue
+        try:
+            tables[key] = msgspec.convert(value, table_type, strict=True)
+        except msgspec.ValidationError as exc:
+            field, message = _split_validation_error(str(exc), key)
+            problems.append(ConfigProblem(name, locate(field), field, message))
+    if problems:
+        raise ConfigError(problems)
+    config = GatewayConfig(**tables, base_dir=base_dir)
+    problems = [
+        ConfigProblem(name, locate(field), field, message) for field, message in check(config)
+    ]
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def check(config: GatewayConfig) -> list[tuple[str, str]]:
+    """Cross-field checks that types alone cannot express; returns (field, message) pairs."""
+    problems: list[tuple[str, str]] = []
+    wan, lan = config.wan, config.lan
+    for field, value in (
+        ("lan.sip_address", lan.sip_address),
+        ("lan.media_address", lan.media_address),
+        ("wan.sip_address", wan.sip_address),
+        ("wan.media_address", wan.media_address),
+    ):
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            problems.append((field, f"expected an IP address, got {value!r}"))
+    for field, transports in (("lan.transports", lan.transports),):
+        for t in transports:
+            if t not in ("udp", "tcp"):
+                problems.append((field, f"expected 'udp' or 'tcp', got {t!r}"))
+    if not lan.transports:
+        problems.append(("lan.transports", "expected at least one of 'udp', 'tcp'"))
+    for field, (first, last) in (
+        ("lan.media_ports", lan.media_ports),
+        ("wan.media_ports", wan.media_ports),
+    ):
+        if not (1024 <= first < last <= 65535) or last - first < 3:
+            problems.append(
+                (field, f"expected [first, last] with 1024 <= first < last <= 65535, got {first}..{last}")
+            )
+    if (
+        lan.media_address == wan.media_address
+        and lan.media_ports[0] <= wan.media_ports[1]
+        and wan.media_ports[0] <= lan.media_ports[1]
+    ):
+        problems.append(("wan.media_ports", "overlaps lan.media_ports on the same address"))
+    for port_field, port in (
+        ("lan.sip_port", lan.sip_port),
+        ("wan.provider_port", wan.provider_port),
+        ("wan.listen_port", wan.listen_port),
+    ):
+        if port is not None and not 1 <= port <= 65535:
+            problems.append((port_field, f"expected a port 1..65535, got {port}"))
+    if not wan.srtp_suites and not wan.insecure_plaintext_media:
+        problems.append(("wan.srtp_suites", "expected at least one SRTP suite"))
+    for suite in wan.srtp_suites:
+        if suite in NULL_SUITE_NAMES:
+            problems.append(
+                ("wan.srtp_suites", f"{suite} encrypts nothing and counts as plaintext; remove it")
+            )
+            continue
+        try:
+            SrtpSuite.from_name(suite)
+        except ValueError as exc:
+            problems.append(("wan.srtp_suites", str(exc)))
+    if wan.listen_port is not None and wan.identity is None:
+        problems.append(
+            ("wan.identity", "the WAN TLS listener needs the gateway's certificate and key")
+        )
+    for cidr in wan.listener_allow:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            problems.append(("wan.listener_allow", f"expected CIDR, got {cidr!r}"))
+    if config.log.format not in ("auto", "json", "text"):
+        problems.append(("log.format", f"expected 'auto', 'json' or 'text', got {config.log.format!r}"))
+    if config.log.level not in ("debug", "info", "warning", "error"):
+        problems.append(("log.level", f"expected debug, info, warning or error, got {config.log.level!r}"))
+    for field, value in (("sip.t1", config.sip.t1), ("sip.t2", config.sip.t2), ("sip.t4", config.sip.t4)):
+        if value <= 0:
+            problems.append((field, f"expected a positive number of seconds, got {value}"))
+    if config.sip.t2 < config.sip.t1:
+        problems.append(("sip.t2", "expected T2 >= T1 (RFC 3261 §17.1.2.2)"))
+    if not 0 <= config.media.dscp <= 63:
+        problems.append(("media.dscp", f"expected 0..63, got {config.media.dscp}"))
+    return problems
+
+
+def insecure_settings(config: GatewayConfig) -> list[str]:
+    """The downgrades an operator switched on, for the loud start-up and per-call warnings."""
+    wan = config.wan
+    return [
+        name
+        for name, on in (
+            ("wan.insecure_plaintext_media", wan.insecure_plaintext_media),
+            ("wan.insecure_plaintext_signalling", wan.insecure_plaintext_signalling),
+            ("wan.insecure_skip_verify", wan.insecure_skip_verify),
+        )
+        if on
+    ]
+
+
+_ERROR_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def _split_validation_error(text: str, table: str) -> tuple[str, str]:
+    """Turn msgspec's "Expected `int`, got `str` - at `$.x.y`" into ("table.x.y", message)."""
+    m = _ERROR_PATH.match(text)
+    message, path = (m.group("msg"), m.group("path") or "") if m else (text, "")
+    path = re.sub(r"\[(\d+)\]", r".\1", path)
+    field = table + path
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", message)
+    if unknown:
+        field = f"{field}.{unknown.group(1)}"
+        message = "unknown option"
+    return field, message
+
+
+class _LineLocator:
+    """Finds the line of a dotted field path in TOML text, for error messages.
+
+    A light scan of table headers and ``key =`` lines is enough here: the file has already been
+    parsed by tomllib, so only the position is sought, not the meaning.
+    """
+
+    _HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?")
+    _KEY = re.compile(r"^\s*([A-Za-z0-9_.\-\"']+)\s*=")
+
+    def __init__(self, text: str):
+        self._lines: dict[str, int] = {}
+        table = ""
+        for number, line in enumerate(text.splitlines(), start=1):
+            header = self._HEADER.match(line)
+            if header:
+                table = header.group(1).replace('"', "").replace(" ", "")
+                self._lines.setdefault(table, number)
+                continue
+            key = self._KEY.match(line)
+            if key:
+                name = key.group(1).replace('"', "").replace("'", "")
+                full = f"{table}.{name}" if table else name
+                self._lines.setdefault(full, number)
+
+    def __call__(self, field: str) -> int | None:
+        parts = field.split(".")
+        while parts:
+            line = self._lines.get(".".join(parts))
+            if line is not None:
+                return line
+            parts.pop()
+        return None
