@@ -221,13 +221,37 @@ def parse_config(text: str, name: str = "<config>", *, base_dir: str = ".") -> G
             problems.append(ConfigProblem(name, locate(field), field, message))
     if problems:
         raise ConfigError(problems)
-    config = GatewayConfig(**tables, base_dir=base_dir)
+    config = _resolve_paths(GatewayConfig(**tables, base_dir=base_dir))
     problems = [
         ConfigProblem(name, locate(field), field, message) for field, message in check(config)
     ]
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _resolve_paths(config: GatewayConfig) -> GatewayConfig:
+    """Make every file path absolute against the configuration file's own folder, so the
+    gateway behaves the same whatever directory it is started from."""
+    rel = config.path
+    wan = config.wan
+    identity = wan.identity
+    if identity is not None:
+        identity = msgspec.structs.replace(
+            identity,
+            certificate=str(rel(identity.certificate)),
+            private_key=str(rel(identity.private_key)),
+            passphrase_file=str(rel(identity.passphrase_file)) if identity.passphrase_file else None,
+        )
+    trust = wan.trust
+    if trust.ca_bundle is not None:
+        trust = msgspec.structs.replace(trust, ca_bundle=str(rel(trust.ca_bundle)))
+    return msgspec.structs.replace(
+        config,
+        wan=msgspec.structs.replace(wan, identity=identity, trust=trust),
+        certs=msgspec.structs.replace(config.certs, store=str(rel(config.certs.store))),
+        state=msgspec.structs.replace(config.state, directory=str(rel(config.state.directory))),
+    )
 
 
 def check(config: GatewayConfig) -> list[tuple[str, str]]:

@@ -1,0 +1,425 @@
+"""Composition root: builds the sans-IO cores and wires them to sockets, TLS and media workers.
+
+Everything protocol-shaped lives in the cores (``gateway.sip.b2bua``, ``gateway.sdp``,
+``gateway.media.relay``); this module only moves bytes and time between them and the outside,
+in the aioquic manner: feed an input with ``loop.time()``, perform the actions the core asks
+for, re-arm the single timer the core reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import signal
+import ssl
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.certs.material import (
+    build_client_context,
+    build_server_context,
+    load_configured_identity,
+    verify_pins,
+)
+from gateway.config import GatewayConfig, insecure_settings
+from gateway.media.control import CloseCall, OpenStream, StreamCounters, UpdateStream
+from gateway.media.controller import MediaController, MediaError
+from gateway.sdp.negotiation import MediaPolicy
+from gateway.sip.actions import CallEvent, MediaCommand, SendMessage
+from gateway.sip.b2bua import B2bua, EdgeSettings
+from gateway.sip.errors import SipParseError
+from gateway.sip.message import SipRequest, SipResponse
+from gateway.sip.peer import Peer, Side
+from gateway.sip.transaction import TimerSettings
+from gateway.transport.provider import ProviderLink
+from gateway.transport.stream import SipStreamConnection
+from gateway.transport.udp import SipUdpEndpoint, open_udp
+
+log = logging.getLogger("gateway")
+events_log = logging.getLogger("gateway.events")
+
+
+class StartupError(Exception):
+    """The gateway cannot start as configured; the message says what to fix."""
+
+
+@dataclass
+class Counters:
+    """Glue-level counters (the cores keep their own)."""
+
+    sent_wan_dropped_no_connection: int = 0
+    sent_lan_dropped_no_connection: int = 0
+    listener_refused: int = 0
+    values: dict[str, int] = field(default_factory=dict)
+
+
+class Gateway:
+    """A running gateway: LAN listeners, the provider link, media workers and the B2BUA core."""
+
+    def __init__(self, config: GatewayConfig, *, workers: int | None = None) -> None:
+        self.config = config
+        wan, lan = config.wan, config.lan
+        self._insecure = insecure_settings(config)
+        provider_port = wan.provider_port or 5061
+        wan_transport = "tcp" if wan.insecure_plaintext_signalling else "tls"
+        self.settings = EdgeSettings(
+            lan_address=lan.sip_address,
+            lan_port=lan.sip_port,
+            wan_address=wan.sip_address,
+            wan_port=wan.listen_port or 5061,
+            provider=Peer(Side.WAN, wan_transport, (wan.provider_host, provider_port)),
+            domain=wan.sip_domain,
+            media=MediaPolicy(
+                lan_address=lan.media_address,
+                wan_address=wan.media_address,
+                suites=wan.suites,
+                allow_plaintext=wan.insecure_plaintext_media,
+                offer_rtcp_mux=wan.rtcp_mux,
+            ),
+            lan_media_ports=lan.media_ports,
+            wan_media_ports=wan.media_ports,
+            timers=TimerSettings(config.sip.t1, config.sip.t2, config.sip.t4),
+            user_agent=config.sip.user_agent,
+            default_expires=config.sip.default_expires,
+        )
+        self.core = B2bua(self.settings)
+        self.counters = Counters()
+        self.media = MediaController(
+            lan_address=lan.media_address,
+            wan_address=wan.media_address,
+            workers=workers if workers is not None else (config.media.workers or None),
+            inactivity_timeout=config.media.inactivity_timeout,
+            dscp=config.media.dscp,
+            on_idle=self._on_media_idle,
+            on_worker_lost=self._on_worker_lost,
+        )
+        self._udp: SipUdpEndpoint | None = None
+        self._servers: list[asyncio.Server] = []
+        self._lan_streams: dict[int, SipStreamConnection] = {}
+        self._wan_streams: dict[int, SipStreamConnection] = {}
+        self.provider: ProviderLink | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = asyncio.Event()
+        self._media_tasks: set[asyncio.Task[None]] = set()
+        self.call_events: list[CallEvent] = []
+        self.wan_state = (False, "not connected yet")
+        self._client_context: ssl.SSLContext | None = None
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for name in self._insecure:
+            log.warning("INSECURE SETTING ACTIVE: %s", name)
+        self._client_context = self._build_client_context()
+        await self.media.start()
+        lan = self.config.lan
+        if "udp" in lan.transports:
+            self._udp = await open_udp(
+                lan.sip_address, lan.sip_port, self._on_lan_datagram, self.config.sip.max_message_bytes
+            )
+        if "tcp" in lan.transports:
+            server = await self._loop.create_server(
+                lambda: self._new_stream(Side.LAN), lan.sip_address, lan.sip_port
+            )
+            self._servers.append(server)
+        wan = self.config.wan
+        if wan.listen_port is not None:
+            server = await self._loop.create_server(
+                lambda: self._new_stream(Side.WAN, accepted=True),
+                wan.sip_address,
+                wan.listen_port,
+                ssl=self._build_server_context(),
+                ssl_handshake_timeout=10.0,
+            )
+            self._servers.append(server)
+        trust = wan.trust
+        self.provider = ProviderLink(
+            host=wan.provider_host,
+            port=wan.provider_port,
+            server_name=trust.server_name,
+            local_address=wan.sip_address,
+            context_factory=lambda: self._client_context,
+            pin_check=(lambda obj: verify_pins(obj, trust.spki_pins)) if trust.spki_pins else None,
+            connection_factory=lambda: self._new_stream(Side.WAN),
+            on_state=self._on_provider_state,
+            keepalive_interval=wan.keepalive_interval,
+            reconnect_min=wan.reconnect_min,
+            reconnect_max=wan.reconnect_max,
+        )
+        self.provider.start()
+        log.info(
+            "gateway started: LAN %s:%d (%s), provider %s:%s over %s",
+            lan.sip_address,
+            lan.sip_port,
+            "+".join(lan.transports),
+            wan.provider_host,
+            wan.provider_port or "SRV",
+            self.settings.provider.transport.upper(),
+        )
+
+    def _build_client_context(self) -> ssl.SSLContext | None:
+        wan = self.config.wan
+        if wan.insecure_plaintext_signalling:
+            return None
+        identity = load_configured_identity(wan.identity) if wan.identity else None
+        context = build_client_context(wan.trust, identity)
+        if wan.insecure_skip_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def _build_server_context(self) -> ssl.SSLContext:
+        identity = self.config.wan.identity
+        assert identity is not None  # config.check() requires it with a listener
+        return build_server_context(load_configured_identity(identity))
+
+    async def stop(self, drain: float = 0.0) -> None:
+        """Stop taking calls, let active ones finish for ``drain`` seconds, then end them."""
+        self.core.stop_accepting()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain
+        while self.core.active_calls and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        if self.core.active_calls:
+            self.core.hang_up_all(loop.time(), "gateway shutting down")
+            self._flush()
+            await asyncio.sleep(0.2)  # let the BYEs reach the transports
+        for server in self._servers:
+            server.close()
+        if self.provider is not None:
+            await self.provider.stop()
+        if self._udp is not None and self._udp.transport is not None:
+            self._udp.transport.close()
+        for conn in list(self._lan_streams.values()) + list(self._wan_streams.values()):
+            conn.close("gateway stopping")
+        if self._timer is not None:
+            self._timer.cancel()
+        await self.media.stop()
+        self._stopped.set()
+
+    async def run_forever(self, drain: float = 5.0) -> None:
+        """Run until SIGTERM or SIGINT, then stop gracefully."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("stopping: draining active calls for up to %.0f s", drain)
+        await self.stop(drain)
+
+    # ---------------------------------------------------------------- inputs
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _on_lan_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.core.receive_datagram(Peer(Side.LAN, "udp", addr), data, self._now())
+        self._flush()
+
+    def _new_stream(self, side: Side, *, accepted: bool = False) -> SipStreamConnection:
+        conn = SipStreamConnection(
+            on_message=lambda c, m: self._on_stream_message(side, c, m),
+            on_error=lambda c, e: self._on_stream_error(side, c, e),
+            on_close=lambda c, r: self._on_stream_close(side, c, r),
+            max_message_bytes=self.config.sip.max_message_bytes,
+        )
+        registry = self._lan_streams if side == Side.LAN else self._wan_streams
+        registry[conn.id] = conn
+        if accepted:
+            conn.accepted = True  # type: ignore[attr-defined]
+        return conn
+
+    def _stream_peer(self, side: Side, conn: SipStreamConnection) -> Peer:
+        if side == Side.LAN:
+            return Peer(Side.LAN, "tcp", conn.peer, conn.id)
+        if self.provider is not None and conn is self.provider.connection:
+            # The provider link: whichever connection is current carries the dialogs.
+            return self.settings.provider
+        return Peer(Side.WAN, self.settings.provider.transport, conn.peer, conn.id)
+
+    def _on_stream_message(
+        self, side: Side, conn: SipStreamConnection, message: SipRequest | SipResponse
+    ) -> None:
+        if side == Side.WAN and getattr(conn, "accepted", False) and not self._listener_allowed(conn):
+            self.counters.listener_refused += 1
+            conn.close("not the configured provider")
+            return
+        self.core.receive_message(self._stream_peer(side, conn), message, self._now())
+        self._flush()
+
+    def _listener_allowed(self, conn: SipStreamConnection) -> bool:
+        """The WAN listener serves only the configured provider (by address or allowlist)."""
+        allow = self.config.wan.listener_allow
+        address = ipaddress.ip_address(conn.peer[0])
+        if allow:
+            return any(address in ipaddress.ip_network(c, strict=False) for c in allow)
+        target = self.provider.target if self.provider is not None else None
+        provider_host = target.address if target is not None else self.config.wan.provider_host
+        try:
+            return address == ipaddress.ip_address(provider_host)
+        except ValueError:
+            return False
+
+    def _on_stream_error(self, side: Side, conn: SipStreamConnection, error: SipParseError) -> None:
+        self.core.receive_invalid(self._stream_peer(side, conn), error, self._now())
+        self._flush()
+
+    def _on_stream_close(self, side: Side, conn: SipStreamConnection, reason: str) -> None:
+        registry = self._lan_streams if side == Side.LAN else self._wan_streams
+        registry.pop(conn.id, None)
+        if side == Side.WAN and self.provider is not None:
+            self.provider.connection_closed(conn, reason)
+
+    def _on_provider_state(self, up: bool, reason: str) -> None:
+        if not up and self.wan_state != (up, reason):
+            log.error("provider unavailable: %s", reason)
+        self.wan_state = (up, reason)
+        self.core.wan_connection_state(up, reason, self._now())
+        self._flush()
+
+    def _on_media_idle(self, call_key: str) -> None:
+        self.core.media_problem(call_key, "no media in either direction", self._now())
+        self._flush()
+
+    def _on_worker_lost(self, call_keys: list[str]) -> None:
+        for key in call_keys:
+            self.core.media_problem(key, "media worker lost", self._now())
+        self._flush()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.core.handle_timer(self._now())
+        self._flush()
+
+    # --------------------------------------------------------------- outputs
+
+    def _flush(self) -> None:
+        """Perform what the core asked for, then re-arm its timer."""
+        for action in self.core.actions():
+            if isinstance(action, SendMessage):
+                self._send(action.peer, action.data)
+            elif isinstance(action, MediaCommand):
+                self._media(action.command)
+            else:
+                self._record(action)
+        deadline = self.core.get_timer()
+        if self._timer is not None and (deadline is None or self._timer.when() != deadline):
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None and self._timer is None and self._loop is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _send(self, peer: Peer, data: bytes) -> None:
+        if peer.side == Side.LAN:
+            if peer.transport == "udp":
+                if self._udp is not None:
+                    self._udp.send(data, peer.address)
+                return
+            conn = self._lan_streams.get(peer.connection or -1)
+            if conn is None:
+                conn = self._lan_stream_to(peer.address)
+            if conn is None:
+                self.counters.sent_lan_dropped_no_connection += 1
+                self._open_lan_stream(peer.address, data)
+                return
+            conn.write(data)
+            return
+        # WAN: never over UDP, never to a connection that is not TLS (unless the loud downgrade).
+        if peer.connection is not None:
+            conn = self._wan_streams.get(peer.connection)
+            if conn is not None:
+                conn.write(data)
+                return
+        if self.provider is None or not self.provider.send(data):
+            self.counters.sent_wan_dropped_no_connection += 1
+
+    def _lan_stream_to(self, address: tuple[str, int]) -> SipStreamConnection | None:
+        for conn in self._lan_streams.values():
+            if conn.peer == address and not conn.closed:
+                return conn
+        return None
+
+    def _open_lan_stream(self, address: tuple[str, int], data: bytes) -> None:
+        """RFC 3261 §18.2.2: the phone's connection is gone; open one to its address."""
+
+        async def connect() -> None:
+            assert self._loop is not None
+            try:
+                _, conn = await self._loop.create_connection(
+                    lambda: self._new_stream(Side.LAN), address[0], address[1]
+                )
+            except OSError as exc:
+                log.warning("cannot reach phone at %s:%d over TCP: %s", *address, exc)
+                return
+            conn.write(data)
+
+        task = asyncio.get_running_loop().create_task(connect())
+        self._media_tasks.add(task)
+        task.add_done_callback(self._media_tasks.discard)
+
+    def _media(self, command: OpenStream | UpdateStream | CloseCall) -> None:
+        async def perform() -> None:
+            try:
+                if isinstance(command, OpenStream):
+                    await self.media.open_stream(command.call_id, command.stream, command.spec)
+                elif isinstance(command, UpdateStream):
+                    await self.media.update_stream(command.call_id, command.stream, command.spec)
+                else:
+                    await self.media.close_call(command.call_id)
+            except MediaError as exc:
+                log.error("media for %s: %s", command.call_id, exc)
+                self.core.media_problem(command.call_id, str(exc), self._now())
+                self._flush()
+
+        task = asyncio.get_running_loop().create_task(perform())
+        self._media_tasks.add(task)
+        task.add_done_callback(self._media_tasks.discard)
+
+    def _record(self, event: CallEvent) -> None:
+        self.call_events.append(event)
+        if len(self.call_events) > 1000:
+            del self.call_events[:500]
+        record: dict[str, Any] = {"time": round(time.time(), 3), "event": event.kind,
+                                  "call_id": event.call_id, **event.fields}
+        level = logging.WARNING if event.kind in ("refused", "downgrade") else logging.INFO
+        events_log.log(level, json.dumps(record, default=str))
+
+    # ----------------------------------------------------------- inspection
+
+    async def media_stats(self) -> dict[str, StreamCounters]:
+        return await self.media.stats()
+
+
+def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    """Human-readable lines on a terminal, JSON lines otherwise."""
+    if fmt == "auto":
+        fmt = "text" if sys.stderr.isatty() else "json"
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.name == "gateway.events" and message.startswith("{"):
+            return message
+        return json.dumps({
+            "time": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": message,
+        })

@@ -1,0 +1,217 @@
+"""The gateway's long-lived TLS connection to the provider (RFC 3261 §18, RFC 5626 §4.4.1,
+RFC 3263 §4 for choosing where to connect, RFC 5922 for what to verify).
+
+One connection carries requests both ways. It is verified before anything is sent: the chain
+against the configured trust, the name, and the SPKI pins when configured. A failure is
+reported to the core with its reason (phones then get 503 with that reason in a Warning) and
+retried with exponential backoff. CRLF CRLF keep-alives keep NAT and firewall state up and,
+once the provider has shown that it answers them, detect a dead peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+
+from gateway.transport.resolver import Target, resolve_provider
+from gateway.transport.stream import SipStreamConnection
+
+log = logging.getLogger("gateway.provider")
+
+ContextFactory = Callable[[], ssl.SSLContext | None]
+PinCheck = Callable[[ssl.SSLObject], None]
+StateHandler = Callable[[bool, str], None]
+ConnectionFactory = Callable[[], SipStreamConnection]
+
+
+class ProviderLink:
+    """Keeps one verified connection to the provider open, reconnecting with backoff."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int | None,
+        server_name: str | None,
+        local_address: str | None,
+        context_factory: ContextFactory,
+        pin_check: PinCheck | None,
+        connection_factory: ConnectionFactory,
+        on_state: StateHandler,
+        keepalive_interval: float = 25.0,
+        reconnect_min: float = 0.5,
+        reconnect_max: float = 30.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.server_name = server_name
+        self.local_address = local_address
+        self._context_factory = context_factory
+        self._pin_check = pin_check
+        self._connection_factory = connection_factory
+        self._on_state = on_state
+        self.keepalive_interval = keepalive_interval
+        self.reconnect_min = reconnect_min
+        self.reconnect_max = reconnect_max
+        self.connect_timeout = connect_timeout
+        self.connection: SipStreamConnection | None = None
+        self.target: Target | None = None
+        self.tls_version: str | None = None
+        self.tls_cipher: str | None = None
+        self.peer_certificate_subject: str | None = None
+        self.connects = 0
+        self.failures = 0
+        self.last_error = "not connected yet"
+        self._task: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def up(self) -> bool:
+        return self.connection is not None and not self.connection.closed
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="provider-link")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self.connection is not None:
+            self.connection.close("gateway stopping")
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def send(self, data: bytes) -> bool:
+        if self.connection is None or self.connection.closed:
+            return False
+        self.connection.write(data)
+        return True
+
+    def drop(self, reason: str) -> None:
+        """Close the current connection (tests, certificate rotation); it reconnects."""
+        if self.connection is not None:
+            self.connection.close(reason)
+
+    def connection_closed(self, connection: SipStreamConnection, reason: str) -> None:
+        if connection is self.connection:
+            self.connection = None
+            self.last_error = f"connection lost: {reason}"
+            self._lost.set()
+
+    async def _run(self) -> None:
+        delay = self.reconnect_min
+        while not self._stopping:
+            try:
+                await self._connect_once()
+            except Exception as exc:  # every failure is reported, then retried
+                self.failures += 1
+                self.last_error = _describe(exc)
+                log.error("provider connection failed: %s", self.last_error)
+                self._on_state(False, self.last_error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.reconnect_max)
+                continue
+            delay = self.reconnect_min
+            await self._hold()
+            if not self._stopping:
+                self._on_state(False, self.last_error)
+
+    async def _connect_once(self) -> None:
+        context = self._context_factory()
+        targets = await resolve_provider(self.host, self.port, self.server_name)
+        if not targets:
+            raise ConnectionError(f"no address found for provider {self.host!r}")
+        loop = asyncio.get_running_loop()
+        errors: list[str] = []
+        for target in targets:
+            try:
+                transport, protocol = await asyncio.wait_for(
+                    loop.create_connection(
+                        self._connection_factory,
+                        target.address,
+                        target.port,
+                        ssl=context,
+                        server_hostname=target.server_name if context is not None else None,
+                        local_addr=(self.local_address, 0) if self.local_address else None,
+                    ),
+                    self.connect_timeout,
+                )
+            except (OSError, ssl.SSLError, TimeoutError) as exc:
+                errors.append(f"{target.address}:{target.port}: {_describe(exc)}")
+                continue
+            ssl_object = transport.get_extra_info("ssl_object")
+            if context is not None:
+                if ssl_object is None:
+                    transport.close()
+                    raise ConnectionError("TLS was not established")
+                if self._pin_check is not None:
+                    try:
+                        self._pin_check(ssl_object)
+                    except Exception as exc:
+                        transport.close()
+                        raise ConnectionError(f"certificate pin mismatch: {exc}") from None
+                self.tls_version = ssl_object.version()
+                cipher = ssl_object.cipher()
+                self.tls_cipher = cipher[0] if cipher else None
+                cert = ssl_object.getpeercert()
+                self.peer_certificate_subject = _subject(cert)
+            self.connection = protocol
+            self.target = target
+            self.connects += 1
+            self._lost.clear()
+            detail = (
+                f"{self.tls_version} {self.tls_cipher}, verified {self.peer_certificate_subject}"
+                if context is not None
+                else "INSECURE plaintext TCP"
+            )
+            log.info("provider connected: %s:%d (%s)", target.address, target.port, detail)
+            self._on_state(True, detail)
+            return
+        raise ConnectionError("; ".join(errors) or "no target reachable")
+
+    async def _hold(self) -> None:
+        """Send keep-alives until the connection is lost."""
+        loop = asyncio.get_running_loop()
+        pong_seen = False
+        while self.up and not self._stopping:
+            try:
+                await asyncio.wait_for(self._lost.wait(), self.keepalive_interval)
+                return
+            except TimeoutError:
+                pass
+            connection = self.connection
+            if connection is None:
+                return
+            if pong_seen and loop.time() - connection.last_pong > 3 * self.keepalive_interval:
+                connection.close("no keep-alive pong from the provider")
+                return
+            connection.write(b"\r\n\r\n")
+            pong_seen = pong_seen or connection.last_pong > 0
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verification failed: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    if isinstance(exc, TimeoutError):
+        return "connection timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    return str(exc) or exc.__class__.__name__
+
+
+def _subject(cert: dict | None) -> str | None:  # type: ignore[type-arg]
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None

@@ -1,0 +1,107 @@
+"""Stream glue for SIP over TCP and TLS (RFC 3261 §18.3, RFC 5626 §4.4.1).
+
+A ``SipStreamConnection`` frames bytes with the sans-IO ``StreamFramer`` and hands whole
+messages to the core. It also enforces what a stream peer cannot be trusted to do:
+- a connection that sends part of a message and stalls is closed after ``idle_timeout``;
+- framing that cannot be recovered (bad Content-Length, oversize) is answered if possible and
+  the connection closed, since the next message's start can no longer be found;
+- CRLF CRLF keep-alive pings are answered with a CRLF pong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable
+
+from gateway.sip.errors import SipFramingError, SipParseError
+from gateway.sip.framing import KeepAlive, StreamFramer
+from gateway.sip.message import SipRequest, SipResponse
+
+log = logging.getLogger("gateway.transport")
+
+_ids = itertools.count(1)
+
+MessageHandler = Callable[["SipStreamConnection", SipRequest | SipResponse], None]
+ErrorHandler = Callable[["SipStreamConnection", SipParseError], None]
+CloseHandler = Callable[["SipStreamConnection", str], None]
+
+
+class SipStreamConnection(asyncio.Protocol):
+    """One TCP or TLS connection carrying SIP."""
+
+    def __init__(
+        self,
+        *,
+        on_message: MessageHandler,
+        on_error: ErrorHandler,
+        on_close: CloseHandler,
+        idle_timeout: float = 30.0,
+        max_message_bytes: int = 65535,
+    ) -> None:
+        self.id = next(_ids)
+        self._on_message = on_message
+        self._on_error = on_error
+        self._on_close = on_close
+        self._framer = StreamFramer(max_body_bytes=max_message_bytes)
+        self._idle_timeout = idle_timeout
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] = ("", 0)
+        self.last_pong = 0.0
+        self.closed = False
+        self.close_reason = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self.peer = (str(peer[0]), int(peer[1]))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            items = self._framer.feed(data)
+        except SipFramingError as exc:
+            self._on_error(self, exc)
+            self.close(f"framing lost: {exc.reason}")
+            return
+        for item in items:
+            if isinstance(item, KeepAlive):
+                if item.ping:
+                    self.write(b"\r\n")
+                else:
+                    self.last_pong = asyncio.get_running_loop().time()
+            elif isinstance(item, SipParseError):
+                self._on_error(self, item)
+            else:
+                self._on_message(self, item)
+        self._arm_stall_timer()
+
+    def _arm_stall_timer(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        if self._framer.buffered and not self.closed:
+            loop = asyncio.get_running_loop()
+            self._stall_timer = loop.call_later(
+                self._idle_timeout, self.close, "incomplete message stalled"
+            )
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.close_reason = reason
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+        self.closed = True
+        reason = self.close_reason or (str(exc) if exc else "closed by peer")
+        self._on_close(self, reason)

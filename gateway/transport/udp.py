@@ -1,0 +1,50 @@
+"""UDP glue for the LAN SIP listener (RFC 3261 §18.1.1, §18.2.1): datagrams in, datagrams out.
+
+Nothing here looks inside a message; the sans-IO core parses, answers and counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+log = logging.getLogger("gateway.transport")
+
+DatagramHandler = Callable[[bytes, tuple[str, int]], None]
+
+
+class SipUdpEndpoint(asyncio.DatagramProtocol):
+    """One bound UDP socket that hands every datagram to the core."""
+
+    def __init__(self, on_datagram: DatagramHandler, max_size: int = 65535) -> None:
+        self._on_datagram = on_datagram
+        self._max_size = max_size
+        self.transport: asyncio.DatagramTransport | None = None
+        self.dropped_oversize = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's UDP transport does not subclass asyncio.DatagramTransport.
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) > self._max_size:
+            self.dropped_oversize += 1
+            return
+        self._on_datagram(data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable from a phone that went away: not an error of ours.
+        log.debug("udp error: %s", exc)
+
+    def send(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data, addr)
+
+
+async def open_udp(host: str, port: int, on_datagram: DatagramHandler, max_size: int) -> SipUdpEndpoint:
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_datagram_endpoint(
+        lambda: SipUdpEndpoint(on_datagram, max_size), local_addr=(host, port)
+    )
+    return protocol
