@@ -271,7 +271,11 @@ class B2bua:
         """A message that failed parsing: answer requests with the hint, drop responses."""
         self._count(f"sip_malformed_{peer.side.value}")
         partial = error.partial
-        if isinstance(partial, SipRequest) and partial.method != "ACK":
+        if (
+            isinstance(partial, SipRequest)
+            and partial.method != "ACK"
+            and all(partial.has(h) for h in ("Via", "From", "To", "Call-ID", "CSeq"))
+        ):
             try:
                 response = make_response(partial, error.status_hint, _short(error.reason))
                 response.add("Warning", f'399 gateway "{_quote(error.reason)}"')
@@ -410,8 +414,11 @@ class B2bua:
                     self._on_response(side, event.key, relay, event.response, now)
                 except (SipError, SdpError) as exc:
                     self._count(f"sip_bad_response_{side.value}")
-                    self._emit(CallEvent("bad-response", event.response.get("Call-ID") or "",
-                                         {"error": str(exc)}))
+                    self._emit(
+                        CallEvent(
+                            "bad-response", event.response.get("Call-ID") or "", {"error": str(exc)}
+                        )
+                    )
         elif isinstance(event, StrayResponse):
             self._on_stray(side, event.response)
         elif isinstance(event, TransactionTimedOut):
@@ -441,7 +448,9 @@ class B2bua:
         if method in ("ACK", "CANCEL"):
             return None
         unknown = [
-            tag for tag in request.get_all("Require") if tag.strip().lower() not in SUPPORTED_EXTENSIONS
+            tag
+            for tag in request.get_all("Require")
+            if tag.strip().lower() not in SUPPORTED_EXTENSIONS
         ]
         if unknown:
             response = make_response(request, 420)
@@ -496,9 +505,17 @@ class B2bua:
                 self._reply(side, event.key, request, 405, headers=[("Allow", ALLOW)])
             return
         if method == "OPTIONS" and self._is_for_gateway(request):
-            self._reply(side, event.key, request, 200, headers=[
-                ("Allow", ALLOW), ("Accept", "application/sdp"),
-                ("Supported", "100rel, timer, replaces")])
+            self._reply(
+                side,
+                event.key,
+                request,
+                200,
+                headers=[
+                    ("Allow", ALLOW),
+                    ("Accept", "application/sdp"),
+                    ("Supported", "100rel, timer, replaces"),
+                ],
+            )
             return
         if method in ("INVITE", "SUBSCRIBE", "REFER"):
             self._new_pair(side, event, now)
@@ -522,9 +539,19 @@ class B2bua:
         connection is down or unverified (nothing is ever sent in the clear instead)."""
         if side == Side.LAN and not self.wan_up:
             self._count("refused_wan_down")
-            self._reply(side, key, request, 503, headers=[
-                ("Warning", f'399 gateway "provider unavailable: {_quote(self.wan_down_reason)}"'),
-                ("Retry-After", "30")])
+            self._reply(
+                side,
+                key,
+                request,
+                503,
+                headers=[
+                    (
+                        "Warning",
+                        f'399 gateway "provider unavailable: {_quote(self.wan_down_reason)}"',
+                    ),
+                    ("Retry-After", "30"),
+                ],
+            )
             return False
         return True
 
@@ -543,16 +570,34 @@ class B2bua:
         return SipUri("sip", user, None, self.settings.domain, None, {}, None)
 
     def _lan_uri(self, user: str | None) -> SipUri:
-        return SipUri("sip", user, None, _host(self.settings.lan_address), self.settings.lan_port, {}, None)
+        return SipUri(
+            "sip", user, None, _host(self.settings.lan_address), self.settings.lan_port, {}, None
+        )
 
-    def _new_leg(self, side: Side, peer: Peer, local: NameAddr, remote: NameAddr,
-                 target: SipUri | AbsoluteUri, contact: str, call_id: str | None = None) -> Leg:
+    def _new_leg(
+        self,
+        side: Side,
+        peer: Peer,
+        local: NameAddr,
+        remote: NameAddr,
+        target: SipUri | AbsoluteUri,
+        contact: str,
+        call_id: str | None = None,
+    ) -> Leg:
         if side == Side.LAN:
             via_host, via_port = self.settings.lan_address, self.settings.lan_port
         else:
             via_host, via_port = self.settings.wan_address, self.settings.wan_port
-        return Leg(peer=peer, call_id=call_id or new_call_id(), local=local, remote=remote,
-                   contact=contact, remote_target=target, via_host=via_host, via_port=via_port)
+        return Leg(
+            peer=peer,
+            call_id=call_id or new_call_id(),
+            local=local,
+            remote=remote,
+            contact=contact,
+            remote_target=target,
+            via_host=via_host,
+            via_port=via_port,
+        )
 
     # ---- dialog-creating requests
 
@@ -560,8 +605,13 @@ class B2bua:
         request = event.request
         method = request.method
         if not self.accepting_calls:
-            self._reply(side, event.key, request, 503, headers=[
-                ("Warning", '399 gateway "shutting down"'), ("Retry-After", "60")])
+            self._reply(
+                side,
+                event.key,
+                request,
+                503,
+                headers=[("Warning", '399 gateway "shutting down"'), ("Retry-After", "60")],
+            )
             return
         existing = self._pair_for_retransmission(side, request)
         if existing is not None:
@@ -592,9 +642,16 @@ class B2bua:
         if method == "INVITE":
             pair.media = CallMedia(pair.key, self.settings.media, self._lan_ports, self._wan_ports)
             if self.settings.media.allow_plaintext:
-                self._emit(CallEvent("downgrade", request.call_id, {
-                    "setting": "wan.insecure_plaintext_media",
-                    "warning": "INSECURE: this call may carry plain RTP toward the provider"}))
+                self._emit(
+                    CallEvent(
+                        "downgrade",
+                        request.call_id,
+                        {
+                            "setting": "wan.insecure_plaintext_media",
+                            "warning": "INSECURE: this call may carry plain RTP toward the provider",
+                        },
+                    )
+                )
             if request.body:
                 try:
                     body = self._offer(pair, side, request.body)
@@ -625,10 +682,20 @@ class B2bua:
         pair.outgoing = outgoing
         pair.client_key = self._send_request(pair.other(side), outgoing, callee.peer, now)
         self._relays[(pair.other(side), pair.client_key)] = _Relay(pair, side, event.key, request)
-        self._emit(CallEvent("started", pair.caller.call_id, {
-            "pair": pair.key, "method": method, "from_side": side.value,
-            "from": _user(request.from_), "to": _ruri_user(request),
-            "callee_call_id": callee.call_id}))
+        self._emit(
+            CallEvent(
+                "started",
+                pair.caller.call_id,
+                {
+                    "pair": pair.key,
+                    "method": method,
+                    "from_side": side.value,
+                    "from": _user(request.from_),
+                    "to": _ruri_user(request),
+                    "callee_call_id": callee.call_id,
+                },
+            )
+        )
 
     def _pair_for_retransmission(self, side: Side, request: SipRequest) -> DialogPair | None:
         """A late retransmission of a dialog-creating request whose transaction already ended."""
@@ -649,9 +716,14 @@ class B2bua:
         request = event.request
         phone_from = request.from_
         caller = self._new_leg(
-            Side.LAN, event.source, request.to.with_tag(new_tag()), phone_from,
+            Side.LAN,
+            event.source,
+            request.to.with_tag(new_tag()),
+            phone_from,
             request.contacts[0].uri if request.contacts else phone_from.uri,
-            self._lan_contact(event.source), call_id=request.call_id)
+            self._lan_contact(event.source),
+            call_id=request.call_id,
+        )
         caller.remote_cseq = request.cseq.seq
         caller.route_set = list(request.get_all("Record-Route"))
         from_user = _user(phone_from)
@@ -662,11 +734,13 @@ class B2bua:
         else:
             binding = self._binding_of_phone(from_user, event.source)
             callee = self._new_leg(
-                Side.WAN, self.settings.provider,
+                Side.WAN,
+                self.settings.provider,
                 NameAddr(phone_from.display, self._wan_uri(from_user), {"tag": new_tag()}),
                 NameAddr(None, self._wan_uri(to_user), {}),
                 self._wan_uri(to_user),
-                self._wan_contact(binding.token if binding else "gw"))
+                self._wan_contact(binding.token if binding else "gw"),
+            )
         return caller, callee
 
     def _binding_of_phone(self, user: str | None, peer: Peer) -> Binding | None:
@@ -689,17 +763,27 @@ class B2bua:
             return None
         provider_from = request.from_
         caller = self._new_leg(
-            Side.WAN, event.source, request.to.with_tag(new_tag()), provider_from,
+            Side.WAN,
+            event.source,
+            request.to.with_tag(new_tag()),
+            provider_from,
             request.contacts[0].uri if request.contacts else provider_from.uri,
-            self._wan_contact(binding.token), call_id=request.call_id)
+            self._wan_contact(binding.token),
+            call_id=request.call_id,
+        )
         caller.remote_cseq = request.cseq.seq
         caller.route_set = list(request.get_all("Record-Route"))
         phone_uri = parse_uri(binding.phone_contact)
         callee = self._new_leg(
-            Side.LAN, binding.phone_peer,
-            NameAddr(provider_from.display, self._lan_uri(_user(provider_from)), {"tag": new_tag()}),
+            Side.LAN,
+            binding.phone_peer,
+            NameAddr(
+                provider_from.display, self._lan_uri(_user(provider_from)), {"tag": new_tag()}
+            ),
             NameAddr(None, self._lan_uri(binding.user), {}),
-            phone_uri, self._lan_contact(binding.phone_peer))
+            phone_uri,
+            self._lan_contact(binding.phone_peer),
+        )
         return caller, callee
 
     def _carry_refer_to(self, request: SipRequest, outgoing: SipRequest, to_side: Side) -> None:
@@ -752,13 +836,21 @@ class B2bua:
             try:
                 body = self._offer_or_answer(pair, side, body)
             except MediaRefused as exc:
-                self._reply(side, event.key, request, 488, headers=[
-                    ("Warning", f'399 gateway "{_quote(exc.warning)}"')])
+                self._reply(
+                    side,
+                    event.key,
+                    request,
+                    488,
+                    headers=[("Warning", f'399 gateway "{_quote(exc.warning)}"')],
+                )
                 self._emit(CallEvent("refused", pair.caller.call_id, {"reason": exc.warning}))
                 return
         outgoing = other.build_request(
-            method, body=body, content_type=request.get("Content-Type"),
-            max_forwards=max(0, (request.max_forwards or 70) - 1))
+            method,
+            body=body,
+            content_type=request.get("Content-Type"),
+            max_forwards=max(0, (request.max_forwards or 70) - 1),
+        )
         copy_headers(request, outgoing, _REQUEST_COPY)
         if method == "PRACK":
             self._map_rack(pair, side, request, outgoing)
@@ -766,7 +858,9 @@ class B2bua:
         key = self._send_request(other_side, outgoing, other.peer, now)
         self._relays[(other_side, key)] = _Relay(pair, side, event.key, request)
 
-    def _map_rack(self, pair: DialogPair, side: Side, request: SipRequest, outgoing: SipRequest) -> None:
+    def _map_rack(
+        self, pair: DialogPair, side: Side, request: SipRequest, outgoing: SipRequest
+    ) -> None:
         """RAck names the INVITE's CSeq on the sender's leg; the other leg's INVITE had its own
         (RFC 3262 §7.2). RSeq values are relayed unchanged, so only the CSeq moves."""
         rack = request.get("RAck")
@@ -845,11 +939,13 @@ class B2bua:
             local = NameAddr(request.from_.display, self._lan_uri(from_user), {"tag": new_tag()})
             remote = NameAddr(None, self._lan_uri(binding.user), {})
             contact = self._lan_contact(peer)
-        leg = self._new_leg(_other(side), peer,
-                            local, remote, target, contact)
+        leg = self._new_leg(_other(side), peer, local, remote, target, contact)
         outgoing = leg.build_request(
-            request.method, body=request.body, content_type=request.get("Content-Type"),
-            max_forwards=max(0, (request.max_forwards or 70) - 1))
+            request.method,
+            body=request.body,
+            content_type=request.get("Content-Type"),
+            max_forwards=max(0, (request.max_forwards or 70) - 1),
+        )
         copy_headers(request, outgoing, _REQUEST_COPY)
         key = self._send_request(_other(side), outgoing, peer, now)
         self._relays[(_other(side), key)] = _Relay(None, side, event.key, request)
@@ -882,12 +978,16 @@ class B2bua:
             response = make_response(request, 200)
             for b in self.registrations.for_aor(aor):
                 if b.active(now):
-                    response.add("Contact", f"<{b.phone_contact}>;expires={int(b.expires_at - now)}")
+                    response.add(
+                        "Contact", f"<{b.phone_contact}>;expires={int(b.expires_at - now)}"
+                    )
             self._send_response(Side.LAN, event.key, response, now)
             return
         else:
             phone_contact = contacts[0]
-            binding = self.registrations.binding_for(user, aor, str(phone_contact.uri), event.source)
+            binding = self.registrations.binding_for(
+                user, aor, str(phone_contact.uri), event.source
+            )
             binding.user_agent = request.get("User-Agent")
             expires = phone_contact.params.get("expires") or expires_header
             binding.last_expires = _int(expires, self.settings.default_expires)
@@ -900,18 +1000,26 @@ class B2bua:
         key = self._send_request(Side.WAN, upstream, self.settings.provider, now)
         self._relays[(Side.WAN, key)] = _Relay(None, Side.LAN, event.key, request, binding=binding)
 
-    def _upstream_register(self, binding: Binding, contact: str, original: SipRequest | None) -> SipRequest:
+    def _upstream_register(
+        self, binding: Binding, contact: str, original: SipRequest | None
+    ) -> SipRequest:
         domain_uri = SipUri("sip", None, None, self.settings.domain, None, {}, None)
         aor = self._wan_uri(binding.user)
         leg = self._new_leg(
-            Side.WAN, self.settings.provider,
-            NameAddr(None, aor, {"tag": binding.upstream_from_tag}), NameAddr(None, aor, {}),
-            domain_uri, contact, call_id=binding.upstream_call_id)
+            Side.WAN,
+            self.settings.provider,
+            NameAddr(None, aor, {"tag": binding.upstream_from_tag}),
+            NameAddr(None, aor, {}),
+            domain_uri,
+            contact,
+            call_id=binding.upstream_call_id,
+        )
         request = leg.build_request("REGISTER", cseq=binding.upstream_cseq)
         request.set("Contact", contact)
         if original is not None:
-            copy_headers(original, request, ("Expires", "Authorization", "Proxy-Authorization",
-                                             "Supported"))
+            copy_headers(
+                original, request, ("Expires", "Authorization", "Proxy-Authorization", "Supported")
+            )
         else:
             request.set("Expires", str(binding.last_expires))
             for name, value in binding.last_authorization:
@@ -930,8 +1038,9 @@ class B2bua:
             contact = f"{self._wan_contact(binding.token)};expires={binding.last_expires}"
             request = self._upstream_register(binding, contact, None)
             key = self._send_request(Side.WAN, request, self.settings.provider, now)
-            self._relays[(Side.WAN, key)] = _Relay(None, Side.LAN, "", request, binding=binding,
-                                                   internal=True)
+            self._relays[(Side.WAN, key)] = _Relay(
+                None, Side.LAN, "", request, binding=binding, internal=True
+            )
 
     def _on_register_response(self, relay: _Relay, response: SipResponse, now: float) -> None:
         binding = relay.binding
@@ -951,8 +1060,13 @@ class B2bua:
                     self.registrations.remove(b)
             else:
                 binding.expires_at = now + granted
-            self._emit(CallEvent("registered", binding.upstream_call_id, {
-                "user": binding.user, "expires": granted, "user_agent": binding.user_agent}))
+            self._emit(
+                CallEvent(
+                    "registered",
+                    binding.upstream_call_id,
+                    {"user": binding.user, "expires": granted, "user_agent": binding.user_agent},
+                )
+            )
         if relay.internal:
             return
         reply = make_response(relay.request, status, response.reason)
@@ -968,7 +1082,9 @@ class B2bua:
 
     # ------------------------------------------------------------- responses
 
-    def _on_response(self, side: Side, key: str, relay: _Relay, response: SipResponse, now: float) -> None:
+    def _on_response(
+        self, side: Side, key: str, relay: _Relay, response: SipResponse, now: float
+    ) -> None:
         if relay.binding is not None:
             if response.status >= 200:
                 self._relays.pop((side, key), None)
@@ -993,10 +1109,18 @@ class B2bua:
         body = response.body
         method = relay.request.method
         if pair is not None and 200 <= response.status < 300:
-            pair.leg(side).learn_target_refresh(response) if method in ("INVITE", "UPDATE") else None
+            pair.leg(side).learn_target_refresh(response) if method in (
+                "INVITE",
+                "UPDATE",
+            ) else None
             if method in ("INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"):
                 reply.add("Contact", pair.leg(relay.from_side).contact)
-        if body and pair is not None and pair.media is not None and response.content_type == "application/sdp":
+        if (
+            body
+            and pair is not None
+            and pair.media is not None
+            and response.content_type == "application/sdp"
+        ):
             try:
                 body = self._offer_or_answer(pair, side, body)
             except MediaRefused as exc:
@@ -1046,7 +1170,9 @@ class B2bua:
                 # The callee answered as the CANCEL crossed it: confirm and end at once.
                 pair.callee.learn_from_response(response, uac=True)
                 self._send_ack(pair, callee_side, response.cseq.seq, b"")
-                self._send_request(callee_side, pair.callee.build_request("BYE"), pair.callee.peer, now)
+                self._send_request(
+                    callee_side, pair.callee.build_request("BYE"), pair.callee.peer, now
+                )
             if status >= 200:
                 self._forget(pair)
             return
@@ -1056,14 +1182,23 @@ class B2bua:
             reply_tag = self._caller_tag_for(pair, callee_tag)
         if status >= 300:
             self._relays.pop((callee_side, pair.client_key or ""), None)
-            reply = make_response(pair.request, status, response.reason, to_tag=pair.caller.local_tag)
+            reply = make_response(
+                pair.request, status, response.reason, to_tag=pair.caller.local_tag
+            )
             copy_headers(response, reply, _RESPONSE_COPY)
             if status in (401, 407) and caller_side == Side.LAN and pair.method == "INVITE":
                 # The phone will retry with credentials: keep the WAN leg's identity for it.
-                pair.callee.remote = NameAddr(pair.callee.remote.display, pair.callee.remote.uri, {})
-                self._challenged[(pair.caller.call_id, pair.caller.remote.tag or "")] = (pair.callee, now)
+                pair.callee.remote = NameAddr(
+                    pair.callee.remote.display, pair.callee.remote.uri, {}
+                )
+                self._challenged[(pair.caller.call_id, pair.caller.remote.tag or "")] = (
+                    pair.callee,
+                    now,
+                )
             self._send_response(caller_side, pair.server_key, reply, now)
-            self._emit(CallEvent("failed", pair.caller.call_id, {"status": status, "pair": pair.key}))
+            self._emit(
+                CallEvent("failed", pair.caller.call_id, {"status": status, "pair": pair.key})
+            )
             self._forget(pair)
             return
         # Provisional with a tag, or 2xx: an early or confirmed dialog on the callee leg.
@@ -1118,9 +1253,19 @@ class B2bua:
                 pair.deferred_ack, pair.deferred_ack_cseq = callee_side, response.cseq.seq
             self._send_2xx(pair, caller_side, pair.server_key, reply, now)
             suite = pair.media.chosen_suite() if pair.media is not None else None
-            self._emit(CallEvent("answered", pair.caller.call_id, {
-                "pair": pair.key, "suite": suite.value if suite else None,
-                "plaintext_downgrade": bool(pair.media and pair.media.uses_plaintext_downgrade)}))
+            self._emit(
+                CallEvent(
+                    "answered",
+                    pair.caller.call_id,
+                    {
+                        "pair": pair.key,
+                        "suite": suite.value if suite else None,
+                        "plaintext_downgrade": bool(
+                            pair.media and pair.media.uses_plaintext_downgrade
+                        ),
+                    },
+                )
+            )
         else:
             self._send_response(caller_side, pair.server_key, reply, now)
 
@@ -1139,17 +1284,26 @@ class B2bua:
         callee_side = pair.other(pair.caller_side)
         prack = pair.callee.build_request("PRACK")
         prack.set("To", str(response.to))
-        prack.set("RAck", f"{response.get('RSeq') or '1'} {response.cseq.seq} {response.cseq.method}")
+        prack.set(
+            "RAck", f"{response.get('RSeq') or '1'} {response.cseq.seq} {response.cseq.method}"
+        )
         key = self._send_request(callee_side, prack, pair.callee.peer, now)
         self._relays[(callee_side, key)] = _Relay(pair, pair.caller_side, "", prack, internal=True)
 
-    def _refuse_answer(self, pair: DialogPair, response: SipResponse, exc: MediaRefused, now: float) -> None:
+    def _refuse_answer(
+        self, pair: DialogPair, response: SipResponse, exc: MediaRefused, now: float
+    ) -> None:
         """Fail closed: the callee answered without acceptable crypto. The caller gets 488 and
         never sees an answer; a callee leg that did answer is ACKed and ended at once."""
         callee_side = pair.other(pair.caller_side)
         self._count("refused_media")
-        self._emit(CallEvent("refused", pair.caller.call_id, {
-            "pair": pair.key, "reason": exc.warning, "status": 488}))
+        self._emit(
+            CallEvent(
+                "refused",
+                pair.caller.call_id,
+                {"pair": pair.key, "reason": exc.warning, "status": 488},
+            )
+        )
         if 200 <= response.status < 300:
             pair.callee.learn_from_response(response, uac=True)
             self._send_ack(pair, callee_side, response.cseq.seq, b"")
@@ -1165,11 +1319,20 @@ class B2bua:
         if 200 <= response.status < 300:
             self._forget(pair)
 
-    def _refuse_media(self, pair: DialogPair, side: Side, key: str, request: SipRequest,
-                      exc: MediaRefused, now: float) -> None:
+    def _refuse_media(
+        self,
+        pair: DialogPair,
+        side: Side,
+        key: str,
+        request: SipRequest,
+        exc: MediaRefused,
+        now: float,
+    ) -> None:
         self._count("refused_media")
         self._emit(CallEvent("refused", request.call_id, {"reason": exc.warning, "status": 488}))
-        self._reply(side, key, request, 488, headers=[("Warning", f'399 gateway "{_quote(exc.warning)}"')])
+        self._reply(
+            side, key, request, 488, headers=[("Warning", f'399 gateway "{_quote(exc.warning)}"')]
+        )
         if pair.media is not None:
             pair.media.release()
 
@@ -1193,7 +1356,11 @@ class B2bua:
             return
         if relay.internal:
             return
-        if pair is not None and relay.server_key == pair.server_key and pair.state != PairState.CONFIRMED:
+        if (
+            pair is not None
+            and relay.server_key == pair.server_key
+            and pair.state != PairState.CONFIRMED
+        ):
             self._fail_caller(pair, 408, "no answer from the other side", now)
             return
         self._reply(relay.from_side, relay.server_key, relay.request, 408)
@@ -1204,7 +1371,9 @@ class B2bua:
 
     def _offer(self, pair: DialogPair, side: Side, body: bytes) -> bytes:
         assert pair.media is not None
-        out = pair.media.offer_from_lan(body) if side == Side.LAN else pair.media.offer_from_wan(body)
+        out = (
+            pair.media.offer_from_lan(body) if side == Side.LAN else pair.media.offer_from_wan(body)
+        )
         pair.offer_from = side
         self._sync_media(pair)
         return out
@@ -1270,7 +1439,9 @@ class B2bua:
         elif pair.state == PairState.CONFIRMED:
             self._hang_up(pair, now, reason=reason)
 
-    def _end_pair(self, pair: DialogPair, now: float, *, reason: str, send_bye_to: Side | None) -> None:
+    def _end_pair(
+        self, pair: DialogPair, now: float, *, reason: str, send_bye_to: Side | None
+    ) -> None:
         if send_bye_to is not None:
             leg = pair.leg(send_bye_to)
             if pair.state == PairState.CONFIRMED or send_bye_to == pair.caller_side:
@@ -1280,9 +1451,17 @@ class B2bua:
             else:
                 self._cancel_callee(pair, now)
         if pair.state != PairState.ENDED:
-            self._emit(CallEvent("ended", pair.caller.call_id, {
-                "pair": pair.key, "reason": reason,
-                "duration": round(now - pair.answered, 3) if pair.answered else 0.0}))
+            self._emit(
+                CallEvent(
+                    "ended",
+                    pair.caller.call_id,
+                    {
+                        "pair": pair.key,
+                        "reason": reason,
+                        "duration": round(now - pair.answered, 3) if pair.answered else 0.0,
+                    },
+                )
+            )
         pair.state = PairState.ENDED
         pair.retransmit = None
         self._forget(pair)
@@ -1307,8 +1486,16 @@ class B2bua:
         response.set("Server", self.settings.user_agent)
         self._tx[side].send_response(key, response, now)
 
-    def _reply(self, side: Side, key: str, request: SipRequest, status: int,
-               reason: str | None = None, *, headers: Iterable[tuple[str, str]] = ()) -> None:
+    def _reply(
+        self,
+        side: Side,
+        key: str,
+        request: SipRequest,
+        status: int,
+        reason: str | None = None,
+        *,
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
         pair = self._by_server.get((side, key))
         tag = pair.caller.local_tag if pair is not None and status > 100 else None
         if tag is None and status > 100 and not request.to.tag:
@@ -1316,7 +1503,9 @@ class B2bua:
         response = make_response(request, status, reason, to_tag=tag, headers=headers)
         self._send_response(side, key, response, self._now)
 
-    def _send_2xx(self, pair: DialogPair, side: Side, key: str, response: SipResponse, now: float) -> None:
+    def _send_2xx(
+        self, pair: DialogPair, side: Side, key: str, response: SipResponse, now: float
+    ) -> None:
         """Send a 2xx to INVITE and, toward UDP, retransmit it until the ACK (§13.3.1.4)."""
         response.set("Server", self.settings.user_agent)
         self._tx[side].send_response(key, response, now)
@@ -1327,8 +1516,14 @@ class B2bua:
             t1 = self.settings.timers.t1
             pair.retransmit = _Retransmission(peer, data, now + t1, t1, now + 64 * t1, side)
 
-    def _send_ack(self, pair: DialogPair, side: Side, cseq: int, body: bytes,
-                  remote_to: NameAddr | None = None) -> None:
+    def _send_ack(
+        self,
+        pair: DialogPair,
+        side: Side,
+        cseq: int,
+        body: bytes,
+        remote_to: NameAddr | None = None,
+    ) -> None:
         """ACK a 2xx on one leg (§13.2.2.4): a new transaction-less request."""
         leg = pair.leg(side)
         ack = leg.build_request("ACK", cseq=cseq, body=body)

@@ -1,0 +1,516 @@
+"""The B2BUA core without sockets: requests and responses mapped between the two legs.
+
+A scripted phone (LAN, UDP) and a scripted provider (WAN, TLS) exchange messages with the core
+through a fake clock; every assertion is about bytes the core asked to send.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+
+import pytest
+
+from gateway.media.control import CloseCall, OpenStream
+from gateway.sdp.negotiation import MediaPolicy
+from gateway.sip.actions import CallEvent, MediaCommand, SendMessage
+from gateway.sip.b2bua import B2bua, EdgeSettings
+from gateway.sip.message import SipRequest, SipResponse, make_response, parse_message
+from gateway.sip.peer import Peer, Side
+from gateway.sip.transaction import TimerSettings
+
+PHONE_IP = "127.0.0.10"
+PHONE = Peer(Side.LAN, "udp", (PHONE_IP, 5062))
+PROVIDER = Peer(Side.WAN, "tls", ("127.0.0.30", 5061))
+
+
+def settings(**media: object) -> EdgeSettings:
+    return EdgeSettings(
+        lan_address="127.0.0.20",
+        lan_port=5060,
+        wan_address="127.0.0.21",
+        wan_port=5061,
+        provider=PROVIDER,
+        domain="provider.example",
+        media=MediaPolicy(lan_address="127.0.0.20", wan_address="127.0.0.21", **media),  # type: ignore[arg-type]
+        lan_media_ports=(40000, 40099),
+        wan_media_ports=(41000, 41099),
+        timers=TimerSettings(t1=0.5, t2=4.0, t4=5.0),
+    )
+
+
+class Harness:
+    """The core plus what it sent, split per side."""
+
+    def __init__(self, **media: object) -> None:
+        self.core = B2bua(settings(**media))
+        self.now = 0.0
+        self.core.wan_connection_state(True, "TLSv1.3 verified", self.now)
+        self.lan: list[SipRequest | SipResponse] = []
+        self.wan: list[SipRequest | SipResponse] = []
+        self.wan_bytes: list[bytes] = []
+        self.media: list[object] = []
+        self.events: list[CallEvent] = []
+        self.collect()
+
+    def collect(self) -> None:
+        for action in self.core.actions():
+            if isinstance(action, SendMessage):
+                message = parse_message(action.data)
+                if action.peer.side == Side.LAN:
+                    self.lan.append(message)
+                else:
+                    assert action.peer.transport == "tls", "SIP toward the WAN must be TLS"
+                    self.wan.append(message)
+                    self.wan_bytes.append(action.data)
+            elif isinstance(action, MediaCommand):
+                self.media.append(action.command)
+            else:
+                self.events.append(action)
+
+    def from_phone(self, data: bytes | str, peer: Peer = PHONE) -> None:
+        raw = data.encode() if isinstance(data, str) else data
+        self.core.receive_datagram(peer, raw, self.now)
+        self.collect()
+
+    def from_provider(self, message: SipRequest | SipResponse) -> None:
+        self.core.receive_message(PROVIDER, parse_message(bytes(message)), self.now)
+        self.collect()
+
+    def advance(self, seconds: float) -> None:
+        target = self.now + seconds
+        while True:
+            deadline = self.core.get_timer()
+            if deadline is None or deadline > target:
+                break
+            self.now = max(self.now, deadline)
+            self.core.handle_timer(self.now)
+            self.collect()
+        self.now = target
+
+    def take_lan(self) -> list[SipRequest | SipResponse]:
+        out, self.lan = self.lan, []
+        return out
+
+    def take_wan(self) -> list[SipRequest | SipResponse]:
+        out, self.wan = self.wan, []
+        return out
+
+
+def phone_sdp(port: int = 8000) -> str:
+    return (
+        "v=0\r\n"
+        f"o=phone 1 1 IN IP4 {PHONE_IP}\r\n"
+        "s=call\r\n"
+        f"c=IN IP4 {PHONE_IP}\r\n"
+        "t=0 0\r\n"
+        f"m=audio {port} RTP/AVP 0 101\r\n"
+        "a=rtpmap:0 PCMU/8000\r\n"
+        "a=rtpmap:101 telephone-event/8000\r\n"
+        "a=sendrecv\r\n"
+    )
+
+
+def phone_request(method: str, *, cseq: int = 1, body: str = "", branch: str | None = None,
+                  call_id: str = "call-1@phone", to_tag: str | None = None, extra: str = "",
+                  ruri: str = "sip:+15551234567@127.0.0.20") -> str:
+    branch = branch or "z9hG4bK" + secrets.token_hex(6)
+    to = "<sip:+15551234567@127.0.0.20>" + (f";tag={to_tag}" if to_tag else "")
+    head = (
+        f"{method} {ruri} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {PHONE_IP}:5062;branch={branch};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        f'From: "Desk 1001" <sip:1001@127.0.0.20>;tag=phonetag\r\n'
+        f"To: {to}\r\n"
+        f"Call-ID: {call_id}\r\n"
+        f"CSeq: {cseq} {method}\r\n"
+        f"Contact: <sip:1001@{PHONE_IP}:5062>\r\n"
+        f"{extra}"
+    )
+    if body:
+        head += "Content-Type: application/sdp\r\n"
+    return head + f"Content-Length: {len(body)}\r\n\r\n{body}"
+
+
+def provider_answer(offer: bytes, *, crypto: bool = True, proto: str = "RTP/SAVP") -> bytes:
+    """The provider's SDP answer: accept the first offered crypto line with a key of its own."""
+    text = offer.decode()
+    lines = [line for line in text.split("\r\n") if line.startswith("a=crypto:")]
+    first = lines[0].split()
+    tag = first[0].split(":")[1]
+    suite = first[1]
+    key = base64.b64encode(secrets.token_bytes(30)).decode()
+    body = (
+        "v=0\r\no=prov 5 5 IN IP4 127.0.0.30\r\ns=-\r\nc=IN IP4 127.0.0.30\r\nt=0 0\r\n"
+        f"m=audio 30000 {proto} 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
+        "a=rtpmap:101 telephone-event/8000\r\n"
+    )
+    if crypto:
+        body += f"a=crypto:{tag} {suite} inline:{key}\r\n"
+    return body.encode()
+
+
+def respond(request: SipRequest, status: int, *, tag: str = "provtag", body: bytes = b"",
+            contact: str = "<sip:pbx@127.0.0.30:5061;transport=tls>") -> SipResponse:
+    response = make_response(request, status, to_tag=tag if status > 100 else None)
+    if status < 300 and status > 100:
+        response.add("Contact", contact)
+    if body:
+        response.add("Content-Type", "application/sdp")
+        response.body = body
+    return response
+
+
+def only(messages: list[SipRequest | SipResponse], kind: type) -> list:
+    return [m for m in messages if isinstance(m, kind)]
+
+
+def establish_outbound(h: Harness) -> tuple[SipRequest, SipResponse]:
+    """Phone calls out; provider answers with SRTP. Returns the WAN INVITE and phone's 200."""
+    h.from_phone(phone_request("INVITE", body=phone_sdp()))
+    invite = only(h.take_wan(), SipRequest)[0]
+    h.take_lan()
+    h.from_provider(respond(invite, 200, body=provider_answer(invite.body)))
+    ok = only(h.take_lan(), SipResponse)[-1]
+    return invite, ok
+
+
+# ---------------------------------------------------------------- outbound calls
+
+
+def test_outbound_invite_becomes_an_srtp_offer_that_names_only_the_gateway() -> None:
+    h = Harness()
+    h.from_phone(phone_request("INVITE", body=phone_sdp()))
+    lan = h.take_lan()
+    assert [m.status for m in only(lan, SipResponse)] == [100]
+    [invite] = only(h.take_wan(), SipRequest)
+    assert invite.method == "INVITE"
+    assert str(invite.uri) == "sip:+15551234567@provider.example"
+    assert invite.call_id != "call-1@phone"
+    assert invite.from_.tag != "phonetag"
+    assert invite.max_forwards == 69
+    body = invite.body.decode()
+    assert "m=audio 41" in body and "RTP/SAVP" in body
+    assert body.count("a=crypto:") == 4
+    assert "NULL" not in body
+    # Nothing that identifies the LAN leaves on the WAN side.
+    assert all(PHONE_IP.encode() not in data for data in h.wan_bytes)
+    assert all(b"127.0.0.20" not in data for data in h.wan_bytes)
+
+
+def test_provider_answer_reaches_phone_as_plain_rtp_and_media_is_opened() -> None:
+    h = Harness()
+    invite, ok = establish_outbound(h)
+    assert ok.status == 200
+    assert ok.to.tag and ok.call_id == "call-1@phone"
+    body = ok.body.decode()
+    assert "RTP/AVP" in body and "a=crypto" not in body
+    assert "c=IN IP4 127.0.0.20" in body
+    [ack] = only(h.take_wan(), SipRequest)
+    assert ack.method == "ACK" and ack.to.tag == "provtag" and ack.cseq.seq == invite.cseq.seq
+    [opened] = [c for c in h.media if isinstance(c, OpenStream)]
+    spec = opened.spec
+    assert spec.phone_addr == (PHONE_IP, 8000)
+    assert spec.provider_addr == ("127.0.0.30", 30000)
+    assert spec.wan_tx is not None and spec.wan_rx is not None
+    assert spec.wan_tx.master != spec.wan_rx.master
+    assert [e.kind for e in h.events if e.kind == "answered"] == ["answered"]
+
+
+def test_bye_from_phone_ends_both_legs_and_closes_media() -> None:
+    h = Harness()
+    invite, ok = establish_outbound(h)
+    h.take_wan()
+    h.from_phone(phone_request("ACK", cseq=1, to_tag=ok.to.tag))
+    h.from_phone(phone_request("BYE", cseq=2, to_tag=ok.to.tag))
+    assert [m.status for m in only(h.take_lan(), SipResponse)] == [200]
+    [bye] = only(h.take_wan(), SipRequest)
+    assert bye.method == "BYE" and bye.call_id == invite.call_id
+    assert bye.cseq.seq == invite.cseq.seq + 1
+    assert any(isinstance(c, CloseCall) for c in h.media)
+
+
+def test_bye_from_provider_reaches_the_phone() -> None:
+    h = Harness()
+    invite, ok = establish_outbound(h)
+    h.from_phone(phone_request("ACK", cseq=1, to_tag=ok.to.tag))
+    [ack] = only(h.take_wan(), SipRequest)
+    bye = SipRequest("BYE", invite.contacts[0].uri)
+    for name in ("Via",):
+        bye.add(name, "SIP/2.0/TLS 127.0.0.30:5061;branch=z9hG4bKprovbye1")
+    bye.add("Max-Forwards", "70")
+    bye.add("From", str(ack.to))
+    bye.add("To", str(ack.from_))
+    bye.add("Call-ID", invite.call_id)
+    bye.add("CSeq", "7 BYE")
+    h.from_provider(bye)
+    assert [m.status for m in only(h.take_wan(), SipResponse)] == [200]
+    [phone_bye] = only(h.take_lan(), SipRequest)
+    assert phone_bye.method == "BYE" and phone_bye.call_id == "call-1@phone"
+    assert phone_bye.from_.tag == ok.to.tag and phone_bye.to.tag == "phonetag"
+
+
+def test_answer_without_crypto_is_refused_with_488_and_the_phone_never_sees_200() -> None:
+    h = Harness()
+    h.from_phone(phone_request("INVITE", body=phone_sdp()))
+    [invite] = only(h.take_wan(), SipRequest)
+    h.take_lan()
+    h.from_provider(respond(invite, 200, body=provider_answer(invite.body, crypto=False)))
+    statuses = [m.status for m in only(h.take_lan(), SipResponse)]
+    assert statuses == [488]
+    wan = only(h.take_wan(), SipRequest)
+    assert [m.method for m in wan] == ["ACK", "BYE"]
+    refusal = [e for e in h.events if e.kind == "refused"]
+    assert refusal and "crypto" in refusal[0].fields["reason"]
+
+
+def test_plain_rtp_avp_answer_is_refused() -> None:
+    h = Harness()
+    h.from_phone(phone_request("INVITE", body=phone_sdp()))
+    [invite] = only(h.take_wan(), SipRequest)
+    h.take_lan()
+    h.from_provider(respond(invite, 183, body=provider_answer(invite.body, proto="RTP/AVP")))
+    [refused] = only(h.take_lan(), SipResponse)
+    assert refused.status == 488
+    assert refused.get("Warning") is not None
+    assert [m.method for m in only(h.take_wan(), SipRequest)] == ["CANCEL"]
+
+
+def test_downgrade_setting_allows_plain_answer_and_is_logged() -> None:
+    h = Harness(allow_plaintext=True)
+    h.from_phone(phone_request("INVITE", body=phone_sdp()))
+    [invite] = only(h.take_wan(), SipRequest)
+    h.from_provider(respond(invite, 200, body=provider_answer(invite.body, crypto=False)))
+    assert 200 in [m.status for m in only(h.take_lan(), SipResponse)]
+    assert any(e.kind == "downgrade" for e in h.events)
+
+
+def test_udp_retransmission_of_invite_is_absorbed() -> None:
+    h = Harness()
+    request = phone_request("INVITE", body=phone_sdp(), branch="z9hG4bKsame1")
+    h.from_phone(request)
+    h.from_phone(request)
+    h.from_phone(request)
+    assert len(only(h.take_wan(), SipRequest)) == 1
+
+
+def test_2xx_is_retransmitted_to_a_udp_phone_until_ack() -> None:
+    h = Harness()
+    _, ok = establish_outbound(h)
+    h.advance(0.5)
+    h.advance(1.0)
+    retransmitted = [m for m in only(h.take_lan(), SipResponse) if m.status == 200]
+    assert len(retransmitted) == 2
+    h.from_phone(phone_request("ACK", cseq=1, to_tag=ok.to.tag))
+    h.advance(10)
+    assert not [m for m in only(h.take_lan(), SipResponse) if m.status == 200]
+
+
+def test_nothing_is_retransmitted_over_tls() -> None:
+    h = Harness()
+    h.from_phone(phone_request("INVITE", body=phone_sdp()))
+    assert len(only(h.take_wan(), SipRequest)) == 1
+    h.advance(40)
+    assert not [m for m in only(h.take_wan(), SipRequest) if m.method == "INVITE"]
+    # Timer B fired: the phone hears about it.
+    assert 408 in [m.status for m in only(h.take_lan(), SipResponse)]
+
+
+def test_cancel_of_a_ringing_call() -> None:
+    h = Harness()
+    h.from_phone(phone_request("INVITE", body=phone_sdp(), branch="z9hG4bKcan1"))
+    [invite] = only(h.take_wan(), SipRequest)
+    h.from_provider(respond(invite, 180))
+    assert 180 in [m.status for m in only(h.take_lan(), SipResponse)]
+    h.from_phone(phone_request("CANCEL", branch="z9hG4bKcan1"))
+    statuses = sorted(m.status for m in only(h.take_lan(), SipResponse))
+    assert statuses == [200, 487]
+    [cancel] = only(h.take_wan(), SipRequest)
+    assert cancel.method == "CANCEL"
+    assert cancel.top_via.branch == invite.top_via.branch
+    assert cancel.cseq.seq == invite.cseq.seq
+
+
+def test_challenge_goes_to_the_phone_and_its_credentials_come_back_unchanged() -> None:
+    h = Harness()
+    h.from_phone(phone_request("INVITE", body=phone_sdp()))
+    [invite] = only(h.take_wan(), SipRequest)
+    challenge = respond(invite, 407)
+    challenge.add("Proxy-Authenticate", 'Digest realm="provider.example", nonce="abc", algorithm=MD5')
+    h.from_provider(challenge)
+    [relayed] = [m for m in only(h.take_lan(), SipResponse) if m.status == 407]
+    assert relayed.get("Proxy-Authenticate") == 'Digest realm="provider.example", nonce="abc", algorithm=MD5'
+    # The WAN transaction ACKed the 407 itself (RFC 3261 section 17.1.1.3).
+    assert [m.method for m in only(h.take_wan(), SipRequest)] == ["ACK"]
+    credentials = 'Digest username="1001", realm="provider.example", nonce="abc", uri="sip:x", response="0123"'
+    h.from_phone(phone_request("INVITE", cseq=2, body=phone_sdp(),
+                               extra=f"Proxy-Authorization: {credentials}\r\n"))
+    [retry] = only(h.take_wan(), SipRequest)
+    assert retry.get("Proxy-Authorization") == credentials
+    assert retry.call_id == invite.call_id and retry.from_.tag == invite.from_.tag
+    assert retry.cseq.seq == invite.cseq.seq + 1
+
+
+def test_wan_down_answers_503_with_the_reason() -> None:
+    h = Harness()
+    h.core.wan_connection_state(False, "certificate verification failed: hostname mismatch", 0.0)
+    h.collect()
+    h.from_phone(phone_request("INVITE", body=phone_sdp()))
+    [refused] = [m for m in only(h.take_lan(), SipResponse) if m.status == 503]
+    warning = refused.get("Warning") or ""
+    assert "certificate verification failed" in warning
+    assert not h.take_wan()
+
+
+# ---------------------------------------------------------------- registrations
+
+
+def register(h: Harness, *, cseq: int = 1, extra: str = "") -> None:
+    h.from_phone(
+        "REGISTER sip:127.0.0.20 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {PHONE_IP}:5062;branch=z9hG4bKreg{cseq};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        "From: <sip:1001@127.0.0.20>;tag=r1\r\nTo: <sip:1001@127.0.0.20>\r\n"
+        f"Call-ID: reg-1@phone\r\nCSeq: {cseq} REGISTER\r\n"
+        f"Contact: <sip:1001@{PHONE_IP}:5062>\r\nExpires: 120\r\n"
+        "User-Agent: LegacyPhone/1.0\r\n"
+        f"{extra}Content-Length: 0\r\n\r\n"
+    )
+
+
+def test_register_is_relayed_with_an_opaque_contact_and_auth_passes_through() -> None:
+    h = Harness()
+    register(h)
+    [upstream] = only(h.take_wan(), SipRequest)
+    assert upstream.method == "REGISTER"
+    assert str(upstream.uri) == "sip:provider.example"
+    [contact] = upstream.contacts
+    token = contact.uri.user  # type: ignore[union-attr]
+    assert token and token.startswith("gw") and "1001" not in token
+    assert contact.uri.host == "127.0.0.21"  # type: ignore[union-attr]
+    assert PHONE_IP.encode() not in bytes(upstream)
+    challenge = make_response(upstream, 401, to_tag="x")
+    challenge.add("WWW-Authenticate", 'Digest realm="provider.example", nonce="n1"')
+    h.from_provider(challenge)
+    [to_phone] = only(h.take_lan(), SipResponse)
+    assert to_phone.status == 401 and to_phone.call_id == "reg-1@phone"
+    assert to_phone.get("WWW-Authenticate") == 'Digest realm="provider.example", nonce="n1"'
+    auth = 'Digest username="1001", realm="provider.example", nonce="n1", uri="sip:127.0.0.20", response="ff"'
+    register(h, cseq=2, extra=f"Authorization: {auth}\r\n")
+    [second] = only(h.take_wan(), SipRequest)
+    assert second.get("Authorization") == auth
+    assert second.call_id == upstream.call_id
+    assert second.cseq.seq == upstream.cseq.seq + 1
+    ok = make_response(second, 200, to_tag="x")
+    ok.add("Contact", f"{second.get('Contact').split(';expires')[0]};expires=120")  # type: ignore[union-attr]
+    h.from_provider(ok)
+    [done] = only(h.take_lan(), SipResponse)
+    assert done.status == 200
+    assert f"sip:1001@{PHONE_IP}:5062" in (done.get("Contact") or "")
+    assert len(h.core.registrations) == 1
+
+
+def test_provider_call_reaches_the_registered_phone() -> None:
+    h = Harness()
+    register(h)
+    [upstream] = only(h.take_wan(), SipRequest)
+    ok = make_response(upstream, 200, to_tag="x")
+    ok.add("Contact", upstream.get("Contact") or "")
+    h.from_provider(ok)
+    h.take_lan()
+    token = upstream.contacts[0].uri.user  # type: ignore[union-attr]
+    key = base64.b64encode(secrets.token_bytes(30)).decode()
+    offer = (
+        "v=0\r\no=prov 1 1 IN IP4 127.0.0.30\r\ns=-\r\nc=IN IP4 127.0.0.30\r\nt=0 0\r\n"
+        "m=audio 30002 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}\r\n"
+    )
+    invite = SipRequest("INVITE", parse_message(
+        f"OPTIONS sip:{token}@127.0.0.21:5061;transport=tls SIP/2.0\r\nVia: SIP/2.0/TLS x;branch=z9hG4bKa\r\n"
+        "From: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: a\r\nCSeq: 1 OPTIONS\r\n\r\n".encode()
+    ).uri)
+    invite.add("Via", "SIP/2.0/TLS 127.0.0.30:5061;branch=z9hG4bKinbound1")
+    invite.add("Max-Forwards", "70")
+    invite.add("From", "<sip:+4420123@provider.example>;tag=pf1")
+    invite.add("To", "<sip:1001@provider.example>")
+    invite.add("Call-ID", "inbound-1@provider")
+    invite.add("CSeq", "1 INVITE")
+    invite.add("Contact", "<sip:pbx@127.0.0.30:5061;transport=tls>")
+    invite.add("Content-Type", "application/sdp")
+    invite.body = offer.encode()
+    h.from_provider(invite)
+    [trying] = only(h.take_wan(), SipResponse)
+    assert trying.status == 100
+    [to_phone] = only(h.take_lan(), SipRequest)
+    assert to_phone.method == "INVITE"
+    assert str(to_phone.uri) == f"sip:1001@{PHONE_IP}:5062"
+    phone_offer = to_phone.body.decode()
+    assert "RTP/AVP" in phone_offer and "a=crypto" not in phone_offer
+    answer = make_response(to_phone, 200, to_tag="phoneans")
+    answer.add("Contact", f"<sip:1001@{PHONE_IP}:5062>")
+    answer.add("Content-Type", "application/sdp")
+    answer.body = phone_sdp(8002).encode()
+    h.from_phone(bytes(answer))
+    wan = h.take_wan()
+    [ok200] = [m for m in only(wan, SipResponse) if m.status == 200]
+    body = ok200.body.decode()
+    assert "RTP/SAVP" in body and body.count("a=crypto:1 AES_CM_128_HMAC_SHA1_80") == 1
+    assert PHONE_IP not in body
+    # The gateway ACKed the phone's 2xx itself.
+    assert [m.method for m in only(h.take_lan(), SipRequest)] == ["ACK"]
+
+
+def test_provider_offer_without_crypto_is_refused_488() -> None:
+    h = Harness()
+    register(h)
+    [upstream] = only(h.take_wan(), SipRequest)
+    ok = make_response(upstream, 200, to_tag="x")
+    ok.add("Contact", upstream.get("Contact") or "")
+    h.from_provider(ok)
+    token = upstream.contacts[0].uri.user  # type: ignore[union-attr]
+    raw = (
+        f"INVITE sip:{token}@127.0.0.21:5061;transport=tls SIP/2.0\r\n"
+        "Via: SIP/2.0/TLS 127.0.0.30:5061;branch=z9hG4bKplain1\r\nMax-Forwards: 70\r\n"
+        "From: <sip:+4420123@provider.example>;tag=pf2\r\nTo: <sip:1001@provider.example>\r\n"
+        "Call-ID: inbound-2@provider\r\nCSeq: 1 INVITE\r\n"
+        "Contact: <sip:pbx@127.0.0.30:5061;transport=tls>\r\nContent-Type: application/sdp\r\n\r\n"
+        "v=0\r\no=prov 1 1 IN IP4 127.0.0.30\r\ns=-\r\nc=IN IP4 127.0.0.30\r\nt=0 0\r\n"
+        "m=audio 30002 RTP/AVP 0\r\n"
+    )
+    h.from_provider(parse_message(raw.encode()))
+    statuses = [m.status for m in only(h.take_wan(), SipResponse)]
+    assert 488 in statuses
+    assert not only(h.take_lan(), SipRequest)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (phone_request("INVITE").replace("CSeq: 1 INVITE", "CSeq: 1 OPTIONS"), 400),
+        (phone_request("FOO"), 501),
+        (phone_request("INVITE", extra="Require: nosuchext\r\n"), 420),
+        (phone_request("OPTIONS", ruri="nobodyKnowsThisScheme:x"), 416),
+        (phone_request("OPTIONS").replace("Max-Forwards: 70", "Max-Forwards: 0"), 483),
+    ],
+)
+def test_bad_requests_get_a_clear_answer(raw: str, status: int) -> None:
+    h = Harness()
+    h.from_phone(raw)
+    responses = only(h.take_lan(), SipResponse)
+    assert [r.status for r in responses] == [status]
+    assert not h.take_wan()
+
+
+def test_garbage_is_dropped_and_counted_without_disturbing_a_call() -> None:
+    h = Harness()
+    _, ok = establish_outbound(h)
+    for junk in (b"\x00\xff" * 100, b"SIP/2.0 200\r\n\r\n", b"INVITE\r\n\r\n", b"A" * 70000):
+        h.from_phone(junk)
+    assert h.core.counters.get("sip_malformed_lan", 0) >= 3
+    h.from_phone(phone_request("ACK", cseq=1, to_tag=ok.to.tag))
+    h.from_phone(phone_request("BYE", cseq=2, to_tag=ok.to.tag))
+    assert 200 in [m.status for m in only(h.take_lan(), SipResponse)]
+    assert "BYE" in [m.method for m in only(h.take_wan(), SipRequest)]
