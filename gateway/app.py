@@ -121,7 +121,10 @@ class Gateway:
         lan = self.config.lan
         if "udp" in lan.transports:
             self._udp = await open_udp(
-                lan.sip_address, lan.sip_port, self._on_lan_datagram, self.config.sip.max_message_bytes
+                lan.sip_address,
+                lan.sip_port,
+                self._on_lan_datagram,
+                self.config.sip.max_message_bytes,
             )
         if "tcp" in lan.transports:
             server = await self._loop.create_server(
@@ -221,6 +224,10 @@ class Gateway:
         return self._loop.time()
 
     def _on_lan_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "recv lan:udp:%s:%d: %s", *addr, data.split(b"\r\n", 1)[0].decode(errors="replace")
+            )
         self.core.receive_datagram(Peer(Side.LAN, "udp", addr), data, self._now())
         self._flush()
 
@@ -248,10 +255,16 @@ class Gateway:
     def _on_stream_message(
         self, side: Side, conn: SipStreamConnection, message: SipRequest | SipResponse
     ) -> None:
-        if side == Side.WAN and getattr(conn, "accepted", False) and not self._listener_allowed(conn):
+        if (
+            side == Side.WAN
+            and getattr(conn, "accepted", False)
+            and not self._listener_allowed(conn)
+        ):
             self.counters.listener_refused += 1
             conn.close("not the configured provider")
             return
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("recv %s: %s", self._stream_peer(side, conn), message.start_line())
         self.core.receive_message(self._stream_peer(side, conn), message, self._now())
         self._flush()
 
@@ -318,6 +331,8 @@ class Gateway:
             self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _send(self, peer: Peer, data: bytes) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("send %s: %s", peer, data.split(b"\r\n", 1)[0].decode(errors="replace"))
         if peer.side == Side.LAN:
             if peer.transport == "udp":
                 if self._udp is not None:
@@ -387,8 +402,12 @@ class Gateway:
         self.call_events.append(event)
         if len(self.call_events) > 1000:
             del self.call_events[:500]
-        record: dict[str, Any] = {"time": round(time.time(), 3), "event": event.kind,
-                                  "call_id": event.call_id, **event.fields}
+        record: dict[str, Any] = {
+            "time": round(time.time(), 3),
+            "event": event.kind,
+            "call_id": event.call_id,
+            **event.fields,
+        }
         level = logging.WARNING if event.kind in ("refused", "downgrade") else logging.INFO
         events_log.log(level, json.dumps(record, default=str))
 
@@ -417,9 +436,11 @@ class _JsonFormatter(logging.Formatter):
         message = record.getMessage()
         if record.name == "gateway.events" and message.startswith("{"):
             return message
-        return json.dumps({
-            "time": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": message,
-        })
+        return json.dumps(
+            {
+                "time": round(record.created, 3),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": message,
+            }
+        )

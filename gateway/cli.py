@@ -81,8 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the gateway in the foreground")
     p.add_argument("--config", required=True, help="configuration file (TOML)")
-    p.add_argument("--drain", type=float, default=10.0,
-                   help="seconds to let active calls finish on SIGTERM (default 10)")
+    p.add_argument(
+        "--drain",
+        type=float,
+        default=10.0,
+        help="seconds to let active calls finish on SIGTERM (default 10)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check-config", help="check a configuration file and list every problem")

@@ -34,7 +34,7 @@ class _Table(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     """Base of every configuration table: frozen, strict about unknown keys."""
 
 
-class LanSettings(_Table):
+class LanSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The side facing the legacy phones: plain SIP over UDP and TCP, plain RTP."""
 
     #: Address the SIP listeners bind to, and the address phones are told (Via, Contact).
@@ -48,7 +48,7 @@ class LanSettings(_Table):
     media_ports: tuple[int, int] = (40000, 44999)
 
 
-class WanSettings(_Table):
+class WanSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The side facing the provider: SIP over verified TLS, SRTP."""
 
     #: The provider: a host name (resolved per RFC 3263: NAPTR, SRV, A/AAAA) or an address.
@@ -91,7 +91,7 @@ class WanSettings(_Table):
         return tuple(SrtpSuite(name) for name in self.srtp_suites)
 
 
-class SipSettings(_Table):
+class SipSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Transaction timers (RFC 3261 §17.1.1.1) and limits."""
 
     t1: float = 0.5
@@ -104,7 +104,7 @@ class SipSettings(_Table):
     user_agent: str = "sip-media-gateway"
 
 
-class MediaSettings(_Table):
+class MediaSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The media workers that carry the packet path."""
 
     #: Worker processes; 0 means one per spare core (at least one).
@@ -115,7 +115,7 @@ class MediaSettings(_Table):
     dscp: int = 46
 
 
-class AdminSettings(_Table):
+class AdminSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The operator's HTTP surface (status API, metrics)."""
 
     listen: str = "127.0.0.1:8080"
@@ -124,18 +124,18 @@ class AdminSettings(_Table):
     enabled: bool = False
 
 
-class LogSettings(_Table):
+class LogSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
     level: str = "info"
     #: "auto" (human on a terminal, JSON otherwise), "json" or "text".
     format: str = "auto"
 
 
-class StateSettings(_Table):
+class StateSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: Folder for state that survives a restart (bans, call records).
     directory: str = "state"
 
 
-class GatewayConfig(_Table):
+class GatewayConfig(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole configuration file."""
 
     lan: LanSettings = LanSettings()
@@ -179,7 +179,7 @@ class ConfigError(Exception):
 
 
 _TABLES: dict[str, type[_Table]] = {
-    name: info.type  # type: ignore[misc]
+    name: info.type
     for name, info in ((f.name, f) for f in msgspec.structs.fields(GatewayConfig))
     if name != "base_dir"
 }
@@ -241,7 +241,9 @@ def _resolve_paths(config: GatewayConfig) -> GatewayConfig:
             identity,
             certificate=str(rel(identity.certificate)),
             private_key=str(rel(identity.private_key)),
-            passphrase_file=str(rel(identity.passphrase_file)) if identity.passphrase_file else None,
+            passphrase_file=str(rel(identity.passphrase_file))
+            if identity.passphrase_file
+            else None,
         )
     trust = wan.trust
     if trust.ca_bundle is not None:
@@ -280,7 +282,10 @@ def check(config: GatewayConfig) -> list[tuple[str, str]]:
     ):
         if not (1024 <= first < last <= 65535) or last - first < 3:
             problems.append(
-                (field, f"expected [first, last] with 1024 <= first < last <= 65535, got {first}..{last}")
+                (
+                    field,
+                    f"expected [first, last], 1024 <= first < last <= 65535, got {first}..{last}",
+                )
             )
     if (
         lan.media_address == wan.media_address
@@ -317,12 +322,20 @@ def check(config: GatewayConfig) -> list[tuple[str, str]]:
         except ValueError:
             problems.append(("wan.listener_allow", f"expected CIDR, got {cidr!r}"))
     if config.log.format not in ("auto", "json", "text"):
-        problems.append(("log.format", f"expected 'auto', 'json' or 'text', got {config.log.format!r}"))
+        problems.append(
+            ("log.format", f"expected 'auto', 'json' or 'text', got {config.log.format!r}")
+        )
     if config.log.level not in ("debug", "info", "warning", "error"):
-        problems.append(("log.level", f"expected debug, info, warning or error, got {config.log.level!r}"))
-    for field, value in (("sip.t1", config.sip.t1), ("sip.t2", config.sip.t2), ("sip.t4", config.sip.t4)):
-        if value <= 0:
-            problems.append((field, f"expected a positive number of seconds, got {value}"))
+        problems.append(
+            ("log.level", f"expected debug, info, warning or error, got {config.log.level!r}")
+        )
+    for timer, seconds in (
+        ("sip.t1", config.sip.t1),
+        ("sip.t2", config.sip.t2),
+        ("sip.t4", config.sip.t4),
+    ):
+        if seconds <= 0:
+            problems.append((timer, f"expected a positive number of seconds, got {seconds}"))
     if config.sip.t2 < config.sip.t1:
         problems.append(("sip.t2", "expected T2 >= T1 (RFC 3261 §17.1.2.2)"))
     if not 0 <= config.media.dscp <= 63:

@@ -30,10 +30,13 @@ Rules that keep calls up:
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
+from typing import cast
 
 from gateway.media.control import CloseCall, OpenStream, StreamSpec, UpdateStream
 from gateway.media.ports import PortAllocator
@@ -125,7 +128,7 @@ _RESPONSE_COPY: tuple[str, ...] = (
 )
 
 
-class PairState(str, Enum):
+class PairState(StrEnum):
     CALLING = "calling"  # dialog-creating request sent to the callee side
     EARLY = "early"  # a provisional with a to-tag came back
     CONFIRMED = "confirmed"  # 2xx relayed
@@ -148,7 +151,7 @@ class EdgeSettings:
     media: MediaPolicy
     lan_media_ports: tuple[int, int]
     wan_media_ports: tuple[int, int]
-    timers: TimerSettings = TimerSettings()
+    timers: TimerSettings = field(default_factory=TimerSettings)
     user_agent: str = "sip-media-gateway"
     default_expires: int = 3600
 
@@ -301,10 +304,9 @@ class B2bua:
         except SipError as exc:
             self._count(f"sip_rejected_{peer.side.value}")
             if isinstance(message, SipRequest) and message.method != "ACK":
-                try:
+                # If not even an answer can be built, the count above is all that is left.
+                with contextlib.suppress(SipError):
                     self._emit(SendMessage(peer, bytes(make_response(message, exc.status_hint))))
-                except SipError:
-                    pass  # could not even build an answer; counted above
         self._pump(now)
 
     def wan_connection_state(self, up: bool, reason: str, now: float) -> None:
@@ -397,7 +399,7 @@ class B2bua:
                     self._dispatch(side, event, now)
                     event = tx.next_event()
                 for destination, data in tx.datagrams_to_send():
-                    self._emit(SendMessage(destination, data))
+                    self._emit(SendMessage(cast(Peer, destination), data))
 
     def _dispatch(self, side: Side, event: object, now: float) -> None:
         if isinstance(event, RequestReceived):
@@ -616,17 +618,17 @@ class B2bua:
         existing = self._pair_for_retransmission(side, request)
         if existing is not None:
             if existing.last_final is not None:
-                self._emit(SendMessage(event.source, existing.last_final))
+                self._emit(SendMessage(_source(event), existing.last_final))
             return
         if side == Side.LAN:
             if not self._check_wan(side, event.key, request):
                 return
-            built = self._outbound_legs(event)
+            caller, callee = self._outbound_legs(event)
         else:
             built = self._inbound_legs(event, now)
             if built is None:
                 return
-        caller, callee = built
+            caller, callee = built
         pair = DialogPair(
             key=f"c{next(self._ids)}",
             method=method,
@@ -648,7 +650,7 @@ class B2bua:
                         request.call_id,
                         {
                             "setting": "wan.insecure_plaintext_media",
-                            "warning": "INSECURE: this call may carry plain RTP toward the provider",
+                            "warning": "INSECURE: this call may carry plain RTP to the provider",
                         },
                     )
                 )
@@ -717,11 +719,11 @@ class B2bua:
         phone_from = request.from_
         caller = self._new_leg(
             Side.LAN,
-            event.source,
+            _source(event),
             request.to.with_tag(new_tag()),
             phone_from,
             request.contacts[0].uri if request.contacts else phone_from.uri,
-            self._lan_contact(event.source),
+            self._lan_contact(_source(event)),
             call_id=request.call_id,
         )
         caller.remote_cseq = request.cseq.seq
@@ -732,7 +734,7 @@ class B2bua:
         if challenged is not None:
             callee = challenged[0]  # the phone answers a challenge: same WAN Call-ID and tag
         else:
-            binding = self._binding_of_phone(from_user, event.source)
+            binding = self._binding_of_phone(from_user, _source(event))
             callee = self._new_leg(
                 Side.WAN,
                 self.settings.provider,
@@ -764,7 +766,7 @@ class B2bua:
         provider_from = request.from_
         caller = self._new_leg(
             Side.WAN,
-            event.source,
+            _source(event),
             request.to.with_tag(new_tag()),
             provider_from,
             request.contacts[0].uri if request.contacts else provider_from.uri,
@@ -922,7 +924,7 @@ class B2bua:
         to_user = _ruri_user(request)
         if side == Side.LAN:
             peer = self.settings.provider
-            target = self._wan_uri(to_user)
+            target: SipUri | AbsoluteUri = self._wan_uri(to_user)
             local = NameAddr(request.from_.display, self._wan_uri(from_user), {"tag": new_tag()})
             remote = NameAddr(None, self._wan_uri(_user(request.to)), {})
             contact = self._wan_contact()
@@ -986,7 +988,7 @@ class B2bua:
         else:
             phone_contact = contacts[0]
             binding = self.registrations.binding_for(
-                user, aor, str(phone_contact.uri), event.source
+                user, aor, str(phone_contact.uri), _phone_peer(phone_contact, _source(event))
             )
             binding.user_agent = request.get("User-Agent")
             expires = phone_contact.params.get("expires") or expires_header
@@ -1146,7 +1148,9 @@ class B2bua:
         if pair is not None and method == "BYE":
             return
         if pair is not None and method == "SUBSCRIBE" and response.status >= 300:
-            self._end_pair(pair, now, reason=f"subscription refused {response.status}")
+            self._end_pair(
+                pair, now, reason=f"subscription refused {response.status}", send_bye_to=None
+            )
 
     def _on_callee_response(self, pair: DialogPair, response: SipResponse, now: float) -> None:
         """Responses to the dialog-creating request, relayed to the caller."""
@@ -1217,6 +1221,10 @@ class B2bua:
         copy_headers(response, reply, _RESPONSE_COPY)
         copy_headers(response, reply, ("Allow", "Supported"))
         reply.add("Contact", pair.caller.contact)
+        # §12.1.1: the UAS copies the request's Record-Route into dialog-creating responses,
+        # or the proxies on the caller's path drop out of the dialog.
+        for record_route in pair.request.get_all("Record-Route"):
+            reply.add("Record-Route", record_route)
         if body:
             reply.body = body
             reply.set("Content-Type", "application/sdp")
@@ -1539,6 +1547,29 @@ class B2bua:
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _source(event: RequestReceived) -> Peer:
+    """The transaction layer keeps destinations opaque; here they are always Peers."""
+    return cast(Peer, event.source)
+
+
+def _phone_peer(contact: NameAddr, source: Peer) -> Peer:
+    """Where a registered phone is reached (RFC 3261 §10.3, §18.2.2).
+
+    Over UDP the phone's Contact names the port it listens on, which need not be the port
+    its REGISTER came from; a stream-connected phone is reached over its own connection.
+    A Contact with a host name (or none of ours to parse) falls back to the source address.
+    """
+    uri = contact.uri
+    if source.transport != "udp" or not isinstance(uri, SipUri):
+        return source
+    host, port = uri.host_port
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return source
+    return Peer(Side.LAN, "udp", (host, port or 5060))
 
 
 def _other(side: Side) -> Side:

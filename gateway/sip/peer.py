@@ -8,10 +8,10 @@ connection a request came in on; requests may open a new connection when none is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Side(str, Enum):
+class Side(StrEnum):
     """Which side of the gateway a peer is on."""
 
     LAN = "lan"

@@ -11,9 +11,11 @@ once the provider has shown that it answers them, detect a dead peer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 from gateway.transport.resolver import Target, resolve_provider
 from gateway.transport.stream import SipStreamConnection
@@ -82,10 +84,8 @@ class ProviderLink:
             self.connection.close("gateway stopping")
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
     def send(self, data: bytes) -> bool:
         if self.connection is None or self.connection.closed:
@@ -207,7 +207,7 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or exc.__class__.__name__
 
 
-def _subject(cert: dict | None) -> str | None:  # type: ignore[type-arg]
+def _subject(cert: dict[str, Any] | None) -> str | None:
     if not cert:
         return None
     for rdn in cert.get("subject", ()):

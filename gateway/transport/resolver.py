@@ -39,7 +39,9 @@ def _is_address(host: str) -> bool:
     return True
 
 
-def order_srv(records: list[tuple[int, int, int, str]], rng: random.Random | None = None) -> list[tuple[str, int]]:
+def order_srv(
+    records: list[tuple[int, int, int, str]], rng: random.Random | None = None
+) -> list[tuple[str, int]]:
     """RFC 2782: ascending priority; within one, a weighted random order."""
     rng = rng or random.Random()
     out: list[tuple[str, int]] = []
@@ -60,7 +62,9 @@ def order_srv(records: list[tuple[int, int, int, str]], rng: random.Random | Non
     return out
 
 
-async def resolve_provider(host: str, port: int | None, server_name: str | None = None) -> list[Target]:
+async def resolve_provider(
+    host: str, port: int | None, server_name: str | None = None
+) -> list[Target]:
     """Every TLS target for the provider, in the order to try them."""
     name = server_name or host.strip("[]")
     if _is_address(host):

@@ -42,7 +42,9 @@ class SipUdpEndpoint(asyncio.DatagramProtocol):
             self.transport.sendto(data, addr)
 
 
-async def open_udp(host: str, port: int, on_datagram: DatagramHandler, max_size: int) -> SipUdpEndpoint:
+async def open_udp(
+    host: str, port: int, on_datagram: DatagramHandler, max_size: int
+) -> SipUdpEndpoint:
     loop = asyncio.get_running_loop()
     _, protocol = await loop.create_datagram_endpoint(
         lambda: SipUdpEndpoint(on_datagram, max_size), local_addr=(host, port)

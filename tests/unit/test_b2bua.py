@@ -111,9 +111,17 @@ def phone_sdp(port: int = 8000) -> str:
     )
 
 
-def phone_request(method: str, *, cseq: int = 1, body: str = "", branch: str | None = None,
-                  call_id: str = "call-1@phone", to_tag: str | None = None, extra: str = "",
-                  ruri: str = "sip:+15551234567@127.0.0.20") -> str:
+def phone_request(
+    method: str,
+    *,
+    cseq: int = 1,
+    body: str = "",
+    branch: str | None = None,
+    call_id: str = "call-1@phone",
+    to_tag: str | None = None,
+    extra: str = "",
+    ruri: str = "sip:+15551234567@127.0.0.20",
+) -> str:
     branch = branch or "z9hG4bK" + secrets.token_hex(6)
     to = "<sip:+15551234567@127.0.0.20>" + (f";tag={to_tag}" if to_tag else "")
     head = (
@@ -150,8 +158,14 @@ def provider_answer(offer: bytes, *, crypto: bool = True, proto: str = "RTP/SAVP
     return body.encode()
 
 
-def respond(request: SipRequest, status: int, *, tag: str = "provtag", body: bytes = b"",
-            contact: str = "<sip:pbx@127.0.0.30:5061;transport=tls>") -> SipResponse:
+def respond(
+    request: SipRequest,
+    status: int,
+    *,
+    tag: str = "provtag",
+    body: bytes = b"",
+    contact: str = "<sip:pbx@127.0.0.30:5061;transport=tls>",
+) -> SipResponse:
     response = make_response(request, status, to_tag=tag if status > 100 else None)
     if status < 300 and status > 100:
         response.add("Contact", contact)
@@ -336,15 +350,23 @@ def test_challenge_goes_to_the_phone_and_its_credentials_come_back_unchanged() -
     h.from_phone(phone_request("INVITE", body=phone_sdp()))
     [invite] = only(h.take_wan(), SipRequest)
     challenge = respond(invite, 407)
-    challenge.add("Proxy-Authenticate", 'Digest realm="provider.example", nonce="abc", algorithm=MD5')
+    challenge.add(
+        "Proxy-Authenticate", 'Digest realm="provider.example", nonce="abc", algorithm=MD5'
+    )
     h.from_provider(challenge)
     [relayed] = [m for m in only(h.take_lan(), SipResponse) if m.status == 407]
-    assert relayed.get("Proxy-Authenticate") == 'Digest realm="provider.example", nonce="abc", algorithm=MD5'
+    assert (
+        relayed.get("Proxy-Authenticate")
+        == 'Digest realm="provider.example", nonce="abc", algorithm=MD5'
+    )
     # The WAN transaction ACKed the 407 itself (RFC 3261 section 17.1.1.3).
     assert [m.method for m in only(h.take_wan(), SipRequest)] == ["ACK"]
     credentials = 'Digest username="1001", realm="provider.example", nonce="abc", uri="sip:x", response="0123"'
-    h.from_phone(phone_request("INVITE", cseq=2, body=phone_sdp(),
-                               extra=f"Proxy-Authorization: {credentials}\r\n"))
+    h.from_phone(
+        phone_request(
+            "INVITE", cseq=2, body=phone_sdp(), extra=f"Proxy-Authorization: {credentials}\r\n"
+        )
+    )
     [retry] = only(h.take_wan(), SipRequest)
     assert retry.get("Proxy-Authorization") == credentials
     assert retry.call_id == invite.call_id and retry.from_.tag == invite.from_.tag
@@ -425,10 +447,13 @@ def test_provider_call_reaches_the_registered_phone() -> None:
         "m=audio 30002 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
         f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}\r\n"
     )
-    invite = SipRequest("INVITE", parse_message(
-        f"OPTIONS sip:{token}@127.0.0.21:5061;transport=tls SIP/2.0\r\nVia: SIP/2.0/TLS x;branch=z9hG4bKa\r\n"
-        "From: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: a\r\nCSeq: 1 OPTIONS\r\n\r\n".encode()
-    ).uri)
+    invite = SipRequest(
+        "INVITE",
+        parse_message(
+            f"OPTIONS sip:{token}@127.0.0.21:5061;transport=tls SIP/2.0\r\nVia: SIP/2.0/TLS x;branch=z9hG4bKa\r\n"
+            "From: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: a\r\nCSeq: 1 OPTIONS\r\n\r\n".encode()
+        ).uri,
+    )
     invite.add("Via", "SIP/2.0/TLS 127.0.0.30:5061;branch=z9hG4bKinbound1")
     invite.add("Max-Forwards", "70")
     invite.add("From", "<sip:+4420123@provider.example>;tag=pf1")

@@ -1,0 +1,367 @@
+"""Signalling-process side of the media workers (asyncio; RFC 3550/3711 media, RFC 4568 keys).
+
+:class:`MediaController` starts N worker processes (``python -m gateway.media.worker``), each with
+a socketpair as its control channel, and drives them with the length-prefixed msgspec messages
+of :mod:`gateway.media.control`. A call's streams all live on one worker, chosen by a stable hash
+of the Call-ID (CRC-32, not Python's salted ``hash``), so every message about a call reaches the
+worker that holds its sockets and keys.
+
+Workers are separate programs started with ``asyncio.create_subprocess_exec``: no fork of a
+process that runs uvloop, TLS and threads, and nothing inherited but the control socket. A
+worker that dies is logged at error level and restarted in the same slot (so the hash still
+points there); the calls it carried have lost their media and are handed to ``on_worker_lost``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import socket
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from gateway.media.control import (
+    ENCODER,
+    REPORT_DECODER,
+    CloseCall,
+    OpenStream,
+    QueryStats,
+    Shutdown,
+    StreamCounters,
+    StreamIdle,
+    StreamOpened,
+    StreamSpec,
+    UpdateStream,
+    WorkerStats,
+)
+
+__all__ = ["MediaController", "MediaError"]
+
+log = logging.getLogger(__name__)
+
+#: How long a worker may take to answer OpenStream or QueryStats.
+REPLY_TIMEOUT = 5.0
+#: A worker that dies sooner than this after starting is restarted after a pause, not at once.
+_CRASH_LOOP_SECONDS = 1.0
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+class MediaError(Exception):
+    """A media operation failed (bind refused, worker gone, no reply)."""
+
+    #: The SIP status the signalling layer should answer with when this stops a call.
+    status_hint = 500
+
+
+class _WorkerHandle:
+    """One worker slot: its process, control channel and what is pending on it."""
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.process: asyncio.subprocess.Process | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.reader_task: asyncio.Task[None] | None = None
+        self.started_at = 0.0
+        self.calls: set[str] = set()
+        self.running = asyncio.Event()
+        self.pending_open: dict[tuple[str, int], asyncio.Future[str | None]] = {}
+        self.pending_stats: dict[int, asyncio.Future[dict[str, StreamCounters]]] = {}
+
+    @property
+    def alive(self) -> bool:
+        return self.writer is not None
+
+
+class MediaController:
+    """Starts, drives and supervises the media worker processes."""
+
+    def __init__(
+        self,
+        *,
+        lan_address: str,
+        wan_address: str,
+        workers: int | None = None,
+        inactivity_timeout: float = 60.0,
+        dscp: int = 46,
+        on_idle: Callable[[str], None] | None = None,
+        on_worker_lost: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        """``workers`` defaults to one per core but one (the signalling process's own)."""
+        count = workers if workers is not None else max(1, (os.cpu_count() or 1) - 1)
+        if count < 1:
+            raise ValueError("at least one media worker is needed")
+        self._lan_address = lan_address
+        self._wan_address = wan_address
+        self._inactivity_timeout = inactivity_timeout
+        self._dscp = dscp
+        self.on_idle = on_idle
+        self.on_worker_lost = on_worker_lost
+        self._workers = [_WorkerHandle(slot) for slot in range(count)]
+        self._request_ids = itertools.count(1)
+        self._stopping = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every worker process."""
+        self._stopping = False
+        for handle in self._workers:
+            await self._spawn(handle)
+
+    async def stop(self) -> None:
+        """Ask every worker to shut down, wait for it (bounded), kill a worker that hangs."""
+        self._stopping = True
+        for handle in self._workers:
+            writer = handle.writer
+            if writer is not None:
+                with contextlib.suppress(ConnectionError, OSError):
+                    self._write(handle, Shutdown())
+                    await writer.drain()
+        for handle in self._workers:
+            process = handle.process
+            if process is not None:
+                try:
+                    await asyncio.wait_for(process.wait(), REPLY_TIMEOUT)
+                except TimeoutError:
+                    log.error("media worker %d ignored Shutdown; killing it", handle.slot)
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+                    await process.wait()
+            if handle.reader_task is not None:
+                handle.reader_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await handle.reader_task
+            self._detach(handle, "media controller stopped")
+
+    async def __aenter__(self) -> MediaController:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def wait_running(self, timeout: float = REPLY_TIMEOUT) -> None:
+        """Wait until every worker slot runs (after start or a restart); MediaError on timeout."""
+        try:
+            async with asyncio.timeout(timeout):
+                for handle in self._workers:
+                    await handle.running.wait()
+        except TimeoutError:
+            raise MediaError("media workers did not come up") from None
+
+    def worker_pids(self) -> list[int | None]:
+        """Process ids per slot (None for a slot that is not running), for operators."""
+        return [h.process.pid if h.process and h.alive else None for h in self._workers]
+
+    # -- commands ------------------------------------------------------------------------
+
+    def _worker_for(self, call_id: str) -> _WorkerHandle:
+        return self._workers[zlib.crc32(call_id.encode()) % len(self._workers)]
+
+    async def open_stream(self, call_id: str, index: int, spec: StreamSpec) -> None:
+        """Bind a stream's sockets and start relaying; raises MediaError with the reason."""
+        handle = self._live(call_id)
+        key = (call_id, index)
+        if key in handle.pending_open:
+            raise MediaError(f"stream {call_id}/{index} is already being opened")
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        handle.pending_open[key] = future
+        try:
+            self._write(handle, OpenStream(call_id=call_id, stream=index, spec=spec))
+            error = await asyncio.wait_for(future, REPLY_TIMEOUT)
+        except TimeoutError:
+            raise MediaError(f"media worker {handle.slot} did not answer OpenStream") from None
+        finally:
+            handle.pending_open.pop(key, None)
+        if error is not None:
+            raise MediaError(error)
+        handle.calls.add(call_id)
+
+    async def update_stream(self, call_id: str, index: int, spec: StreamSpec) -> None:
+        """Replace a stream's spec (addresses, keys, direction); SRTP state is kept per keying."""
+        handle = self._live(call_id)
+        self._write(handle, UpdateStream(call_id=call_id, stream=index, spec=spec))
+        await self._drain(handle)
+
+    async def close_call(self, call_id: str) -> None:
+        """Close every stream of a call: ports released, keys forgotten by the worker."""
+        handle = self._worker_for(call_id)
+        handle.calls.discard(call_id)
+        if not handle.alive:
+            return  # its worker died: sockets and keys went with it
+        self._write(handle, CloseCall(call_id=call_id))
+        await self._drain(handle)
+
+    async def stats(self) -> dict[str, StreamCounters]:
+        """Counters of every stream on every live worker, keyed ``"call_id/stream"``."""
+        loop = asyncio.get_running_loop()
+        waits = []
+        for handle in self._workers:
+            if not handle.alive:
+                continue
+            request_id = next(self._request_ids)
+            future: asyncio.Future[dict[str, StreamCounters]] = loop.create_future()
+            handle.pending_stats[request_id] = future
+            self._write(handle, QueryStats(request_id=request_id))
+            waits.append((handle, request_id, future))
+        merged: dict[str, StreamCounters] = {}
+        for handle, request_id, future in waits:
+            try:
+                merged.update(await asyncio.wait_for(future, REPLY_TIMEOUT))
+            except TimeoutError:
+                raise MediaError(f"media worker {handle.slot} did not answer QueryStats") from None
+            finally:
+                handle.pending_stats.pop(request_id, None)
+        return merged
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _live(self, call_id: str) -> _WorkerHandle:
+        handle = self._worker_for(call_id)
+        if not handle.alive:
+            raise MediaError(f"media worker {handle.slot} is not running")
+        return handle
+
+    def _write(self, handle: _WorkerHandle, message: msgspec.Struct) -> None:
+        writer = handle.writer
+        if writer is None:
+            raise MediaError(f"media worker {handle.slot} is not running")
+        payload = ENCODER.encode(message)
+        writer.write(len(payload).to_bytes(4, "big") + payload)
+
+    async def _drain(self, handle: _WorkerHandle) -> None:
+        writer = handle.writer
+        if writer is None:
+            raise MediaError(f"media worker {handle.slot} is not running")
+        try:
+            await writer.drain()
+        except (ConnectionError, OSError) as exc:
+            raise MediaError(f"media worker {handle.slot}: {exc}") from None
+
+    async def _spawn(self, handle: _WorkerHandle) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            env = dict(os.environ)
+            # The worker must import this very package, installed or not.
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p
+            )
+            handle.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "gateway.media.worker",
+                "--control-fd",
+                str(child.fileno()),
+                "--lan-address",
+                self._lan_address,
+                "--wan-address",
+                self._wan_address,
+                "--inactivity-timeout",
+                repr(self._inactivity_timeout),
+                "--dscp",
+                str(self._dscp),
+                pass_fds=(child.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+                env=env,
+            )
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        reader, writer = await asyncio.open_connection(sock=parent)
+        handle.writer = writer
+        handle.started_at = time.monotonic()
+        handle.running.set()
+        handle.reader_task = asyncio.create_task(
+            self._read_reports(handle, reader), name=f"media-worker-{handle.slot}"
+        )
+        log.info("media worker %d started (pid %d)", handle.slot, handle.process.pid)
+
+    async def _read_reports(self, handle: _WorkerHandle, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                header = await reader.readexactly(4)
+                payload = await reader.readexactly(int.from_bytes(header, "big"))
+                try:
+                    report = REPORT_DECODER.decode(payload)
+                except msgspec.DecodeError as exc:
+                    log.error("media worker %d sent an invalid report: %s", handle.slot, exc)
+                    continue
+                self._dispatch(handle, report)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        if not self._stopping:
+            await self._worker_lost(handle)
+
+    def _dispatch(self, handle: _WorkerHandle, report: object) -> None:
+        if isinstance(report, StreamOpened):
+            future = handle.pending_open.get((report.call_id, report.stream))
+            if future is not None and not future.done():
+                future.set_result(report.error)
+        elif isinstance(report, WorkerStats):
+            stats_future = handle.pending_stats.get(report.request_id)
+            if stats_future is not None and not stats_future.done():
+                stats_future.set_result(report.streams)
+        elif isinstance(report, StreamIdle) and self.on_idle is not None:
+            try:
+                self.on_idle(report.call_id)
+            except Exception:
+                log.exception("on_idle callback failed for call %s", report.call_id)
+
+    def _detach(self, handle: _WorkerHandle, reason: str) -> list[str]:
+        """Forget a worker's channel; fail what waits on it; return the calls it carried."""
+        handle.running.clear()
+        if handle.writer is not None:
+            handle.writer.close()
+            handle.writer = None
+        futures: list[asyncio.Future[Any]] = [
+            *handle.pending_open.values(),
+            *handle.pending_stats.values(),
+        ]
+        for future in futures:
+            if not future.done():
+                future.set_exception(MediaError(reason))
+        handle.pending_open.clear()
+        handle.pending_stats.clear()
+        lost = sorted(handle.calls)
+        handle.calls.clear()
+        return lost
+
+    async def _worker_lost(self, handle: _WorkerHandle) -> None:
+        process = handle.process
+        lost = self._detach(handle, f"media worker {handle.slot} died")
+        code: int | None = None
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()  # a worker that closed its channel but lingers is no use
+            code = await process.wait()
+        log.error(
+            "MEDIA WORKER %d DIED (exit status %s); %d call(s) lost their media: %s",
+            handle.slot,
+            code,
+            len(lost),
+            ", ".join(lost) or "none",
+        )
+        if lost and self.on_worker_lost is not None:
+            try:
+                self.on_worker_lost(lost)
+            except Exception:
+                log.exception("on_worker_lost callback failed")
+        if time.monotonic() - handle.started_at < _CRASH_LOOP_SECONDS:
+            await asyncio.sleep(_CRASH_LOOP_SECONDS)  # do not spin if it dies at start-up
+        if self._stopping:
+            return
+        try:
+            await self._spawn(handle)
+        except Exception:
+            log.exception("media worker %d could not be restarted", handle.slot)

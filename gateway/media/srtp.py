@@ -1,0 +1,154 @@
+"""SRTP and SRTCP crypto contexts for the packet path (RFC 3711, RFC 7714, RFC 4568 §7.1.4).
+
+Thin wrappers over pylibsrtp (libsrtp): an :class:`SrtpProtector` for what the gateway sends to
+the provider and an :class:`SrtpUnprotector` for what it receives, each built from one
+direction's :class:`~gateway.media.control.SrtpKeying`. One libsrtp session serves both RTP and
+RTCP of a direction, so SRTP and SRTCP share the master key as RFC 3711 §4.3 derives them.
+
+Rollover counters (RFC 3711 §3.3.1) and replay windows (§3.3.2) live inside the libsrtp session,
+per SSRC. They survive only as long as the session does, which is why a context is kept for as
+long as its keying (suite, master key and salt, generation) is unchanged: a re-INVITE or hold
+that repeats the same ``a=crypto`` must not reset the ROC, while a new key (RFC 4568 §7.1.4)
+means a new crypto context.
+
+libsrtp reports failures as :class:`pylibsrtp.Error` carrying a message; they are mapped here to
+:class:`SrtpAuthError` (authentication or cipher failure) and :class:`SrtpReplayError` (replay
+window) so the packet path can count them apart (DESIGN.md invariant 2).
+"""
+
+from __future__ import annotations
+
+import pylibsrtp
+
+from gateway.media.control import SrtpKeying
+from gateway.media.suites import SrtpSuite
+
+__all__ = [
+    "SrtpAuthError",
+    "SrtpError",
+    "SrtpProtector",
+    "SrtpReplayError",
+    "SrtpUnprotector",
+    "same_keying",
+]
+
+
+class SrtpError(Exception):
+    """libsrtp refused a packet for a reason other than authentication or replay."""
+
+
+class SrtpAuthError(SrtpError):
+    """The packet failed SRTP/SRTCP authentication (forged, tampered or wrong key)."""
+
+
+class SrtpReplayError(SrtpError):
+    """The packet's index was already seen or is behind the replay window."""
+
+
+# Messages from pylibsrtp's table of libsrtp status codes. A GCM tag mismatch surfaces as a
+# cipher failure, so it counts as an authentication failure too (RFC 7714 §9.1).
+_AUTH_MESSAGES = frozenset({"authentication failure", "cipher failure"})
+_REPLAY_MESSAGES = frozenset(
+    {
+        "replay check failed (bad index)",
+        "replay check failed (index too old)",
+        "packet index is too old to consider",
+    }
+)
+
+
+def _mapped(exc: Exception) -> SrtpError:
+    """Turn a pylibsrtp failure into the matching SrtpError subclass."""
+    message = str(exc)
+    if message in _AUTH_MESSAGES:
+        return SrtpAuthError(message)
+    if message in _REPLAY_MESSAGES:
+        return SrtpReplayError(message)
+    # ValueError from pylibsrtp means a packet longer than its 1500-byte working buffer.
+    return SrtpError(message)
+
+
+def same_keying(a: SrtpKeying | None, b: SrtpKeying | None) -> bool:
+    """True when two keyings would build the same crypto context (so an existing one is kept)."""
+    if a is None or b is None:
+        return a is b
+    return a.suite == b.suite and a.master == b.master and a.generation == b.generation
+
+
+def _session(keying: SrtpKeying, ssrc_type: int) -> pylibsrtp.Session:
+    suite = SrtpSuite.from_name(keying.suite)  # NULL suites are unknown here: never plaintext
+    if len(keying.master) != suite.master_length:
+        raise ValueError(
+            f"{suite.value} needs {suite.master_length} bytes of master key and salt,"
+            f" got {len(keying.master)}"
+        )
+    policy = pylibsrtp.Policy(
+        key=keying.master, ssrc_type=ssrc_type, srtp_profile=suite.libsrtp_profile
+    )
+    # Index reuse under one key is a two-time pad (RFC 3711 §9.1): libsrtp refuses a repeated
+    # outbound sequence number, and we keep it that way.
+    policy.allow_repeat_tx = False
+    return pylibsrtp.Session(policy)
+
+
+class SrtpProtector:
+    """Outbound SRTP/SRTCP for one direction: protects what the gateway sends to the provider.
+
+    Raises ``ValueError`` on construction for an unknown or NULL suite or a key of the wrong
+    length. libsrtp accepts any outbound SSRC and keeps a ROC per SSRC.
+    """
+
+    __slots__ = ("_protect", "_protect_rtcp", "keying")
+
+    def __init__(self, keying: SrtpKeying) -> None:
+        session = _session(keying, pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+        #: The keying this context was built from (compared on update, never logged).
+        self.keying = keying
+        # Bound methods looked up once: the packet path calls them per packet.
+        self._protect = session.protect
+        self._protect_rtcp = session.protect_rtcp
+
+    def protect(self, packet: bytes) -> bytes:
+        """RTP → SRTP. Raises SrtpError (SrtpReplayError for a repeated sequence number)."""
+        try:
+            return self._protect(packet)
+        except (pylibsrtp.Error, ValueError) as exc:
+            raise _mapped(exc) from None
+
+    def protect_rtcp(self, packet: bytes) -> bytes:
+        """RTCP → SRTCP (RFC 3711 §3.4, always encrypted with the E flag set)."""
+        try:
+            return self._protect_rtcp(packet)
+        except (pylibsrtp.Error, ValueError) as exc:
+            raise _mapped(exc) from None
+
+
+class SrtpUnprotector:
+    """Inbound SRTP/SRTCP for one direction: verifies and decrypts what the provider sends.
+
+    libsrtp creates a stream (ROC, replay window) per SSRC from the first packet that
+    authenticates, so a provider that changes SSRC mid-call keeps working under the same key.
+    """
+
+    __slots__ = ("_unprotect", "_unprotect_rtcp", "keying")
+
+    def __init__(self, keying: SrtpKeying) -> None:
+        session = _session(keying, pylibsrtp.Policy.SSRC_ANY_INBOUND)
+        #: The keying this context was built from (compared on update, never logged).
+        self.keying = keying
+        self._unprotect = session.unprotect
+        self._unprotect_rtcp = session.unprotect_rtcp
+
+    def unprotect(self, packet: bytes) -> bytes:
+        """SRTP → RTP. Raises SrtpAuthError, SrtpReplayError or SrtpError."""
+        try:
+            return self._unprotect(packet)
+        except (pylibsrtp.Error, ValueError) as exc:
+            raise _mapped(exc) from None
+
+    def unprotect_rtcp(self, packet: bytes) -> bytes:
+        """SRTCP → RTCP. Raises SrtpAuthError, SrtpReplayError or SrtpError."""
+        try:
+            return self._unprotect_rtcp(packet)
+        except (pylibsrtp.Error, ValueError) as exc:
+            raise _mapped(exc) from None

@@ -1,0 +1,137 @@
+"""Fixtures for interop tests with real peers (see tests/interop/peers.py).
+
+- ``pki``: a session-wide test CA with server and client certificates.
+- ``tones``: 440 Hz and 1000 Hz 8 kHz WAVs and a 440 Hz PCMU file for sipp's rtp_stream.
+- ``procs``: starts peers and always stops them (reverse order) at teardown; when the test
+  failed, the log tails of every peer are printed into the report.
+- ``netns``: a fresh network namespace with only ``lo``, deleted afterwards.
+- ``kamailio``: a running TLS registrar/proxy on 127.0.0.1 (random port).
+- ``need``: ``need("sipp", "kamailio")`` skips locally / fails under CI if binaries are missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from tests.interop.peers import (
+    Kamailio,
+    ManagedProcess,
+    NetNamespace,
+    TestPki,
+    make_test_pki,
+    require_binaries,
+)
+from tests.tone import write_tone, write_ulaw_tone
+
+P = TypeVar("P", bound=ManagedProcess)
+
+
+@dataclass(frozen=True)
+class Tones:
+    """Tone files shared by a test session."""
+
+    wav_440: Path
+    wav_1000: Path
+    ulaw_440: Path
+
+
+class ProcessSet:
+    """Peers started by one test, stopped in reverse order at teardown."""
+
+    def __init__(self) -> None:
+        """Start empty."""
+        self.procs: list[ManagedProcess] = []
+
+    def start(self, proc: P) -> P:
+        """Register ``proc`` for cleanup, then start it (its own readiness wait included)."""
+        self.procs.append(proc)
+        proc.start()
+        return proc
+
+    def stop_all(self) -> None:
+        """Stop every registered process, newest first; never raises for one failure."""
+        errors: list[str] = []
+        for proc in reversed(self.procs):
+            try:
+                proc.stop()
+            except Exception as exc:  # keep stopping the others
+                errors.append(f"{proc.name}: {exc}")
+        if errors:
+            raise AssertionError("cleanup failed:\n" + "\n".join(errors))
+
+    def log_tails(self) -> str:
+        """Log tails of all registered processes."""
+        return "\n".join(p.log_tail(40) for p in self.procs if p.proc is not None)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Remember each phase's report on the item so fixtures can see if the test failed."""
+    report = yield
+    setattr(item, f"_report_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def need() -> Callable[..., dict[str, str]]:
+    """``need(*binaries)``: skip (locally) or fail (CI) when a peer binary is missing."""
+    return require_binaries
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    """A test CA, a server cert (SAN IP:127.0.0.1, localhost, provider.test) and a client
+    cert."""
+    return make_test_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def tones(tmp_path_factory: pytest.TempPathFactory) -> Tones:
+    """Ten-second tone files: 440 Hz and 1000 Hz WAV (8 kHz mono), 440 Hz headerless PCMU."""
+    d = tmp_path_factory.mktemp("tones")
+    return Tones(
+        wav_440=write_tone(d / "tone440.wav", 440.0, 10.0),
+        wav_1000=write_tone(d / "tone1000.wav", 1000.0, 10.0),
+        ulaw_440=write_ulaw_tone(d / "tone440.ulaw", 440.0, 10.0),
+    )
+
+
+@pytest.fixture
+def procs(request: pytest.FixtureRequest) -> Iterator[ProcessSet]:
+    """A :class:`ProcessSet`; peers are stopped at teardown, logs printed on failure."""
+    ps = ProcessSet()
+    try:
+        yield ps
+    finally:
+        report = getattr(request.node, "_report_call", None)
+        if report is not None and report.failed:
+            print("\n===== peer logs =====\n" + ps.log_tails())
+        ps.stop_all()
+
+
+@pytest.fixture
+def netns(need: Callable[..., dict[str, str]]) -> Iterator[NetNamespace]:
+    """A fresh namespace (unique name with our PID) with only ``lo``; always deleted."""
+    need("ip")
+    ns = NetNamespace()
+    try:
+        ns.create()
+        yield ns
+    finally:
+        ns.delete()
+
+
+@pytest.fixture
+def kamailio(
+    need: Callable[..., dict[str, str]], pki: TestPki, tmp_path: Path, procs: ProcessSet
+) -> Kamailio:
+    """A running kamailio TLS registrar/proxy on 127.0.0.1 (``kamailio.tls_address``)."""
+    need("kamailio")
+    return procs.start(Kamailio(tmp_path / "kamailio", pki))

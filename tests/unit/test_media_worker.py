@@ -1,0 +1,270 @@
+"""Media worker and controller end to end on loopback: a phone socket, a provider socket keyed
+with pylibsrtp, a real worker process between them (DESIGN.md invariants 1–3, RFC 3711).
+
+Addresses are distinct loopback addresses (all of 127.0.0.0/8 answers on ``lo``); ports are
+picked by the OS. Waits are bounded socket timeouts or controller round trips, never sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+
+import pylibsrtp
+import pytest
+import uvloop
+
+from gateway.media.control import (
+    ENCODER,
+    REPORT_DECODER,
+    QueryStats,
+    Shutdown,
+    SrtpKeying,
+    StreamSpec,
+    WorkerStats,
+)
+from gateway.media.controller import MediaController, MediaError
+from gateway.media.suites import SrtpSuite
+from gateway.media.worker import media_socket, run_worker
+
+LAN = "127.0.0.20"
+WAN = "127.0.0.21"
+PHONE_IP = "127.0.0.10"
+PROVIDER_IP = "127.0.0.30"
+INTRUDER_IP = "127.0.0.2"
+TIMEOUT = 5.0
+SUITE = SrtpSuite.AES_CM_128_HMAC_SHA1_80
+
+
+def rtp(seq: int, payload: bytes = b"\xd5" * 160) -> bytes:
+    return struct.pack("!BBHII", 0x80, 0, seq, seq * 160, 0xCAFEBABE) + payload
+
+
+def udp(address: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((address, 0))
+    sock.settimeout(TIMEOUT)
+    return sock
+
+
+def port_pair(address: str, held: list[socket.socket]) -> int:
+    """An OS-picked port P with P+1 also free; both stay held (in ``held``) until released."""
+    for _ in range(100):
+        first = udp(address)
+        port = first.getsockname()[1]
+        if port < 65535:
+            try:
+                second = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                second.bind((address, port + 1))
+            except OSError:
+                second.close()
+            else:
+                held += [first, second]
+                return port
+        first.close()
+    raise RuntimeError("no free port pair")
+
+
+@contextlib.contextmanager
+def free_ports() -> Iterator[tuple[int, int]]:
+    held: list[socket.socket] = []
+    try:
+        ports = port_pair(LAN, held), port_pair(WAN, held)
+    finally:
+        for sock in held:
+            sock.close()
+    yield ports
+
+
+def session(k: SrtpKeying, ssrc_type: int) -> pylibsrtp.Session:
+    profile = SrtpSuite.from_name(k.suite).libsrtp_profile
+    return pylibsrtp.Session(
+        pylibsrtp.Policy(key=k.master, ssrc_type=ssrc_type, srtp_profile=profile)
+    )
+
+
+async def recv(sock: socket.socket) -> tuple[bytes, tuple[str, int]]:
+    # A blocking read with a timeout, off the event loop so the controller keeps running.
+    return await asyncio.to_thread(sock.recvfrom, 2048)
+
+
+def bindable(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+async def relay_scenario() -> None:
+    """Phone → SRTP at the provider, SRTP back → plain at the phone, RTP bleed refused."""
+    async with MediaController(lan_address=LAN, wan_address=WAN, workers=1) as controller:
+        phone, provider, intruder = udp(PHONE_IP), udp(PROVIDER_IP), udp(INTRUDER_IP)
+        to_provider = SrtpKeying(suite=SUITE.value, master=os.urandom(SUITE.master_length))
+        from_provider = SrtpKeying(suite=SUITE.value, master=os.urandom(SUITE.master_length))
+        with free_ports() as (lan_port, wan_port):
+            spec = StreamSpec(
+                lan_port=lan_port,
+                wan_port=wan_port,
+                phone_addr=phone.getsockname(),
+                provider_addr=provider.getsockname(),
+                wan_tx=to_provider,
+                wan_rx=from_provider,
+            )
+            await controller.open_stream("call-1@phone", 0, spec)
+        provider_rx = session(to_provider, pylibsrtp.Policy.SSRC_ANY_INBOUND)
+        provider_tx = session(from_provider, pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+        try:
+            # Phone → gateway LAN → SRTP from the gateway's WAN port to the provider.
+            phone.sendto(rtp(1), (LAN, lan_port))
+            data, source = await recv(provider)
+            assert source == (WAN, wan_port)
+            assert data != rtp(1)
+            assert provider_rx.unprotect(data) == rtp(1)
+
+            # Provider → gateway WAN → plain RTP from the gateway's LAN port to the phone.
+            provider.sendto(provider_tx.protect(rtp(500)), (WAN, wan_port))
+            data, source = await recv(phone)
+            assert (data, source) == (rtp(500), (LAN, lan_port))
+
+            # RTP bleed: another host's packet is not relayed; the next packet out is the
+            # phone's, which also proves the injected one was processed first (same socket).
+            intruder.sendto(rtp(2, b"\x00" * 160), (LAN, lan_port))
+            phone.sendto(rtp(3), (LAN, lan_port))
+            data, _ = await recv(provider)
+            assert provider_rx.unprotect(data) == rtp(3)
+
+            # A tampered WAN packet is not relayed either.
+            forged = bytearray(provider_tx.protect(rtp(501)))
+            forged[-1] ^= 0x55
+            provider.sendto(bytes(forged), (WAN, wan_port))
+            provider.sendto(provider_tx.protect(rtp(502)), (WAN, wan_port))
+            data, _ = await recv(phone)
+            assert data == rtp(502)
+
+            stats = await controller.stats()
+            counters = stats["call-1@phone/0"]
+            assert counters.drop_wrong_source == 1
+            assert counters.drop_auth == 1
+            assert counters.lan_in_packets == 3
+            assert counters.wan_out_packets == 2
+            assert counters.wan_in_packets == 3
+            assert counters.lan_out_packets == 2
+
+            await controller.close_call("call-1@phone")
+            await controller.stats()  # a round trip: CloseCall was handled before the reply
+            assert await controller.stats() == {}
+            for address, port in ((LAN, lan_port), (LAN, lan_port + 1), (WAN, wan_port)):
+                assert bindable(address, port)
+            assert bindable(WAN, wan_port + 1)
+        finally:
+            for sock in (phone, provider, intruder):
+                sock.close()
+
+
+async def test_end_to_end_relay() -> None:
+    await relay_scenario()
+
+
+def test_end_to_end_relay_under_uvloop() -> None:
+    uvloop.run(relay_scenario())
+
+
+async def test_bind_failure_is_reported() -> None:
+    async with MediaController(lan_address=LAN, wan_address=WAN, workers=1) as controller:
+        with free_ports() as (lan_port, wan_port):
+            pass
+        blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        blocker.bind((WAN, wan_port + 1))
+        try:
+            spec = StreamSpec(lan_port=lan_port, wan_port=wan_port)
+            with pytest.raises(MediaError, match=rf"cannot bind {WAN}:{wan_port + 1}"):
+                await controller.open_stream("busy", 0, spec)
+            # The sockets bound before the failure were released again.
+            assert bindable(LAN, lan_port) and bindable(WAN, wan_port)
+            assert await controller.stats() == {}
+        finally:
+            blocker.close()
+
+
+async def test_idle_call_reported_once() -> None:
+    idle: asyncio.Queue[str] = asyncio.Queue()
+    async with MediaController(
+        lan_address=LAN, wan_address=WAN, workers=1, inactivity_timeout=0.2, on_idle=idle.put_nowait
+    ) as controller:
+        with free_ports() as (lan_port, wan_port):
+            await controller.open_stream(
+                "quiet", 0, StreamSpec(lan_port=lan_port, wan_port=wan_port)
+            )
+        assert await asyncio.wait_for(idle.get(), TIMEOUT) == "quiet"
+        # Reported once: several more idle checks (every 0.1 s here) report nothing new.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(idle.get(), 0.5)
+
+
+async def test_dead_worker_is_restarted_and_calls_reported() -> None:
+    lost: asyncio.Queue[list[str]] = asyncio.Queue()
+    async with MediaController(
+        lan_address=LAN, wan_address=WAN, workers=1, on_worker_lost=lost.put_nowait
+    ) as controller:
+        with free_ports() as (lan_port, wan_port):
+            await controller.open_stream(
+                "doomed", 0, StreamSpec(lan_port=lan_port, wan_port=wan_port)
+            )
+        (pid,) = controller.worker_pids()
+        assert pid is not None
+        os.kill(pid, 9)
+        assert await asyncio.wait_for(lost.get(), TIMEOUT) == ["doomed"]
+        await controller.wait_running(TIMEOUT)
+        (new_pid,) = controller.worker_pids()
+        assert new_pid not in (None, pid)
+        # The new worker serves calls; the dead one's ports are free again.
+        await controller.open_stream("next", 0, StreamSpec(lan_port=lan_port, wan_port=wan_port))
+        assert set(await controller.stats()) == {"next/0"}
+
+
+def test_media_socket_marks_dscp_ef_and_reports_bind_errors() -> None:
+    sock = media_socket("127.0.0.1", 0, 46)
+    try:
+        assert sock.getsockopt(socket.IPPROTO_IP, socket.IP_TOS) == 46 << 2
+        assert sock.getblocking() is False
+        with pytest.raises(OSError):
+            media_socket("127.0.0.1", sock.getsockname()[1], 46)
+    finally:
+        sock.close()
+
+
+def test_worker_ignores_invalid_control_messages() -> None:
+    ours, theirs = socket.socketpair()
+    worker = threading.Thread(
+        target=run_worker,
+        args=(theirs,),
+        kwargs={"lan_address": LAN, "wan_address": WAN, "inactivity_timeout": 60.0},
+    )
+    worker.start()
+    try:
+        ours.settimeout(TIMEOUT)
+        for payload in (
+            b"\xc1garbage",
+            ENCODER.encode({"type": "Nope"}),
+            ENCODER.encode(QueryStats(7)),
+        ):
+            ours.sendall(len(payload).to_bytes(4, "big") + payload)
+        header = ours.recv(4, socket.MSG_WAITALL)
+        body = ours.recv(int.from_bytes(header, "big"), socket.MSG_WAITALL)
+        reply = REPORT_DECODER.decode(body)
+        assert isinstance(reply, WorkerStats)
+        assert reply.request_id == 7 and reply.streams == {}
+        shutdown = ENCODER.encode(Shutdown())
+        ours.sendall(len(shutdown).to_bytes(4, "big") + shutdown)
+        worker.join(TIMEOUT)
+        assert not worker.is_alive()
+    finally:
+        ours.close()
+        worker.join(TIMEOUT)
