@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable
+from typing import cast
 
 from gateway.sip.errors import SipFramingError, SipParseError
 from gateway.sip.framing import KeepAlive, StreamFramer
@@ -54,8 +55,8 @@ class SipStreamConnection(asyncio.Protocol):
         self.close_reason = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport (the CLI runs uvloop): cast.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer = (str(peer[0]), int(peer[1]))
 
