@@ -17,6 +17,7 @@ import ssl
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gateway.certs.material import (
@@ -28,8 +29,10 @@ from gateway.certs.material import (
 from gateway.config import GatewayConfig, insecure_settings
 from gateway.media.control import CloseCall, OpenStream, StreamCounters, UpdateStream
 from gateway.media.controller import MediaController, MediaError
+from gateway.policy import PolicyEngine, encode_line
+from gateway.policy.bans_store import BanStoreError, load_bans, save_bans
 from gateway.sdp.negotiation import MediaPolicy
-from gateway.sip.actions import CallEvent, MediaCommand, SendMessage
+from gateway.sip.actions import CallEvent, MediaCommand, SecurityNotice, SendMessage
 from gateway.sip.b2bua import B2bua, EdgeSettings
 from gateway.sip.errors import SipParseError
 from gateway.sip.message import SipRequest, SipResponse
@@ -41,6 +44,7 @@ from gateway.transport.udp import SipUdpEndpoint, open_udp
 
 log = logging.getLogger("gateway")
 events_log = logging.getLogger("gateway.events")
+security_log = logging.getLogger("gateway.security")
 
 
 class StartupError(Exception):
@@ -86,7 +90,10 @@ class Gateway:
             user_agent=config.sip.user_agent,
             default_expires=config.sip.default_expires,
         )
-        self.core = B2bua(self.settings)
+        self.policy = PolicyEngine(config.policy)
+        self.core = B2bua(self.settings, policy=self.policy)
+        self._bans_path = Path(config.state.directory) / "bans.json"
+        self._bans_version = -1
         self.counters = Counters()
         self.media = MediaController(
             lan_address=lan.media_address,
@@ -117,6 +124,7 @@ class Gateway:
         for name in self._insecure:
             log.warning("INSECURE SETTING ACTIVE: %s", name)
         self._client_context = self._build_client_context()
+        self._load_bans()
         await self.media.start()
         lan = self.config.lan
         if "udp" in lan.transports:
@@ -291,7 +299,30 @@ class Gateway:
         if side == Side.WAN and self.provider is not None:
             self.provider.connection_closed(conn, reason)
 
+    def _load_bans(self) -> None:
+        """Bans survive a restart: they are read back from the state folder at start-up."""
+        try:
+            bans = load_bans(self._bans_path)
+        except BanStoreError as exc:
+            log.error("ignoring unreadable ban file: %s", exc)
+            return
+        loaded = self.policy.import_bans(bans, self._now(), time.time())
+        if loaded:
+            log.info("restored %d ban(s) from %s", loaded, self._bans_path)
+        self._bans_version = self.policy.bans_version
+
+    def _save_bans(self) -> None:
+        self._bans_version = self.policy.bans_version
+        try:
+            self._bans_path.parent.mkdir(parents=True, exist_ok=True)
+            save_bans(self._bans_path, self.policy.export_bans(self._now(), time.time()))
+        except (OSError, BanStoreError) as exc:
+            log.error("cannot save bans to %s: %s", self._bans_path, exc)
+
     def _on_provider_state(self, up: bool, reason: str) -> None:
+        if up and self.provider is not None and self.provider.target is not None:
+            # The provider's own addresses are always allowed on the WAN and never banned.
+            self.policy.set_provider_peers([self.provider.target.address])
         if not up and self.wan_state != (up, reason):
             log.error("provider unavailable: %s", reason)
         self.wan_state = (up, reason)
@@ -321,8 +352,14 @@ class Gateway:
                 self._send(action.peer, action.data)
             elif isinstance(action, MediaCommand):
                 self._media(action.command)
+            elif isinstance(action, SecurityNotice):
+                security_log.warning(
+                    encode_line(action.event, time.time() - self._now()).decode().rstrip()
+                )
             else:
                 self._record(action)
+        if self.policy.bans_version != self._bans_version:
+            self._save_bans()
         deadline = self.core.get_timer()
         if self._timer is not None and (deadline is None or self._timer.when() != deadline):
             self._timer.cancel()
@@ -434,7 +471,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
-        if record.name == "gateway.events" and message.startswith("{"):
+        if record.name in ("gateway.events", "gateway.security") and message.startswith("{"):
             return message
         return json.dumps(
             {

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.media.control import CloseCall, OpenStream, UpdateStream
+from gateway.policy.events import SecurityEvent
 from gateway.sip.peer import Peer
 
 
@@ -41,4 +42,11 @@ class CallEvent:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-Action = SendMessage | MediaCommand | CallEvent
+@dataclass(frozen=True)
+class SecurityNotice:
+    """A refusal, ban or lock decided by the policy engine: one structured log line each."""
+
+    event: SecurityEvent
+
+
+Action = SendMessage | MediaCommand | CallEvent | SecurityNotice

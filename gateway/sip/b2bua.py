@@ -33,16 +33,19 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
-from typing import cast
+from typing import Literal, cast
 
 from gateway.media.control import CloseCall, OpenStream, StreamSpec, UpdateStream
 from gateway.media.ports import PortAllocator
+from gateway.policy.engine import PolicyEngine
+from gateway.policy.numbering import DialledNumber
 from gateway.sdp.errors import SdpError
 from gateway.sdp.negotiation import CallMedia, MediaPolicy, MediaRefused
-from gateway.sip.actions import Action, CallEvent, MediaCommand, SendMessage
+from gateway.sip.actions import Action, CallEvent, MediaCommand, SecurityNotice, SendMessage
 from gateway.sip.dialog import Leg, copy_headers
 from gateway.sip.errors import SipError, SipParseError
 from gateway.sip.events import (
@@ -195,6 +198,8 @@ class DialogPair:
     started: float = 0.0
     answered: float = 0.0
     specs: list[StreamSpec | None] = field(default_factory=list)
+    #: The call counts towards the policy's caps (call_ended owed when it goes).
+    caps_counted: bool = False
 
     def leg(self, side: Side) -> Leg:
         return self.caller if side == self.caller_side else self.callee
@@ -225,13 +230,25 @@ class _Relay:
     binding: Binding | None = None
     #: The gateway's own PRACK (caller without 100rel): no one to answer.
     internal: bool = False
+    #: Where the original request came from (for brute-force accounting).
+    source: Peer | None = None
 
 
 class B2bua:
     """The sans-IO signalling core of the gateway."""
 
-    def __init__(self, settings: EdgeSettings) -> None:
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        *,
+        policy: PolicyEngine | None = None,
+        wall_clock: Callable[[], datetime] = datetime.now,
+    ) -> None:
         self.settings = settings
+        #: Who may use the gateway and what they may dial (asked before anything is relayed).
+        self.policy = policy
+        #: Local wall-clock time for the dial plan's time windows (out-of-hours rules).
+        self._wall_clock = wall_clock
         self.registrations = RegistrationTable()
         self._tx = {
             Side.LAN: TransactionLayer(settings.timers),
@@ -292,6 +309,8 @@ class B2bua:
         tx = self._tx[peer.side]
         try:
             if isinstance(message, SipRequest):
+                if self.policy is not None and not self._policy_admits(peer, message, now):
+                    return
                 problem = self._precheck(peer, message)
                 if problem is not None:
                     if message.method != "ACK":
@@ -307,7 +326,8 @@ class B2bua:
                 # If not even an answer can be built, the count above is all that is left.
                 with contextlib.suppress(SipError):
                     self._emit(SendMessage(peer, bytes(make_response(message, exc.status_hint))))
-        self._pump(now)
+        finally:
+            self._pump(now)
 
     def wan_connection_state(self, up: bool, reason: str, now: float) -> None:
         """The glue reports the provider connection up (verified) or down (and why)."""
@@ -351,6 +371,8 @@ class B2bua:
             if now - at > 64 * self.settings.timers.t1:
                 del self._challenged[key]
         self.registrations.expire(now)
+        if self.policy is not None:
+            self.policy.handle_timer(now)
         self._pump(now)
 
     def get_timer(self) -> float | None:
@@ -358,9 +380,15 @@ class B2bua:
         for pair in self._pairs.values():
             if pair.retransmit is not None:
                 deadlines.append(min(pair.retransmit.next_at, pair.retransmit.give_up_at))
+        if self.policy is not None:
+            policy_deadline = self.policy.next_deadline()
+            if policy_deadline is not None:
+                deadlines.append(policy_deadline)
         return min(deadlines) if deadlines else None
 
     def actions(self) -> list[Action]:
+        if self.policy is not None:
+            self._actions.extend(SecurityNotice(e) for e in self.policy.drain_events())
         out, self._actions = self._actions, []
         return out
 
@@ -434,6 +462,60 @@ class B2bua:
             self._by_server.pop((side, event.key), None)
 
     # ------------------------------------------------------------- requests
+
+    # ---- policy
+
+    def _policy_admits(self, peer: Peer, request: SipRequest, now: float) -> bool:
+        """Ask the policy engine before anything else: allowlists, bans, floods, scanners.
+
+        A refusal with a status is answered statelessly (no transaction, no state kept for a
+        source that is being refused); one without is dropped in silence. Both are counted.
+        """
+        assert self.policy is not None
+        side: Literal["lan", "wan"] = "lan" if peer.side == Side.LAN else "wan"
+        method = request.method
+        to_user: str | None
+        if peer.side == Side.LAN:
+            if method == "INVITE":
+                # The Request-URI is a dialled number: never "unknown user" enumeration, but the
+                # engine must see it to let emergency calls through whatever else applies.
+                to_user, known = _ruri_user(request), True
+            else:
+                target = request.to if method == "REGISTER" else request.from_
+                to_user = _user(target)
+                known = bool(to_user) and any(b.user == to_user for b in self.registrations.all())
+        else:
+            to_user = _ruri_user(request)
+            known = to_user is None or self._binding_for_user(to_user, now) is not None
+        verdict = self.policy.check_request(
+            side, peer.address[0], method, request.get("User-Agent"), to_user, known, now
+        )
+        if verdict.allowed:
+            return True
+        self._count(f"policy_refused_{side}")
+        if verdict.status is not None and method != "ACK":
+            with contextlib.suppress(SipError):
+                response = make_response(request, verdict.status, to_tag=new_tag())
+                if verdict.warning:
+                    response.add("Warning", verdict.warning)
+                self._emit(SendMessage(peer, bytes(response)))
+        return False
+
+    def _report_auth(self, request: SipRequest, source: Peer | None, status: int) -> None:
+        """Final answers to a LAN source feed brute-force detection (401/407/403, 2xx)."""
+        if self.policy is None or source is None or source.side != Side.LAN or status < 200:
+            return
+        had_credentials = request.has("Authorization") or request.has("Proxy-Authorization")
+        self.policy.auth_result(
+            source.address[0], status, self._now, had_credentials=had_credentials, side="lan"
+        )
+
+    def _binding_for_user(self, user: str, now: float) -> Binding | None:
+        binding = self.registrations.by_token(user)
+        if binding is None:
+            found = self.registrations.active_for_user(user, now)
+            binding = found[0] if found else None
+        return binding
 
     def _precheck(self, peer: Peer, request: SipRequest) -> SipResponse | None:
         """Stateless checks of §8.2.1-§8.2.3 that answer before any transaction exists."""
@@ -620,10 +702,37 @@ class B2bua:
             if existing.last_final is not None:
                 self._emit(SendMessage(_source(event), existing.last_final))
             return
+        number: DialledNumber | None = None
         if side == Side.LAN:
             if not self._check_wan(side, event.key, request):
                 return
-            caller, callee = self._outbound_legs(event)
+            if method == "INVITE" and self.policy is not None:
+                verdict = self.policy.check_outbound_call(
+                    _user(request.from_) or "",
+                    _source(event).address[0],
+                    _ruri_user(request) or "",
+                    now,
+                    self._wall_clock(),
+                )
+                if not verdict.allowed:
+                    self._count("policy_refused_call")
+                    self._reply(
+                        side,
+                        event.key,
+                        request,
+                        verdict.status or 403,
+                        headers=[("Warning", verdict.warning)] if verdict.warning else (),
+                    )
+                    self._emit(
+                        CallEvent(
+                            "refused",
+                            request.call_id,
+                            {"rule": verdict.rule, "status": verdict.status or 403},
+                        )
+                    )
+                    return
+                number = verdict.number
+            caller, callee = self._outbound_legs(event, number)
         else:
             built = self._inbound_legs(event, now)
             if built is None:
@@ -683,6 +792,17 @@ class B2bua:
         outgoing.set("User-Agent", self.settings.user_agent)
         pair.outgoing = outgoing
         pair.client_key = self._send_request(pair.other(side), outgoing, callee.peer, now)
+        if self.policy is not None and side == Side.LAN and method == "INVITE":
+            e164 = number.number if number is not None else (_ruri_user(request) or "")
+            self.policy.call_started(
+                pair.key,
+                _user(request.from_) or "",
+                e164,
+                bool(number and number.international),
+                now,
+                emergency=bool(number and number.kind == "emergency"),
+            )
+            pair.caps_counted = True
         self._relays[(pair.other(side), pair.client_key)] = _Relay(pair, side, event.key, request)
         self._emit(
             CallEvent(
@@ -713,7 +833,9 @@ class B2bua:
                 return pair
         return None
 
-    def _outbound_legs(self, event: RequestReceived) -> tuple[Leg, Leg]:
+    def _outbound_legs(
+        self, event: RequestReceived, number: DialledNumber | None = None
+    ) -> tuple[Leg, Leg]:
         """Phone -> provider: the caller leg faces the phone, the callee leg the provider."""
         request = event.request
         phone_from = request.from_
@@ -730,6 +852,8 @@ class B2bua:
         caller.route_set = list(request.get_all("Record-Route"))
         from_user = _user(phone_from)
         to_user = _ruri_user(request)
+        if number is not None and number.kind == "e164":
+            to_user = number.number  # the provider gets E.164 (RFC 3966 global number)
         challenged = self._challenged.pop((request.call_id, phone_from.tag or ""), None)
         if challenged is not None:
             callee = challenged[0]  # the phone answers a challenge: same WAN Call-ID and tag
@@ -1000,7 +1124,9 @@ class B2bua:
         ]
         upstream = self._upstream_register(binding, contact_value, request)
         key = self._send_request(Side.WAN, upstream, self.settings.provider, now)
-        self._relays[(Side.WAN, key)] = _Relay(None, Side.LAN, event.key, request, binding=binding)
+        self._relays[(Side.WAN, key)] = _Relay(
+            None, Side.LAN, event.key, request, binding=binding, source=_source(event)
+        )
 
     def _upstream_register(
         self, binding: Binding, contact: str, original: SipRequest | None
@@ -1081,6 +1207,7 @@ class B2bua:
             if date:
                 reply.add("Date", date)
         self._send_response(Side.LAN, relay.server_key, reply, now)
+        self._report_auth(relay.request, relay.source, status)
 
     # ------------------------------------------------------------- responses
 
@@ -1200,6 +1327,7 @@ class B2bua:
                     now,
                 )
             self._send_response(caller_side, pair.server_key, reply, now)
+            self._report_auth(pair.request, pair.caller.peer, status)
             self._emit(
                 CallEvent("failed", pair.caller.call_id, {"status": status, "pair": pair.key})
             )
@@ -1249,6 +1377,8 @@ class B2bua:
         pair.state = PairState.CONFIRMED
         pair.confirmed_tag = callee_tag
         pair.answered = now
+        if pair.caps_counted and self.policy is not None:
+            self.policy.call_answered(pair.key, now)
         if pair.media is not None and callee_tag:
             pair.media.confirm(callee_tag)
             self._sync_media(pair)
@@ -1475,6 +1605,9 @@ class B2bua:
         self._forget(pair)
 
     def _forget(self, pair: DialogPair) -> None:
+        if pair.caps_counted and self.policy is not None:
+            pair.caps_counted = False
+            self.policy.call_ended(pair.key, self._now)
         self._release_media(pair)
         pair.state = PairState.ENDED
         self._pairs.pop(pair.key, None)

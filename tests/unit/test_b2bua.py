@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import base64
 import secrets
+from datetime import datetime
 
 import pytest
 
 from gateway.media.control import CloseCall, OpenStream
+from gateway.policy import PolicyEngine, PolicySettings
+from gateway.policy.settings import AllowlistSettings
 from gateway.sdp.negotiation import MediaPolicy
-from gateway.sip.actions import CallEvent, MediaCommand, SendMessage
+from gateway.sip.actions import CallEvent, MediaCommand, SecurityNotice, SendMessage
 from gateway.sip.b2bua import B2bua, EdgeSettings
 from gateway.sip.message import SipRequest, SipResponse, make_response, parse_message
 from gateway.sip.peer import Peer, Side
@@ -42,8 +45,10 @@ def settings(**media: object) -> EdgeSettings:
 class Harness:
     """The core plus what it sent, split per side."""
 
-    def __init__(self, **media: object) -> None:
-        self.core = B2bua(settings(**media))
+    def __init__(self, policy: PolicyEngine | None = None, **media: object) -> None:
+        self.core = B2bua(
+            settings(**media), policy=policy, wall_clock=lambda: datetime(2026, 11, 25, 10, 0)
+        )
         self.now = 0.0
         self.core.wan_connection_state(True, "TLSv1.3 verified", self.now)
         self.lan: list[SipRequest | SipResponse] = []
@@ -51,6 +56,7 @@ class Harness:
         self.wan_bytes: list[bytes] = []
         self.media: list[object] = []
         self.events: list[CallEvent] = []
+        self.notices: list[SecurityNotice] = []
         self.collect()
 
     def collect(self) -> None:
@@ -65,6 +71,8 @@ class Harness:
                     self.wan_bytes.append(action.data)
             elif isinstance(action, MediaCommand):
                 self.media.append(action.command)
+            elif isinstance(action, SecurityNotice):
+                self.notices.append(action)
             else:
                 self.events.append(action)
 
@@ -539,3 +547,52 @@ def test_garbage_is_dropped_and_counted_without_disturbing_a_call() -> None:
     h.from_phone(phone_request("BYE", cseq=2, to_tag=ok.to.tag))
     assert 200 in [m.status for m in only(h.take_lan(), SipResponse)]
     assert "BYE" in [m.method for m in only(h.take_wan(), SipRequest)]
+
+
+# ---------------------------------------------------------------- policy
+
+
+def policy_harness() -> Harness:
+    settings = PolicySettings(allowlist=AllowlistSettings(lan=("127.0.0.0/8",)))
+    return Harness(policy=PolicyEngine(settings))
+
+
+def test_international_call_is_refused_403_naming_the_rule() -> None:
+    h = policy_harness()
+    h.from_phone(phone_request("INVITE", body=phone_sdp(), ruri="sip:011442079460000@127.0.0.20"))
+    [refused] = [m for m in only(h.take_lan(), SipResponse) if m.status >= 200]
+    assert refused.status == 403
+    assert "international" in (refused.get("Warning") or "")
+    assert not h.take_wan()
+    notices = [a for a in h.notices if isinstance(a, SecurityNotice)]
+    assert [n.event.rule for n in notices] == ["dialplan.no-international"]
+
+
+def test_emergency_call_goes_through_and_a_national_number_becomes_e164() -> None:
+    h = policy_harness()
+    h.from_phone(phone_request("INVITE", body=phone_sdp(), ruri="sip:911@127.0.0.20"))
+    [invite] = only(h.take_wan(), SipRequest)
+    assert str(invite.uri) == "sip:911@provider.example"
+    h.from_phone(
+        phone_request("INVITE", call_id="call-2", body=phone_sdp(), ruri="sip:2125550123@127.0.0.20")
+    )
+    [invite2] = only(h.take_wan(), SipRequest)
+    assert str(invite2.uri) == "sip:+12125550123@provider.example"
+
+
+def test_scanner_user_agent_is_dropped_silently_and_banned() -> None:
+    h = policy_harness()
+    h.from_phone(phone_request("OPTIONS", extra="User-Agent: friendly-scanner\r\n"))
+    assert not h.take_lan() and not h.take_wan()
+    # The ban holds for the next, innocent-looking request from that address.
+    h.from_phone(phone_request("INVITE", body=phone_sdp()))
+    assert not h.take_lan() and not h.take_wan()
+    assert [b.address for b in h.core.policy.bans(h.now)] == [PHONE_IP]  # type: ignore[union-attr]
+
+
+def test_source_outside_the_lan_allowlist_gets_nothing() -> None:
+    settings = PolicySettings(allowlist=AllowlistSettings(lan=("10.0.0.0/8",)))
+    h = Harness(policy=PolicyEngine(settings))
+    h.from_phone(phone_request("INVITE", body=phone_sdp()))
+    assert not h.take_lan() and not h.take_wan()
+    assert h.core.counters.get("policy_refused_lan") == 1
