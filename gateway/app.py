@@ -13,19 +13,14 @@ import ipaddress
 import json
 import logging
 import signal
-import ssl
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.certs.material import (
-    build_client_context,
-    build_server_context,
-    load_configured_identity,
-    verify_pins,
-)
+from gateway.certs.material import verify_pins
+from gateway.certs.runtime import TlsMaterial
 from gateway.config import GatewayConfig, insecure_settings
 from gateway.media.control import CloseCall, OpenStream, StreamCounters, UpdateStream
 from gateway.media.controller import MediaController, MediaError
@@ -40,6 +35,7 @@ from gateway.sip.peer import Peer, Side
 from gateway.sip.transaction import TimerSettings
 from gateway.transport.provider import ProviderLink
 from gateway.transport.stream import SipStreamConnection
+from gateway.transport.tls_listener import TlsAcceptor
 from gateway.transport.udp import SipUdpEndpoint, open_udp
 
 log = logging.getLogger("gateway")
@@ -115,7 +111,14 @@ class Gateway:
         self._media_tasks: set[asyncio.Task[None]] = set()
         self.call_events: list[CallEvent] = []
         self.wan_state = (False, "not connected yet")
-        self._client_context: ssl.SSLContext | None = None
+        self.tls = TlsMaterial(
+            wan.identity,
+            wan.trust,
+            warn_days=config.certs.warn_days,
+            skip_verify=wan.insecure_skip_verify,
+            plaintext=wan.insecure_plaintext_signalling,
+        )
+        self._background: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------- lifecycle
 
@@ -123,7 +126,7 @@ class Gateway:
         self._loop = asyncio.get_running_loop()
         for name in self._insecure:
             log.warning("INSECURE SETTING ACTIVE: %s", name)
-        self._client_context = self._build_client_context()
+        self.tls.load()
         self._load_bans()
         await self.media.start()
         lan = self.config.lan
@@ -142,11 +145,13 @@ class Gateway:
         wan = self.config.wan
         if wan.listen_port is not None:
             server = await self._loop.create_server(
-                lambda: self._new_stream(Side.WAN, accepted=True),
+                lambda: TlsAcceptor(
+                    lambda: self.tls.server_context,
+                    lambda: self._new_stream(Side.WAN, accepted=True),
+                    timeout=10.0,
+                ),
                 wan.sip_address,
                 wan.listen_port,
-                ssl=self._build_server_context(),
-                ssl_handshake_timeout=10.0,
             )
             self._servers.append(server)
         trust = wan.trust
@@ -155,7 +160,7 @@ class Gateway:
             port=wan.provider_port,
             server_name=trust.server_name,
             local_address=wan.sip_address,
-            context_factory=lambda: self._client_context,
+            context_factory=lambda: self.tls.client_context,
             pin_check=(lambda obj: verify_pins(obj, trust.spki_pins)) if trust.spki_pins else None,
             connection_factory=lambda: self._new_stream(Side.WAN),
             on_state=self._on_provider_state,
@@ -164,6 +169,7 @@ class Gateway:
             reconnect_max=wan.reconnect_max,
         )
         self.provider.start()
+        self._background.append(self._loop.create_task(self._watch_certificates()))
         log.info(
             "gateway started: LAN %s:%d (%s), provider %s:%s over %s",
             lan.sip_address,
@@ -174,21 +180,19 @@ class Gateway:
             self.settings.provider.transport.upper(),
         )
 
-    def _build_client_context(self) -> ssl.SSLContext | None:
-        wan = self.config.wan
-        if wan.insecure_plaintext_signalling:
-            return None
-        identity = load_configured_identity(wan.identity) if wan.identity else None
-        context = build_client_context(wan.trust, identity)
-        if wan.insecure_skip_verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
+    def reload_certificates(self, reason: str) -> str | None:
+        """SIGHUP or an admin request: load, validate, swap; None on success, else why not."""
+        return self.tls.reload(reason)
 
-    def _build_server_context(self) -> ssl.SSLContext:
-        identity = self.config.wan.identity
-        assert identity is not None  # config.check() requires it with a listener
-        return build_server_context(load_configured_identity(identity))
+    async def _watch_certificates(self) -> None:
+        """Take up rotated files by themselves; warn as expiry approaches."""
+        ticks = 0
+        while True:
+            await asyncio.sleep(2.0)
+            self.tls.poll()
+            if ticks % 1800 == 0:  # hourly is plenty for day-granular warnings
+                self.tls.check_expiry()
+            ticks += 1
 
     async def stop(self, drain: float = 0.0) -> None:
         """Stop taking calls, let active ones finish for ``drain`` seconds, then end them."""
@@ -201,6 +205,8 @@ class Gateway:
             self.core.hang_up_all(loop.time(), "gateway shutting down")
             self._flush()
             await asyncio.sleep(0.2)  # let the BYEs reach the transports
+        for task in self._background:
+            task.cancel()
         for server in self._servers:
             server.close()
         if self.provider is not None:
@@ -221,6 +227,7 @@ class Gateway:
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_certificates, "SIGHUP")
         await stop.wait()
         log.info("stopping: draining active calls for up to %.0f s", drain)
         await self.stop(drain)
@@ -425,6 +432,7 @@ class Gateway:
                 elif isinstance(command, UpdateStream):
                     await self.media.update_stream(command.call_id, command.stream, command.spec)
                 else:
+                    await self._log_media_counters(command.call_id)
                     await self.media.close_call(command.call_id)
             except MediaError as exc:
                 log.error("media for %s: %s", command.call_id, exc)
@@ -434,6 +442,27 @@ class Gateway:
         task = asyncio.get_running_loop().create_task(perform())
         self._media_tasks.add(task)
         task.add_done_callback(self._media_tasks.discard)
+
+    async def _log_media_counters(self, call_key: str) -> None:
+        """Log one JSON line with a closing call's per-stream counters (counters only, no keys)."""
+        try:
+            stats = await self.media.stats()
+        except MediaError as exc:
+            log.warning("media counters of %s unavailable: %s", call_key, exc)
+            return
+        prefix = call_key + "/"
+        streams = {
+            key[len(prefix) :]: {f: getattr(c, f) for f in c.__struct_fields__}
+            for key, c in stats.items()
+            if key.startswith(prefix)
+        }
+        record = {
+            "time": round(time.time(), 3),
+            "event": "media-closed",
+            "pair": call_key,
+            "streams": streams,
+        }
+        events_log.info(json.dumps(record))
 
     def _record(self, event: CallEvent) -> None:
         self.call_events.append(event)
