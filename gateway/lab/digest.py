@@ -89,9 +89,7 @@ def authorization(challenge: str, *, user: str, password: str, method: str, uri:
     return value
 
 
-def check(
-    value: str, *, method: str, password: str, realm: str, nonces: set[str]
-) -> str | None:
+def check(value: str, *, method: str, password: str, realm: str, nonces: set[str]) -> str | None:
     """The authenticated user name if ``value`` answers one of our ``nonces``, else None."""
     params = parse_params(value)
     if params.get("realm") != realm or params.get("nonce") not in nonces:

@@ -85,8 +85,11 @@ class LabPhone:
         user: str = "100",
         tone_hz: float = 440.0,
         password: str | None = None,
+        timeout: float = 64 * T1,
     ) -> None:
         self.address = address
+        #: Longest wait for a final response (Timer B/F, §17.1.1.2).
+        self.timeout = timeout
         self.proxy = proxy
         self.user = user
         self.tone_hz = tone_hz
@@ -197,7 +200,9 @@ class LabPhone:
         if call is None or call.remote_media is None or self._rtp is None:
             raise PhoneError("no answered call to send audio on")
         rtp, destination = self._rtp, call.remote_media
-        self._player = TonePlayer(lambda data: rtp.sendto(data, destination), self.tone_hz, self.sent)
+        self._player = TonePlayer(
+            lambda data: rtp.sendto(data, destination), self.tone_hz, self.sent
+        )
         await self._player.play(seconds)
 
     async def hang_up(self, timeout: float = 5.0) -> SipResponse | None:
@@ -313,7 +318,7 @@ class LabPhone:
         data = bytes(request)
         interval = T1
         try:
-            async with asyncio.timeout(64 * T1):
+            async with asyncio.timeout(self.timeout):
                 while True:
                     assert self._sip is not None
                     self._sip.sendto(data, self.proxy)

@@ -103,7 +103,9 @@ def answer_offer(
     remote = (connection.host, audio.port)
     rtcp_mux = audio.rtcp_mux
     if answer_without_crypto:
-        return Accepted(_answer_sdp(address, port, "RTP/AVP", None, rtcp_mux), remote, None, None, None)
+        return Accepted(
+            _answer_sdp(address, port, "RTP/AVP", None, rtcp_mux), remote, None, None, None
+        )
     if audio.proto not in _SECURE:
         return Refused(f"{audio.proto} refused: this provider takes only SRTP (RTP/SAVP)")
     allowed = set(suites)
@@ -315,6 +317,13 @@ class LabProvider:
             with contextlib.suppress(SipError):
                 connection.write(bytes(make_response(partial, error.status_hint)))
 
+    def refresh_tls_sessions(self) -> list[TlsSession]:
+        """Record every open connection's TLS facts (they are otherwise recorded on its first
+        message) and return all sessions seen."""
+        for connection in list(self._connections):
+            self._record_tls(connection)
+        return self.tls_sessions
+
     def _record_tls(self, connection: SipStreamConnection) -> None:
         if any(s.peer == connection.peer for s in self.tls_sessions):
             return
@@ -374,8 +383,12 @@ class LabProvider:
             if existing is not None and request.to.tag:
                 # A re-INVITE (refresh, hold): keep the agreement, repeat the answer.
                 self._reply(
-                    connection, request, 200, to_tag=existing.to_tag,
-                    headers=[("Contact", self._contact())], body=existing.answer,
+                    connection,
+                    request,
+                    200,
+                    to_tag=existing.to_tag,
+                    headers=[("Contact", self._contact())],
+                    body=existing.answer,
                 )
                 return
             task = asyncio.get_running_loop().create_task(self._on_invite(connection, request))
@@ -418,7 +431,10 @@ class LabProvider:
                 nonce, challenge = digest.new_challenge(self.realm)
                 self._nonces.add(nonce)
                 self._reply(
-                    connection, request, 401, to_tag=new_tag(),
+                    connection,
+                    request,
+                    401,
+                    to_tag=new_tag(),
                     headers=[("WWW-Authenticate", challenge)],
                 )
                 return
@@ -458,7 +474,10 @@ class LabProvider:
         if isinstance(decision, Refused):
             call.status, call.reason = decision.status, decision.reason
             self._reply(
-                connection, request, decision.status, to_tag=call.to_tag,
+                connection,
+                request,
+                decision.status,
+                to_tag=call.to_tag,
                 headers=[("Warning", f'399 provider.lab "{decision.reason}"')],
             )
             return
@@ -468,8 +487,12 @@ class LabProvider:
         call.tx = SrtpProtector(decision.tx) if decision.tx is not None else None
         self._reply(connection, request, 180, to_tag=call.to_tag)
         self._reply(
-            connection, request, 200, to_tag=call.to_tag,
-            headers=[("Contact", self._contact())], body=decision.answer,
+            connection,
+            request,
+            200,
+            to_tag=call.to_tag,
+            headers=[("Contact", self._contact())],
+            body=decision.answer,
         )
 
     def _end(self, call: ProviderCall) -> None:
@@ -483,8 +506,9 @@ class LabProvider:
         rtp, remote = call.rtp, call.remote
         assert rtp is not None and remote is not None
         protect = call.tx.protect if call.tx is not None else None
-        player = TonePlayer(lambda data: rtp.sendto(data, remote), self.tone_hz, call.sent,
-                            protect=protect)
+        player = TonePlayer(
+            lambda data: rtp.sendto(data, remote), self.tone_hz, call.sent, protect=protect
+        )
         await player.play(self.tone_seconds if self.tone_seconds is not None else 3600.0)
 
     def _on_media(self, call: ProviderCall, data: bytes, at: float) -> None:

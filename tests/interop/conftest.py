@@ -7,17 +7,21 @@
 - ``netns``: a fresh network namespace with only ``lo``, deleted afterwards.
 - ``kamailio``: a running TLS registrar/proxy on 127.0.0.1 (random port).
 - ``need``: ``need("sipp", "kamailio")`` skips locally / fails under CI if binaries are missing.
+- ``gateway``: ``gateway(provider_port, **layout)`` starts the real gateway (``python -m gateway
+  run``) in front of a provider on 127.0.0.1 and waits for its verified provider connection.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
+from tests.interop.gateway_process import GatewayLayout, GatewayProcess, gateway_config
 from tests.interop.peers import (
     Kamailio,
     ManagedProcess,
@@ -135,3 +139,39 @@ def kamailio(
     """A running kamailio TLS registrar/proxy on 127.0.0.1 (``kamailio.tls_address``)."""
     need("kamailio")
     return procs.start(Kamailio(tmp_path / "kamailio", pki))
+
+
+GatewayFactory = Callable[..., GatewayProcess]
+
+
+@pytest.fixture
+def gateway(pki: TestPki, tmp_path: Path, procs: ProcessSet) -> GatewayFactory:
+    """``gateway(provider_port, *, wait_up=True, config_text=None, **layout)``: start the real
+    gateway (LAN 127.0.0.20, WAN 127.0.0.21, fresh ports) in front of a provider on
+    ``127.0.0.1:provider_port``, trusting the test CA. It is stopped by PID at teardown (after
+    peers started later, before peers started earlier). ``layout`` goes to
+    :class:`GatewayLayout`; ``config_text`` (a callable taking the default TOML text and the
+    layout) may rewrite the configuration. Unless ``wait_up`` is false, waits until the log
+    says the verified provider connection is up.
+    """
+    counter = itertools.count(1)
+
+    def start(
+        provider_port: int,
+        *,
+        wait_up: bool = True,
+        config_text: Callable[[str, GatewayLayout], str] | None = None,
+        **layout: Any,
+    ) -> GatewayProcess:
+        lay = GatewayLayout(provider_port=provider_port, **layout)
+        text = gateway_config(lay, pki)
+        if config_text is not None:
+            text = config_text(text, lay)
+        gw = procs.start(
+            GatewayProcess(tmp_path / f"gateway{next(counter)}", lay, pki, config_text=text)
+        )
+        if wait_up:
+            gw.wait_provider_up()
+        return gw
+
+    return start

@@ -99,13 +99,23 @@ format = "json"
 class GatewayProcess(ManagedProcess):
     """``python -m gateway run --config FILE`` with its log kept for the test report."""
 
-    def __init__(self, workdir: Path, layout: GatewayLayout, pki: TestPki, *, config_text: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        layout: GatewayLayout,
+        pki: TestPki,
+        *,
+        config_text: str | None = None,
+        netns: str | None = None,
+    ) -> None:
+        """Write the config; with ``netns`` the gateway (and its media workers) run inside
+        that network namespace, where the loopback addresses are the namespace's own."""
         self.layout = layout
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "gateway.toml"
         self.config_path.write_text(config_text or gateway_config(layout, pki))
         argv = [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path), "--drain", "2"]
-        super().__init__(argv, name="gateway", logdir=workdir)
+        super().__init__(argv, name="gateway", logdir=workdir, netns=netns)
 
     def start(self) -> GatewayProcess:
         super().start()
@@ -117,7 +127,13 @@ class GatewayProcess(ManagedProcess):
         self.wait_log(r"provider connected", timeout=timeout)
 
     def wait_listening(self) -> None:
-        wait_for_port(self.layout.wan_address, self.layout.wan_listen_port, "tcp", timeout=10)
+        wait_for_port(
+            self.layout.wan_address,
+            self.layout.wan_listen_port,
+            "tcp",
+            timeout=10,
+            pid=self.pid if self.netns else None,
+        )
 
     @property
     def lan(self) -> tuple[str, int]:

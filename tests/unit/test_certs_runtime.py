@@ -43,7 +43,7 @@ def test_reload_swaps_in_new_material_and_new_contexts(tmp_path: Path) -> None:
 
 
 def test_mismatched_key_is_refused_and_the_old_certificate_stays(tmp_path: Path) -> None:
-    material, cert, key = _material(tmp_path)
+    material, cert, _key = _material(tmp_path)
     before = material.state()
     server = material.server_context
     shutil.copy(tmp_path / "lab" / "provider.pem", cert)  # new cert, old key: mismatch
@@ -57,7 +57,7 @@ def test_mismatched_key_is_refused_and_the_old_certificate_stays(tmp_path: Path)
 
 
 def test_world_readable_key_is_refused(tmp_path: Path) -> None:
-    material, cert, key = _material(tmp_path)
+    material, _cert, key = _material(tmp_path)
     key.chmod(0o644)
     error = material.reload("test")
     assert error is not None and str(key) in error
