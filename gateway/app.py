@@ -90,6 +90,7 @@ class Gateway:
         self.core = B2bua(self.settings, policy=self.policy)
         self._bans_path = Path(config.state.directory) / "bans.json"
         self._bans_version = -1
+        self._bans_mtime = 0
         self.counters = Counters()
         self.media = MediaController(
             lan_address=lan.media_address,
@@ -190,6 +191,7 @@ class Gateway:
         while True:
             await asyncio.sleep(2.0)
             self.tls.poll()
+            self._follow_ban_file()
             if ticks % 1800 == 0:  # hourly is plenty for day-granular warnings
                 self.tls.check_expiry()
             ticks += 1
@@ -318,11 +320,33 @@ class Gateway:
             log.info("restored %d ban(s) from %s", loaded, self._bans_path)
         self._bans_version = self.policy.bans_version
 
+    def _follow_ban_file(self) -> None:
+        """``gateway bans lift`` edits the file; a ban missing from it is lifted here too."""
+        try:
+            mtime = self._bans_path.stat().st_mtime_ns
+        except OSError:
+            return
+        if mtime == self._bans_mtime:
+            return
+        self._bans_mtime = mtime
+        try:
+            on_file = {b.address for b in load_bans(self._bans_path)}
+        except BanStoreError as exc:
+            log.error("ignoring unreadable ban file: %s", exc)
+            return
+        now = self._now()
+        for ban in self.policy.bans(now):
+            if ban.address not in on_file:
+                self.policy.lift_ban(ban.address, now)
+                log.warning("ban on %s lifted by the operator", ban.address)
+        self._flush()
+
     def _save_bans(self) -> None:
         self._bans_version = self.policy.bans_version
         try:
             self._bans_path.parent.mkdir(parents=True, exist_ok=True)
             save_bans(self._bans_path, self.policy.export_bans(self._now(), time.time()))
+            self._bans_mtime = self._bans_path.stat().st_mtime_ns
         except (OSError, BanStoreError) as exc:
             log.error("cannot save bans to %s: %s", self._bans_path, exc)
 

@@ -124,6 +124,16 @@ class AdminSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     enabled: bool = False
 
 
+class AuditSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Inputs of ``gateway audit`` that the gateway itself never needs."""
+
+    #: A file with the phones' SIP passwords, one per line (as provisioned at the provider);
+    #: read only by the audit, to check them and that the admin token differs from each.
+    sip_secrets_file: str | None = None
+    #: Words a secret must not contain: the site's name, street, owner, domain.
+    personal_words: tuple[str, ...] = ()
+
+
 class LogSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
     level: str = "info"
     #: "auto" (human on a terminal, JSON otherwise), "json" or "text".
@@ -145,6 +155,7 @@ class GatewayConfig(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     policy: PolicySettings = PolicySettings()
     certs: CertWatchSettings = CertWatchSettings()
     admin: AdminSettings = AdminSettings()
+    audit: AuditSettings = AuditSettings()
     log: LogSettings = LogSettings()
     state: StateSettings = StateSettings()
     #: Folder relative paths in this file are resolved against (set by the loader).
