@@ -13,6 +13,7 @@ unless the operator wrote one of them (DESIGN.md, invariant 1).
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -164,7 +165,7 @@ class GatewayConfig(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     def path(self, relative: str) -> Path:
         """Resolve a path from the file against the file's own folder."""
         p = Path(relative)
-        return p if p.is_absolute() else Path(self.base_dir) / p
+        return p if p.is_absolute() else Path(os.path.normpath(Path(self.base_dir) / p))
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,9 @@ def parse_config(text: str, name: str = "<config>", *, base_dir: str = ".") -> G
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        line = getattr(exc, "lineno", None)
+        # tomllib puts the position in the message only: "... (at line 2, column 12)".
+        found = re.search(r"at line (\d+)", str(exc))
+        line = int(found.group(1)) if found else None
         raise ConfigError([ConfigProblem(name, line, "(syntax)", str(exc))]) from None
     locate = _LineLocator(text)
     problems: list[ConfigProblem] = []
