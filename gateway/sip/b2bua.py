@@ -699,7 +699,12 @@ class B2bua:
             return
         existing = self._pair_for_retransmission(side, request)
         if existing is not None:
-            if existing.last_final is not None:
+            if existing.request.top_via.branch != request.top_via.branch:
+                # §8.2.2.2: the same request reached us again by another path (a loop or a
+                # fork that came back): merged request.
+                self._count("loop_detected")
+                self._reply(side, event.key, request, 482)
+            elif existing.last_final is not None:
                 self._emit(SendMessage(_source(event), existing.last_final))
             return
         number: DialledNumber | None = None
@@ -1197,7 +1202,8 @@ class B2bua:
             )
         if relay.internal:
             return
-        reply = make_response(relay.request, status, response.reason)
+        # §8.2.6.2: a final response carries a To tag (the provider's belongs to the WAN leg).
+        reply = make_response(relay.request, status, response.reason, to_tag=new_tag())
         copy_headers(response, reply, _RESPONSE_COPY)
         if 200 <= status < 300:
             for b in self.registrations.for_aor(binding.aor):
@@ -1345,6 +1351,11 @@ class B2bua:
             except MediaRefused as exc:
                 self._refuse_answer(pair, response, exc, now)
                 return
+            except SdpError as exc:
+                # Unusable SDP fails this call alone, closed like a refusal (never half-set-up).
+                refusal = MediaRefused(f"unusable SDP from the other side: {exc.reason}")
+                self._refuse_answer(pair, response, refusal, now)
+                return
         reply = make_response(pair.request, status, response.reason, to_tag=reply_tag)
         copy_headers(response, reply, _RESPONSE_COPY)
         copy_headers(response, reply, ("Allow", "Supported"))
@@ -1379,7 +1390,8 @@ class B2bua:
         pair.answered = now
         if pair.caps_counted and self.policy is not None:
             self.policy.call_answered(pair.key, now)
-        if pair.media is not None and callee_tag:
+        if pair.media is not None and callee_tag and pair.caller_offered:
+            # Forking: keep the answer of the dialog that won, release the others (RFC 3264).
             pair.media.confirm(callee_tag)
             self._sync_media(pair)
         if reply_tag and reply_tag != pair.caller.local_tag:

@@ -12,7 +12,7 @@ from datetime import datetime
 
 import pytest
 
-from gateway.media.control import CloseCall, OpenStream
+from gateway.media.control import CloseCall, OpenStream, UpdateStream
 from gateway.policy import PolicyEngine, PolicySettings
 from gateway.policy.settings import AllowlistSettings
 from gateway.sdp.negotiation import MediaPolicy
@@ -574,7 +574,9 @@ def test_emergency_call_goes_through_and_a_national_number_becomes_e164() -> Non
     [invite] = only(h.take_wan(), SipRequest)
     assert str(invite.uri) == "sip:911@provider.example"
     h.from_phone(
-        phone_request("INVITE", call_id="call-2", body=phone_sdp(), ruri="sip:2125550123@127.0.0.20")
+        phone_request(
+            "INVITE", call_id="call-2", body=phone_sdp(), ruri="sip:2125550123@127.0.0.20"
+        )
     )
     [invite2] = only(h.take_wan(), SipRequest)
     assert str(invite2.uri) == "sip:+12125550123@provider.example"
@@ -596,3 +598,256 @@ def test_source_outside_the_lan_allowlist_gets_nothing() -> None:
     h.from_phone(phone_request("INVITE", body=phone_sdp()))
     assert not h.take_lan() and not h.take_wan()
     assert h.core.counters.get("policy_refused_lan") == 1
+
+
+# ---------------------------------------------------------------- in-dialog requests
+
+
+def provider_in_dialog(
+    invite: SipRequest,
+    method: str,
+    cseq: int,
+    body: bytes = b"",
+    extra: dict[str, str] | None = None,
+) -> SipRequest:
+    """A request from the provider inside the dialog the gateway's WAN INVITE created."""
+    request = SipRequest(method, invite.contacts[0].uri)
+    request.add("Via", f"SIP/2.0/TLS 127.0.0.30:5061;branch=z9hG4bKprov{method}{cseq}")
+    request.add("Max-Forwards", "70")
+    request.add("From", str(invite.to.with_tag("provtag")))
+    request.add("To", str(invite.from_))
+    request.add("Call-ID", invite.call_id)
+    request.add("CSeq", f"{cseq} {method}")
+    request.add("Contact", "<sip:pbx@127.0.0.30:5061;transport=tls>")
+    for name, value in (extra or {}).items():
+        request.add(name, value)
+    if body:
+        request.add("Content-Type", "application/sdp")
+        request.body = body
+    return request
+
+
+def confirmed_call(h: Harness) -> tuple[SipRequest, SipResponse]:
+    invite, ok = establish_outbound(h)
+    h.from_phone(phone_request("ACK", cseq=1, to_tag=ok.to.tag))
+    h.take_wan()
+    h.take_lan()
+    h.media.clear()
+    return invite, ok
+
+
+def test_hold_reinvite_from_phone_reaches_the_provider_as_srtp_with_the_same_key() -> None:
+    h = Harness()
+    invite, ok = confirmed_call(h)
+    hold = phone_sdp().replace("a=sendrecv", "a=sendonly")
+    h.from_phone(phone_request("INVITE", cseq=2, body=hold, to_tag=ok.to.tag))
+    [reinvite] = only(h.take_wan(), SipRequest)
+    assert reinvite.method == "INVITE" and reinvite.call_id == invite.call_id
+    assert reinvite.cseq.seq == invite.cseq.seq + 1
+    assert reinvite.to.tag == "provtag"
+    body = reinvite.body.decode()
+    assert "a=sendonly" in body and "RTP/SAVP" in body
+    original_keys = [
+        line for line in invite.body.decode().split("\r\n") if line.startswith("a=crypto")
+    ]
+    assert [line for line in body.split("\r\n") if line.startswith("a=crypto")] == original_keys
+    answer = provider_answer(reinvite.body).replace(
+        b"RTP/SAVP 0 101\r\n", b"RTP/SAVP 0 101\r\na=recvonly\r\n"
+    )
+    h.from_provider(respond(reinvite, 200, body=answer))
+    [ack] = only(h.take_wan(), SipRequest)
+    assert ack.method == "ACK" and ack.cseq.seq == reinvite.cseq.seq
+    [to_phone] = [m for m in only(h.take_lan(), SipResponse) if m.status == 200]
+    assert "a=recvonly" in to_phone.body.decode() and "a=crypto" not in to_phone.body.decode()
+
+
+def test_provider_rekey_on_resume_starts_a_new_inbound_srtp_context() -> None:
+    h = Harness()
+    invite, ok = establish_outbound(h)
+    [opened] = [c for c in h.media if isinstance(c, OpenStream)]
+    h.from_phone(phone_request("ACK", cseq=1, to_tag=ok.to.tag))
+    h.take_wan()
+    h.media.clear()
+    offer = provider_answer(invite.body)  # fresh random key, same address
+    h.from_provider(provider_in_dialog(invite, "INVITE", 10, offer))
+    [to_phone] = only(h.take_lan(), SipRequest)
+    assert to_phone.method == "INVITE" and "a=crypto" not in to_phone.body.decode()
+    answer = make_response(to_phone, 200)
+    answer.add("Contact", f"<sip:1001@{PHONE_IP}:5062>")
+    answer.add("Content-Type", "application/sdp")
+    answer.body = phone_sdp().encode()
+    h.from_phone(bytes(answer))
+    [ok200] = [m for m in only(h.take_wan(), SipResponse) if m.status == 200]
+    assert ok200.body.decode().count("a=crypto:1 ") == 1
+    [update] = [c for c in h.media if isinstance(c, UpdateStream)]
+    assert update.spec.wan_rx is not None and opened.spec.wan_rx is not None
+    assert update.spec.wan_rx.master != opened.spec.wan_rx.master
+    assert update.spec.wan_rx.generation > opened.spec.wan_rx.generation
+    assert update.spec.wan_tx == opened.spec.wan_tx  # our key is kept: the ROC carries on
+
+
+def test_info_and_update_are_carried_in_both_directions() -> None:
+    h = Harness()
+    invite, ok = confirmed_call(h)
+    h.from_phone(
+        phone_request(
+            "INFO", cseq=2, to_tag=ok.to.tag, extra="Content-Type: application/dtmf-relay\r\n"
+        ).replace("Content-Length: 0\r\n\r\n", "Content-Length: 10\r\n\r\nSignal=5\r\n")
+    )
+    [info] = only(h.take_wan(), SipRequest)
+    assert info.method == "INFO" and info.body == b"Signal=5\r\n"
+    assert info.get("Content-Type") == "application/dtmf-relay"
+    h.from_provider(respond(info, 200))
+    assert [m.status for m in only(h.take_lan(), SipResponse)] == [200]
+    h.from_provider(provider_in_dialog(invite, "UPDATE", 11))
+    [update] = only(h.take_lan(), SipRequest)
+    assert update.method == "UPDATE" and update.call_id == "call-1@phone"
+    h.from_phone(bytes(make_response(update, 200)))
+    assert [m.status for m in only(h.take_wan(), SipResponse)] == [200]
+
+
+def test_blind_transfer_refer_is_rehomed_and_its_notify_comes_back() -> None:
+    h = Harness()
+    invite, ok = confirmed_call(h)
+    h.from_phone(
+        phone_request(
+            "REFER",
+            cseq=2,
+            to_tag=ok.to.tag,
+            extra="Refer-To: <sip:2002@127.0.0.20>\r\nReferred-By: <sip:1001@127.0.0.20>\r\n",
+        )
+    )
+    [refer] = only(h.take_wan(), SipRequest)
+    assert refer.method == "REFER"
+    assert refer.get("Refer-To") == "<sip:2002@provider.example>"
+    h.from_provider(respond(refer, 202))
+    assert [m.status for m in only(h.take_lan(), SipResponse)] == [202]
+    notify = provider_in_dialog(
+        invite,
+        "NOTIFY",
+        12,
+        extra={"Event": "refer", "Subscription-State": "terminated;reason=noresource"},
+    )
+    notify.add("Content-Type", "message/sipfrag")
+    notify.body = b"SIP/2.0 200 OK\r\n"
+    h.from_provider(notify)
+    [to_phone] = only(h.take_lan(), SipRequest)
+    assert to_phone.method == "NOTIFY" and to_phone.get("Event") == "refer"
+    assert to_phone.body == b"SIP/2.0 200 OK\r\n"
+
+
+def test_subscribe_for_message_waiting_and_its_notify() -> None:
+    h = Harness()
+    h.from_phone(
+        phone_request(
+            "SUBSCRIBE",
+            ruri="sip:1001@127.0.0.20",
+            extra="Event: message-summary\r\nExpires: 3600\r\n",
+        )
+    )
+    [subscribe] = only(h.take_wan(), SipRequest)
+    assert subscribe.method == "SUBSCRIBE" and subscribe.get("Event") == "message-summary"
+    h.from_provider(respond(subscribe, 200))
+    [ok] = only(h.take_lan(), SipResponse)
+    assert ok.status == 200 and ok.to.tag
+    notify = provider_in_dialog(
+        subscribe,
+        "NOTIFY",
+        1,
+        extra={"Event": "message-summary", "Subscription-State": "active;expires=3600"},
+    )
+    notify.add("Content-Type", "application/simple-message-summary")
+    notify.body = b"Messages-Waiting: yes\r\n"
+    h.from_provider(notify)
+    [to_phone] = only(h.take_lan(), SipRequest)
+    assert to_phone.method == "NOTIFY" and to_phone.body == b"Messages-Waiting: yes\r\n"
+    assert to_phone.to.tag == "phonetag" and to_phone.from_.tag == ok.to.tag
+
+
+def test_message_outside_a_dialog_goes_upstream_and_its_answer_comes_back() -> None:
+    h = Harness()
+    raw = phone_request(
+        "MESSAGE", ruri="sip:2002@127.0.0.20", extra="Content-Type: text/plain\r\n"
+    ).replace("Content-Length: 0\r\n\r\n", "Content-Length: 5\r\n\r\nhello")
+    h.from_phone(raw)
+    [message] = only(h.take_wan(), SipRequest)
+    assert str(message.uri) == "sip:2002@provider.example" and message.body == b"hello"
+    h.from_provider(respond(message, 202))
+    assert [m.status for m in only(h.take_lan(), SipResponse)] == [202]
+
+
+def test_reliable_provisional_with_100rel_and_the_phones_prack() -> None:
+    h = Harness()
+    h.from_phone(phone_request("INVITE", body=phone_sdp(), extra="Supported: 100rel\r\n"))
+    [invite] = only(h.take_wan(), SipRequest)
+    assert "100rel" in invite.get_all("Supported")
+    progress = respond(invite, 183, body=provider_answer(invite.body))
+    progress.add("Require", "100rel")
+    progress.add("RSeq", "7")
+    h.from_provider(progress)
+    [to_phone] = [m for m in only(h.take_lan(), SipResponse) if m.status == 183]
+    assert to_phone.get("RSeq") == "7" and to_phone.get("Require") == "100rel"
+    assert "a=crypto" not in to_phone.body.decode()
+    h.from_phone(
+        phone_request("PRACK", cseq=2, to_tag=to_phone.to.tag, extra="RAck: 7 1 INVITE\r\n")
+    )
+    [prack] = only(h.take_wan(), SipRequest)
+    assert prack.method == "PRACK" and prack.get("RAck") == f"7 {invite.cseq.seq} INVITE"
+    assert prack.to.tag == "provtag"
+    h.from_provider(respond(prack, 200))
+    assert 200 in [m.status for m in only(h.take_lan(), SipResponse) if m.cseq.method == "PRACK"]
+
+
+def test_gateway_pracks_for_a_phone_without_100rel() -> None:
+    h = Harness()
+    h.from_phone(phone_request("INVITE", body=phone_sdp()))
+    [invite] = only(h.take_wan(), SipRequest)
+    progress = respond(invite, 180)
+    progress.add("Require", "100rel")
+    progress.add("RSeq", "1")
+    h.from_provider(progress)
+    [prack] = only(h.take_wan(), SipRequest)
+    assert prack.method == "PRACK" and prack.get("RAck") == f"1 {invite.cseq.seq} INVITE"
+    [ringing] = [m for m in only(h.take_lan(), SipResponse) if m.status == 180]
+    assert ringing.get("Require") is None and ringing.get("RSeq") is None
+
+
+def test_late_offer_invite_without_sdp() -> None:
+    h = Harness()
+    h.from_phone(phone_request("INVITE"))
+    [invite] = only(h.take_wan(), SipRequest)
+    assert invite.body == b""
+    key = base64.b64encode(secrets.token_bytes(30)).decode()
+    offer = (
+        "v=0\r\no=prov 1 1 IN IP4 127.0.0.30\r\ns=-\r\nc=IN IP4 127.0.0.30\r\nt=0 0\r\n"
+        "m=audio 30004 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        f"a=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:{key}\r\n"
+    ).encode()
+    h.from_provider(respond(invite, 200, body=offer))
+    assert not only(h.take_wan(), SipRequest)  # the ACK waits for the phone's answer
+    [ok] = [m for m in only(h.take_lan(), SipResponse) if m.status == 200]
+    assert "RTP/AVP" in ok.body.decode() and "a=crypto" not in ok.body.decode()
+    h.from_phone(phone_request("ACK", cseq=1, to_tag=ok.to.tag, body=phone_sdp()))
+    [ack] = only(h.take_wan(), SipRequest)
+    assert ack.method == "ACK"
+    assert "a=crypto:3 AES_CM_128_HMAC_SHA1_80" in ack.body.decode()
+
+
+def test_same_invite_by_another_path_is_a_loop() -> None:
+    h = Harness()
+    h.from_phone(phone_request("INVITE", body=phone_sdp(), branch="z9hG4bKpath1"))
+    h.take_lan()
+    h.from_phone(phone_request("INVITE", body=phone_sdp(), branch="z9hG4bKpath2"))
+    assert [m.status for m in only(h.take_lan(), SipResponse)] == [482]
+    assert len(only(h.take_wan(), SipRequest)) == 1
+
+
+def test_garbage_sdp_in_the_answer_fails_only_that_call_cleanly() -> None:
+    h = Harness()
+    h.from_phone(phone_request("INVITE", body=phone_sdp()))
+    [invite] = only(h.take_wan(), SipRequest)
+    h.take_lan()
+    h.from_provider(respond(invite, 200, body=b"this is not sdp\r\n"))
+    assert [m.status for m in only(h.take_lan(), SipResponse)] == [488]
+    assert [m.method for m in only(h.take_wan(), SipRequest)] == ["ACK", "BYE"]
+    assert h.core.active_calls == []
