@@ -15,10 +15,13 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.admin.observe import Observatory
+from gateway.cdr import CallRecorder, RecordFile, call_location
 from gateway.certs.material import verify_pins
 from gateway.certs.runtime import TlsMaterial
 from gateway.config import GatewayConfig, insecure_settings
@@ -35,7 +38,7 @@ from gateway.sip.peer import Peer, Side
 from gateway.sip.transaction import TimerSettings
 from gateway.transport.provider import ProviderLink
 from gateway.transport.stream import SipStreamConnection
-from gateway.transport.tls_listener import TlsAcceptor
+from gateway.transport.tls_listener import rotating_server_context
 from gateway.transport.udp import SipUdpEndpoint, open_udp
 
 log = logging.getLogger("gateway")
@@ -120,6 +123,16 @@ class Gateway:
             plaintext=wan.insecure_plaintext_signalling,
         )
         self._background: list[asyncio.Task[None]] = []
+        # Operator surface: recent security events and call counts, call detail records.
+        self.observatory = Observatory()
+        admin = config.admin
+        cdr_path = Path(config.state.directory) / admin.cdr_file
+        self.cdr = CallRecorder(
+            RecordFile(cdr_path, max_bytes=admin.cdr_max_bytes, keep=admin.cdr_keep),
+            locate=lambda key: call_location(self.core.active_calls, key),
+        )
+        self.admin: Any = None  # gateway.admin.server.AdminServer when [admin] is enabled
+        self.started_at = time.time()
 
     # ------------------------------------------------------------- lifecycle
 
@@ -130,6 +143,9 @@ class Gateway:
         self.tls.load()
         self._load_bans()
         await self.media.start()
+        # A stats round trip proves every worker's loop is up before the first call.
+        await self.media.wait_running()
+        await self.media.stats()
         lan = self.config.lan
         if "udp" in lan.transports:
             self._udp = await open_udp(
@@ -146,13 +162,11 @@ class Gateway:
         wan = self.config.wan
         if wan.listen_port is not None:
             server = await self._loop.create_server(
-                lambda: TlsAcceptor(
-                    lambda: self.tls.server_context,
-                    lambda: self._new_stream(Side.WAN, accepted=True),
-                    timeout=10.0,
-                ),
+                lambda: self._new_stream(Side.WAN, accepted=True),
                 wan.sip_address,
                 wan.listen_port,
+                ssl=rotating_server_context(lambda: self.tls.server_context),
+                ssl_handshake_timeout=10.0,
             )
             self._servers.append(server)
         trust = wan.trust
@@ -171,6 +185,11 @@ class Gateway:
         )
         self.provider.start()
         self._background.append(self._loop.create_task(self._watch_certificates()))
+        if self.config.admin.enabled:
+            from gateway.admin.server import AdminServer  # aiohttp only when it is wanted
+
+            self.admin = AdminServer(self)
+            await self.admin.start()
         log.info(
             "gateway started: LAN %s:%d (%s), provider %s:%s over %s",
             lan.sip_address,
@@ -220,6 +239,9 @@ class Gateway:
         if self._timer is not None:
             self._timer.cancel()
         await self.media.stop()
+        self.cdr.flush(time.time())
+        if self.admin is not None:  # last: operators watch the drain through it
+            await self.admin.stop()
         self._stopped.set()
 
     async def run_forever(self, drain: float = 5.0) -> None:
@@ -378,19 +400,27 @@ class Gateway:
 
     def _flush(self) -> None:
         """Perform what the core asked for, then re-arm its timer."""
-        for action in self.core.actions():
+        actions = self.core.actions()
+        # Media commands first: the worker must have bound a call's ports before the SIP
+        # message that makes the far end start sending (a 200, an ACK) leaves.
+        for action in actions:
+            if isinstance(action, MediaCommand):
+                self._media(action.command)
+        for action in actions:
             if isinstance(action, SendMessage):
                 self._send(action.peer, action.data)
             elif isinstance(action, MediaCommand):
-                self._media(action.command)
+                continue
             elif isinstance(action, SecurityNotice):
                 security_log.warning(
                     encode_line(action.event, time.time() - self._now()).decode().rstrip()
                 )
+                self.observatory.security_event(action.event, time.time() - self._now())
             else:
                 self._record(action)
         if self.policy.bans_version != self._bans_version:
             self._save_bans()
+        self.cdr.settle(lambda: (p.key for p in self.core.active_calls), time.time())
         deadline = self.core.get_timer()
         if self._timer is not None and (deadline is None or self._timer.when() != deadline):
             self._timer.cancel()
@@ -449,23 +479,36 @@ class Gateway:
         task.add_done_callback(self._media_tasks.discard)
 
     def _media(self, command: OpenStream | UpdateStream | CloseCall) -> None:
+        if isinstance(command, CloseCall):
+            self.cdr.expect_media(command.call_id)  # its record waits for the last counters
+        outcome: Awaitable[None] | None = None
+        if not isinstance(command, CloseCall):
+            try:
+                outcome = self.media.submit(command)  # written to the worker now, in order
+            except MediaError as exc:
+                self._media_failed(command, exc)
+                return
+
         async def perform() -> None:
             try:
-                if isinstance(command, OpenStream):
-                    await self.media.open_stream(command.call_id, command.stream, command.spec)
-                elif isinstance(command, UpdateStream):
-                    await self.media.update_stream(command.call_id, command.stream, command.spec)
+                if outcome is not None:
+                    await outcome
                 else:
+                    # The counters are read before the worker forgets the call.
                     await self._log_media_counters(command.call_id)
                     await self.media.close_call(command.call_id)
             except MediaError as exc:
-                log.error("media for %s: %s", command.call_id, exc)
-                self.core.media_problem(command.call_id, str(exc), self._now())
-                self._flush()
+                self._media_failed(command, exc)
 
         task = asyncio.get_running_loop().create_task(perform())
         self._media_tasks.add(task)
         task.add_done_callback(self._media_tasks.discard)
+
+    def _media_failed(self, command: OpenStream | UpdateStream | CloseCall, exc: Exception) -> None:
+        log.error("media for %s: %s", command.call_id, exc)
+        if not isinstance(command, CloseCall):
+            self.core.media_problem(command.call_id, str(exc), self._now())
+            self._flush()
 
     async def _log_media_counters(self, call_key: str) -> None:
         """Log one JSON line with a closing call's per-stream counters (counters only, no keys)."""
@@ -473,8 +516,12 @@ class Gateway:
             stats = await self.media.stats()
         except MediaError as exc:
             log.warning("media counters of %s unavailable: %s", call_key, exc)
+            self.cdr.media_closed(call_key, None, time.time())
             return
         prefix = call_key + "/"
+        self.cdr.media_closed(
+            call_key, {k: c for k, c in stats.items() if k.startswith(prefix)}, time.time()
+        )
         streams = {
             key[len(prefix) :]: {f: getattr(c, f) for f in c.__struct_fields__}
             for key, c in stats.items()
@@ -500,11 +547,19 @@ class Gateway:
         }
         level = logging.WARNING if event.kind in ("refused", "downgrade") else logging.INFO
         events_log.log(level, json.dumps(record, default=str))
+        self.observatory.call_event(event.kind, event.fields, time.time())
+        self.cdr.on_event(event.kind, event.call_id, event.fields, time.time())
 
     # ----------------------------------------------------------- inspection
 
     async def media_stats(self) -> dict[str, StreamCounters]:
         return await self.media.stats()
+
+    def lift_ban(self, address: str) -> bool:
+        """An operator lift (admin API): the ban goes, the file and the event log follow."""
+        lifted = self.policy.lift_ban(address, self._now())
+        self._flush()
+        return lifted
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:

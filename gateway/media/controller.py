@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -167,16 +167,43 @@ class MediaController:
     def _worker_for(self, call_id: str) -> _WorkerHandle:
         return self._workers[zlib.crc32(call_id.encode()) % len(self._workers)]
 
-    async def open_stream(self, call_id: str, index: int, spec: StreamSpec) -> None:
-        """Bind a stream's sockets and start relaying; raises MediaError with the reason."""
-        handle = self._live(call_id)
-        key = (call_id, index)
-        if key in handle.pending_open:
-            raise MediaError(f"stream {call_id}/{index} is already being opened")
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        handle.pending_open[key] = future
+    def submit(self, command: OpenStream | UpdateStream | CloseCall) -> Awaitable[None]:
+        """Write ``command`` to its worker now and return an awaitable for the outcome.
+
+        Writing happens before this returns, so a caller that sends SIP right after (the 200
+        that makes the provider start sending media) knows the worker sees the command first:
+        the control channel is ordered, and the worker binds before it reads anything else.
+        """
+        if isinstance(command, OpenStream):
+            handle = self._live(command.call_id)
+            key = (command.call_id, command.stream)
+            if key in handle.pending_open:
+                raise MediaError(
+                    f"stream {command.call_id}/{command.stream} is already being opened"
+                )
+            future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+            handle.pending_open[key] = future
+            try:
+                self._write(handle, command)
+            except MediaError:
+                handle.pending_open.pop(key, None)
+                raise
+            return self._opened(handle, key, future)
+        if isinstance(command, UpdateStream):
+            handle = self._live(command.call_id)
+            self._write(handle, command)
+            return self._drain(handle)
+        handle = self._worker_for(command.call_id)
+        handle.calls.discard(command.call_id)
+        if not handle.alive:
+            return _done()  # its worker died: sockets and keys went with it
+        self._write(handle, command)
+        return self._drain(handle)
+
+    async def _opened(
+        self, handle: _WorkerHandle, key: tuple[str, int], future: asyncio.Future[str | None]
+    ) -> None:
         try:
-            self._write(handle, OpenStream(call_id=call_id, stream=index, spec=spec))
             error = await asyncio.wait_for(future, REPLY_TIMEOUT)
         except TimeoutError:
             raise MediaError(f"media worker {handle.slot} did not answer OpenStream") from None
@@ -184,22 +211,19 @@ class MediaController:
             handle.pending_open.pop(key, None)
         if error is not None:
             raise MediaError(error)
-        handle.calls.add(call_id)
+        handle.calls.add(key[0])
+
+    async def open_stream(self, call_id: str, index: int, spec: StreamSpec) -> None:
+        """Bind a stream's sockets and start relaying; raises MediaError with the reason."""
+        await self.submit(OpenStream(call_id=call_id, stream=index, spec=spec))
 
     async def update_stream(self, call_id: str, index: int, spec: StreamSpec) -> None:
         """Replace a stream's spec (addresses, keys, direction); SRTP state is kept per keying."""
-        handle = self._live(call_id)
-        self._write(handle, UpdateStream(call_id=call_id, stream=index, spec=spec))
-        await self._drain(handle)
+        await self.submit(UpdateStream(call_id=call_id, stream=index, spec=spec))
 
     async def close_call(self, call_id: str) -> None:
         """Close every stream of a call: ports released, keys forgotten by the worker."""
-        handle = self._worker_for(call_id)
-        handle.calls.discard(call_id)
-        if not handle.alive:
-            return  # its worker died: sockets and keys went with it
-        self._write(handle, CloseCall(call_id=call_id))
-        await self._drain(handle)
+        await self.submit(CloseCall(call_id=call_id))
 
     async def stats(self) -> dict[str, StreamCounters]:
         """Counters of every stream on every live worker, keyed ``"call_id/stream"``."""
@@ -365,3 +389,7 @@ class MediaController:
             await self._spawn(handle)
         except Exception:
             log.exception("media worker %d could not be restarted", handle.slot)
+
+
+async def _done() -> None:
+    return None
