@@ -576,10 +576,14 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     root.setLevel(level.upper())
 
 
+#: Loggers whose messages already are one JSON object each: written as they are.
+_JSON_LOGGERS = frozenset({"gateway.events", "gateway.security", "gateway.admin.access"})
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
-        if record.name in ("gateway.events", "gateway.security") and message.startswith("{"):
+        if record.name in _JSON_LOGGERS and message.startswith("{"):
             return message
         return json.dumps(
             {

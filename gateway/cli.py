@@ -192,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="configuration file (its [state] folder holds the bans)")
     p.set_defaults(func=cmd_bans_lift)
 
+    from gateway.bench.command import add_bench_arguments, cmd_bench
+
+    p = sub.add_parser("bench", help="capacity report of this host: calls, latency, set-ups/s")
+    add_bench_arguments(p)
+    p.set_defaults(func=cmd_bench)
+
     add_certs_commands(sub)
     return parser
 

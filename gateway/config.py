@@ -123,6 +123,20 @@ class AdminSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     #: Environment variable that holds the admin API token.
     token_env: str = "GATEWAY_ADMIN_TOKEN"
     enabled: bool = False
+    #: Separate "address:port" for /metrics (no token: it holds no secrets); None serves
+    #: /metrics on ``listen`` only.
+    metrics_listen: str | None = None
+    #: Serve the admin surface over TLS with this certificate and key (PEM).
+    tls_certificate: str | None = None
+    tls_private_key: str | None = None
+    #: With TLS: clients presenting a certificate from this CA bundle need no token (mutual
+    #: TLS); clients without one still need the token.
+    client_ca: str | None = None
+    #: Call detail records: one JSON line per finished call; relative to state.directory.
+    cdr_file: str = "cdr/calls.jsonl"
+    #: Rotate the record file beyond this size, keeping this many old files (.1 is newest).
+    cdr_max_bytes: int = 10_000_000
+    cdr_keep: int = 10
 
 
 class AuditSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -161,6 +175,8 @@ class GatewayConfig(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     state: StateSettings = StateSettings()
     #: Folder relative paths in this file are resolved against (set by the loader).
     base_dir: str = "."
+    #: The file this came from (set by ``load_config``), for the admin API's check and reload.
+    source_file: str = ""
 
     def path(self, relative: str) -> Path:
         """Resolve a path from the file against the file's own folder."""
@@ -193,7 +209,7 @@ class ConfigError(Exception):
 _TABLES: dict[str, type[_Table]] = {
     name: info.type
     for name, info in ((f.name, f) for f in msgspec.structs.fields(GatewayConfig))
-    if name != "base_dir"
+    if name not in ("base_dir", "source_file")
 }
 
 
@@ -205,7 +221,8 @@ def load_config(path: str | Path) -> GatewayConfig:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([ConfigProblem(name, None, "(file)", exc.strerror or str(exc))]) from None
-    return parse_config(text, name, base_dir=str(file.resolve().parent))
+    config = parse_config(text, name, base_dir=str(file.resolve().parent))
+    return msgspec.structs.replace(config, source_file=str(file.resolve()))
 
 
 def parse_config(text: str, name: str = "<config>", *, base_dir: str = ".") -> GatewayConfig:
@@ -267,6 +284,14 @@ def _resolve_paths(config: GatewayConfig) -> GatewayConfig:
         wan=msgspec.structs.replace(wan, identity=identity, trust=trust),
         certs=msgspec.structs.replace(config.certs, store=str(rel(config.certs.store))),
         state=msgspec.structs.replace(config.state, directory=str(rel(config.state.directory))),
+        admin=msgspec.structs.replace(
+            config.admin,
+            **{
+                name: str(rel(value))
+                for name in ("tls_certificate", "tls_private_key", "client_ca")
+                if (value := getattr(config.admin, name)) is not None
+            },
+        ),
     )
 
 
@@ -354,6 +379,40 @@ def check(config: GatewayConfig) -> list[tuple[str, str]]:
         problems.append(("sip.t2", "expected T2 >= T1 (RFC 3261 §17.1.2.2)"))
     if not 0 <= config.media.dscp <= 63:
         problems.append(("media.dscp", f"expected 0..63, got {config.media.dscp}"))
+    problems += _check_admin(config.admin)
+    return problems
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """ "127.0.0.1:8080" or "[::1]:8080" as (address, port); port 0 picks a free one."""
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"expected address:port, got {text!r}")
+    ipaddress.ip_address(host)  # an address, not a name: binding must not depend on DNS
+    return host, int(port_text)
+
+
+def _check_admin(admin: AdminSettings) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for field, value in (
+        ("admin.listen", admin.listen),
+        ("admin.metrics_listen", admin.metrics_listen),
+    ):
+        if value is None:
+            continue
+        try:
+            parse_listen(value)
+        except ValueError:
+            problems.append(
+                (field, f"expected an IP address and port (e.g. 127.0.0.1:8080), got {value!r}")
+            )
+    if (admin.tls_certificate is None) != (admin.tls_private_key is None):
+        problems.append(("admin.tls_certificate", "set both tls_certificate and tls_private_key"))
+    if admin.client_ca is not None and admin.tls_certificate is None:
+        problems.append(("admin.client_ca", "mutual TLS needs tls_certificate and tls_private_key"))
+    if admin.cdr_max_bytes < 4096 or admin.cdr_keep < 1:
+        problems.append(("admin.cdr_max_bytes", "expected cdr_max_bytes >= 4096 and cdr_keep >= 1"))
     return problems
 
 

@@ -321,16 +321,19 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     rows = []
     if identity is not None:
-        # The identity is judged against the provider trust plus the store's own CA, which
-        # is what issued it in a private or lab setup.
+        # The provider, not the gateway, verifies the identity, with anchors we cannot see;
+        # judge it against every issuer it may come from: a public CA (the system store),
+        # the provider's own CA (the configured bundle), the store's CA (private or lab).
+        # The provider bundle alone would flag a public CA's certificate as broken.
         local_ca = layout.ca_dir / "ca.pem"
-        extra = (str(local_ca),) if local_ca.exists() else ()
+        extra = tuple(b for b in (ca_bundle,) if b is not None)
+        extra += (str(local_ca),) if local_ca.exists() else ()
         rows.extend(
             identity_status(
                 identity.certificate,
                 identity.private_key,
                 passphrase=read_passphrase(identity.passphrase_env, identity.passphrase_file),
-                trust=TrustAnchors(ca_bundle, extra),
+                trust=TrustAnchors(None, extra),
                 names=_names(args, cfg),
                 window=window,
                 now=now,

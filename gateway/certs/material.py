@@ -216,9 +216,24 @@ class IdentityWatcher:
         #: The last load failure, for the caller to log once; None after a good load.
         self.last_error: CertificateError | None = None
 
+    def snapshot(self) -> tuple[tuple[int, int, int] | None, tuple[int, int, int] | None]:
+        """The files' identity (inode, mtime, size) now; take it *before* loading them."""
+        return (_signature(self._cert_path), _signature(self._key_path))
+
+    def adopt(
+        self,
+        identity: Identity,
+        seen: tuple[tuple[int, int, int] | None, tuple[int, int, int] | None],
+    ) -> None:
+        """Someone else (SIGHUP, an admin request) loaded the files as they were at ``seen``:
+        do not take the same files up a second time."""
+        self._seen = seen
+        self.current = identity
+        self.last_error = None
+
     def poll(self, now: dt.datetime | None = None) -> Identity | None:
         """A new Identity if the files changed and now form a valid pair, else None."""
-        seen = (_signature(self._cert_path), _signature(self._key_path))
+        seen = self.snapshot()
         if seen == self._seen:
             return None
         try:

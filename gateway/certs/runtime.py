@@ -113,6 +113,8 @@ class TlsMaterial:
         """Reload from the configured files now; returns the error text, None on success."""
         if self._identity_settings is None:
             return "no gateway certificate is configured (wan.identity)"
+        # Taken before loading: a change after this point is still noticed by poll().
+        seen = self._watcher.snapshot() if self._watcher is not None else None
         try:
             identity = load_configured_identity(self._identity_settings)
         except CertificateError as exc:
@@ -121,7 +123,11 @@ class TlsMaterial:
                 "certificate reload (%s) refused, the old one stays in service: %s", reason, exc
             )
             return str(exc)
-        self._swap(identity, reason)
+        if not self._swap(identity, reason):
+            return self.last_error
+        if self._watcher is not None and seen is not None:
+            # The file watch must not load the same files again ("files changed").
+            self._watcher.adopt(identity, seen)
         return None
 
     def _swap(self, identity: Identity, reason: str) -> bool:

@@ -107,6 +107,21 @@ class StreamCounters(msgspec.Struct):
     drop_malformed: int = 0
     last_lan_packet: float = 0.0
     last_wan_packet: float = 0.0
+    #: Reception statistics measured by the gateway on the accepted RTP it relays (RFC 3550
+    #: A.3 and A.8): loss from sequence numbers and interarrival jitter, from the phone
+    #: (``lan_in``) and from the provider after SRTP authentication (``wan_in``). Refreshed
+    #: when counters are queried (:meth:`~gateway.media.relay.RelayStream.snapshot`).
+    lost_lan_in: int = 0
+    lost_wan_in: int = 0
+    jitter_ms_lan_in: float = 0.0
+    jitter_ms_wan_in: float = 0.0
+    #: What the ends say in their RTCP receiver reports (RFC 3550 §6.4.1) about the stream
+    #: they receive: the phone about provider→phone, the provider about phone→provider.
+    #: Cumulative packets lost and interarrival jitter; -1 / 0.0 until a report arrives.
+    phone_reported_lost: int = -1
+    phone_reported_jitter_ms: float = 0.0
+    provider_reported_lost: int = -1
+    provider_reported_jitter_ms: float = 0.0
 
 
 class StreamOpened(msgspec.Struct, frozen=True, tag=True):

@@ -26,6 +26,14 @@ inactivity timer and to the far end's RTCP. What may cross is decided by keys an
 Per packet the core reads only the first two header bytes (version; RTP/RTCP demultiplexing by
 payload type, RFC 5761 §4) and does no logging; destinations are computed once per update or
 latch, not per packet.
+
+Reception statistics for operators (per-call loss and jitter, RFC 3550 A.3 and A.8) are the one
+addition to the accepted-RTP path: :class:`ReceptionStats` reads the sequence number and
+timestamp (six more header bytes) and does a dozen integer operations and one float multiply,
+no allocation (about 0.3 µs per packet in CPython 3.11, against about 2 µs for the rest of the
+LAN→WAN path with SRTP); the conversion to milliseconds happens only when counters are queried
+(:meth:`RelayStream.snapshot`). RTCP receiver reports (RFC 3550 §6.4.1) are read from the few
+RTCP packets (one every few seconds) the relay already handles in clear.
 """
 
 from __future__ import annotations
@@ -43,12 +51,15 @@ from gateway.media.srtp import (
 __all__ = [
     "LAN_RTCP",
     "LAN_RTP",
+    "RTP_CLOCK_RATE",
     "WAN_RTCP",
     "WAN_RTP",
     "Address",
     "Forward",
+    "ReceptionStats",
     "RelayStream",
     "is_plain_rtcp",
+    "read_receiver_report",
 ]
 
 Address = tuple[str, int]
@@ -64,6 +75,108 @@ Forward = tuple[bytes, Address, int]
 
 _RTP_MIN = 12  # fixed RTP header (RFC 3550 §5.1)
 _RTCP_MIN = 8  # RTCP common header + SSRC (RFC 3550 §6.4)
+
+#: RTP clock of the codecs legacy phones speak (G.711, G.729, and G.722 by RFC 3551 §4.5.2):
+#: jitter is measured in timestamp units and shown in milliseconds with this rate. A stream
+#: with another clock (e.g. Opus at 48 kHz) would show its jitter scaled by the ratio.
+RTP_CLOCK_RATE = 8000
+#: RFC 3550 A.1: a forward jump smaller than this is loss; a larger one (short of a small
+#: misorder) starts a new sequence (new SSRC, a restarted sender) instead of counting as loss.
+_MAX_DROPOUT = 3000
+_MAX_MISORDER = 100
+
+
+class ReceptionStats:
+    """Loss (RFC 3550 A.3) and interarrival jitter (A.8) of one incoming RTP stream.
+
+    Call :meth:`packet` with every accepted RTP packet (its header is in clear under SRTP too).
+    Jitter is kept as A.8's integer estimate times 16 in timestamp units; a timestamp jump of
+    more than a second (a new timeline after a re-INVITE or SSRC change) is not counted as
+    jitter. Loss is expected minus received packets, carried across sequence restarts.
+    """
+
+    __slots__ = (
+        "_base",
+        "_cycles",
+        "_jitter16",
+        "_lost_before",
+        "_max_seq",
+        "_received",
+        "_transit",
+        "clock_rate",
+    )
+
+    def __init__(self, clock_rate: int = RTP_CLOCK_RATE) -> None:
+        self.clock_rate = clock_rate
+        self._max_seq = 0
+        self._base = 0
+        self._cycles = 0
+        self._received = 0
+        self._lost_before = 0
+        self._transit = 0
+        self._jitter16 = 0
+
+    def packet(self, data: bytes, now: float) -> None:
+        """Account one RTP packet (at least 12 bytes) that arrived at ``now`` seconds."""
+        seq = data[2] << 8 | data[3]
+        max_seq = self._max_seq
+        # The usual case first: the next packet, or a few ahead (loss), of a known sequence.
+        if (seq - max_seq) & 0xFFFF < _MAX_DROPOUT and self._received:
+            if seq < max_seq:
+                self._cycles += 0x10000  # the 16-bit sequence number wrapped
+            self._max_seq = seq
+        elif (seq - max_seq) & 0xFFFF <= 0xFFFF - _MAX_MISORDER or not self._received:
+            self._restart(seq)
+        # else: late or duplicate; counted as received (RFC 3550 A.3 does the same)
+        self._received += 1
+        rate = self.clock_rate
+        transit = int(now * rate) - (data[4] << 24 | data[5] << 16 | data[6] << 8 | data[7])
+        d = transit - self._transit
+        self._transit = transit
+        # More than a second apart is a new timeline (timestamp wrap, new SSRC), not jitter.
+        if -rate < d < rate:
+            j = self._jitter16
+            self._jitter16 = j + (d if d >= 0 else -d) - ((j + 8) >> 4)
+
+    def _restart(self, seq: int) -> None:
+        if self._received:
+            self._lost_before = self.lost
+        self._base = self._max_seq = seq
+        self._cycles = self._received = 0
+        self._transit = -(1 << 40)  # no previous transit: the next difference is skipped
+
+    @property
+    def lost(self) -> int:
+        """Packets expected but not received so far (duplicates can make a run negative: 0)."""
+        if not self._received:
+            return self._lost_before
+        expected = self._cycles + self._max_seq - self._base + 1
+        return self._lost_before + max(0, expected - self._received)
+
+    @property
+    def jitter_ms(self) -> float:
+        return self._jitter16 * 1000.0 / (16 * self.clock_rate)
+
+
+def read_receiver_report(data: bytes) -> tuple[int, int] | None:
+    """(cumulative packets lost, interarrival jitter) of the first report block of a plain
+    compound RTCP packet's leading SR or RR (RFC 3550 §6.4.1, §6.4.2), or None."""
+    if len(data) < 8 or data[0] & 0xC0 != 0x80 or data[0] & 0x1F == 0:
+        return None
+    packet_type = data[1]
+    if packet_type == 200:
+        block = 28  # header, SSRC and the 20-byte sender info
+    elif packet_type == 201:
+        block = 8
+    else:
+        return None
+    if len(data) < block + 24:
+        return None
+    lost = data[block + 5] << 16 | data[block + 6] << 8 | data[block + 7]
+    if lost & 0x800000:
+        lost -= 0x1000000  # a signed 24-bit count: duplicates can make it negative
+    jitter = int.from_bytes(data[block + 12 : block + 16], "big")
+    return lost, jitter
 
 
 def is_plain_rtcp(data: bytes) -> bool:
@@ -86,6 +199,7 @@ class RelayStream:
     """One m-line's packet path between a phone (LAN, plain) and the provider (WAN, SRTP)."""
 
     __slots__ = (
+        "_lan_reception",
         "_phone_ip",
         "_phone_rtcp",
         "_phone_rtcp_latched",
@@ -103,6 +217,7 @@ class RelayStream:
         "_to_provider_rtcp",
         "_to_provider_rtcp_via",
         "_tx",
+        "_wan_reception",
         "counters",
     )
 
@@ -127,6 +242,8 @@ class RelayStream:
         self._to_provider_rtcp: Address | None = None
         self._to_provider_rtcp_via = WAN_RTCP
         self._plain = False
+        self._lan_reception = ReceptionStats()
+        self._wan_reception = ReceptionStats()
         self._spec = StreamSpec(lan_port=spec.lan_port, wan_port=spec.wan_port)
         self.update(spec)
 
@@ -134,6 +251,16 @@ class RelayStream:
     def spec(self) -> StreamSpec:
         """The spec currently applied."""
         return self._spec
+
+    def snapshot(self) -> StreamCounters:
+        """The counters with the reception statistics brought up to date (for QueryStats)."""
+        c = self.counters
+        lan, wan = self._lan_reception, self._wan_reception
+        c.lost_lan_in = lan.lost
+        c.jitter_ms_lan_in = lan.jitter_ms
+        c.lost_wan_in = wan.lost
+        c.jitter_ms_wan_in = wan.jitter_ms
+        return c
 
     # -- control -------------------------------------------------------------------------
 
@@ -218,6 +345,7 @@ class RelayStream:
             self._phone_rtp_latched = True
             self._refresh_rtcp_destinations()
         c.last_lan_packet = now
+        self._lan_reception.packet(data, now)
         dest = self._provider_rtp
         if dest is None:
             c.drop_no_peer += 1
@@ -258,6 +386,10 @@ class RelayStream:
             self._phone_rtcp_latched = True
             self._refresh_rtcp_destinations()
         c.last_lan_packet = now
+        report = read_receiver_report(data)
+        if report is not None:
+            c.phone_reported_lost = report[0]
+            c.phone_reported_jitter_ms = report[1] * 1000.0 / RTP_CLOCK_RATE
         dest = self._to_provider_rtcp
         if dest is None:
             c.drop_no_peer += 1
@@ -324,6 +456,7 @@ class RelayStream:
             self._provider_rtp_latched = True
             self._refresh_rtcp_destinations()
         c.last_wan_packet = now
+        self._wan_reception.packet(data, now)  # the RTP header is not encrypted (RFC 3711 §3.1)
         dest = self._phone_rtp
         if dest is None:
             c.drop_no_peer += 1
@@ -373,6 +506,10 @@ class RelayStream:
             self._provider_rtcp_latched = True
             self._refresh_rtcp_destinations()
         c.last_wan_packet = now
+        report = read_receiver_report(out)
+        if report is not None:
+            c.provider_reported_lost = report[0]
+            c.provider_reported_jitter_ms = report[1] * 1000.0 / RTP_CLOCK_RATE
         dest = self._to_phone_rtcp
         if dest is None:
             c.drop_no_peer += 1

@@ -919,16 +919,19 @@ class B2bua:
 
     def _carry_refer_to(self, request: SipRequest, outgoing: SipRequest, to_side: Side) -> None:
         """Refer-To names a party in the sender's world; re-home its host to the other side so
-        the transfer target is reached through the gateway (RFC 3515 §2.1)."""
-        value = request.get("Refer-To")
-        if value is None:
-            return
-        target = NameAddr.parse(value)
-        if isinstance(target.uri, SipUri):
-            user = target.uri.user
-            uri = self._wan_uri(user) if to_side == Side.WAN else self._lan_uri(user)
-            target = NameAddr(target.display, uri, target.params)
-        outgoing.set("Refer-To", str(target))
+        the transfer target is reached through the gateway (RFC 3515 §2.1). Referred-By
+        (RFC 3892) names the sender in its world: re-homed the same way, so no LAN address
+        leaves in it."""
+        for name in ("Refer-To", "Referred-By"):
+            value = request.get(name)
+            if value is None:
+                continue
+            target = NameAddr.parse(value)
+            if isinstance(target.uri, SipUri):
+                user = target.uri.user
+                uri = self._wan_uri(user) if to_side == Side.WAN else self._lan_uri(user)
+                target = NameAddr(target.display, uri, target.params)
+            outgoing.set(name, str(target))
 
     # ---- in-dialog requests
 
@@ -1314,6 +1317,18 @@ class B2bua:
                 self._forget(pair)
             return
         callee_tag = response.to.tag
+        if status >= 200 and pair.state == PairState.CONFIRMED:
+            # A 2xx again: retransmitted because our ACK was lost (§13.2.2.4: ACK it again, its
+            # SDP was taken the first time), or another fork's answer (ACK it, then end it).
+            if callee_tag == pair.confirmed_tag:
+                if pair.deferred_ack != callee_side:
+                    self._send_ack(pair, callee_side, response.cseq.seq, b"")
+                return
+            self._send_ack(pair, callee_side, response.cseq.seq, b"", remote_to=response.to)
+            bye = pair.callee.build_request("BYE")
+            bye.set("To", str(response.to))
+            self._send_request(callee_side, bye, pair.callee.peer, now)
+            return
         reply_tag = pair.caller.local_tag
         if callee_tag:
             reply_tag = self._caller_tag_for(pair, callee_tag)
@@ -1378,13 +1393,6 @@ class B2bua:
             self._send_response(caller_side, pair.server_key, reply, now)
             return
         # 2xx: confirm this dialog; forget the other early dialogs (forking).
-        if pair.state == PairState.CONFIRMED:
-            if callee_tag != pair.confirmed_tag:
-                self._send_ack(pair, callee_side, response.cseq.seq, b"")
-                bye = pair.callee.build_request("BYE")
-                bye.set("To", str(response.to))
-                self._send_request(callee_side, bye, pair.callee.peer, now)
-            return
         pair.state = PairState.CONFIRMED
         pair.confirmed_tag = callee_tag
         pair.answered = now

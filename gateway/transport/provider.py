@@ -117,10 +117,17 @@ class ProviderLink:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.reconnect_max)
                 continue
-            delay = self.reconnect_min
+            up_since = asyncio.get_running_loop().time()
             await self._hold()
             if not self._stopping:
                 self._on_state(False, self.last_error)
+            if asyncio.get_running_loop().time() - up_since < self.reconnect_max:
+                # Lost right after it came up (a provider refusing our client certificate
+                # after the handshake, for one): back off as after a failure, never spin.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.reconnect_max)
+            else:
+                delay = self.reconnect_min
 
     async def _connect_once(self) -> None:
         context = self._context_factory()

@@ -114,12 +114,23 @@ class GatewayProcess(ManagedProcess):
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "gateway.toml"
         self.config_path.write_text(config_text or gateway_config(layout, pki))
-        argv = [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path), "--drain", "2"]
+        argv = [
+            sys.executable,
+            "-m",
+            "gateway",
+            "run",
+            "--config",
+            str(self.config_path),
+            "--drain",
+            "2",
+        ]
         super().__init__(argv, name="gateway", logdir=workdir, netns=netns)
 
     def start(self) -> GatewayProcess:
         super().start()
-        self.wait_ready(port=self.layout.lan_port, host=self.layout.lan_address, proto="udp", timeout=20)
+        self.wait_ready(
+            port=self.layout.lan_port, host=self.layout.lan_address, proto="udp", timeout=20
+        )
         return self
 
     def wait_provider_up(self, timeout: float = 15.0) -> None:

@@ -168,3 +168,44 @@ def test_lab_and_live_commands_with_config(
         assert run("certs", "status", "--config", "gw.toml") == 0
         os.chmod(lab / "gateway.key", 0o644)
         assert run("certs", "status", "--config", "gw.toml") == 2
+
+
+def test_status_accepts_a_public_ca_identity_next_to_a_private_provider_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The gateway's certificate from a public CA (system store) while the provider is
+    trusted through its own private CA: the identity is fine, the status must say so."""
+    from gateway.certs.authority import create_ca, issue_certificate, parse_names
+    from gateway.certs.store import write_certificates, write_private_key
+
+    public = create_ca("Example Public Root")
+    provider_ca = create_ca("Provider Private CA")
+    leaf = issue_certificate(
+        public.certificate, public.key, parse_names(["gw.example.test"]), days=200
+    )
+    write_certificates(tmp_path / "public-root.pem", [public.certificate])
+    write_certificates(tmp_path / "provider-ca.pem", [provider_ca.certificate])
+    write_certificates(tmp_path / "cert.pem", leaf.chain)
+    write_private_key(tmp_path / "key.pem", leaf.key)
+    # The system store, as OpenSSL finds it: here only the "public" root.
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "public-root.pem"))
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "no-such-dir"))
+    status = (
+        "certs", "status", "--store", str(tmp_path / "store"),
+        "--cert", str(tmp_path / "cert.pem"), "--key", str(tmp_path / "key.pem"),
+        "--ca-bundle", str(tmp_path / "provider-ca.pem"),
+    )  # fmt: skip
+    assert run(*status) == 0, capsys.readouterr().out
+    identity_row = next(
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("identity ")
+    )
+    assert "  ok  " in identity_row
+    # A certificate no known anchor issued is still an error.
+    stranger = create_ca("Nobody's CA")
+    other = issue_certificate(
+        stranger.certificate, stranger.key, parse_names(["gw.example.test"]), days=200
+    )
+    write_certificates(tmp_path / "cert.pem", other.chain)
+    write_private_key(tmp_path / "key.pem", other.key)
+    assert run(*status) == 2
+    assert "chain does not validate" in capsys.readouterr().out

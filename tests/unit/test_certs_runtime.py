@@ -6,6 +6,10 @@ import shutil
 import ssl
 from pathlib import Path
 
+import pytest
+
+from gateway.certs import runtime
+from gateway.certs.errors import CertificateError
 from gateway.certs.lab import make_lab
 from gateway.certs.runtime import TlsMaterial
 from gateway.certs.settings import ProviderTrustSettings, TlsIdentitySettings
@@ -61,3 +65,38 @@ def test_world_readable_key_is_refused(tmp_path: Path) -> None:
     key.chmod(0o644)
     error = material.reload("test")
     assert error is not None and str(key) in error
+
+
+def test_reload_then_poll_does_not_take_the_same_files_up_twice(tmp_path: Path) -> None:
+    material, cert, key = _material(tmp_path)
+    shutil.copy(tmp_path / "lab" / "provider.pem", cert)
+    shutil.copy(tmp_path / "lab" / "provider.key", key)
+    assert material.reload("SIGHUP") is None
+    assert material.poll() is False  # already loaded by the SIGHUP
+    state = material.state()
+    assert state is not None and state.reloads == 1
+    # A later change is still noticed by the file watch.
+    shutil.copy(tmp_path / "lab" / "gateway.pem", cert)
+    shutil.copy(tmp_path / "lab" / "gateway.key", key)
+    assert material.poll() is True
+    state = material.state()
+    assert state is not None and state.reloads == 2
+
+
+def test_reload_reports_failure_when_the_context_cannot_be_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    material, cert, key = _material(tmp_path)
+    before = material.state()
+    shutil.copy(tmp_path / "lab" / "provider.pem", cert)
+    shutil.copy(tmp_path / "lab" / "provider.key", key)
+
+    def broken(identity: object, client_ca: str | None = None) -> ssl.SSLContext:
+        raise CertificateError(str(cert), "cannot load into TLS context (test)")
+
+    monkeypatch.setattr(runtime, "build_server_context", broken)
+    error = material.reload("SIGHUP")
+    assert error is not None and "cannot load into TLS context" in error
+    after = material.state()
+    assert before is not None and after is not None
+    assert after.pin == before.pin and after.reloads == 0

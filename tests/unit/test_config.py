@@ -54,7 +54,7 @@ def test_every_cross_field_problem_is_reported_at_once() -> None:
     found = problems(
         '[lan]\nmedia_address = "127.0.0.1"\nmedia_ports = [40000, 41000]\n'
         '[wan]\nmedia_address = "127.0.0.1"\nmedia_ports = [40500, 42000]\nlisten_port = 5061\n'
-        '[sip]\nt1 = 2.0\nt2 = 1.0\n'
+        "[sip]\nt1 = 2.0\nt2 = 1.0\n"
     )
     assert "site.toml:6: wan.media_ports: overlaps lan.media_ports on the same address" in found
     assert any("wan.identity" in p and "certificate" in p for p in found)

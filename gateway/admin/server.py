@@ -1,0 +1,543 @@
+"""The admin HTTP surface (aiohttp): JSON API under ``/api/``, the status page, ``/metrics``.
+
+Access:
+
+- ``/api/*`` needs ``Authorization: Bearer <token>`` (the token comes from the environment
+  variable named by ``admin.token_env``, never from the configuration file), or, when the
+  surface runs over TLS with ``admin.client_ca``, a client certificate from that CA (mutual
+  TLS). Tokens are compared in constant time; a source that keeps failing is told to wait
+  (429) instead of being allowed to guess. Every API request is logged (who, what, answer),
+  never the token.
+- ``/`` and ``/static/*`` are the status page's own files: no data, no token. The page asks
+  the operator for the token and sends it with each API request (a header, not a cookie, so
+  other sites cannot make the browser use it).
+- ``/metrics`` is readable without the token (it holds no secrets), on the admin address and,
+  with ``admin.metrics_listen``, on an address of its own for the scraper.
+
+The server binds to ``admin.listen`` (loopback by default); it refuses to start without a
+token unless mutual TLS is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import ssl
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from gateway.admin.metrics import CONTENT_TYPE, render_metrics
+from gateway.admin.openapi import openapi_document
+from gateway.admin.views import (
+    MediaSampler,
+    ban_views,
+    call_views,
+    certificate_views,
+    provider_view,
+    readiness,
+    registration_views,
+)
+from gateway.cdr import read_records
+from gateway.config import ConfigError, GatewayConfig, load_config, parse_listen
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+__all__ = ["AdminServer", "AdminStartupError", "build_app"]
+
+log = logging.getLogger("gateway.admin")
+#: One JSON line per API request: the admin action log.
+access_log = logging.getLogger("gateway.admin.access")
+STATIC = Path(__file__).with_name("static")
+
+#: Failed authentications from one source within the window before it gets 429.
+MAX_FAILURES = 10
+FAILURE_WINDOW = 60.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
+SAMPLER_KEY: web.AppKey[MediaSampler] = web.AppKey("sampler")
+TOKEN_KEY: web.AppKey[bytes | None] = web.AppKey("token")
+FAILURES_KEY: web.AppKey[dict[str, deque[float]]] = web.AppKey("failures")
+
+
+class AdminStartupError(OSError):
+    """The admin surface cannot start as configured; the message says what to fix.
+
+    An OSError, so that ``gateway run`` reports it as it reports an address it cannot bind.
+    """
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=str))
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status)
+
+
+# --------------------------------------------------------------------------- access
+
+
+def _client_identity(request: web.Request) -> str | None:
+    """The verified client certificate's subject (mutual TLS), else None."""
+    transport = request.transport
+    if transport is None:
+        return None
+    cert = transport.get_extra_info("peercert")
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return f"cert:{value}"
+    return "cert"
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Token or client certificate on /api/, and one log line per API request."""
+    path = request.path
+    if not path.startswith("/api/"):
+        return await handler(request)
+    started = time.monotonic()
+    source = request.remote or "?"
+    who = _client_identity(request)
+    failures = request.app[FAILURES_KEY]
+    recent = failures.get(source)
+    now = time.monotonic()
+    if recent is not None:
+        while recent and now - recent[0] > FAILURE_WINDOW:
+            recent.popleft()
+    response: web.StreamResponse
+    if who is None:
+        if recent is not None and len(recent) >= MAX_FAILURES:
+            response = _error(429, "too many failed attempts; wait a minute")
+            response.headers["Retry-After"] = str(int(FAILURE_WINDOW))
+            _log_access(request, source, "-", response.status, started, "throttled")
+            return response
+        who = _check_token(request)
+        if who is None:
+            failures.setdefault(source, deque()).append(now)
+            if len(failures) > 10_000:  # a scan from many sources must not grow this forever
+                failures.clear()
+            response = _error(401, "missing or wrong token")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="gateway-admin"'
+            _log_access(request, source, "-", response.status, started, "refused")
+            return response
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        _log_access(request, source, who, exc.status, started)
+        raise
+    _log_access(request, source, who, response.status, started)
+    return response
+
+
+def _check_token(request: web.Request) -> str | None:
+    expected = request.app[TOKEN_KEY]
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if expected is None or scheme.lower() != "bearer" or not presented:
+        return None
+    # compare_digest: the time taken does not tell how much of a guess was right.
+    if hmac.compare_digest(presented.strip().encode(), expected):
+        return "token"
+    return None
+
+
+def _log_access(
+    request: web.Request,
+    source: str,
+    who: str,
+    status: int,
+    started: float,
+    outcome: str | None = None,
+) -> None:
+    record = {
+        "time": round(time.time(), 3),
+        "event": "admin-request",
+        "method": request.method,
+        "path": request.path,
+        "query": request.query_string or None,
+        "source": source,
+        "client": who,
+        "status": status,
+        "ms": round((time.monotonic() - started) * 1000, 1),
+    }
+    if outcome is not None:
+        record["outcome"] = outcome
+    changes = request.method not in ("GET", "HEAD")
+    level = logging.WARNING if status in (401, 429) or (changes and status < 400) else logging.INFO
+    access_log.log(level, json.dumps(record))
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def _gw(request: web.Request) -> Gateway:
+    return request.app[GATEWAY_KEY]
+
+
+def _int_query(request: web.Request, name: str, default: int, top: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"{name}: expected a whole number, got {text!r}"}),
+            content_type="application/json",
+        ) from None
+    return max(1, min(value, top))
+
+
+async def health(request: web.Request) -> web.Response:
+    gw = _gw(request)
+    return _json(
+        {
+            "status": "ok",
+            "uptime_seconds": round(time.time() - gw.started_at, 1),
+            "pid": os.getpid(),
+        }
+    )
+
+
+async def ready(request: web.Request) -> web.Response:
+    state = readiness(_gw(request))
+    return _json(state, 200 if state["ready"] else 503)
+
+
+async def calls(request: web.Request) -> web.Response:
+    gw = _gw(request)
+    sample = await request.app[SAMPLER_KEY].sample()
+    return _json({"calls": call_views(gw, sample), "media_error": sample.error})
+
+
+async def registrations(request: web.Request) -> web.Response:
+    return _json({"registrations": registration_views(_gw(request))})
+
+
+async def bans(request: web.Request) -> web.Response:
+    return _json({"bans": ban_views(_gw(request))})
+
+
+async def lift_ban(request: web.Request) -> web.Response:
+    address = request.match_info["address"]
+    if _gw(request).lift_ban(address):
+        return _json({"lifted": address})
+    return _error(404, f"no active ban on {address}")
+
+
+async def events(request: web.Request) -> web.Response:
+    gw = _gw(request)
+    q = request.query
+    since = None
+    if "since" in q:
+        try:
+            since = float(q["since"])
+        except ValueError:
+            return _error(400, "since: expected Unix seconds")
+    found = gw.observatory.recent(
+        limit=_int_query(request, "limit", 100, 2000),
+        since=since,
+        side=q.get("side"),
+        rule=q.get("rule"),
+        action=q.get("action"),
+        source=q.get("source"),
+    )
+    return _json({"events": found})
+
+
+async def timeline(request: web.Request) -> web.Response:
+    return _json({"buckets": _gw(request).observatory.timeline(time.time())})
+
+
+async def certificates(request: web.Request) -> web.Response:
+    gw = _gw(request)
+    return _json({"certificates": certificate_views(gw), "provider": provider_view(gw)})
+
+
+async def reload_certificates(request: web.Request) -> web.Response:
+    error = _gw(request).reload_certificates("admin API")
+    if error is not None:
+        return _error(409, error)
+    return _json({"reloaded": True, "certificates": certificate_views(_gw(request))})
+
+
+def _check_file(gw: Gateway) -> tuple[GatewayConfig | None, list[str]]:
+    path = gw.config.source_file
+    if not path:
+        return None, ["the gateway was not started from a file: nothing to check"]
+    try:
+        return load_config(path), []
+    except ConfigError as exc:
+        return None, [str(p) for p in exc.problems]
+
+
+#: Tables that take effect only at start-up; a change to them needs a restart.
+_RESTART_TABLES = ("lan", "wan", "sip", "media", "policy", "admin", "log", "state", "certs")
+
+
+def _restart_needed(running: GatewayConfig, new: GatewayConfig) -> list[str]:
+    return [t for t in _RESTART_TABLES if getattr(running, t) != getattr(new, t)]
+
+
+async def config_check(request: web.Request) -> web.Response:
+    gw = _gw(request)
+    new, problems = await asyncio.to_thread(_check_file, gw)
+    return _json(
+        {
+            "file": gw.config.source_file or None,
+            "valid": new is not None,
+            "problems": problems,
+            "restart_needed": _restart_needed(gw.config, new) if new is not None else [],
+        }
+    )
+
+
+async def config_reload(request: web.Request) -> web.Response:
+    """Check the file; when valid, apply what can change live (certificates) and say what
+    else needs a restart. A bad file changes nothing."""
+    gw = _gw(request)
+    new, problems = await asyncio.to_thread(_check_file, gw)
+    if new is None:
+        return _json({"valid": False, "applied": [], "problems": problems}, 422)
+    applied = []
+    error = None
+    if gw.config.wan.identity is not None:
+        error = gw.reload_certificates("admin API config reload")
+        if error is None:
+            applied.append("certificates")
+    return _json(
+        {
+            "valid": True,
+            "applied": applied,
+            "certificate_error": error,
+            "restart_needed": _restart_needed(gw.config, new),
+            "problems": [],
+        },
+        200 if error is None else 409,
+    )
+
+
+async def call_records(request: web.Request) -> web.Response:
+    gw = _gw(request)
+    q = request.query
+    wanted = {k: q[k] for k in ("caller", "callee", "outcome", "call_id") if k in q}
+
+    def match(record: dict[str, Any]) -> bool:
+        return all(str(record.get(k)) == v for k, v in wanted.items())
+
+    record_file = gw.cdr.file
+    if record_file is None:
+        return _json({"records": []})
+    found = await asyncio.to_thread(
+        read_records,
+        record_file,
+        limit=_int_query(request, "limit", 100, 5000),
+        match=match if wanted else None,
+    )
+    return _json({"records": found, "file": str(record_file.path)})
+
+
+async def status(request: web.Request) -> web.Response:
+    """Everything the status page shows, in one answer."""
+    gw = _gw(request)
+    sampler = request.app[SAMPLER_KEY]
+    sample = await sampler.sample()
+    active = call_views(gw, sample)
+    rates = sampler.rates()
+    seen = gw.observatory
+    return _json(
+        {
+            "time": time.time(),
+            "ready": readiness(gw),
+            "provider": provider_view(gw),
+            "calls": active,
+            "counts": {
+                "calls": len(active),
+                "encrypted": sum(1 for c in active if c["encrypted"]),
+                "registrations": len(gw.core.registrations),
+                "bans": len(gw.policy.bans()),
+                "call_setups": seen.call_setups,
+                "call_refusals": sum(seen.call_refusals.values()),
+            },
+            "load": {
+                "packets_per_second": rates["packets_per_second"],
+                "workers": rates["workers"],
+                "media_error": sample.error,
+            },
+            "certificates": certificate_views(gw),
+            "bans": ban_views(gw),
+            "timeline": seen.timeline(time.time()),
+            "events": seen.recent(limit=20),
+        }
+    )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return _json(openapi_document())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    text = await render_metrics(request.app[GATEWAY_KEY], request.app[SAMPLER_KEY])
+    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+
+@web.middleware
+async def headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The page runs only its own script, in no frame; answers are not cached."""
+    response = await handler(request)
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    )
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if request.path.startswith("/api/"):
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+# --------------------------------------------------------------------------- app
+
+
+def build_app(
+    gateway: Gateway, token: str | None, sampler: MediaSampler | None = None
+) -> web.Application:
+    """The admin application (also what tests drive with aiohttp's test client)."""
+    app = web.Application(middlewares=[headers_middleware, access_middleware])
+    app[GATEWAY_KEY] = gateway
+    app[SAMPLER_KEY] = sampler or MediaSampler(gateway)
+    app[TOKEN_KEY] = token.encode() if token else None
+    app[FAILURES_KEY] = {}
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", STATIC, show_index=False)
+    app.router.add_get("/metrics", metrics)
+    api = [
+        ("GET", "/api/health", health),
+        ("GET", "/api/ready", ready),
+        ("GET", "/api/status", status),
+        ("GET", "/api/calls", calls),
+        ("GET", "/api/registrations", registrations),
+        ("GET", "/api/bans", bans),
+        ("DELETE", "/api/bans/{address}", lift_ban),
+        ("GET", "/api/events", events),
+        ("GET", "/api/events/timeline", timeline),
+        ("GET", "/api/certificates", certificates),
+        ("POST", "/api/certificates/reload", reload_certificates),
+        ("GET", "/api/config/check", config_check),
+        ("POST", "/api/config/reload", config_reload),
+        ("GET", "/api/cdr", call_records),
+        ("GET", "/api/openapi.json", openapi),
+    ]
+    for method, path, handler in api:
+        app.router.add_route(method, path, handler)
+    return app
+
+
+def build_metrics_app(gateway: Gateway, sampler: MediaSampler) -> web.Application:
+    """The scrape-only application for ``admin.metrics_listen``."""
+    app = web.Application()
+    app[GATEWAY_KEY] = gateway
+    app[SAMPLER_KEY] = sampler
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+class AdminServer:
+    """Runs the admin application (and the metrics one) on the configured addresses."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        self._settings = gateway.config.admin
+        self._runners: list[web.AppRunner] = []
+        self._sampling: asyncio.Task[None] | None = None
+        self.sampler = MediaSampler(gateway)
+        #: Bound (address, port) of the admin and the metrics sites, once started.
+        self.address: tuple[str, int] | None = None
+        self.metrics_address: tuple[str, int] | None = None
+        self.scheme = "http"
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        s = self._settings
+        if s.tls_certificate is None or s.tls_private_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(s.tls_certificate, s.tls_private_key)
+        if s.client_ca is not None:
+            context.load_verify_locations(s.client_ca)
+            # OPTIONAL: a browser without a certificate may still log in with the token.
+            context.verify_mode = ssl.CERT_OPTIONAL
+        return context
+
+    async def start(self) -> None:
+        s = self._settings
+        token = os.environ.get(s.token_env) or None
+        if token is None and s.client_ca is None:
+            raise AdminStartupError(
+                f"admin.enabled is true but ${s.token_env} is empty: set a strong token "
+                "(`gateway audit` checks it) or configure mutual TLS (admin.client_ca)"
+            )
+        try:
+            context = self._ssl_context()
+        except (OSError, ssl.SSLError) as exc:
+            raise AdminStartupError(f"admin TLS: {exc}") from None
+        self.scheme = "https" if context is not None else "http"
+        host, port = parse_listen(s.listen)
+        runner = web.AppRunner(build_app(self._gateway, token, self.sampler), access_log=None)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, host, port, ssl_context=context, reuse_address=True)
+        await site.start()
+        self.address = _bound(runner)
+        log.info("admin surface on %s://%s:%d/", self.scheme, *self.address)
+        if s.metrics_listen is not None:
+            host, port = parse_listen(s.metrics_listen)
+            metrics_runner = web.AppRunner(
+                build_metrics_app(self._gateway, self.sampler), access_log=None
+            )
+            await metrics_runner.setup()
+            self._runners.append(metrics_runner)
+            await web.TCPSite(metrics_runner, host, port, reuse_address=True).start()
+            self.metrics_address = _bound(metrics_runner)
+            log.info("metrics on http://%s:%d/metrics", *self.metrics_address)
+        self._sampling = asyncio.get_running_loop().create_task(self._sample_forever())
+
+    async def _sample_forever(self) -> None:
+        """A sample every two seconds, so rates exist even for the first scrape."""
+        while True:
+            try:
+                await self.sampler.sample()
+            except Exception:  # never let the page's helper take the gateway down
+                log.exception("media sampling failed")
+            await asyncio.sleep(2.0)
+
+    async def stop(self) -> None:
+        if self._sampling is not None:
+            self._sampling.cancel()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+
+
+def _bound(runner: web.AppRunner) -> tuple[str, int]:
+    for address in runner.addresses:
+        return str(address[0]), int(address[1])
+    raise AdminStartupError("the admin site did not bind")

@@ -1,0 +1,107 @@
+"""Sweep the load over systems under test with one generator, and keep what was measured.
+
+Shared by ``bench/harness.py`` (gateway vs rtpengine vs direct) and ``gateway bench``. Every
+system sees the same generator, the same call counts, the same pinning (media path on
+``media_cpu``, the generator on ``load_cpu``) and the same suite; levels above a system's
+second consecutive failure are skipped (they would only fail slower).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.bench.loadgen import PHONE_ADDRESS, PROVIDER_ADDRESS, run_load
+from gateway.bench.report import Latency, RunRecord, summarise
+from gateway.bench.targets import Target
+
+__all__ = ["SweepSettings", "sweep"]
+
+
+@dataclass
+class SweepSettings:
+    """How long and how hard each run is, and where things run."""
+
+    levels: Sequence[int]
+    suite: str = "AES_CM_128_HMAC_SHA1_80"
+    profile: int = 1
+    duration: float = 4.0
+    warmup: float = 1.0
+    ptime_ms: float = 20.0
+    load_cpu: int | None = 1
+    phone_port: int = 41000
+    provider_port: int = 41002
+    #: Consecutive failing levels after which a system is not loaded further.
+    stop_after_failures: int = 2
+    floors: dict[int, Latency] = field(default_factory=dict)
+
+
+async def sweep(
+    exe: Path,
+    target: Target,
+    settings: SweepSettings,
+    *,
+    progress: Callable[[str, int, RunRecord | None], None] | None = None,
+) -> list[RunRecord]:
+    """Run ``target`` at each level; returns one record per level run.
+
+    A direct target's latencies become ``settings.floors`` (per call count) for the others.
+    """
+    records: list[RunRecord] = []
+    failures = 0
+    await target.start()
+    try:
+        for calls in settings.levels:
+            if progress is not None:
+                progress(target.name, calls, None)
+            legs = await target.open_calls(calls)
+            failed = calls - len(legs)
+            setup = getattr(target, "last_setup", None)
+            gc.collect()
+            result = await asyncio.to_thread(
+                run_load,
+                exe,
+                legs,
+                phone=(PHONE_ADDRESS, settings.phone_port),
+                provider=(PROVIDER_ADDRESS, settings.provider_port),
+                direct=target.direct,
+                profile=settings.profile,
+                duration=settings.duration,
+                warmup=settings.warmup,
+                ptime_ms=settings.ptime_ms,
+                load_cpu=settings.load_cpu,
+                watch=target.watched(),
+            )
+            await target.close_calls()
+            floor = settings.floors.get(calls) or _nearest(settings.floors, calls)
+            record = summarise(
+                target.name,
+                settings.suite,
+                result.raw,
+                cpu_pct=result.cpu_pct,
+                rss_mib=result.rss_mib,
+                ptime_ms=settings.ptime_ms,
+                floor=None if target.direct else floor,
+                setup_per_s=setup.per_second if setup is not None else None,
+                calls_failed=failed,
+            )
+            records.append(record)
+            if target.direct:
+                settings.floors[calls] = record.latency_us
+            if progress is not None:
+                progress(target.name, calls, record)
+            failures = 0 if record.passes() else failures + 1
+            if failures >= settings.stop_after_failures:
+                break
+    finally:
+        await target.stop()
+    return records
+
+
+def _nearest(floors: dict[int, Latency], calls: int) -> Latency | None:
+    if not floors:
+        return None
+    return floors[min(floors, key=lambda n: abs(n - calls))]
