@@ -450,6 +450,15 @@ class SessionDescription(_Attributes):
             md.session = sd
         return sd
 
+    def replace_session_line(self, kind: str, raw: str | None) -> None:
+        """Replace every session-level ``kind=`` line with ``raw`` (None: remove them),
+        in place, so the RFC 8866 §5 order of the other lines is kept."""
+        self._lines = [
+            (k, raw if k == kind else line)
+            for k, line in self._lines
+            if k != kind or raw is not None
+        ]
+
     def add_media(self, md: MediaDescription) -> None:
         md.session = self
         self.media.append(md)

@@ -92,6 +92,7 @@ _LEG_LOCAL_ATTRIBUTES = frozenset(
         "group",
         "ssrc",  # cname:user@<LAN address> is common
         "ssrc-group",
+        "tool",  # names the phone's software (RFC 8866 §6.3): the other leg learns nothing
     }
 )
 
@@ -241,6 +242,11 @@ def _anchor(md: MediaDescription, port: int, proto: str, address: str) -> None:
 
 def _anchor_session(sd: SessionDescription, address: str) -> None:
     _strip_leg_local(sd.attributes)
+    # s=, i=, u=, e= and p= can name the phone, its model or its owner (RFC 8866 §5.3-5.6):
+    # the other leg gets a blank session name and none of the rest.
+    sd.replace_session_line("s", "s=-")
+    for kind in ("i", "u", "e", "p"):
+        sd.replace_session_line(kind, None)
     # A session-level c= is needed only as the default for m-lines without their own.
     if sd.connection is not None or any(md.connection is None for md in sd.media):
         sd.connection = Connection(address)

@@ -116,7 +116,7 @@ def expected_wan_offer(direction: str = "sendrecv", version: int = 1, first_key:
     return crlf(
         "v=0",
         f"o=- {SESS} {version} IN IP4 {WAN_GW}",
-        "s=call",
+        "s=-",
         f"c=IN IP4 {WAN_GW}",
         "t=0 0",
         "m=audio 20000 RTP/SAVP 0 101",
@@ -866,3 +866,15 @@ def test_mangled_peer_sdp_only_raises_sdp_errors(data: st.DataObject) -> None:
         call.offer_rejected()
     call.release()
     assert (lan.in_use, wan.in_use) == (0, 0)
+
+
+def test_nothing_naming_the_phone_crosses_to_the_provider() -> None:
+    call, _, _ = make_call()
+    offer = PHONE_OFFER.replace(
+        b"s=call\r\n",
+        b"s=Polycom SoundPoint IP 650\r\ni=Desk of J. Smith\r\ne=jsmith@corp.example\r\n",
+    ).replace(b"a=sendrecv\r\n", b"a=sendrecv\r\na=tool:LegacyPhone 3.2.1\r\n")
+    out = call.offer_from_lan(offer)
+    assert b"s=-\r\n" in out
+    for leak in (b"Polycom", b"Smith", b"jsmith", b"tool", PHONE.encode()):
+        assert leak not in out
