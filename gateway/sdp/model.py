@@ -453,11 +453,13 @@ class SessionDescription(_Attributes):
     def replace_session_line(self, kind: str, raw: str | None) -> None:
         """Replace every session-level ``kind=`` line with ``raw`` (None: remove them),
         in place, so the RFC 8866 §5 order of the other lines is kept."""
-        self._lines = [
-            (k, raw if k == kind else line)
-            for k, line in self._lines
-            if k != kind or raw is not None
-        ]
+        lines: list[tuple[str, str]] = []
+        for k, line in self._lines:
+            if k != kind:
+                lines.append((k, line))
+            elif raw is not None:
+                lines.append((k, raw))
+        self._lines = lines
 
     def add_media(self, md: MediaDescription) -> None:
         md.session = self

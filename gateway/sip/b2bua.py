@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import itertools
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,7 +56,7 @@ from gateway.sip.events import (
     TransactionTerminated,
     TransactionTimedOut,
 )
-from gateway.sip.headers import NameAddr
+from gateway.sip.headers import NameAddr, Via
 from gateway.sip.message import (
     SipRequest,
     SipResponse,
@@ -290,6 +291,17 @@ class B2bua:
     def receive_invalid(self, peer: Peer, error: SipParseError, now: float) -> None:
         """A message that failed parsing: answer requests with the hint, drop responses."""
         self._count(f"sip_malformed_{peer.side.value}")
+        self._now = now
+        if self.policy is not None:
+            # Garbage is a request too: banned sources get nothing, and a flood of it from one
+            # source earns a ban like any other flood.
+            side: Literal["lan", "wan"] = "lan" if peer.side == Side.LAN else "wan"
+            verdict = self.policy.check_request(
+                side, peer.address[0], "MALFORMED", None, None, True, now
+            )
+            if not verdict.allowed:
+                self._count(f"policy_refused_{side}")
+                return
         partial = error.partial
         if (
             isinstance(partial, SipRequest)
@@ -311,6 +323,8 @@ class B2bua:
             if isinstance(message, SipRequest):
                 if self.policy is not None and not self._policy_admits(peer, message, now):
                     return
+                if not peer.reliable:
+                    _stamp_received(message, peer)
                 problem = self._precheck(peer, message)
                 if problem is not None:
                     if message.method != "ACK":
@@ -794,6 +808,11 @@ class B2bua:
         copy_headers(request, outgoing, _REQUEST_COPY)
         copy_headers(request, outgoing, ("Allow", "Supported"))
         self._carry_refer_to(request, outgoing, pair.other(side))
+        replaces = request.get("Replaces")
+        if replaces is not None:
+            mapped = self.map_replaces(replaces, side)
+            if mapped is not None:
+                outgoing.set("Replaces", mapped)
         outgoing.set("User-Agent", self.settings.user_agent)
         pair.outgoing = outgoing
         pair.client_key = self._send_request(pair.other(side), outgoing, callee.peer, now)
@@ -930,8 +949,47 @@ class B2bua:
             if isinstance(target.uri, SipUri):
                 user = target.uri.user
                 uri = self._wan_uri(user) if to_side == Side.WAN else self._lan_uri(user)
+                if name == "Refer-To" and target.uri.headers:
+                    uri.headers = self._map_uri_headers(target.uri.headers, _other(to_side))
                 target = NameAddr(target.display, uri, target.params)
             outgoing.set(name, str(target))
+
+    def _map_uri_headers(self, headers: str, from_side: Side) -> str | None:
+        """Headers embedded in a Refer-To URI travel on, except that a Replaces (attended
+        transfer, RFC 3891 §5) names a dialog of the sender's leg and is mapped to the
+        matching dialog of the other leg; one that matches nothing is left out."""
+        kept = []
+        for item in headers.split("&"):
+            name, _, value = item.partition("=")
+            if name.lower() == "replaces":
+                mapped = self.map_replaces(urllib.parse.unquote(value), from_side)
+                if mapped is None:
+                    continue
+                value = urllib.parse.quote(mapped, safe="")
+            kept.append(f"{name}={value}")
+        return "&".join(kept) or None
+
+    def map_replaces(self, value: str, from_side: Side) -> str | None:
+        """Translate a Replaces value (call-id;to-tag=..;from-tag=..) naming a dialog on
+        ``from_side`` into the same call's dialog on the other side, or None if unknown.
+
+        The tags are as the recipient sees the dialog: to-tag is the gateway's tag on the
+        sender's leg, from-tag the sender's own; on the other leg they become the far party's
+        tag and the gateway's tag there."""
+        call_id, *params = [part.strip() for part in value.split(";")]
+        tags = dict(p.split("=", 1) for p in params if "=" in p)
+        extra = [p for p in params if not p.startswith(("to-tag=", "from-tag="))]
+        for pair in self._pairs.values():
+            leg = pair.leg(from_side)
+            if (
+                leg.call_id == call_id
+                and leg.local_tag == tags.get("to-tag")
+                and leg.remote_tag == tags.get("from-tag")
+            ):
+                other = pair.leg(pair.other(from_side))
+                mapped = f"{other.call_id};to-tag={other.remote_tag};from-tag={other.local_tag}"
+                return ";".join([mapped, *extra])
+        return None
 
     # ---- in-dialog requests
 
@@ -1705,6 +1763,25 @@ class B2bua:
 def _source(event: RequestReceived) -> Peer:
     """The transaction layer keeps destinations opaque; here they are always Peers."""
     return cast(Peer, event.source)
+
+
+def _stamp_received(request: SipRequest, peer: Peer) -> None:
+    """RFC 3581 §4 / RFC 3261 §18.2.1: record where a UDP request really came from in its
+    top Via, so the response shows the phone its public address and port."""
+    top = request.remove_first("Via")
+    if top is None:
+        return
+    try:
+        via = Via.parse(top)
+    except SipError:
+        request.prepend("Via", top)
+        return
+    host, port = peer.address
+    if via.host.strip("[]") != host:
+        via.set_param("received", host)
+    if via.has_rport:
+        via.set_param("rport", str(port))
+    request.prepend("Via", str(via))
 
 
 def _phone_peer(contact: NameAddr, source: Peer) -> Peer:

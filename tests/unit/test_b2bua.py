@@ -7,6 +7,7 @@ through a fake clock; every assertion is about bytes the core asked to send.
 from __future__ import annotations
 
 import base64
+import urllib.parse
 import secrets
 from datetime import datetime
 
@@ -851,3 +852,35 @@ def test_garbage_sdp_in_the_answer_fails_only_that_call_cleanly() -> None:
     assert [m.status for m in only(h.take_lan(), SipResponse)] == [488]
     assert [m.method for m in only(h.take_wan(), SipRequest)] == ["ACK", "BYE"]
     assert h.core.active_calls == []
+
+
+def test_attended_transfer_replaces_is_mapped_to_the_other_legs_dialog() -> None:
+    h = Harness()
+    invite, ok = confirmed_call(h)
+    replaces = f"call-1@phone;to-tag={ok.to.tag};from-tag=phonetag"
+    escaped = urllib.parse.quote(replaces, safe="")
+    h.from_phone(
+        phone_request(
+            "REFER",
+            cseq=2,
+            to_tag=ok.to.tag,
+            extra=f"Refer-To: <sip:2002@127.0.0.20?Replaces={escaped}>\r\n",
+        )
+    )
+    [refer] = only(h.take_wan(), SipRequest)
+    refer_to = refer.get("Refer-To") or ""
+    assert refer_to.startswith("<sip:2002@provider.example?Replaces=")
+    mapped = urllib.parse.unquote(refer_to.split("Replaces=", 1)[1].rstrip(">"))
+    assert mapped == f"{invite.call_id};to-tag=provtag;from-tag={invite.from_.tag}"
+    assert "call-1@phone" not in bytes(refer).decode()
+
+
+def test_udp_requests_get_received_and_rport_in_their_via() -> None:
+    h = Harness()
+    request = phone_request("OPTIONS", ruri="sip:127.0.0.20").replace(
+        f"Via: SIP/2.0/UDP {PHONE_IP}:5062", "Via: SIP/2.0/UDP 192.0.2.9:5062"
+    )
+    h.from_phone(request)
+    [response] = only(h.take_lan(), SipResponse)
+    assert response.top_via.received == PHONE_IP
+    assert response.top_via.rport == 5062
