@@ -98,10 +98,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         modes.remove("rtpengine")
     # Direct first: its latencies are the floor the others' added latency is measured from.
     modes.sort(key=lambda m: m != "direct")
-    records: list[RunRecord] = []
-    for target in _targets(modes, suite, sip=not args.no_sip):
-        print(f"{target.name}:")
-        records.extend(await sweep(exe, target, settings, progress=_progress))
+    records = await sweep(
+        exe, _targets(modes, suite, sip=not args.no_sip), settings, progress=_progress
+    )
     ceiling = generator_ceiling(records) if "direct" in modes else None
     caps = {m: capacity(records, m, ceiling) for m in modes}
     ratio = (

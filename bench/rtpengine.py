@@ -74,8 +74,9 @@ class RtpengineTarget:
         self._process = Rtpengine(
             self._dir,
             interface=ADDRESS,
-            port_range=(30000, 39999),
-            extra_args=[f"--num-threads={threads}", "--log-level=3"],
+            port_range=(30000, 49999),
+            # Ports of deleted calls are held back 30 s by default; the sweep reuses them.
+            extra_args=[f"--num-threads={threads}", "--log-level=3", "--delete-delay=0"],
         )
         self._calls: list[str] = []
         self._round = 0
@@ -109,6 +110,8 @@ class RtpengineTarget:
                     "flags": ["pad-crypto"],
                 }
             )
+            if offer.get("result") != "ok":
+                raise RuntimeError(f"rtpengine refused the offer: {offer.get('error-reason')}")
             sdp = str(offer["sdp"])
             wan_port = int(_PORT.search(sdp).group(1))  # type: ignore[union-attr]
             wan_host = _HOST.search(sdp).group(1)  # type: ignore[union-attr]

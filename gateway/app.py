@@ -109,7 +109,10 @@ class Gateway:
         self._lan_streams: dict[int, SipStreamConnection] = {}
         self._wan_streams: dict[int, SipStreamConnection] = {}
         self.provider: ProviderLink | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        # uvloop's call_at returns a plain Handle (no when()) for a deadline due within a
+        # millisecond, so the deadline a timer was armed for is kept beside it.
+        self._timer: asyncio.Handle | None = None
+        self._timer_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = asyncio.Event()
         self._media_tasks: set[asyncio.Task[None]] = set()
@@ -422,11 +425,12 @@ class Gateway:
             self._save_bans()
         self.cdr.settle(lambda: (p.key for p in self.core.active_calls), time.time())
         deadline = self.core.get_timer()
-        if self._timer is not None and (deadline is None or self._timer.when() != deadline):
+        if self._timer is not None and (deadline is None or self._timer_at != deadline):
             self._timer.cancel()
             self._timer = None
         if deadline is not None and self._timer is None and self._loop is not None:
             self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
 
     def _send(self, peer: Peer, data: bytes) -> None:
         if log.isEnabledFor(logging.DEBUG):

@@ -88,7 +88,7 @@ def _memory_per_call_kib(records: list[RunRecord]) -> float | None:
     if len(runs) < 2:
         return None
     low, high = runs[0], runs[-1]
-    grown = sum(high.rss_mib.values()) - sum(low.rss_mib.values())
+    grown = high.rss_mib.get("media worker", 0.0) - low.rss_mib.get("media worker", 0.0)
     return max(0.0, grown * 1024 / (high.calls - low.calls))
 
 
@@ -100,8 +100,12 @@ async def _bench(args: argparse.Namespace) -> dict[str, object]:
         levels=levels, suite=suite.value, profile=suite.libsrtp_profile, duration=args.duration
     )
     progress = _Progress(2 * len(levels) + 1)
-    records = await sweep(exe, DirectTarget(suite, 41000, 41002), settings, progress=progress)
-    records += await sweep(exe, WorkersTarget(suite, 41000, 41002), settings, progress=progress)
+    records = await sweep(
+        exe,
+        [DirectTarget(suite, 41000, 41002), WorkersTarget(suite, 41000, 41002)],
+        settings,
+        progress=progress,
+    )
     # SIP/TLS call set-up rate through the whole gateway process.
     progress("SIP/TLS set-up", args.setup_calls, None)
     target = SipGatewayTarget(suite, 41000, 41002, max_calls=args.setup_calls)

@@ -166,13 +166,12 @@ def capacity(records: Iterable[RunRecord], mode: str, ceiling: int | None = None
 
 
 def generator_ceiling(records: Iterable[RunRecord]) -> int:
-    """Largest direct-mode load at which the generator kept its schedule (p99 slip < 1 ms)."""
-    best = 0
-    for record in sorted((r for r in records if r.mode == "direct"), key=lambda r: r.calls):
-        if not record.generator_ok:
-            break
-        best = record.calls
-    return best
+    """Largest direct-mode load at which the generator kept its schedule (p99 slip < 1 ms).
+
+    Not cut at the first slip: on a shared host one noisy run below a clean one at a higher
+    load is the host, not the generator's limit (which shows as slip at every load above it).
+    """
+    return max((r.calls for r in records if r.mode == "direct" and r.generator_ok), default=0)
 
 
 def table(records: Sequence[RunRecord]) -> str:

@@ -41,64 +41,85 @@ class SweepSettings:
 
 async def sweep(
     exe: Path,
-    target: Target,
+    targets: Sequence[Target],
     settings: SweepSettings,
     *,
     progress: Callable[[str, int, RunRecord | None], None] | None = None,
 ) -> list[RunRecord]:
-    """Run ``target`` at each level; returns one record per level run.
+    """Run every target at each level, interleaved; returns one record per run.
 
-    A direct target's latencies become ``settings.floors`` (per call count) for the others.
+    Interleaving (level by level, each system in turn) means slow drifts of a shared host's
+    background load hit all systems alike instead of whichever happened to run last. A direct
+    target's latencies become ``settings.floors`` (per call count) for the others, so list it
+    first.
     """
     records: list[RunRecord] = []
-    failures = 0
-    await target.start()
+    failures = {t.name: 0 for t in targets}
+    started: list[Target] = []
     try:
+        for target in targets:
+            await target.start()
+            started.append(target)
         for calls in settings.levels:
-            if progress is not None:
-                progress(target.name, calls, None)
-            legs = await target.open_calls(calls)
-            failed = calls - len(legs)
-            setup = getattr(target, "last_setup", None)
-            gc.collect()
-            result = await asyncio.to_thread(
-                run_load,
-                exe,
-                legs,
-                phone=(PHONE_ADDRESS, settings.phone_port),
-                provider=(PROVIDER_ADDRESS, settings.provider_port),
-                direct=target.direct,
-                profile=settings.profile,
-                duration=settings.duration,
-                warmup=settings.warmup,
-                ptime_ms=settings.ptime_ms,
-                load_cpu=settings.load_cpu,
-                watch=target.watched(),
-            )
-            await target.close_calls()
-            floor = settings.floors.get(calls) or _nearest(settings.floors, calls)
-            record = summarise(
-                target.name,
-                settings.suite,
-                result.raw,
-                cpu_pct=result.cpu_pct,
-                rss_mib=result.rss_mib,
-                ptime_ms=settings.ptime_ms,
-                floor=None if target.direct else floor,
-                setup_per_s=setup.per_second if setup is not None else None,
-                calls_failed=failed,
-            )
-            records.append(record)
-            if target.direct:
-                settings.floors[calls] = record.latency_us
-            if progress is not None:
-                progress(target.name, calls, record)
-            failures = 0 if record.passes() else failures + 1
-            if failures >= settings.stop_after_failures:
-                break
+            for target in targets:
+                if failures[target.name] >= settings.stop_after_failures:
+                    continue
+                record = await _run(exe, target, calls, settings, progress)
+                records.append(record)
+                failures[target.name] = 0 if record.passes() else failures[target.name] + 1
     finally:
-        await target.stop()
+        for target in started:
+            await target.stop()
     return records
+
+
+async def _run(
+    exe: Path,
+    target: Target,
+    calls: int,
+    settings: SweepSettings,
+    progress: Callable[[str, int, RunRecord | None], None] | None,
+) -> RunRecord:
+    if progress is not None:
+        progress(target.name, calls, None)
+    legs = await target.open_calls(calls)
+    failed = calls - len(legs)
+    setup = getattr(target, "last_setup", None)
+    gc.collect()
+    try:
+        result = await asyncio.to_thread(
+            run_load,
+            exe,
+            legs,
+            phone=(PHONE_ADDRESS, settings.phone_port),
+            provider=(PROVIDER_ADDRESS, settings.provider_port),
+            direct=target.direct,
+            profile=settings.profile,
+            duration=settings.duration,
+            warmup=settings.warmup,
+            ptime_ms=settings.ptime_ms,
+            load_cpu=settings.load_cpu,
+            watch=target.watched(),
+        )
+    finally:
+        await target.close_calls()
+    floor = settings.floors.get(calls) or _nearest(settings.floors, calls)
+    record = summarise(
+        target.name,
+        settings.suite,
+        result.raw,
+        cpu_pct=result.cpu_pct,
+        rss_mib=result.rss_mib,
+        ptime_ms=settings.ptime_ms,
+        floor=None if target.direct else floor,
+        setup_per_s=setup.per_second if setup is not None else None,
+        calls_failed=failed,
+    )
+    if target.direct:
+        settings.floors[calls] = record.latency_us
+    if progress is not None:
+        progress(target.name, calls, record)
+    return record
 
 
 def _nearest(floors: dict[int, Latency], calls: int) -> Latency | None:

@@ -246,12 +246,14 @@ class SpikeDetector:
         minute = int(now // 60)
         window = max(1, int(self._s.window_seconds // 60))
         span = max(window * 2, int(self._s.baseline_seconds // 60))
+        first = self._first_minute if self._first_minute is not None else minute
         recent = sum(n for m, n in self._bins if minute - m < window)
-        older = sum(n for m, n in self._bins if window <= minute - m < span)
+        # The first minute was seen only in part (the engine started during it): it stays out
+        # of the baseline, or a steady rate reads as a spike minutes after a (re)start.
+        older = sum(n for m, n in self._bins if window <= minute - m < span and m > first)
         # Average over the history actually seen, so a fresh start is not a zero baseline
         # forever, nor diluted by a day it has not lived through.
-        first = self._first_minute if self._first_minute is not None else minute
-        seen = min(span, minute - first + 1) - window
+        seen = min(span, minute - first) - window
         return recent, (older / (seen / window) if seen > 0 else None)
 
     def _prune(self, minute: int) -> None:

@@ -7,8 +7,8 @@ through a fake clock; every assertion is about bytes the core asked to send.
 from __future__ import annotations
 
 import base64
-import urllib.parse
 import secrets
+import urllib.parse
 from datetime import datetime
 
 import pytest
