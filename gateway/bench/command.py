@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import datetime
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -137,7 +138,8 @@ async def _bench(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _verdict(result: dict[str, object]) -> str:
-    jitter = max(float(result["jitter_ms_at_capacity"]), 0.1)  # type: ignore[arg-type]
+    # Rounded up to the next 0.1 ms: the verdict must never claim less than was measured.
+    jitter = max(math.ceil(float(result["jitter_ms_at_capacity"]) * 10) / 10, 0.1)  # type: ignore[arg-type]
     return (
         f"this host sustains {result['capacity_calls']} concurrent calls with loss below "
         f"{MAX_LOSS_PCT:g}%, p99 added latency below {MAX_P99_ADDED_US / 1000:g} ms and "

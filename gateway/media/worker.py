@@ -2,10 +2,11 @@
 
 One worker runs per core, without asyncio: a single ``select.epoll`` waits on every media socket
 (four per stream: LAN RTP/RTCP and WAN RTP/RTCP) and on the control socket to the signalling
-process. Each readable socket is drained with ``recvfrom`` until EAGAIN or a per-wake-up burst
-limit (so one busy stream cannot starve the others; epoll is level-triggered and reports the
-rest next time), each datagram goes through its :class:`~gateway.media.relay.RelayStream`, and
-what comes back is sent with ``sendto``. Nothing is logged per packet.
+process. Each poll round reads one datagram from every socket it reports readable (epoll is
+level-triggered, so a socket with more queued is reported again next round: fair to every
+stream without a burst limit, and no EAGAIN exception per wake-up), each datagram goes through
+its :class:`~gateway.media.relay.RelayStream`, and what comes back is sent with ``sendto``.
+Nothing is logged per packet.
 
 Control framing: a 4-byte big-endian length, then one msgspec msgpack message
 (:data:`~gateway.media.control.COMMAND_DECODER` in, :data:`~gateway.media.control.ENCODER`
@@ -51,8 +52,6 @@ from gateway.media.relay import Address, Forward, RelayStream
 
 __all__ = ["main", "media_socket", "run_worker"]
 
-#: Datagrams read from one socket per wake-up before moving on to the others.
-BURST = 64
 #: Receive size: larger than any sane RTP datagram (libsrtp's buffer is 1500 bytes anyway).
 RECV_SIZE = 2048
 #: Socket buffers: a few hundred milliseconds of many streams (the kernel caps at rmem_max).
