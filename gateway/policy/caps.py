@@ -195,6 +195,8 @@ class SpikeDetector:
         # Minute bins: (minute index, calls). A day of them is 1440 small tuples at most.
         self._bins: deque[list[int]] = deque()
         self._first_minute: int | None = None
+        # Sum of every bin, kept as bins come and go, so a decision costs O(window), not a day.
+        self._total = 0
         self.locked_until: float | None = None
 
     def is_locked(self, now: float) -> bool:
@@ -211,7 +213,7 @@ class SpikeDetector:
             window = max(1, int(self._s.window_seconds // 60))
             last = self._bins[-1][0]
             while self._bins and last - self._bins[-1][0] < window:
-                self._bins.pop()
+                self._total -= self._bins.pop()[1]
         return was
 
     def record(self, now: float) -> bool:
@@ -225,6 +227,7 @@ class SpikeDetector:
             self._bins[-1][1] += 1
         else:
             self._bins.append([minute, 1])
+        self._total += 1
         self._prune(minute)
         if self.is_locked(now):
             return False
@@ -247,10 +250,22 @@ class SpikeDetector:
         window = max(1, int(self._s.window_seconds // 60))
         span = max(window * 2, int(self._s.baseline_seconds // 60))
         first = self._first_minute if self._first_minute is not None else minute
-        recent = sum(n for m, n in self._bins if minute - m < window)
+        recent = 0
+        for m, n in reversed(self._bins):  # bins are in minute order: newest at the right
+            if minute - m >= window:
+                break
+            recent += n
+        stale = 0  # bins past the baseline span that pruning has not dropped yet
+        for m, n in self._bins:
+            if minute - m < span:
+                break
+            stale += n
         # The first minute was seen only in part (the engine started during it): it stays out
         # of the baseline, or a steady rate reads as a spike minutes after a (re)start.
-        older = sum(n for m, n in self._bins if window <= minute - m < span and m > first)
+        partial = 0
+        if self._bins and self._bins[0][0] == first and window <= minute - first < span:
+            partial = self._bins[0][1]
+        older = self._total - recent - stale - partial
         # Average over the history actually seen, so a fresh start is not a zero baseline
         # forever, nor diluted by a day it has not lived through.
         seen = min(span, minute - first) - window
@@ -259,4 +274,4 @@ class SpikeDetector:
     def _prune(self, minute: int) -> None:
         span = max(2, int(self._s.baseline_seconds // 60)) + 1
         while self._bins and minute - self._bins[0][0] > span:
-            self._bins.popleft()
+            self._total -= self._bins.popleft()[1]
