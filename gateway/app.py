@@ -15,7 +15,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -485,26 +485,31 @@ class Gateway:
     def _media(self, command: OpenStream | UpdateStream | CloseCall) -> None:
         if isinstance(command, CloseCall):
             self.cdr.expect_media(command.call_id)  # its record waits for the last counters
-        outcome: Awaitable[None] | None = None
-        if not isinstance(command, CloseCall):
-            try:
-                outcome = self.media.submit(command)  # written to the worker now, in order
-            except MediaError as exc:
-                self._media_failed(command, exc)
-                return
+            # Closed now, in order with everything else; its last counters come back with
+            # the worker's reply, so the ports are free before any later call can ask.
+            closing = self.media.submit_close(command.call_id)
+
+            async def closed() -> None:
+                self._log_media_counters(command.call_id, await closing)
+
+            self._spawn(closed())
+            return
+        try:
+            outcome = self.media.submit(command)  # written to the worker now, in order
+        except MediaError as exc:
+            self._media_failed(command, exc)
+            return
 
         async def perform() -> None:
             try:
-                if outcome is not None:
-                    await outcome
-                else:
-                    # The counters are read before the worker forgets the call.
-                    await self._log_media_counters(command.call_id)
-                    await self.media.close_call(command.call_id)
+                await outcome
             except MediaError as exc:
                 self._media_failed(command, exc)
 
-        task = asyncio.get_running_loop().create_task(perform())
+        self._spawn(perform())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._media_tasks.add(task)
         task.add_done_callback(self._media_tasks.discard)
 
@@ -514,18 +519,13 @@ class Gateway:
             self.core.media_problem(command.call_id, str(exc), self._now())
             self._flush()
 
-    async def _log_media_counters(self, call_key: str) -> None:
-        """Log one JSON line with a closing call's per-stream counters (counters only, no keys)."""
-        try:
-            stats = await self.media.stats()
-        except MediaError as exc:
-            log.warning("media counters of %s unavailable: %s", call_key, exc)
-            self.cdr.media_closed(call_key, None, time.time())
+    def _log_media_counters(self, call_key: str, stats: dict[str, StreamCounters] | None) -> None:
+        """Log one JSON line with a closed call's per-stream counters (counters only, no keys)."""
+        self.cdr.media_closed(call_key, stats, time.time())
+        if stats is None:
+            log.warning("media counters of %s unavailable", call_key)
             return
         prefix = call_key + "/"
-        self.cdr.media_closed(
-            call_key, {k: c for k, c in stats.items() if k.startswith(prefix)}, time.time()
-        )
         streams = {
             key[len(prefix) :]: {f: getattr(c, f) for f in c.__struct_fields__}
             for key, c in stats.items()

@@ -139,6 +139,14 @@ class StreamIdle(msgspec.Struct, frozen=True, tag=True):
     idle_seconds: float
 
 
+class CallClosed(msgspec.Struct, frozen=True, tag=True):
+    """Reply to CloseCall: the call's last counters, read as its sockets were closed, so a
+    call detail record needs no separate (and racing) stats query."""
+
+    call_id: str
+    streams: dict[str, StreamCounters]
+
+
 class WorkerStats(msgspec.Struct, frozen=True, tag=True):
     """Reply to QueryStats."""
 
@@ -147,7 +155,7 @@ class WorkerStats(msgspec.Struct, frozen=True, tag=True):
     cpu_seconds: float = 0.0
 
 
-Report = StreamOpened | StreamIdle | WorkerStats
+Report = StreamOpened | StreamIdle | WorkerStats | CallClosed
 
 COMMAND_DECODER = msgspec.msgpack.Decoder(Command)
 REPORT_DECODER = msgspec.msgpack.Decoder(Report)

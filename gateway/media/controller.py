@@ -32,6 +32,7 @@ import msgspec
 from gateway.media.control import (
     ENCODER,
     REPORT_DECODER,
+    CallClosed,
     CloseCall,
     OpenStream,
     QueryStats,
@@ -75,6 +76,7 @@ class _WorkerHandle:
         self.running = asyncio.Event()
         self.pending_open: dict[tuple[str, int], asyncio.Future[str | None]] = {}
         self.pending_stats: dict[int, asyncio.Future[dict[str, StreamCounters]]] = {}
+        self.pending_close: dict[str, asyncio.Future[dict[str, StreamCounters]]] = {}
 
     @property
     def alive(self) -> bool:
@@ -225,6 +227,37 @@ class MediaController:
         """Close every stream of a call: ports released, keys forgotten by the worker."""
         await self.submit(CloseCall(call_id=call_id))
 
+    def submit_close(self, call_id: str) -> Awaitable[dict[str, StreamCounters] | None]:
+        """Close a call now (written before this returns) and get its last counters later:
+        None when its worker is gone, or did not answer."""
+        handle = self._worker_for(call_id)
+        handle.calls.discard(call_id)
+        if not handle.alive:
+            return _nothing()
+        future: asyncio.Future[dict[str, StreamCounters]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        handle.pending_close[call_id] = future
+        try:
+            self._write(handle, CloseCall(call_id=call_id))
+        except MediaError:
+            handle.pending_close.pop(call_id, None)
+            return _nothing()
+        return self._closed(handle, call_id, future)
+
+    async def _closed(
+        self,
+        handle: _WorkerHandle,
+        call_id: str,
+        future: asyncio.Future[dict[str, StreamCounters]],
+    ) -> dict[str, StreamCounters] | None:
+        try:
+            return await asyncio.wait_for(future, REPLY_TIMEOUT)
+        except (TimeoutError, MediaError):
+            return None
+        finally:
+            handle.pending_close.pop(call_id, None)
+
     async def stats(self) -> dict[str, StreamCounters]:
         """Counters of every stream on every live worker, keyed ``"call_id/stream"``."""
         loop = asyncio.get_running_loop()
@@ -336,6 +369,10 @@ class MediaController:
             stats_future = handle.pending_stats.get(report.request_id)
             if stats_future is not None and not stats_future.done():
                 stats_future.set_result(report.streams)
+        elif isinstance(report, CallClosed):
+            closed = handle.pending_close.pop(report.call_id, None)
+            if closed is not None and not closed.done():
+                closed.set_result(report.streams)
         elif isinstance(report, StreamIdle) and self.on_idle is not None:
             try:
                 self.on_idle(report.call_id)
@@ -392,4 +429,8 @@ class MediaController:
 
 
 async def _done() -> None:
+    return None
+
+
+async def _nothing() -> None:
     return None

@@ -38,6 +38,7 @@ import msgspec
 from gateway.media.control import (
     COMMAND_DECODER,
     ENCODER,
+    CallClosed,
     CloseCall,
     OpenStream,
     QueryStats,
@@ -209,7 +210,10 @@ class _Worker:
             except ValueError as exc:  # bad keying: keep the stream as it was
                 self._warn(f"update of {stream.key} refused: {exc}")
         elif isinstance(command, CloseCall):
+            call = self._calls.get(command.call_id)
+            streams = {s.key: s.relay.snapshot() for s in call.streams.values()} if call else {}
             self._close_call(command.call_id)
+            self._send(CallClosed(call_id=command.call_id, streams=streams))
         elif isinstance(command, QueryStats):
             streams = {
                 s.key: s.relay.snapshot()
