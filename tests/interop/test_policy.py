@@ -500,7 +500,16 @@ def test_compact_sipvicious_caught_by_behaviour(
         )
     )
     procs.start(tunnel)
-    gw = start_gateway(tmp_path, procs, pki30, svc.accept[1])
+    # A roomier REGISTER bucket than the default (burst 10): on a loaded machine svcrack's
+    # retransmissions could otherwise trip the flood rule first, and this test is about the
+    # authentication-failure rule.
+    gw = start_gateway(
+        tmp_path,
+        procs,
+        pki30,
+        svc.accept[1],
+        extra_toml="[policy.flood]\nregister = { rate = 5.0, burst = 60.0 }\n",
+    )
     lan_host, lan_port = gw.lan
 
     def tool(name: str, cmd: str, *args: str) -> Sipvicious:
@@ -540,7 +549,9 @@ def test_compact_sipvicious_caught_by_behaviour(
     guesses = [m for m in reached if header_values(m, "Authorization")]
     # 1 unauthenticated REGISTER, then 5 wrong guesses: the 5th failure bans (6 requests) ...
     assert len(reached) == 6 and len(guesses) == 5, [m.split("\n", 1)[0] for m in reached]
-    assert svcrack.until_ban == 6, svcrack
+    # Requests counted before the ban: the 6 above plus any UDP retransmissions svcrack sent
+    # while an answer was on its way (absorbed by the transaction layer, never relayed).
+    assert 6 <= svcrack.until_ban <= 20, svcrack
     # ... and of everything svcrack sent after that (without a challenge to answer it keeps
     # re-sending its REGISTER until it gives up), nothing left the gateway.
     assert svcrack.total > svcrack.until_ban, svcrack
