@@ -890,7 +890,9 @@ def test_pipelined_register_guesses_count_as_failures_and_get_banned() -> None:
     h = policy_harness()
     register(h, cseq=1)
     for cseq in range(2, 8):
-        register(h, cseq=cseq, extra=f'Authorization: Digest username="1001", response="g{cseq}"\r\n')
+        register(
+            h, cseq=cseq, extra=f'Authorization: Digest username="1001", response="g{cseq}"\r\n'
+        )
     relayed = only(h.take_wan(), SipRequest)
     # The unauthenticated REGISTER and 4 guesses go up; the 5th guess bans the source and
     # goes no further, nor does anything after it.

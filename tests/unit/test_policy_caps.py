@@ -225,7 +225,16 @@ def test_operator_lifts_spike_lock() -> None:
 
 
 def test_steady_rate_after_a_start_late_in_a_minute_never_locks() -> None:
-    detector = SpikeDetector(SpikeSettings(enabled=True, window_seconds=300.0, baseline_seconds=3600.0, factor=4.0, min_calls=15, lock_seconds=600.0))
+    detector = SpikeDetector(
+        SpikeSettings(
+            enabled=True,
+            window_seconds=300.0,
+            baseline_seconds=3600.0,
+            factor=4.0,
+            min_calls=15,
+            lock_seconds=600.0,
+        )
+    )
     now = 59.0  # the engine started one second before a minute ended
     for _ in range(6 * 90):  # 6 calls a minute for an hour and a half
         assert not detector.record(now)
@@ -233,7 +242,16 @@ def test_steady_rate_after_a_start_late_in_a_minute_never_locks() -> None:
 
 
 def test_running_total_matches_a_recount() -> None:
-    detector = SpikeDetector(SpikeSettings(enabled=True, window_seconds=120.0, baseline_seconds=1800.0, factor=50.0, min_calls=1000, lock_seconds=60.0))
+    detector = SpikeDetector(
+        SpikeSettings(
+            enabled=True,
+            window_seconds=120.0,
+            baseline_seconds=1800.0,
+            factor=50.0,
+            min_calls=1000,
+            lock_seconds=60.0,
+        )
+    )
     now = 0.0
     for i in range(2000):
         detector.record(now)
