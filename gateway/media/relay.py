@@ -38,6 +38,8 @@ RTCP packets (one every few seconds) the relay already handles in clear.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gateway.media.control import StreamCounters, StreamSpec
 from gateway.media.srtp import (
     SrtpAuthError,
@@ -157,6 +159,29 @@ class ReceptionStats:
     def jitter_ms(self) -> float:
         return self._jitter16 * 1000.0 / (16 * self.clock_rate)
 
+    def state(self) -> tuple[int, int, int, int, int, int, int]:
+        """The whole state as integers (handed to and from the worker's C fast path)."""
+        return (
+            self._max_seq,
+            self._base,
+            self._cycles,
+            self._received,
+            self._lost_before,
+            self._transit,
+            self._jitter16,
+        )
+
+    def set_state(self, state: tuple[int, int, int, int, int, int, int]) -> None:
+        (
+            self._max_seq,
+            self._base,
+            self._cycles,
+            self._received,
+            self._lost_before,
+            self._transit,
+            self._jitter16,
+        ) = state
+
 
 def read_receiver_report(data: bytes) -> tuple[int, int] | None:
     """(cumulative packets lost, interarrival jitter) of the first report block of a plain
@@ -219,6 +244,7 @@ class RelayStream:
         "_tx",
         "_wan_reception",
         "counters",
+        "on_change",
     )
 
     def __init__(self, spec: StreamSpec) -> None:
@@ -245,12 +271,59 @@ class RelayStream:
         self._lan_reception = ReceptionStats()
         self._wan_reception = ReceptionStats()
         self._spec = StreamSpec(lan_port=spec.lan_port, wan_port=spec.wan_port)
+        #: Called after anything :meth:`fast_lan` / :meth:`fast_wan` depend on changed
+        #: (update, latch, close): the worker's C fast path reconfigures itself then.
+        self.on_change: Callable[[], None] | None = None
         self.update(spec)
 
     @property
     def spec(self) -> StreamSpec:
         """The spec currently applied."""
         return self._spec
+
+    @property
+    def lan_reception(self) -> ReceptionStats:
+        """Reception statistics of the RTP from the phone."""
+        return self._lan_reception
+
+    @property
+    def wan_reception(self) -> ReceptionStats:
+        """Reception statistics of the (authenticated) RTP from the provider."""
+        return self._wan_reception
+
+    def fast_lan(self) -> tuple[str, Address, SrtpProtector] | None:
+        """The LAN RTP → WAN RTP steady state, or None while it is not reached.
+
+        (phone IP, provider RTP destination, protector): once the phone's port is latched and
+        both the provider's address and the outbound keys are known, every accepted LAN RTP
+        packet takes the same path, which the worker's C fast path may then take over. Never
+        without keys (fail closed: plaintext to the WAN stays on the Python path).
+        """
+        if (
+            self._phone_ip is None
+            or not self._phone_rtp_latched
+            or self._provider_rtp is None
+            or self._tx is None
+        ):
+            return None
+        return self._phone_ip, self._provider_rtp, self._tx
+
+    def fast_wan(self) -> tuple[str, Address, SrtpUnprotector] | None:
+        """The WAN RTP → LAN RTP steady state (provider IP, phone RTP destination,
+        unprotector), or None: as :meth:`fast_lan`, after the provider's port latched."""
+        if (
+            self._provider_ip is None
+            or not self._provider_rtp_latched
+            or self._phone_rtp is None
+            or self._rx is None
+        ):
+            return None
+        return self._provider_ip, self._phone_rtp, self._rx
+
+    def _changed(self) -> None:
+        hook = self.on_change
+        if hook is not None:
+            hook()
 
     def snapshot(self) -> StreamCounters:
         """The counters with the reception statistics brought up to date (for QueryStats)."""
@@ -301,12 +374,14 @@ class RelayStream:
             self._provider_rtcp_latched = False
         self._spec = spec
         self._refresh_rtcp_destinations()
+        self._changed()
 
     def close(self) -> None:
         """Forget the SRTP contexts (and with them the keys) when the call ends."""
         self._tx = None
         self._rx = None
         self._spec = StreamSpec(lan_port=self._spec.lan_port, wan_port=self._spec.wan_port)
+        self._changed()
 
     def _refresh_rtcp_destinations(self) -> None:
         # RTCP defaults to the RTP port + 1 when nothing else is known (RFC 3550 §11).
@@ -344,6 +419,7 @@ class RelayStream:
             self._phone_rtp = source
             self._phone_rtp_latched = True
             self._refresh_rtcp_destinations()
+            self._changed()
         c.last_lan_packet = now
         self._lan_reception.packet(data, now)
         dest = self._provider_rtp
@@ -455,6 +531,7 @@ class RelayStream:
             self._provider_rtp = source
             self._provider_rtp_latched = True
             self._refresh_rtcp_destinations()
+            self._changed()
         c.last_wan_packet = now
         self._wan_reception.packet(data, now)  # the RTP header is not encrypted (RFC 3711 §3.1)
         dest = self._phone_rtp

@@ -44,6 +44,8 @@ _RTP_TRAILER = pylibsrtp.SRTP_MAX_TRAILER_LEN
 _RTCP_TRAILER = pylibsrtp.SRTP_MAX_SRTCP_TRAILER_LEN
 
 __all__ = [
+    "NATIVE_REASONS",
+    "NativeHandle",
     "SrtpAuthError",
     "SrtpError",
     "SrtpProtector",
@@ -149,6 +151,41 @@ class _Direct:
         return buf[0 : length[0]]
 
 
+#: What the C fast path (``gateway.media._fastpath``) needs to call libsrtp itself: the
+#: session handle's address, the address of ``srtp_protect`` or ``srtp_unprotect``, the longest
+#: packet accepted (as :class:`_Direct` accepts it), and the object keeping the session alive.
+NativeHandle = tuple[int, int, int, object]
+
+
+def _address(pointer: Any) -> int:
+    return int(_ffi.cast("uintptr_t", pointer))
+
+
+def _native(direct: _Direct | None, function: str, trailer: int) -> NativeHandle | None:
+    if direct is None:
+        return None
+    try:
+        fn = _address(_ffi.addressof(_lib, function))
+        return _address(direct._handle), fn, _BUFFER - trailer, direct
+    except (AttributeError, TypeError):  # pragma: no cover - pylibsrtp changed
+        return None
+
+
+def _native_reasons() -> bytes:
+    """Per libsrtp status code, the drop reason the Python path counts for it: 0 malformed,
+    1 authentication, 2 replay (so the C path counts failures exactly as :func:`_mapped`)."""
+    out = bytearray()
+    for status in range(64):
+        error = _status_error(status)
+        if isinstance(error, SrtpAuthError):
+            out.append(1)
+        elif isinstance(error, SrtpReplayError):
+            out.append(2)
+        else:
+            out.append(0)
+    return bytes(out)
+
+
 def _direct(session: pylibsrtp.Session) -> _Direct | None:
     if not _FAST:
         return None
@@ -175,6 +212,10 @@ class SrtpProtector:
         self._protect = session.protect
         self._protect_rtcp = session.protect_rtcp
         self._direct = _direct(session)
+
+    def native(self) -> NativeHandle | None:
+        """libsrtp handle and ``srtp_protect`` for the C fast path (None without the fast path)."""
+        return _native(self._direct, "srtp_protect", _RTP_TRAILER)
 
     def protect(self, packet: bytes) -> bytes:
         """RTP → SRTP. Raises SrtpError (SrtpReplayError for a repeated sequence number)."""
@@ -211,6 +252,10 @@ class SrtpUnprotector:
         self._unprotect_rtcp = session.unprotect_rtcp
         self._direct = _direct(session)
 
+    def native(self) -> NativeHandle | None:
+        """libsrtp handle and ``srtp_unprotect`` for the C fast path (None without it)."""
+        return _native(self._direct, "srtp_unprotect", 0)
+
     def unprotect(self, packet: bytes) -> bytes:
         """SRTP → RTP. Raises SrtpAuthError, SrtpReplayError or SrtpError."""
         direct = self._direct
@@ -227,3 +272,7 @@ class SrtpUnprotector:
             return self._unprotect_rtcp(packet)
         except (pylibsrtp.Error, ValueError) as exc:
             raise _mapped(exc) from None
+
+
+#: Drop reason per libsrtp status code, for the C fast path (see :func:`_native_reasons`).
+NATIVE_REASONS = _native_reasons()

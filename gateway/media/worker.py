@@ -13,6 +13,14 @@ Control framing: a 4-byte big-endian length, then one msgspec msgpack message
 out). An undecodable message is reported once on stderr and ignored; a lost channel (the
 signalling process is gone) ends the worker.
 
+When the optional C extension ``gateway.media._fastpath`` is built (``pip install`` compiles
+it with the machine's C compiler; without one the install carries on without it), the loop runs
+in C: one ``epoll_wait`` per round, and every RTP socket of a stream in its steady state (port
+latched, peer known, SRTP keys present) is read, checked, protected or unprotected by
+pylibsrtp's own libsrtp, and sent without entering Python. Everything else (control, RTCP,
+packets it declines: wrong source, malformed, RTCP muxed on the WAN RTP port) comes back to the
+Python path below, which stays the reference. ``GATEWAY_MEDIA_FASTPATH=0`` turns it off.
+
 Media sockets are marked DSCP EF (RFC 3246, ``46 << 2`` in IP_TOS) and get large buffers; the
 heap built at start-up is frozen out of the garbage collector's view (``gc.freeze``) so
 collections stay short while packets flow.
@@ -26,6 +34,8 @@ import argparse
 import contextlib
 import errno
 import gc
+import math
+import os
 import select
 import signal
 import socket
@@ -43,13 +53,20 @@ from gateway.media.control import (
     OpenStream,
     QueryStats,
     Shutdown,
+    StreamCounters,
     StreamIdle,
     StreamOpened,
     StreamSpec,
     UpdateStream,
     WorkerStats,
 )
-from gateway.media.relay import Address, Forward, RelayStream
+from gateway.media.relay import LAN_RTP, WAN_RTP, Address, Forward, RelayStream
+from gateway.media.srtp import NATIVE_REASONS
+
+try:
+    from gateway.media import _fastpath
+except ImportError:  # not built (no C compiler at install time): the Python path does it all
+    _fastpath = None  # type: ignore[assignment]
 
 __all__ = ["main", "media_socket", "run_worker"]
 
@@ -61,6 +78,21 @@ SOCKET_BUFFER = 1 << 20
 MAX_CONTROL_MESSAGE = 16 << 20
 
 _Handler = Callable[[bytes, Address, float], Forward | None]
+
+
+def fastpath_enabled() -> bool:
+    """True when the C fast path is built and not turned off by ``GATEWAY_MEDIA_FASTPATH=0``."""
+    return _fastpath is not None and os.environ.get("GATEWAY_MEDIA_FASTPATH", "1") != "0"
+
+
+def _ipv4(ip: str) -> bytes | None:
+    """``ip`` packed, when it is an IPv4 address written as the kernel reports sources (the
+    Python path compares source strings, so only that exact spelling may match in C)."""
+    try:
+        packed = socket.inet_aton(ip)
+    except OSError:
+        return None
+    return packed if socket.inet_ntoa(packed) == ip else None
 
 
 def media_socket(address: str, port: int, dscp: int) -> socket.socket:
@@ -88,14 +120,85 @@ def media_socket(address: str, port: int, dscp: int) -> socket.socket:
 
 
 class _Stream:
-    """A relay and the four sockets it uses, indexed like ``relay.LAN_RTP`` … ``WAN_RTCP``."""
+    """A relay and the four sockets it uses, indexed like ``relay.LAN_RTP`` … ``WAN_RTCP``,
+    and its two C fast-path lanes (LAN RTP → WAN, WAN RTP → LAN) when there is a fast path."""
 
-    __slots__ = ("key", "relay", "sockets")
+    __slots__ = ("key", "lanes", "relay", "sockets")
 
     def __init__(self, key: str, relay: RelayStream, sockets: tuple[socket.socket, ...]) -> None:
         self.key = key
         self.relay = relay
         self.sockets = sockets
+        self.lanes: tuple[_fastpath.Lane, _fastpath.Lane] | None = None
+
+    def sync(self) -> None:
+        """Fold what the fast path counted into the relay's counters and reception stats."""
+        lanes = self.lanes
+        if lanes is None:
+            return
+        relay = self.relay
+        c = relay.counters
+        lan, wan = lanes
+        inp, inb, out, malformed, auth, replay, last = lan.take()
+        if inp or malformed:
+            c.lan_in_packets += inp
+            c.lan_in_bytes += inb
+            c.wan_out_packets += out
+            c.drop_malformed += malformed  # protect failures only: no auth/replay here
+            c.last_lan_packet = max(c.last_lan_packet, last)
+        if lan.active:
+            relay.lan_reception.set_state(lan.get_reception())
+        inp, inb, out, malformed, auth, replay, last = wan.take()
+        if inp:
+            c.wan_in_packets += inp
+            c.wan_in_bytes += inb
+            c.lan_out_packets += out
+            c.drop_malformed += malformed
+            c.drop_auth += auth
+            c.drop_replay += replay
+            c.last_wan_packet = max(c.last_wan_packet, last)
+        if wan.active:
+            relay.wan_reception.set_state(wan.get_reception())
+
+    def refresh(self) -> None:
+        """Hand each direction to the fast path while it is in its steady state, take it back
+        (counters and reception state with it) when it leaves it."""
+        lanes = self.lanes
+        if lanes is None:
+            return
+        relay = self.relay
+        self.sync()
+        wants = (
+            (lanes[0], relay.fast_lan(), self.sockets[WAN_RTP], relay.lan_reception),
+            (lanes[1], relay.fast_wan(), self.sockets[LAN_RTP], relay.wan_reception),
+        )
+        for lane, want, out, reception in wants:
+            config = None
+            if want is not None:
+                ip, dest, context = want
+                native = context.native()
+                src, dst = _ipv4(ip), _ipv4(dest[0])
+                if native is not None and src is not None and dst is not None:
+                    config = (out.fileno(), src, dst, dest[1], *native)
+            if config is None:
+                lane.disable()
+                continue
+            if not lane.active:
+                lane.set_reception(reception.state())
+            lane.configure(*config)
+
+    def release(self) -> None:
+        """Stop the fast path for this stream (before its sockets close)."""
+        self.relay.on_change = None  # also breaks the relay → stream reference cycle
+        if self.lanes is not None:
+            self.sync()
+            for lane in self.lanes:
+                lane.disable()
+
+
+def _snapshot(stream: _Stream) -> StreamCounters:
+    stream.sync()
+    return stream.relay.snapshot()
 
 
 class _Call:
@@ -109,6 +212,7 @@ class _Call:
     def last_activity(self) -> float:
         last = self.opened_at
         for stream in self.streams.values():
+            stream.sync()
             c = stream.relay.counters
             last = max(last, c.last_lan_packet, c.last_wan_packet)
         return last
@@ -138,6 +242,9 @@ class _Worker:
         self._out = bytearray()
         self._running = True
         self._warned: set[str] = set()
+        self._engine: _fastpath.Engine | None = (
+            _fastpath.Engine(self._epoll.fileno()) if fastpath_enabled() else None
+        )
 
     # -- control channel -----------------------------------------------------------------
 
@@ -211,14 +318,12 @@ class _Worker:
                 self._warn(f"update of {stream.key} refused: {exc}")
         elif isinstance(command, CloseCall):
             call = self._calls.get(command.call_id)
-            streams = {s.key: s.relay.snapshot() for s in call.streams.values()} if call else {}
+            streams = {s.key: _snapshot(s) for s in call.streams.values()} if call else {}
             self._close_call(command.call_id)
             self._send(CallClosed(call_id=command.call_id, streams=streams))
         elif isinstance(command, QueryStats):
             streams = {
-                s.key: s.relay.snapshot()
-                for call in self._calls.values()
-                for s in call.streams.values()
+                s.key: _snapshot(s) for call in self._calls.values() for s in call.streams.values()
             }
             self._send(
                 WorkerStats(
@@ -271,12 +376,26 @@ class _Worker:
         for sock, handler in zip(stream.sockets, handlers, strict=True):
             self._handlers[sock.fileno()] = (sock, handler, stream.sockets)
             self._epoll.register(sock.fileno(), select.EPOLLIN)
+        engine = self._engine
+        if engine is not None and all(s.family == socket.AF_INET for s in stream.sockets):
+            assert _fastpath is not None
+            stream.lanes = (
+                _fastpath.Lane(_fastpath.PROTECT, NATIVE_REASONS),
+                _fastpath.Lane(_fastpath.UNPROTECT, NATIVE_REASONS),
+            )
+            engine.attach(stream.sockets[LAN_RTP].fileno(), stream.lanes[0])
+            engine.attach(stream.sockets[WAN_RTP].fileno(), stream.lanes[1])
+            relay.on_change = stream.refresh
+            stream.refresh()
         return None
 
     def _close_stream(self, stream: _Stream) -> None:
+        stream.release()
         for sock in stream.sockets:
             fd = sock.fileno()
             self._handlers.pop(fd, None)
+            if self._engine is not None:
+                self._engine.detach(fd)
             with contextlib.suppress(OSError):
                 self._epoll.unregister(fd)
             sock.close()
@@ -300,52 +419,104 @@ class _Worker:
 
     # -- loop ----------------------------------------------------------------------------
 
+    def _control_event(self, mask: int, now: float) -> None:
+        if mask & select.EPOLLOUT:
+            self._flush()
+        if mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+            self._read_control(now)
+
     def run(self) -> None:
         control_fd = self._control.fileno()
         self._control.setblocking(False)
         self._epoll.register(control_fd, select.EPOLLIN)
-        handlers = self._handlers
-        poll = self._epoll.poll
-        monotonic = time.monotonic
-        next_check = monotonic() + self._check_interval
         gc.collect()
         gc.freeze()  # start-up objects never need collecting again
         try:
-            while self._running:
-                timeout = max(0.0, next_check - monotonic())
-                events = poll(timeout)
-                now = monotonic()
-                for fd, mask in events:
-                    entry = handlers.get(fd)
-                    if entry is None:
-                        if fd == control_fd:
-                            if mask & select.EPOLLOUT:
-                                self._flush()
-                            if mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
-                                self._read_control(now)
-                        continue
-                    # One datagram per readiness report: epoll is level-triggered, so a
-                    # socket with more queued is reported again by the next poll, which
-                    # serves every ready socket once per round (fair, no burst limit needed).
-                    # Draining until EAGAIN would cost a raised BlockingIOError per wake-up,
-                    # and at 50 packets/s per socket nearly every wake-up finds one datagram.
-                    try:
-                        data, source = entry[0].recvfrom(RECV_SIZE)
-                    except OSError:
-                        continue  # EAGAIN after all, or a queued ICMP error: read on later
-                    forward = entry[1](data, source, now)
-                    if forward is not None:
-                        try:  # noqa: SIM105 - suppress() builds a context manager per packet
-                            entry[2][forward[2]].sendto(forward[0], forward[1])
-                        except OSError:
-                            pass  # a full send buffer drops the packet, as the network would
-                if now >= next_check:
-                    self._check_idle(now)
-                    next_check = now + self._check_interval
+            if self._engine is not None:
+                self._run_fast(control_fd)
+            else:
+                self._run_python(control_fd)
         finally:
             for call_id in list(self._calls):
                 self._close_call(call_id)
             self._epoll.close()
+
+    def _run_fast(self, control_fd: int) -> None:
+        """The loop with the C fast path: Python sees only what it does not serve."""
+        handlers = self._handlers
+        assert self._engine is not None
+        engine_poll = self._engine.poll
+        monotonic = time.monotonic
+        ceil = math.ceil
+        next_check = monotonic() + self._check_interval
+        while self._running:
+            timeout_ms = max(0, ceil((next_check - monotonic()) * 1000.0))
+            now, events, packets = engine_poll(timeout_ms)
+            for fd, data, source in packets:
+                # Read by the fast path but declined before it changed anything: the full
+                # rules decide (and count) as if the Python loop had read it.
+                entry = handlers.get(fd)
+                if entry is None:
+                    continue
+                forward = entry[1](data, source, now)
+                if forward is not None:
+                    try:  # noqa: SIM105 - suppress() builds a context manager per packet
+                        entry[2][forward[2]].sendto(forward[0], forward[1])
+                    except OSError:
+                        pass
+            for fd, mask in events:
+                entry = handlers.get(fd)
+                if entry is None:
+                    if fd == control_fd:
+                        self._control_event(mask, now)
+                    continue
+                try:
+                    data, source = entry[0].recvfrom(RECV_SIZE)
+                except OSError:
+                    continue
+                forward = entry[1](data, source, now)
+                if forward is not None:
+                    try:  # noqa: SIM105
+                        entry[2][forward[2]].sendto(forward[0], forward[1])
+                    except OSError:
+                        pass
+            if now >= next_check:
+                self._check_idle(now)
+                next_check = now + self._check_interval
+
+    def _run_python(self, control_fd: int) -> None:
+        handlers = self._handlers
+        poll = self._epoll.poll
+        monotonic = time.monotonic
+        next_check = monotonic() + self._check_interval
+        while self._running:
+            timeout = max(0.0, next_check - monotonic())
+            events = poll(timeout)
+            now = monotonic()
+            for fd, mask in events:
+                entry = handlers.get(fd)
+                if entry is None:
+                    if fd == control_fd:
+                        self._control_event(mask, now)
+                    continue
+                # One datagram per readiness report: epoll is level-triggered, so a
+                # socket with more queued is reported again by the next poll, which
+                # serves every ready socket once per round (fair, no burst limit needed).
+                # Draining until EAGAIN would cost a raised BlockingIOError per wake-up,
+                # and at 50 packets/s per socket nearly every wake-up finds one datagram.
+                try:
+                    data, source = entry[0].recvfrom(RECV_SIZE)
+                except OSError:
+                    continue  # EAGAIN after all, or a queued ICMP error: read on later
+                forward = entry[1](data, source, now)
+                if forward is not None:
+                    try:  # noqa: SIM105 - suppress() builds a context manager per packet
+                        entry[2][forward[2]].sendto(forward[0], forward[1])
+                    except OSError:
+                        pass  # a full send buffer drops the packet, as the network would
+            if now >= next_check:
+                self._check_idle(now)
+                next_check = now + self._check_interval
 
 
 def run_worker(
