@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from gateway.sip.headers import NameAddr
 from gateway.sip.message import SipRequest, SipResponse, new_branch
-from gateway.sip.peer import Peer
+from gateway.sip.peer import Peer, Side
 from gateway.sip.uri import AbsoluteUri, SipUri
 
 
@@ -56,7 +56,14 @@ class Leg:
         """A Via for a request we originate on this leg (§8.1.1.7), with rport (RFC 3581)."""
         host = f"[{self.via_host}]" if ":" in self.via_host else self.via_host
         transport = self.peer.transport.upper()
-        return f"SIP/2.0/{transport} {host}:{self.via_port};branch={branch or new_branch()};rport"
+        # RFC 5923 §5: on a stream toward the provider, "alias" asks it to reuse this very
+        # connection for requests to our sent-by (where our Contact points), instead of
+        # opening a new one: one connection carries both directions.
+        alias = ";alias" if self.peer.reliable and self.peer.side == Side.WAN else ""
+        return (
+            f"SIP/2.0/{transport} {host}:{self.via_port};branch={branch or new_branch()};rport"
+            f"{alias}"
+        )
 
     def build_request(
         self,
