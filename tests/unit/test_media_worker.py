@@ -19,6 +19,7 @@ import pylibsrtp
 import pytest
 import uvloop
 
+from gateway.media import worker as worker_module
 from gateway.media.control import (
     ENCODER,
     REPORT_DECODER,
@@ -174,6 +175,20 @@ async def test_end_to_end_relay() -> None:
 
 def test_end_to_end_relay_under_uvloop() -> None:
     uvloop.run(relay_scenario())
+
+
+@pytest.mark.parametrize("fastpath", ["0", "1"], ids=["python-loop", "c-fast-path"])
+async def test_end_to_end_relay_on_both_packet_loops(
+    fastpath: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same scenario (bleed, tamper, replay, counters) through the pure-Python loop and
+    through the optional C fast path; the worker process inherits the switch."""
+    if fastpath == "1" and worker_module._fastpath is None:
+        if os.environ.get("CI"):
+            pytest.fail("the C fast path was not built (pip install -e . compiles it with gcc)")
+        pytest.skip("the C fast path is not built here")
+    monkeypatch.setenv("GATEWAY_MEDIA_FASTPATH", fastpath)
+    await relay_scenario()
 
 
 async def test_bind_failure_is_reported() -> None:
