@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +46,14 @@ events_log = logging.getLogger("gateway.events")
 security_log = logging.getLogger("gateway.security")
 
 
-class StartupError(Exception):
-    """The gateway cannot start as configured; the message says what to fix."""
-
-
 @dataclass
 class Counters:
     """Glue-level counters (the cores keep their own)."""
 
     sent_wan_dropped_no_connection: int = 0
-    sent_lan_dropped_no_connection: int = 0
+    #: TCP phones whose connection was gone and had to be reached on a new one.
+    lan_reconnects: int = 0
     listener_refused: int = 0
-    values: dict[str, int] = field(default_factory=dict)
 
 
 class Gateway:
@@ -114,7 +110,6 @@ class Gateway:
         self._timer: asyncio.Handle | None = None
         self._timer_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopped = asyncio.Event()
         self._media_tasks: set[asyncio.Task[None]] = set()
         self.call_events: list[CallEvent] = []
         self.wan_state = (False, "not connected yet")
@@ -245,7 +240,6 @@ class Gateway:
         self.cdr.flush(time.time())
         if self.admin is not None:  # last: operators watch the drain through it
             await self.admin.stop()
-        self._stopped.set()
 
     async def run_forever(self, drain: float = 5.0) -> None:
         """Run until SIGTERM or SIGINT, then stop gracefully."""
@@ -444,7 +438,7 @@ class Gateway:
             if conn is None:
                 conn = self._lan_stream_to(peer.address)
             if conn is None:
-                self.counters.sent_lan_dropped_no_connection += 1
+                self.counters.lan_reconnects += 1
                 self._open_lan_stream(peer.address, data)
                 return
             conn.write(data)
