@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Self
 
@@ -154,7 +155,7 @@ def _check_header_value(value: str) -> None:
         raise ValueError("header value must not contain CR or LF")
 
 
-class SipMessage:
+class SipMessage(ABC):
     """Headers and body shared by requests and responses (§7).
 
     ``headers`` keeps wire order with canonical names; a line holding a comma list stays one
@@ -249,13 +250,15 @@ class SipMessage:
             return items[0] if items else value
         return None
 
+    @abstractmethod
     def copy(self) -> Self:
-        raise NotImplementedError
+        """A deep enough copy to change headers and body without touching the original."""
 
     # -- serialisation -------------------------------------------------------------------
 
+    @abstractmethod
     def start_line(self) -> str:
-        raise NotImplementedError
+        """The request line or status line, without CRLF."""
 
     def __bytes__(self) -> bytes:
         lines = [self.start_line()]

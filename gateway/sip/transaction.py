@@ -42,6 +42,7 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -105,7 +106,7 @@ class Outbox:
         self.events.append(event)
 
 
-class Transaction:
+class Transaction(ABC):
     """State shared by the four machines. ``timers`` maps a timer name to its deadline."""
 
     def __init__(
@@ -132,8 +133,9 @@ class Transaction:
         #: Current retransmission interval of Timer A, E or G.
         self.interval = settings.t1
 
+    @abstractmethod
     def on_timer(self, name: str, at: float, out: Outbox) -> None:
-        raise NotImplementedError
+        """Timer ``name`` fired (deadline ``at``): retransmit, time out or terminate."""
 
     def _terminate(self) -> None:
         self.state = TransactionState.TERMINATED

@@ -42,7 +42,7 @@ def test_record_file_rotates_and_reads_newest_first(tmp_path: Path) -> None:
 def test_one_record_per_finished_call_with_media_counters(tmp_path: Path) -> None:
     f = RecordFile(tmp_path / "calls.jsonl")
     written: list[dict[str, object]] = []
-    rec = CallRecorder(f, locate=lambda key: {"phone": "10.0.0.5:5060"})
+    rec = CallRecorder(f, locate=lambda key: {"phone": "192.0.2.5:5060"})
     rec.record_listeners.append(written.append)
     active = {"c1"}
     rec.on_event(
@@ -73,7 +73,7 @@ def test_one_record_per_finished_call_with_media_counters(tmp_path: Path) -> Non
     assert len(written) == 1
     r = written[0]
     assert r["call_id"] == "abc@phone" and r["caller"] == "201" and r["callee"] == "0044207"
-    assert r["direction"] == "outbound" and r["phone"] == "10.0.0.5:5060"
+    assert r["direction"] == "outbound" and r["phone"] == "192.0.2.5:5060"
     assert r["outcome"] == "completed" and r["end_reason"] == "BYE from wan"
     assert r["duration"] == 60.5 and r["setup_seconds"] == 2.0
     assert r["suite"] == "AEAD_AES_128_GCM"
@@ -167,9 +167,11 @@ def test_receiver_report_blocks() -> None:
 def test_observatory_buckets_and_bounded_labels() -> None:
     seen = Observatory()
     seen.security_event(
-        SecurityEvent(1.0, "lan", "10.0.0.9", "", "allowlist.lan", "drop", repeats=4), 1000.0
+        SecurityEvent(1.0, "lan", "192.0.2.9", "", "allowlist.lan", "drop", repeats=4), 1000.0
     )
-    seen.security_event(SecurityEvent(2.0, "lan", "10.0.0.9", "", "scan.user-agent", "ban"), 1000.0)
+    seen.security_event(
+        SecurityEvent(2.0, "lan", "192.0.2.9", "", "scan.user-agent", "ban"), 1000.0
+    )
     rows = seen.timeline(1010.0)
     assert len(rows) == 60 and rows[-1]["refusals"] == 5 and rows[-1]["bans"] == 1
     assert [e["action"] for e in seen.recent()] == ["ban", "drop"]

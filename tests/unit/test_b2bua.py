@@ -594,7 +594,7 @@ def test_scanner_user_agent_is_dropped_silently_and_banned() -> None:
 
 
 def test_source_outside_the_lan_allowlist_gets_nothing() -> None:
-    settings = PolicySettings(allowlist=AllowlistSettings(lan=("10.0.0.0/8",)))
+    settings = PolicySettings(allowlist=AllowlistSettings(lan=("192.0.2.0/24",)))
     h = Harness(policy=PolicyEngine(settings))
     h.from_phone(phone_request("INVITE", body=phone_sdp()))
     assert not h.take_lan() and not h.take_wan()

@@ -60,8 +60,8 @@ def test_csr_carries_all_names_and_is_signed() -> None:
 
 
 def test_parse_names() -> None:
-    names = parse_names(["DNS:Gw.Example.test.", "IP:::1", "10.0.0.1", "*.lab.test", "10.0.0.1"])
-    assert [str(n.value) for n in names] == ["gw.example.test", "::1", "10.0.0.1", "*.lab.test"]
+    names = parse_names(["DNS:Gw.Example.test.", "IP:::1", "192.0.2.1", "*.lab.test", "192.0.2.1"])
+    assert [str(n.value) for n in names] == ["gw.example.test", "::1", "192.0.2.1", "*.lab.test"]
     for bad in ("", "IP:not-an-ip", "bad name", "a.*.b"):
         with pytest.raises(ValueError):
             parse_names([bad])

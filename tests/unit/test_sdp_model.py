@@ -51,7 +51,7 @@ def test_round_trip_keeps_lf_line_endings() -> None:
 
 
 def test_round_trip_of_str_input() -> None:
-    text = "v=0\r\no=- 1 2 IN IP4 10.0.0.1\r\ns=-\r\nt=0 0\r\n"
+    text = "v=0\r\no=- 1 2 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\n"
     assert str(SessionDescription.parse(text)) == text
 
 
@@ -107,9 +107,9 @@ def test_connection_replace_add_and_remove() -> None:
 
 def test_session_connection_added_before_t_line() -> None:
     sd = SessionDescription.parse("v=0\no=- 1 1 IN IP4 1.2.3.4\ns=-\nt=0 0\nm=audio 1 RTP/AVP 0\n")
-    sd.connection = Connection("10.0.0.1")
+    sd.connection = Connection("192.0.2.1")
     assert str(sd) == (
-        "v=0\no=- 1 1 IN IP4 1.2.3.4\ns=-\nc=IN IP4 10.0.0.1\nt=0 0\nm=audio 1 RTP/AVP 0\n"
+        "v=0\no=- 1 1 IN IP4 1.2.3.4\ns=-\nc=IN IP4 192.0.2.1\nt=0 0\nm=audio 1 RTP/AVP 0\n"
     )
 
 

@@ -21,9 +21,9 @@ from gateway.sdp.crypto import CryptoAttribute
 from gateway.sdp.errors import SdpError
 from gateway.sdp.negotiation import CallMedia, MediaPolicy, MediaRefused
 
-LAN_GW = "10.0.0.1"
+LAN_GW = "192.0.2.1"
 WAN_GW = "203.0.113.1"
-PHONE = "10.0.0.23"
+PHONE = "192.0.2.23"
 PROVIDER = "198.51.100.7"
 SESS = "100000000000"
 
@@ -137,7 +137,7 @@ def assert_no_lan_address(body: bytes) -> None:
     text = body.decode()
     assert PHONE not in text
     assert LAN_GW not in text
-    assert "10.0.0." not in text
+    assert "192.0.2." not in text
 
 
 # ---------------------------------------------------------------- phone offers, provider answers
