@@ -18,7 +18,7 @@ from gateway.policy.settings import (
 P = PolicySettings
 A = AllowlistSettings
 D = DialPlanSettings
-LAN = ("192.168.1.0/24",)
+LAN = ("192.0.2.0/24",)
 
 GOOD_ADMIN = "Vq7#mZt2!rXc9Lp"
 GOOD_SIP = ["Hk4$wQ9z&Tn2Bv", "Rm8%yE3x*Pj6Gd"]
@@ -33,7 +33,7 @@ def good(**changes: object) -> AuditView:
         "admin_token": GOOD_ADMIN,
         "sip_secrets": GOOD_SIP,
         "personal_words": ["acme", "springfield"],
-        "policy": PolicySettings(allowlist=AllowlistSettings(lan=("192.168.10.0/24",))),
+        "policy": PolicySettings(allowlist=AllowlistSettings(lan=("198.51.100.0/24",))),
     }
     base.update(changes)
     return AuditView(**base)  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ from gateway.policy.settings import PolicySettings
 
 EXAMPLE = b"""
 [allowlist]
-lan = ["192.168.10.0/24", "2001:db8:10::/64"]
+lan = ["198.51.100.0/24", "2001:db8:10::/64"]
 wan = ["203.0.113.0/24"]
 on_deny = "reject"
 
@@ -72,7 +72,7 @@ def test_defaults_are_a_working_engine() -> None:
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        (b'[allowlist]\nlan = ["192.168.1.300/24"]', "not an IPv4 or IPv6"),
+        (b'[allowlist]\nlan = ["192.0.2.300/24"]', "not an IPv4 or IPv6"),
         (b'[allowlist]\non_deny = "maybe"', "on_deny"),
         (b"[flood]\nban_seconds = 0", "ban_seconds"),
         (b'[dialplan]\ncountry_code = "+44"', "digits only"),

@@ -17,10 +17,10 @@ from gateway.sdp.model import (
 # Odd spacing, a vendor attribute, b= and i= lines, Latin-1 in s=: all must survive.
 PHONE_OFFER = (
     b"v=0\r\n"
-    b"o=Polycom  1234 5678 IN IP4 192.168.1.23\r\n"
+    b"o=Polycom  1234 5678 IN IP4 192.0.2.23\r\n"
     b"s=Caf\xe9 phone\r\n"
     b"i=desk\r\n"
-    b"c=IN IP4 192.168.1.23\r\n"
+    b"c=IN IP4 192.0.2.23\r\n"
     b"b=AS:84\r\n"
     b"t=0 0\r\n"
     b"a=X-vendor:thing\r\n"
@@ -30,10 +30,10 @@ PHONE_OFFER = (
     b"a=rtpmap:101 telephone-event/8000\r\n"
     b"a=fmtp:101 0-15\r\n"
     b"a=ptime:20\r\n"
-    b"a=rtcp:2229 IN IP4 192.168.1.23\r\n"
+    b"a=rtcp:2229 IN IP4 192.0.2.23\r\n"
     b"a=sendrecv\r\n"
     b"m=video 2224/2 RTP/AVP 96\r\n"
-    b"c=IN IP4 192.168.1.24\r\n"
+    b"c=IN IP4 192.0.2.24\r\n"
     b"a=rtpmap:96 H264/90000\r\n"
     b"a=empty:\r\n"
 )
@@ -63,8 +63,8 @@ def test_parsed_fields() -> None:
         "1234",
         5678,
     )
-    assert sd.origin.address == "192.168.1.23"
-    assert sd.connection is not None and sd.connection.address == "192.168.1.23"
+    assert sd.origin.address == "192.0.2.23"
+    assert sd.connection is not None and sd.connection.address == "192.0.2.23"
     assert sd.attributes == [("X-vendor", "thing")]
     audio, video = sd.media
     assert (audio.media, audio.port, audio.port_count, audio.proto) == (
@@ -77,7 +77,7 @@ def test_parsed_fields() -> None:
     assert audio.connection is None
     assert audio.effective_connection is sd.connection
     assert (video.port, video.port_count, video.formats) == (2224, 2, ["96"])
-    assert video.connection is not None and video.connection.host == "192.168.1.24"
+    assert video.connection is not None and video.connection.host == "192.0.2.24"
     assert video.get_attribute("empty") == ""
     assert audio.get_attribute("missing") is None
 
@@ -88,7 +88,7 @@ def test_only_changed_lines_are_rebuilt() -> None:
     sd.media[0].port = 40000
     out = bytes(sd)
     expected = PHONE_OFFER.replace(
-        b"o=Polycom  1234 5678 IN IP4 192.168.1.23", b"o=Polycom 1234 5679 IN IP4 192.168.1.23"
+        b"o=Polycom  1234 5678 IN IP4 192.0.2.23", b"o=Polycom 1234 5679 IN IP4 192.0.2.23"
     ).replace(b"m=audio 2222 RTP/AVP 0 8 101", b"m=audio 40000 RTP/AVP 0 8 101")
     assert out == expected
 
@@ -102,7 +102,7 @@ def test_connection_replace_add_and_remove() -> None:
     assert "c=IN IP4 203.0.113.5\r\nb=AS:84\r\n" in text
     # A new media-level c= goes after i= and before b= (RFC 8866 §5 order).
     assert "m=audio 2222 RTP/AVP 0 8 101\r\nc=IN IP6 2001:db8::1\r\nb=TIAS:64000\r\n" in text
-    assert "192.168.1.24" not in text
+    assert "192.0.2.24" not in text
 
 
 def test_session_connection_added_before_t_line() -> None:
@@ -123,7 +123,7 @@ def test_attribute_helpers() -> None:
     assert audio.attributes == [
         ("fmtp", "101 0-15"),
         ("ptime", "30"),
-        ("rtcp", "2229 IN IP4 192.168.1.23"),
+        ("rtcp", "2229 IN IP4 192.0.2.23"),
         ("sendrecv", None),
         ("crypto", "1 X inline:abc"),
     ]
@@ -137,7 +137,7 @@ def test_rtpmap_fmtp_rtcp_lookups() -> None:
     assert audio.rtpmap("101") == RtpMap("101", "telephone-event", 8000, None)
     assert audio.rtpmap("8") is None
     assert audio.fmtp("101") == "0-15"
-    assert audio.rtcp == RtcpAttribute(2229, "192.168.1.23", "IN", "IP4")
+    assert audio.rtcp == RtcpAttribute(2229, "192.0.2.23", "IN", "IP4")
     audio.rtcp = RtcpAttribute(40001)
     assert audio.get_attribute("rtcp") == "40001"
     audio.rtcp = None
