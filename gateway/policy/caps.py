@@ -46,16 +46,32 @@ class _Usage:
     starts: deque[float]
     #: (end time, seconds, international) of finished calls in the last day.
     finished: deque[tuple[float, float, bool]]
+    #: Sums over ``finished``, kept as records come and go: a cap check must not walk a
+    #: day of calls (at a busy site that was most of the cost of a call set-up).
+    finished_seconds: float = 0.0
+    finished_international_seconds: float = 0.0
 
     @classmethod
     def empty(cls) -> _Usage:
         return cls(deque(), deque())
 
+    def add_finished(self, record: tuple[float, float, bool]) -> None:
+        self.finished.append(record)
+        self.finished_seconds += record[1]
+        if record[2]:
+            self.finished_international_seconds += record[1]
+
     def prune(self, now: float) -> None:
         while self.starts and now - self.starts[0] > _HOUR:
             self.starts.popleft()
         while self.finished and now - self.finished[0][0] > _DAY:
-            self.finished.popleft()
+            _, seconds, international = self.finished.popleft()
+            self.finished_seconds -= seconds
+            if international:
+                self.finished_international_seconds -= seconds
+        if not self.finished:
+            # Exact zero once empty, so float rounding never accumulates across days.
+            self.finished_seconds = self.finished_international_seconds = 0.0
 
     def is_idle(self) -> bool:
         return not self.starts and not self.finished
@@ -143,7 +159,9 @@ class CallCaps:
     def _minutes(
         usage: _Usage, active: list[ActiveCall], now: float, international_only: bool
     ) -> float:
-        seconds = sum(s for _, s, intl in usage.finished if intl or not international_only)
+        seconds = (
+            usage.finished_international_seconds if international_only else usage.finished_seconds
+        )
         seconds += sum(
             max(0.0, now - c.billable_from())
             for c in active
@@ -174,8 +192,8 @@ class CallCaps:
         if call is None or call.emergency:
             return call
         record = (now, max(0.0, now - call.billable_from()), call.international)
-        self._phones.setdefault(call.phone, _Usage.empty()).finished.append(record)
-        self._site_usage.finished.append(record)
+        self._phones.setdefault(call.phone, _Usage.empty()).add_finished(record)
+        self._site_usage.add_finished(record)
         return call
 
     def prune(self, now: float) -> None:

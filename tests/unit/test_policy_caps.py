@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import pytest
+
 from gateway.policy.caps import SpikeDetector
 from gateway.policy.engine import PolicyEngine, Verdict
 from gateway.policy.settings import (
@@ -257,3 +259,24 @@ def test_running_total_matches_a_recount() -> None:
         detector.record(now)
         now += 1.0 + (i % 7)
         assert detector._total == sum(n for _, n in detector._bins)
+
+
+def test_daily_minute_sums_follow_calls_in_and_out_of_the_window() -> None:
+    from gateway.policy.caps import CallCaps
+
+    limits = CapLimits(
+        concurrent=0, calls_per_hour=0, minutes_per_day=0.0, international_minutes_per_day=0.0
+    )
+    caps = CallCaps(limits)
+    now = 1000.0
+    for i in range(50):
+        key = f"c{i}"
+        caps.started(key, "201", international=i % 5 == 0, emergency=False, now=now)
+        caps.answered(key, now)
+        caps.ended(key, now + 60.0)  # one minute each
+        now += 3600.0  # one call an hour: about 24 stay in the day window
+    caps.prune(now)
+    recount = sum(1 for i in range(50) if now - (1000.0 + i * 3600.0 + 60.0) <= 86400.0)
+    assert caps.minutes_today("201", now) == pytest.approx(recount)
+    intl = sum(1 for i in range(50) if i % 5 == 0 and now - (1000.0 + i * 3600.0 + 60.0) <= 86400.0)
+    assert caps.minutes_today(None, now, international=True) == pytest.approx(intl)
