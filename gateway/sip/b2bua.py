@@ -267,6 +267,11 @@ class B2bua:
         #: (Call-ID, From tag) of LAN-originated INVITEs challenged by the provider -> the WAN
         #: leg to reuse when the phone retries with credentials.
         self._challenged: dict[tuple[str, str], tuple[Leg, float]] = {}
+        #: Pairs with a 2xx being retransmitted toward a UDP caller (the only ones that need
+        #: the core's own timer; the rest of the calls cost nothing per timer tick).
+        self._retransmitting: dict[str, DialogPair] = {}
+        #: (side, Call-ID, From tag, CSeq) of each pair's dialog-creating request.
+        self._by_origin: dict[tuple[Side, str, str | None, int], DialogPair] = {}
         #: AOR -> REGISTERs relayed upstream and not yet answered.
         self._registering: dict[str, int] = {}
         self._actions: list[Action] = []
@@ -370,9 +375,10 @@ class B2bua:
         self._now = now
         for tx in self._tx.values():
             tx.handle_timer(now)
-        for pair in list(self._pairs.values()):
+        for key, pair in list(self._retransmitting.items()):
             r = pair.retransmit
             if r is None:
+                del self._retransmitting[key]
                 continue
             if now >= r.give_up_at:
                 # §13.3.1.4: no ACK within 64*T1 — the dialog is confirmed but must end.
@@ -383,9 +389,9 @@ class B2bua:
                 self._emit(SendMessage(r.peer, r.data))
                 r.interval = min(r.interval * 2, self.settings.timers.t2)
                 r.next_at = now + r.interval
-        for key, (_, at) in list(self._challenged.items()):
+        for challenge, (_, at) in list(self._challenged.items()):
             if now - at > 64 * self.settings.timers.t1:
-                del self._challenged[key]
+                del self._challenged[challenge]
         self.registrations.expire(now)
         if self.policy is not None:
             self.policy.handle_timer(now)
@@ -393,7 +399,7 @@ class B2bua:
 
     def get_timer(self) -> float | None:
         deadlines = [t for t in (tx.get_timer() for tx in self._tx.values()) if t is not None]
-        for pair in self._pairs.values():
+        for pair in self._retransmitting.values():
             if pair.retransmit is not None:
                 deadlines.append(min(pair.retransmit.next_at, pair.retransmit.give_up_at))
         if self.policy is not None:
@@ -794,6 +800,7 @@ class B2bua:
         elif request.body:
             body = request.body
         self._pairs[pair.key] = pair
+        self._by_origin[_origin(side, request)] = pair
         self._by_server[(side, event.key)] = pair
         assert caller.local_tag is not None
         self._dialogs[(side, caller.call_id, caller.local_tag)] = pair
@@ -847,17 +854,7 @@ class B2bua:
 
     def _pair_for_retransmission(self, side: Side, request: SipRequest) -> DialogPair | None:
         """A late retransmission of a dialog-creating request whose transaction already ended."""
-        from_tag = request.from_.tag
-        seq = request.cseq.seq
-        for pair in self._pairs.values():
-            if (
-                pair.caller_side == side
-                and pair.caller.call_id == request.call_id
-                and pair.caller.remote.tag == from_tag
-                and pair.request.cseq.seq == seq
-            ):
-                return pair
-        return None
+        return self._by_origin.get(_origin(side, request))
 
     def _outbound_legs(
         self, event: RequestReceived, number: DialledNumber | None = None
@@ -1709,6 +1706,10 @@ class B2bua:
         self._forget(pair)
 
     def _forget(self, pair: DialogPair) -> None:
+        origin = _origin(pair.caller_side, pair.request)
+        if self._by_origin.get(origin) is pair:
+            del self._by_origin[origin]
+        self._retransmitting.pop(pair.key, None)
         if pair.caps_counted and self.policy is not None:
             pair.caps_counted = False
             self.policy.call_ended(pair.key, self._now)
@@ -1760,6 +1761,7 @@ class B2bua:
         if not peer.reliable:
             t1 = self.settings.timers.t1
             pair.retransmit = _Retransmission(peer, data, now + t1, t1, now + 64 * t1, side)
+            self._retransmitting[pair.key] = pair
 
     def _send_ack(
         self,
@@ -1784,6 +1786,11 @@ class B2bua:
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _origin(side: Side, request: SipRequest) -> tuple[Side, str, str | None, int]:
+    """What identifies a dialog-creating request apart from its branch (§8.2.2.2)."""
+    return (side, request.call_id, request.from_.tag, request.cseq.seq)
 
 
 def _source(event: RequestReceived) -> Peer:
