@@ -899,3 +899,20 @@ def test_pipelined_register_guesses_count_as_failures_and_get_banned() -> None:
     assert len(relayed) == 5
     assert sum(1 for r in relayed if r.has("Authorization")) == 4
     assert [b.rule for b in h.core.policy.bans(h.now)] == ["auth.failures"]  # type: ignore[union-attr]
+
+
+def test_a_phone_that_never_acks_the_2xx_gets_the_call_ended_on_both_sides() -> None:
+    h = Harness()
+    invite, _ = establish_outbound(h)
+    h.take_wan()
+    h.advance(64 * 0.5 + 1)  # §13.3.1.4: 64*T1 without an ACK
+    lan = h.take_lan()
+    retransmitted = [m for m in only(lan, SipResponse) if m.status == 200]
+    assert len(retransmitted) >= 6
+    byes = only(lan, SipRequest)  # the BYE and its UDP retransmissions (Timer E)
+    assert byes and {m.method for m in byes} == {"BYE"}
+    assert len({m.top_via.branch for m in byes}) == 1
+    [bye] = only(h.take_wan(), SipRequest)
+    assert bye.method == "BYE" and bye.call_id == invite.call_id
+    assert any(e.kind == "no-ack" for e in h.events)
+    assert h.core.active_calls == []
