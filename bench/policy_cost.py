@@ -39,24 +39,24 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.policy import PolicyEngine
-from gateway.policy.settings import PolicySettings
+from gateway.policy.settings import AllowlistSettings, PolicySettings
 from gateway.sip.message import SipRequest, parse_message
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 PHONE = "201"
-PHONE_IP = "192.168.1.23"
+PHONE_IP = "192.0.2.23"
 DIALLED = "12125550143"  # a national NANP number: allowed by the default dial plan
 USER_AGENT = "Yealink SIP-T46S 66.86.0.15"
 WALL = datetime.datetime(2024, 5, 1, 10, 0, 0)  # a weekday morning, local time
 
 INVITE = (
-    f"INVITE sip:{DIALLED}@192.168.1.2 SIP/2.0\r\n"
+    f"INVITE sip:{DIALLED}@192.0.2.2 SIP/2.0\r\n"
     f"Via: SIP/2.0/UDP {PHONE_IP}:5060;branch=z9hG4bK1d8e2a6c7f;rport\r\n"
     "Max-Forwards: 70\r\n"
-    f'From: "Reception" <sip:{PHONE}@192.168.1.2>;tag=2849133715\r\n'
-    f"To: <sip:{DIALLED}@192.168.1.2>\r\n"
-    "Call-ID: 0_2270612418@192.168.1.23\r\n"
+    f'From: "Reception" <sip:{PHONE}@192.0.2.2>;tag=2849133715\r\n'
+    f"To: <sip:{DIALLED}@192.0.2.2>\r\n"
+    "Call-ID: 0_2270612418@192.0.2.23\r\n"
     "CSeq: 2 INVITE\r\n"
     f"Contact: <sip:{PHONE}@{PHONE_IP}:5060>\r\n"
     "Allow: INVITE, INFO, PRACK, ACK, BYE, CANCEL, OPTIONS, NOTIFY, REGISTER, SUBSCRIBE, REFER,"
@@ -96,7 +96,10 @@ class SteadyEngine:
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.engine = PolicyEngine(PolicySettings())
+        # Default settings, with the site's phone subnet (a documentation range) allowed.
+        self.engine = PolicyEngine(
+            PolicySettings(allowlist=AllowlistSettings(lan=("192.0.2.0/24",)))
+        )
         self.now = 1000.0
         for _ in range(int(86400 / interval)):
             self.decide()

@@ -19,7 +19,7 @@ from gateway.policy.settings import (
 )
 
 WALL = datetime(2024, 5, 1, 12, 0)
-IP = "192.168.1.20"
+IP = "192.0.2.20"
 DOMESTIC = "212 555 0100"
 ABROAD = "011 44 20 7946 0000"
 UNLIMITED = CapLimits(

@@ -20,7 +20,7 @@ from gateway.policy.settings import (
 WEDNESDAY_NOON = datetime(2024, 5, 1, 12, 0)
 WEDNESDAY_NIGHT = datetime(2024, 5, 1, 23, 30)
 SATURDAY_NOON = datetime(2024, 5, 4, 12, 0)
-PHONE_IP = "192.168.1.20"
+PHONE_IP = "192.0.2.20"
 
 
 def engine(**dialplan: object) -> PolicyEngine:

@@ -29,7 +29,7 @@ from gateway.policy.settings import (
     TimeWindowSettings,
 )
 
-LAN = "192.168.1.0/24"
+LAN = "192.0.2.0/24"
 DENY_ALL = DialRuleSettings(
     name="deny-all", action="deny", pattern=".*", prefixes=("+", "0", "1", "9")
 )
@@ -119,7 +119,7 @@ def test_emergency_call_from_allowed_phone_is_never_refused(
     minutes: int,
 ) -> None:
     engine = PolicyEngine(policy)
-    ip = f"192.168.1.{host}"
+    ip = f"192.0.2.{host}"
     now = 0.0
     for i, step in enumerate(history):
         now += 0.1
@@ -155,13 +155,13 @@ def test_emergency_call_from_allowed_phone_is_never_refused(
 
 
 def test_emergency_from_a_banned_phone_is_logged_and_allowed() -> None:
-    engine = PolicyEngine()
-    engine.check_request("lan", "192.168.1.5", "OPTIONS", "sipvicious", None, True, 0.0)
+    engine = PolicyEngine(PolicySettings(allowlist=AllowlistSettings(lan=(LAN,))))
+    engine.check_request("lan", "192.0.2.5", "OPTIONS", "sipvicious", None, True, 0.0)
     assert engine.bans(0.0)
     assert not engine.check_request(
-        "lan", "192.168.1.5", "INVITE", None, "2125550100", True, 1.0
+        "lan", "192.0.2.5", "INVITE", None, "2125550100", True, 1.0
     ).allowed
-    assert engine.check_request("lan", "192.168.1.5", "INVITE", None, "911", True, 1.0).allowed
+    assert engine.check_request("lan", "192.0.2.5", "INVITE", None, "911", True, 1.0).allowed
     assert "emergency.ban-bypassed" in [ev.rule for ev in engine.drain_events()]
 
 
@@ -190,8 +190,8 @@ def test_emergency_does_not_count_towards_caps() -> None:
     )
     engine = PolicyEngine(PolicySettings(caps=CapSettings(phone=caps, site=caps)))
     wall = datetime(2024, 5, 1, 12)
-    verdict = engine.check_outbound_call("201", "192.168.1.5", "911", 0.0, wall)
+    verdict = engine.check_outbound_call("201", "192.0.2.5", "911", 0.0, wall)
     assert verdict.allowed
     engine.call_started("e", "201", "911", False, 0.0)
     engine.call_ended("e", 3600.0)
-    assert engine.check_outbound_call("201", "192.168.1.5", "2125550100", 3601.0, wall).allowed
+    assert engine.check_outbound_call("201", "192.0.2.5", "2125550100", 3601.0, wall).allowed

@@ -11,7 +11,7 @@ from gateway.policy.settings import AllowlistSettings, PolicySettings
 
 def test_json_line() -> None:
     event = SecurityEvent(
-        10.5, "lan", "192.168.1.20", "201", "dialplan.no-premium", "reject", 403, "+19005550100"
+        10.5, "lan", "192.0.2.20", "201", "dialplan.no-premium", "reject", 403, "+19005550100"
     )
     line = encode_line(event, clock_offset=1_714_557_600.0)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
@@ -19,7 +19,7 @@ def test_json_line() -> None:
     assert record == {
         "time": "2024-05-01T10:00:10.500000Z",
         "side": "lan",
-        "source": "192.168.1.20",
+        "source": "192.0.2.20",
         "phone": "201",
         "rule": "dialplan.no-premium",
         "action": "reject",
@@ -43,9 +43,9 @@ def test_repeated_refusals_are_folded_but_counted() -> None:
 
 
 def test_bans_are_never_folded() -> None:
-    e = PolicyEngine()
-    for ip in ("192.168.1.5", "192.168.1.6"):
+    e = PolicyEngine(PolicySettings(allowlist=AllowlistSettings(lan=("192.0.2.0/24",))))
+    for ip in ("192.0.2.5", "192.0.2.6"):
         e.check_request("lan", ip, "OPTIONS", "friendly-scanner", None, True, 0.0)
     bans = [ev for ev in e.drain_events() if ev.action == "ban"]
-    assert [b.source for b in bans] == ["192.168.1.5", "192.168.1.6"]
+    assert [b.source for b in bans] == ["192.0.2.5", "192.0.2.6"]
     assert e.counters()["ban.scan.user-agent"] == 2

@@ -8,7 +8,7 @@ from gateway.policy.engine import PolicyEngine, Side, Verdict
 from gateway.policy.flood import TokenBucket
 from gateway.policy.settings import AllowlistSettings, FloodSettings, PolicySettings, RateLimit
 
-LAN_PHONE = "192.168.1.20"
+LAN_PHONE = "192.0.2.20"
 WAN_PEER = "203.0.113.7"
 
 
@@ -16,7 +16,7 @@ def make(**flood: object) -> PolicyEngine:
     return PolicyEngine(
         PolicySettings(
             allowlist=AllowlistSettings(
-                lan=("192.168.1.0/24", "2001:db8:1::/64"), wan=("203.0.113.0/24",)
+                lan=("192.0.2.0/24", "2001:db8:1::/64"), wan=("203.0.113.0/24",)
             ),
             flood=FloodSettings(**flood),  # type: ignore[arg-type]
         )
@@ -59,9 +59,9 @@ def test_token_bucket_zero_rate_is_unlimited() -> None:
 @pytest.mark.parametrize(
     ("side", "ip", "allowed"),
     [
-        ("lan", "192.168.1.20", True),
-        ("lan", "192.168.2.20", False),
-        ("lan", "::ffff:192.168.1.20", True),  # dual-stack socket
+        ("lan", "192.0.2.20", True),
+        ("lan", "198.51.100.20", False),
+        ("lan", "::ffff:192.0.2.20", True),  # dual-stack socket
         ("lan", "2001:db8:1::20", True),
         ("lan", "2001:db8:2::20", False),
         ("wan", "203.0.113.7", True),
