@@ -38,7 +38,7 @@ from gateway.bench.report import (
 )
 from gateway.bench.sip import SipGatewayTarget
 from gateway.bench.sweep import SweepSettings, sweep
-from gateway.bench.targets import DirectTarget, Target, WorkersTarget
+from gateway.bench.targets import DEFAULT_KEEP_CORE_AWAKE, DirectTarget, Target, WorkersTarget
 from gateway.media.suites import SrtpSuite
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -59,14 +59,18 @@ def _progress(mode: str, calls: int, record: RunRecord | None) -> None:
     )
 
 
-def _targets(modes: list[str], suite: SrtpSuite, sip: bool) -> list[Target]:
+def _targets(
+    modes: list[str], suite: SrtpSuite, sip: bool, keep_core_awake: bool = DEFAULT_KEEP_CORE_AWAKE
+) -> list[Target]:
     out: list[Target] = []
     for mode in modes:
         if mode == "direct":
             out.append(DirectTarget(suite, 41000, 41002))
         elif mode == "gateway":
             out.append(
-                SipGatewayTarget(suite, 41000, 41002) if sip else WorkersTarget(suite, 41000, 41002)
+                SipGatewayTarget(suite, 41000, 41002, keep_core_awake=keep_core_awake)
+                if sip
+                else WorkersTarget(suite, 41000, 41002, keep_core_awake=keep_core_awake)
             )
         elif mode == "rtpengine":
             from bench.rtpengine import RtpengineTarget
@@ -99,7 +103,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     # Direct first: its latencies are the floor the others' added latency is measured from.
     modes.sort(key=lambda m: m != "direct")
     records = await sweep(
-        exe, _targets(modes, suite, sip=not args.no_sip), settings, progress=_progress
+        exe,
+        _targets(modes, suite, sip=not args.no_sip, keep_core_awake=args.keep_core_awake == "on"),
+        settings,
+        progress=_progress,
     )
     ceiling = generator_ceiling(records) if "direct" in modes else None
     caps = {m: capacity(records, m, ceiling) for m in modes}
@@ -162,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="measured seconds per run")
     parser.add_argument("--smoke", action="store_true", help="a few calls, a few seconds")
     parser.add_argument("--no-sip", action="store_true", help="gateway calls via control only")
+    parser.add_argument(
+        "--keep-core-awake",
+        choices=("on", "off"),
+        default="on" if DEFAULT_KEEP_CORE_AWAKE else "off",
+        help="the gateway's media.keep_core_awake",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     # The harness itself (and the gateway's signalling it starts) stays off the media core.

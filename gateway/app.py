@@ -97,6 +97,8 @@ class Gateway:
             workers=workers if workers is not None else (config.media.workers or None),
             inactivity_timeout=config.media.inactivity_timeout,
             dscp=config.media.dscp,
+            keep_core_awake=config.media.keep_core_awake,
+            pin_workers=config.media.pin_workers,
             on_idle=self._on_media_idle,
             on_worker_lost=self._on_worker_lost,
         )

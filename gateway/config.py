@@ -114,6 +114,14 @@ class MediaSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     inactivity_timeout: float = 60.0
     #: DSCP code point for media sockets (46 = EF, RFC 3246).
     dscp: int = 46
+    #: Keep each worker's core out of idle while media is dense (more than ~5000 packets/s):
+    #: a lowest-priority (SCHED_IDLE) thread spins on the core, so the next packet does not
+    #: wait for the core to wake up (1-3 ms on virtual machines). It only uses time the core
+    #: would idle, but the core then shows busy and draws more power. Needs the C fast path.
+    keep_core_awake: bool = True
+    #: Pin worker N to its own core (the (N+1)th allowed core; the first is left to the
+    #: signalling process and the system).
+    pin_workers: bool = True
 
 
 class AdminSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CORE_KEEPER_LABEL",
+    "CORE_KEEPER_THREAD",
     "CallLeg",
     "LoadResult",
     "ProcSample",
@@ -58,12 +60,24 @@ class CallLeg:
     provider_rx: bytes
 
 
+#: Thread name of the media worker's core keeper (``keeper_main`` in ``_fastpath.c``).
+CORE_KEEPER_THREAD = "core-keeper"
+#: Suffix of the ``cpu_pct`` label under which a process's core keeper is reported.
+CORE_KEEPER_LABEL = " (core keeper)"
+
+
 @dataclass
 class ProcSample:
-    """CPU seconds (user+system, whole process) and resident memory of one process."""
+    """CPU seconds (user+system) and resident memory of one process.
+
+    ``cpu`` leaves out the core-keeper thread, which runs at SCHED_IDLE and only takes time
+    the core would otherwise idle: counted as work, it would show a full core at any load.
+    Its time is ``keeper_cpu``.
+    """
 
     cpu: float
     rss: int
+    keeper_cpu: float = 0.0
 
 
 @dataclass
@@ -82,9 +96,19 @@ def proc_sample(pid: int) -> ProcSample | None:
         statm = Path(f"/proc/{pid}/statm").read_text().split()
     except OSError:
         return None
+    keeper = 0.0
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip() == CORE_KEEPER_THREAD:
+                    keeper += _cpu_seconds(Path(f"/proc/{pid}/task/{tid}/stat").read_text())
+    return ProcSample(_cpu_seconds(stat) - keeper, int(statm[1]) * _PAGE, keeper)
+
+
+def _cpu_seconds(stat: str) -> float:
     # Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     rest = stat.rsplit(")", 1)[1].split()
-    return ProcSample((int(rest[11]) + int(rest[12])) / _CLK_TCK, int(statm[1]) * _PAGE)
+    return (int(rest[11]) + int(rest[12])) / _CLK_TCK
 
 
 def raise_autogroup(pid: int) -> None:
@@ -273,5 +297,8 @@ def run_load(
         first = before.get(label)
         if first is not None:
             out.cpu_pct[label] = 100.0 * (sample.cpu - first.cpu) / elapsed
+            if sample.keeper_cpu:
+                keeper = sample.keeper_cpu - first.keeper_cpu
+                out.cpu_pct[label + CORE_KEEPER_LABEL] = 100.0 * keeper / elapsed
         out.rss_mib[label] = sample.rss / (1 << 20)
     return out

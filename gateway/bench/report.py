@@ -18,6 +18,8 @@ from typing import Any
 
 import msgspec
 
+from gateway.bench.loadgen import CORE_KEEPER_LABEL
+
 __all__ = [
     "MAX_LOSS_PCT",
     "MAX_P99_ADDED_US",
@@ -83,7 +85,11 @@ class RunRecord(msgspec.Struct, kw_only=True):
     @property
     def media_cpu_pct(self) -> float:
         """CPU of the media path (worker or relay process), % of one core."""
-        media = [v for k, v in self.cpu_pct.items() if k != "signalling"]
+        media = [
+            v
+            for k, v in self.cpu_pct.items()
+            if k != "signalling" and not k.endswith(CORE_KEEPER_LABEL)
+        ]
         return sum(media)
 
     def passes(self) -> bool:

@@ -25,7 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.bench.loadgen import PHONE_ADDRESS, PROVIDER_ADDRESS, CallLeg
-from gateway.bench.targets import GATEWAY_LAN_ADDRESS, GATEWAY_WAN_ADDRESS, children, pin
+from gateway.bench.targets import (
+    DEFAULT_KEEP_CORE_AWAKE,
+    GATEWAY_LAN_ADDRESS,
+    GATEWAY_WAN_ADDRESS,
+    children,
+    pin,
+)
 from gateway.certs.lab import make_lab
 from gateway.lab.phone import LabPhone, PhoneError
 from gateway.lab.provider import LabProvider, ProviderCall, Refused, answer_offer
@@ -131,7 +137,9 @@ _NO_CAP = (
 )
 
 
-def _config_text(provider_port: int, lan_port: int, suite: SrtpSuite, media_ports: int) -> str:
+def _config_text(
+    provider_port: int, lan_port: int, suite: SrtpSuite, media_ports: int, keep_core_awake: bool
+) -> str:
     """A gateway configuration for the benchmark: the lab layout, policy limits lifted.
 
     Rate limits, caps and the spike lock would (rightly) stop a thousand calls a second from
@@ -165,6 +173,7 @@ server_name = "{PROVIDER_NAME}"
 [media]
 workers = 1
 inactivity_timeout = 3600.0
+keep_core_awake = {"true" if keep_core_awake else "false"}
 
 [policy.allowlist]
 lan = ["{PHONE_ADDRESS}/32"]
@@ -214,8 +223,10 @@ class SipGatewayTarget:
         realtime: bool = True,
         other_cpu: int | None = 1,
         max_calls: int = 2000,
+        keep_core_awake: bool = DEFAULT_KEEP_CORE_AWAKE,
     ) -> None:
         self._suite = suite
+        self._keep_core_awake = keep_core_awake
         self._phone_port = phone_port
         self._provider_media = (PROVIDER_ADDRESS, provider_port)
         self._media_cpu = media_cpu
@@ -244,7 +255,13 @@ class SipGatewayTarget:
         self._lan_port = _free_udp_port(GATEWAY_LAN_ADDRESS)
         config = self._dir / "gateway.toml"
         config.write_text(
-            _config_text(self._provider.port, self._lan_port, self._suite, 4 * self._max_calls + 8)
+            _config_text(
+                self._provider.port,
+                self._lan_port,
+                self._suite,
+                4 * self._max_calls + 8,
+                self._keep_core_awake,
+            )
         )
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])

@@ -27,11 +27,13 @@ from gateway.bench.loadgen import (
     CallLeg,
     raise_autogroup,
 )
+from gateway.config import MediaSettings
 from gateway.media.control import SrtpKeying, StreamSpec
 from gateway.media.controller import MediaController
 from gateway.media.suites import SrtpSuite
 
 __all__ = [
+    "DEFAULT_KEEP_CORE_AWAKE",
     "GATEWAY_LAN_ADDRESS",
     "GATEWAY_WAN_ADDRESS",
     "DirectTarget",
@@ -40,6 +42,9 @@ __all__ = [
     "children",
     "pin",
 ]
+
+#: The gateway's own default (``media.keep_core_awake``), so a benchmark measures what runs.
+DEFAULT_KEEP_CORE_AWAKE = MediaSettings().keep_core_awake
 
 # Addresses of their own (not the lab's .10/.20/.21/.30), so a benchmark never collides with
 # interop tests or a demo running on the same host.
@@ -152,6 +157,7 @@ class WorkersTarget:
         media_cpu: int | None = 0,
         realtime: bool = True,
         first_port: int = 20000,
+        keep_core_awake: bool = DEFAULT_KEEP_CORE_AWAKE,
     ) -> None:
         self._suite = suite
         self._phone = (PHONE_ADDRESS, phone_port)
@@ -164,6 +170,7 @@ class WorkersTarget:
             wan_address=GATEWAY_WAN_ADDRESS,
             workers=1,
             inactivity_timeout=3600.0,
+            keep_core_awake=keep_core_awake,
         )
         self._open: list[str] = []
         self._round = 0

@@ -94,6 +94,8 @@ class MediaController:
         workers: int | None = None,
         inactivity_timeout: float = 60.0,
         dscp: int = 46,
+        keep_core_awake: bool = False,
+        pin_workers: bool = False,
         on_idle: Callable[[str], None] | None = None,
         on_worker_lost: Callable[[list[str]], None] | None = None,
     ) -> None:
@@ -105,6 +107,8 @@ class MediaController:
         self._wan_address = wan_address
         self._inactivity_timeout = inactivity_timeout
         self._dscp = dscp
+        self._keep_core_awake = keep_core_awake
+        self._pin_workers = pin_workers
         self.on_idle = on_idle
         self.on_worker_lost = on_worker_lost
         self._workers = [_WorkerHandle(slot) for slot in range(count)]
@@ -304,6 +308,17 @@ class MediaController:
         except (ConnectionError, OSError) as exc:
             raise MediaError(f"media worker {handle.slot}: {exc}") from None
 
+    def _worker_options(self, slot: int) -> list[str]:
+        """Worker command-line options beyond addresses and timers."""
+        options = ["--keep-core-awake"] if self._keep_core_awake else []
+        if self._pin_workers:
+            cores = sorted(os.sched_getaffinity(0))
+            if len(cores) > 1:
+                # Core 0 of the allowed set stays with the signalling process and the system;
+                # workers take the others in turn (and share them when there are more).
+                options += ["--cpu", str(cores[1 + slot % (len(cores) - 1)])]
+        return options
+
     async def _spawn(self, handle: _WorkerHandle) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -326,6 +341,7 @@ class MediaController:
                 repr(self._inactivity_timeout),
                 "--dscp",
                 str(self._dscp),
+                *self._worker_options(handle.slot),
                 pass_fds=(child.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
                 env=env,
