@@ -14,6 +14,7 @@
  * muxed on the WAN RTP port) is returned as (fd, data, source) for the full Python rules. A
  * lane is active only with SRTP keys (fail closed: it never sends plaintext to the WAN).
  */
+#define _GNU_SOURCE /* pthread_setname_np */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -25,7 +26,6 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -293,9 +293,6 @@ typedef struct {
 
 static void *keeper_main(void *arg) {
     Engine *e = arg;
-    struct sched_param param = {0};
-    (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &param);
-    (void)prctl(PR_SET_NAME, "core-keeper", 0, 0, 0);
     while (!__atomic_load_n(&e->keeper_stop, __ATOMIC_RELAXED)) {
         double until;
         __atomic_load(&e->hot_until, &until, __ATOMIC_RELAXED);
@@ -323,6 +320,10 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
             return -1;
         }
         self->has_keeper = 1;
+        /* Named and demoted by the creator, so both hold when this call returns. */
+        struct sched_param param = {0};
+        (void)pthread_setschedparam(self->keeper, SCHED_IDLE, &param);
+        (void)pthread_setname_np(self->keeper, "core-keeper");
     }
     return 0;
 }

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 
 import pylibsrtp
@@ -221,6 +223,117 @@ async def test_idle_call_reported_once() -> None:
         # Reported once: several more idle checks (every 0.1 s here) report nothing new.
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(idle.get(), 0.5)
+
+
+def require_fastpath() -> None:
+    if worker_module._fastpath is None:
+        if os.environ.get("CI"):
+            pytest.fail("the C fast path was not built (pip install -e . compiles it with gcc)")
+        pytest.skip("the C fast path is not built here")
+
+
+async def test_idle_check_sees_media_relayed_by_the_fast_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The idle check reads the fast path's last-packet stamps without folding its counters
+    (that fold, for every stream at once, was a pause of milliseconds at 1000 calls): a call
+    whose media only the C loop relays is not idle, a silent one beside it is."""
+    require_fastpath()
+    monkeypatch.setenv("GATEWAY_MEDIA_FASTPATH", "1")
+    idle: list[str] = []
+    async with MediaController(
+        lan_address=LAN, wan_address=WAN, workers=1, inactivity_timeout=0.3, on_idle=idle.append
+    ) as controller:
+        phone, provider = udp(PHONE_IP), udp(PROVIDER_IP)
+        try:
+            keying = SrtpKeying(suite=SUITE.value, master=os.urandom(SUITE.master_length))
+            lan_ports = {}
+            for call_id in ("talking", "quiet"):
+                with free_ports() as (lan_port, wan_port):
+                    spec = StreamSpec(
+                        lan_port=lan_port,
+                        wan_port=wan_port,
+                        phone_addr=phone.getsockname(),
+                        provider_addr=provider.getsockname(),
+                        wan_tx=keying,
+                        wan_rx=keying,
+                    )
+                    await controller.open_stream(call_id, 0, spec)
+                lan_ports[call_id] = lan_port
+            talking_port = lan_ports["talking"]
+            sent = 0
+            # Media every 50 ms (the pace of the test, not a wait for readiness) for about
+            # four inactivity timeouts, or until the silent call has been reported.
+            while sent < 25 and "quiet" not in idle:
+                sent += 1
+                phone.sendto(rtp(sent), (LAN, talking_port))
+                provider.recvfrom(2048)  # relayed (the first by Python, the rest in C)
+                await asyncio.sleep(0.05)
+            for _ in range(20):  # a few more packets, then the report must be there
+                if "quiet" in idle:
+                    break
+                sent += 1
+                phone.sendto(rtp(sent), (LAN, talking_port))
+                provider.recvfrom(2048)
+                await asyncio.sleep(0.05)
+            assert "quiet" in idle
+            assert "talking" not in idle
+            counters = (await controller.stats())["talking/0"]
+            assert counters.lan_in_packets == counters.wan_out_packets == sent
+        finally:
+            phone.close()
+            provider.close()
+
+
+def test_fast_path_poll_returns_at_its_timeout_and_keeper_thread_lives_with_the_engine() -> None:
+    """``Engine.poll`` stays in C between packets but still comes back to Python when its
+    timeout passes; the core keeper is a SCHED_IDLE thread that ends with its engine."""
+    require_fastpath()
+    fastpath = worker_module._fastpath
+    assert fastpath is not None
+
+    def keepers() -> list[int]:
+        found = []
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/comm") as comm:
+                if comm.read().strip() == "core-keeper":
+                    found.append(int(tid))
+        return found
+
+    before = keepers()
+    epoll = select.epoll()
+    try:
+        plain = fastpath.Engine(epoll.fileno())
+        assert plain.keeps_core_awake is False
+        start = time.monotonic()
+        now, events, packets = plain.poll(30)
+        assert (events, packets) == ([], [])
+        assert now - start >= 0.03
+        del plain
+
+        engine = fastpath.Engine(epoll.fileno(), keep_core_awake=True)
+        assert engine.keeps_core_awake is True
+        (keeper,) = set(keepers()) - set(before)
+        assert os.sched_getscheduler(keeper) == os.SCHED_IDLE
+        del engine  # joins the thread
+        assert keeper not in keepers()
+    finally:
+        epoll.close()
+
+
+async def test_workers_are_pinned_to_their_own_cores() -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("one core: nothing to pin to")
+    async with MediaController(
+        lan_address=LAN, wan_address=WAN, workers=1, pin_workers=True
+    ) as controller:
+        await controller.wait_running(TIMEOUT)
+        (pid,) = controller.worker_pids()
+        assert pid is not None
+        await controller.stats()  # a round trip: the worker is past its start-up
+        # The first allowed core stays with the signalling process.
+        assert os.sched_getaffinity(pid) == {cores[1]}
 
 
 async def test_dead_worker_is_restarted_and_calls_reported() -> None:
