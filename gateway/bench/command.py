@@ -40,7 +40,7 @@ from gateway.media.suites import SrtpSuite
 
 __all__ = ["add_bench_arguments", "cmd_bench"]
 
-DEFAULT_LEVELS = "50,100,200,300,400,500,600,700,800"
+DEFAULT_LEVELS = "50,100,200,400,600,800,1000,1200,1400"
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +64,7 @@ class _Progress:
         if record is not None:
             self.done += 1
         width = 30
-        filled = int(width * self.done / max(self.total, 1))
+        filled = min(width, int(width * self.done / max(self.total, 1)))  # retries: > total
         bar = "#" * filled + "-" * (width - filled)
         if record is None:
             text = f"[{bar}] {self.done}/{self.total}  {mode}: {calls} calls ..."
@@ -76,7 +76,7 @@ class _Progress:
             )
         if self.tty:
             sys.stderr.write("\r\x1b[2K" + text)
-            if record is not None and self.done == self.total:
+            if record is not None and self.done >= self.total:
                 sys.stderr.write("\n")
         elif record is not None:
             sys.stderr.write(text + "\n")

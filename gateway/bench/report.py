@@ -80,6 +80,8 @@ class RunRecord(msgspec.Struct, kw_only=True):
     #: Calls set up per second through SIP (gateway over SIP/TLS only).
     setup_per_s: float | None = None
     calls_failed: int = 0
+    #: Runs of this level thrown away first because the generator itself slipped (0 or 1).
+    repeated: int = 0
     per_direction: list[dict[str, Any]] = []
 
     @property
