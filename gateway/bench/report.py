@@ -94,6 +94,11 @@ class RunRecord(msgspec.Struct, kw_only=True):
         ]
         return sum(media)
 
+    @property
+    def keeper_cpu_pct(self) -> float:
+        """CPU of the media worker's core keeper: idle time it spun through, not work."""
+        return sum(v for k, v in self.cpu_pct.items() if k.endswith(CORE_KEEPER_LABEL))
+
     def passes(self) -> bool:
         return self.loss_pct < MAX_LOSS_PCT and self.added_latency_us.p99 < MAX_P99_ADDED_US
 
@@ -346,8 +351,15 @@ def standard_charts(records: Sequence[RunRecord]) -> list[str]:
             y_label="µs",
         ),
         line_chart(
-            "CPU of the media path",
-            series(lambda r: r.media_cpu_pct),
+            "CPU of the media path (core keeper: idle time kept awake, not work)",
+            {
+                **series(lambda r: r.media_cpu_pct),
+                **{
+                    f"{m} core keeper": points
+                    for m, points in series(lambda r: r.keeper_cpu_pct).items()
+                    if any(y > 0 for _, y in points)
+                },
+            },
             x_label="concurrent calls",
             y_label="% of one core",
             threshold=100.0,
