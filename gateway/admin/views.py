@@ -235,7 +235,7 @@ def call_views(gateway: Gateway, sample: MediaSample | None) -> list[dict[str, A
                 "state": str(pair.state),
                 "direction": info.get("direction")
                 or ("outbound" if pair.caller_side == "lan" else "inbound"),
-                "caller": info.get("caller") or getattr(pair.request.from_.uri, "user", None),
+                "caller": info.get("caller") or getattr(pair.caller.remote.uri, "user", None),
                 "callee": info.get("callee"),
                 "phone": info.get("phone"),
                 "provider": info.get("provider"),

@@ -88,7 +88,7 @@ def _parse_mki(text: str) -> tuple[int, int]:
     return mki_value, mki_length
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, slots=True)
 class CryptoAttribute:
     """One ``a=crypto`` line's value.
 

@@ -43,6 +43,7 @@ Security rules (DESIGN.md invariants 1, 2, 4)
 from __future__ import annotations
 
 import enum
+import hashlib
 import secrets
 from dataclasses import dataclass, field
 
@@ -125,7 +126,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Slot:
     """One m-line's resources, kept for the whole call."""
 
@@ -135,7 +136,7 @@ class _Slot:
     offered_masters: dict[SrtpSuite, bytes] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _PhoneSide:
     addr: tuple[str, int] | None
     rtcp_addr: tuple[str, int] | None
@@ -145,7 +146,7 @@ class _PhoneSide:
     proto: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _ProviderSide:
     addr: tuple[str, int] | None
     rtcp_addr: tuple[str, int] | None
@@ -158,7 +159,7 @@ class _ProviderSide:
     proto: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Agreed:
     """One m-line once offer and answer are both known."""
 
@@ -169,7 +170,7 @@ class _Agreed:
     rtcp_mux: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _LanOffer:
     """A phone offer we forwarded, per m-line: None when disabled."""
 
@@ -180,7 +181,7 @@ class _LanOffer:
     mirror: list[tuple[str, str, list[str]]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _WanOffer:
     provider: list[_ProviderSide | None]
     mirror: list[tuple[str, str, list[str]]]
@@ -197,6 +198,8 @@ class _OriginKeeper:
         # Random, not clock-derived: this module has no clock, and it leaks nothing.
         self.sess_id = str(secrets.randbelow(9 * 10**11) + 10**11)
         self.version = 1
+        # A digest of the last body's shape, not the body: only "did it change" is ever asked,
+        # and a call holds two keepers for as long as it lasts.
         self._last: bytes | None = None
 
     def _origin(self, version: int) -> Origin:
@@ -205,7 +208,7 @@ class _OriginKeeper:
 
     def stamp(self, sd: SessionDescription) -> bytes:
         sd.origin = self._origin(0)
-        shape = bytes(sd)
+        shape = hashlib.blake2b(bytes(sd), digest_size=16).digest()
         if self._last is not None and shape != self._last:
             self.version += 1
         self._last = shape

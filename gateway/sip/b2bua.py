@@ -48,7 +48,7 @@ from gateway.sdp.errors import SdpError
 from gateway.sdp.negotiation import CallMedia, MediaPolicy, MediaRefused
 from gateway.sip.actions import Action, CallEvent, MediaCommand, SecurityNotice, SendMessage
 from gateway.sip.dialog import Leg, copy_headers
-from gateway.sip.errors import SipError, SipParseError
+from gateway.sip.errors import SipError, SipParseError, TransactionStateError
 from gateway.sip.events import (
     RequestReceived,
     ResponseReceived,
@@ -160,9 +160,15 @@ class EdgeSettings:
     default_expires: int = 3600
 
 
-@dataclass
+@dataclass(slots=True)
 class DialogPair:
-    """One call or subscription through the gateway: two legs and what links them."""
+    """One call or subscription through the gateway: two legs and what links them.
+
+    The parsed dialog-creating requests (the caller's and ours to the callee) are what the
+    set-up needs: answers to the caller, CANCEL, Record-Route. Once the dialog is confirmed
+    only a few of their fields are ever asked for again, kept apart (``origin``, ``branch``,
+    ``outgoing_cseq``), and the messages are let go: a call can last hours.
+    """
 
     key: str
     method: str
@@ -171,12 +177,19 @@ class DialogPair:
     caller_side: Side
     #: The caller's server transaction for the dialog-creating request.
     server_key: str
-    request: SipRequest
+    #: The caller's dialog-creating request; None once the dialog is confirmed.
+    request: SipRequest | None
+    #: (side, Call-ID, From tag, CSeq) of that request (§8.2.2.2 merged-request detection).
+    origin: tuple[Side, str, str | None, int]
+    #: Its top Via branch: the same request by another path is a loop.
+    branch: str | None
     media: CallMedia | None = None
     state: PairState = PairState.CALLING
     client_key: str | None = None
-    #: The request we sent to the callee (for CANCEL, §9.1).
+    #: The request we sent to the callee (for CANCEL, §9.1); None once confirmed.
     outgoing: SipRequest | None = None
+    #: Its CSeq number, which a PRACK's RAck names on the callee leg (RFC 3262 §7.2).
+    outgoing_cseq: int = 0
     #: Callee-side to-tag -> caller-side to-tag, one per early dialog (forking, §13.2.2.4).
     tag_map: dict[str, str] = field(default_factory=dict)
     provisional_seen: bool = False
@@ -205,11 +218,22 @@ class DialogPair:
     def leg(self, side: Side) -> Leg:
         return self.caller if side == self.caller_side else self.callee
 
+    def initial_request(self) -> SipRequest:
+        """The caller's dialog-creating request, asked for only while the dialog is set up."""
+        if self.request is None:
+            raise TransactionStateError(f"{self.key}: dialog confirmed, its request is gone")
+        return self.request
+
+    def confirmed(self) -> None:
+        """The 2xx went to the caller: drop the set-up messages (see the class docstring)."""
+        self.request = None
+        self.outgoing = None
+
     def other(self, side: Side) -> Side:
         return Side.WAN if side == Side.LAN else Side.LAN
 
 
-@dataclass
+@dataclass(slots=True)
 class _Retransmission:
     peer: Peer
     data: bytes
@@ -219,20 +243,28 @@ class _Retransmission:
     side: Side
 
 
-@dataclass
+@dataclass(slots=True)
 class _Relay:
     """A request relayed from one side to the other, awaiting its response."""
 
     pair: DialogPair | None
     from_side: Side
     server_key: str
-    request: SipRequest
+    #: None for a pair's dialog-creating request: its responses and its timeout are handled
+    #: through the pair, which keeps that request only until the dialog is confirmed.
+    request: SipRequest | None
     #: For REGISTER: the binding.
     binding: Binding | None = None
     #: The gateway's own PRACK (caller without 100rel): no one to answer.
     internal: bool = False
     #: Where the original request came from (for brute-force accounting).
     source: Peer | None = None
+
+    def original(self) -> SipRequest:
+        """The relayed request (any but a pair's dialog-creating one, see ``request``)."""
+        if self.request is None:
+            raise TransactionStateError("a dialog-creating request is answered through its pair")
+        return self.request
 
 
 class B2bua:
@@ -478,9 +510,10 @@ class B2bua:
             if relay is not None:
                 self._on_timeout(side, relay, now)
         elif isinstance(event, TransactionTerminated):
-            relay = self._relays.get((side, event.key))
-            if relay is not None and (relay.pair is None or relay.pair.state == PairState.ENDED):
-                self._relays.pop((side, event.key), None)
+            # A terminated transaction passes nothing up any more (§17.1.1.2: 2xx that arrive
+            # later are stray), so its relay has no use left. Kept for a live pair, the INVITE's
+            # relay outlived the call and held the whole ended pair.
+            self._relays.pop((side, event.key), None)
             self._by_server.pop((side, event.key), None)
 
     # ------------------------------------------------------------- requests
@@ -721,7 +754,7 @@ class B2bua:
             return
         existing = self._pair_for_retransmission(side, request)
         if existing is not None:
-            if existing.request.top_via.branch != request.top_via.branch:
+            if existing.branch != request.top_via.branch:
                 # §8.2.2.2: the same request reached us again by another path (a loop or a
                 # fork that came back): merged request.
                 self._count("loop_detected")
@@ -773,6 +806,8 @@ class B2bua:
             caller_side=side,
             server_key=event.key,
             request=request,
+            origin=_origin(side, request),
+            branch=request.top_via.branch,
             started=now,
             caller_supports_100rel=_has_tag(request, "100rel"),
         )
@@ -800,7 +835,7 @@ class B2bua:
         elif request.body:
             body = request.body
         self._pairs[pair.key] = pair
-        self._by_origin[_origin(side, request)] = pair
+        self._by_origin[pair.origin] = pair
         self._by_server[(side, event.key)] = pair
         assert caller.local_tag is not None
         self._dialogs[(side, caller.call_id, caller.local_tag)] = pair
@@ -824,6 +859,7 @@ class B2bua:
                 outgoing.set("Replaces", mapped)
         outgoing.set("User-Agent", self.settings.user_agent)
         pair.outgoing = outgoing
+        pair.outgoing_cseq = outgoing.cseq.seq
         pair.client_key = self._send_request(pair.other(side), outgoing, callee.peer, now)
         if self.policy is not None and side == Side.LAN and method == "INVITE":
             e164 = number.number if number is not None else (_ruri_user(request) or "")
@@ -836,7 +872,7 @@ class B2bua:
                 emergency=bool(number and number.kind == "emergency"),
             )
             pair.caps_counted = True
-        self._relays[(pair.other(side), pair.client_key)] = _Relay(pair, side, event.key, request)
+        self._relays[(pair.other(side), pair.client_key)] = _Relay(pair, side, event.key, None)
         self._emit(
             CallEvent(
                 "started",
@@ -1058,8 +1094,8 @@ class B2bua:
         if rack is None:
             return
         parts = rack.split()
-        if len(parts) == 3 and pair.outgoing is not None:
-            parts[1] = str(pair.outgoing.cseq.seq)
+        if len(parts) == 3 and pair.outgoing_cseq:
+            parts[1] = str(pair.outgoing_cseq)
         outgoing.set("RAck", " ".join(parts))
 
     def _on_ack(self, side: Side, pair: DialogPair, ack: SipRequest, now: float) -> None:
@@ -1089,7 +1125,7 @@ class B2bua:
             return
         self._reply(side, event.key, request, 200)
         pair.cancelled = True
-        self._reply(side, pair.server_key, pair.request, 487)
+        self._reply(side, pair.server_key, pair.initial_request(), 487)
         self._emit(CallEvent("cancelled", pair.caller.call_id, {"by": side.value}))
         self._cancel_callee(pair, now)
 
@@ -1269,7 +1305,7 @@ class B2bua:
                     granted = _int(contact.params.get("expires"), -1)
             if granted is None or granted < 0:
                 granted = _int(response.get("Expires"), binding.last_expires)
-            if relay.request.is_wildcard_contact or granted == 0:
+            if relay.original().is_wildcard_contact or granted == 0:
                 for b in self.registrations.for_aor(binding.aor):
                     self.registrations.remove(b)
             else:
@@ -1284,7 +1320,7 @@ class B2bua:
         if relay.internal:
             return
         # §8.2.6.2: a final response carries a To tag (the provider's belongs to the WAN leg).
-        reply = make_response(relay.request, status, response.reason, to_tag=new_tag())
+        reply = make_response(relay.original(), status, response.reason, to_tag=new_tag())
         copy_headers(response, reply, _RESPONSE_COPY)
         if 200 <= status < 300:
             for b in self.registrations.for_aor(binding.aor):
@@ -1294,7 +1330,7 @@ class B2bua:
             if date:
                 reply.add("Date", date)
         self._send_response(Side.LAN, relay.server_key, reply, now)
-        self._report_auth(relay.request, relay.source, status)
+        self._report_auth(relay.original(), relay.source, status)
 
     # ------------------------------------------------------------- responses
 
@@ -1305,7 +1341,7 @@ class B2bua:
             if response.status >= 200:
                 self._relays.pop((side, key), None)
                 if not relay.internal:
-                    self._register_answered(str(relay.request.to.uri))
+                    self._register_answered(str(relay.original().to.uri))
             self._on_register_response(relay, response, now)
             return
         pair = relay.pair
@@ -1318,14 +1354,14 @@ class B2bua:
             return
         if response.status == 100:
             return
-        reply = make_response(relay.request, response.status, response.reason)
+        reply = make_response(relay.original(), response.status, response.reason)
         if pair is not None:
             leg = pair.leg(relay.from_side)
-            if leg.local.tag and not relay.request.to.tag:
-                reply.set("To", str(relay.request.to.with_tag(leg.local.tag)))
+            if leg.local.tag and not relay.original().to.tag:
+                reply.set("To", str(relay.original().to.with_tag(leg.local.tag)))
         copy_headers(response, reply, _RESPONSE_COPY)
         body = response.body
-        method = relay.request.method
+        method = relay.original().method
         if pair is not None and 200 <= response.status < 300:
             pair.leg(side).learn_target_refresh(response) if method in (
                 "INVITE",
@@ -1345,7 +1381,7 @@ class B2bua:
                 self._emit(CallEvent("refused", pair.caller.call_id, {"reason": exc.warning}))
                 if method == "INVITE" and 200 <= response.status < 300:
                     self._send_ack(pair, side, response.cseq.seq, b"")
-                reply = make_response(relay.request, 488)
+                reply = make_response(relay.original(), 488)
                 reply.add("Warning", f'399 gateway "{_quote(exc.warning)}"')
                 self._send_response(relay.from_side, relay.server_key, reply, now)
                 return
@@ -1415,7 +1451,7 @@ class B2bua:
         if status >= 300:
             self._relays.pop((callee_side, pair.client_key or ""), None)
             reply = make_response(
-                pair.request, status, response.reason, to_tag=pair.caller.local_tag
+                pair.initial_request(), status, response.reason, to_tag=pair.caller.local_tag
             )
             copy_headers(response, reply, _RESPONSE_COPY)
             if status in (401, 407) and caller_side == Side.LAN and pair.method == "INVITE":
@@ -1428,7 +1464,7 @@ class B2bua:
                     now,
                 )
             self._send_response(caller_side, pair.server_key, reply, now)
-            self._report_auth(pair.request, pair.caller.peer, status)
+            self._report_auth(pair.initial_request(), pair.caller.peer, status)
             self._emit(
                 CallEvent("failed", pair.caller.call_id, {"status": status, "pair": pair.key})
             )
@@ -1451,13 +1487,14 @@ class B2bua:
                 refusal = MediaRefused(f"unusable SDP from the other side: {exc.reason}")
                 self._refuse_answer(pair, response, refusal, now)
                 return
-        reply = make_response(pair.request, status, response.reason, to_tag=reply_tag)
+        request = pair.initial_request()
+        reply = make_response(request, status, response.reason, to_tag=reply_tag)
         copy_headers(response, reply, _RESPONSE_COPY)
         copy_headers(response, reply, ("Allow", "Supported"))
         reply.add("Contact", pair.caller.contact)
         # §12.1.1: the UAS copies the request's Record-Route into dialog-creating responses,
         # or the proxies on the caller's path drop out of the dialog.
-        for record_route in pair.request.get_all("Record-Route"):
+        for record_route in request.get_all("Record-Route"):
             reply.add("Record-Route", record_route)
         if body:
             reply.body = body
@@ -1506,6 +1543,7 @@ class B2bua:
             )
         else:
             self._send_response(caller_side, pair.server_key, reply, now)
+        pair.confirmed()
 
     def _caller_tag_for(self, pair: DialogPair, callee_tag: str) -> str:
         """One caller-side to-tag per callee early dialog (§12.1.1: each fork is a dialog)."""
@@ -1549,7 +1587,7 @@ class B2bua:
         elif pair.outgoing is not None:
             pair.provisional_seen = True
             self._send_request(callee_side, _build_cancel(pair.outgoing), pair.callee.peer, now)
-        reply = make_response(pair.request, 488, to_tag=pair.caller.local_tag)
+        reply = make_response(pair.initial_request(), 488, to_tag=pair.caller.local_tag)
         reply.add("Warning", f'399 gateway "{_quote(exc.warning)}"')
         self._send_response(pair.caller_side, pair.server_key, reply, now)
         pair.cancelled = True
@@ -1590,8 +1628,8 @@ class B2bua:
         pair = relay.pair
         if relay.binding is not None:
             if not relay.internal:
-                self._register_answered(str(relay.request.to.uri))
-                self._reply(Side.LAN, relay.server_key, relay.request, 408)
+                self._register_answered(str(relay.original().to.uri))
+                self._reply(Side.LAN, relay.server_key, relay.original(), 408)
             return
         if relay.internal:
             return
@@ -1602,8 +1640,8 @@ class B2bua:
         ):
             self._fail_caller(pair, 408, "no answer from the other side", now)
             return
-        self._reply(relay.from_side, relay.server_key, relay.request, 408)
-        if pair is not None and relay.request.method in ("BYE",):
+        self._reply(relay.from_side, relay.server_key, relay.original(), 408)
+        if pair is not None and relay.original().method in ("BYE",):
             self._forget(pair)
 
     # ----------------------------------------------------------------- media
@@ -1669,7 +1707,7 @@ class B2bua:
 
     def _fail_caller(self, pair: DialogPair, status: int, reason: str, now: float) -> None:
         if pair.state in (PairState.CALLING, PairState.EARLY) and not pair.cancelled:
-            reply = make_response(pair.request, status, to_tag=pair.caller.local_tag)
+            reply = make_response(pair.initial_request(), status, to_tag=pair.caller.local_tag)
             reply.add("Warning", f'399 gateway "{_quote(reason)}"')
             self._send_response(pair.caller_side, pair.server_key, reply, now)
             pair.cancelled = True
@@ -1706,9 +1744,8 @@ class B2bua:
         self._forget(pair)
 
     def _forget(self, pair: DialogPair) -> None:
-        origin = _origin(pair.caller_side, pair.request)
-        if self._by_origin.get(origin) is pair:
-            del self._by_origin[origin]
+        if self._by_origin.get(pair.origin) is pair:
+            del self._by_origin[pair.origin]
         self._retransmitting.pop(pair.key, None)
         if pair.caps_counted and self.policy is not None:
             pair.caps_counted = False

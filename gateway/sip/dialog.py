@@ -18,7 +18,7 @@ from gateway.sip.peer import Peer, Side
 from gateway.sip.uri import AbsoluteUri, SipUri
 
 
-@dataclass
+@dataclass(slots=True)
 class Leg:
     """The gateway's half of one dialog on one side."""
 

@@ -217,7 +217,7 @@ def unquote(text: str) -> str:
     return text
 
 
-@dataclass
+@dataclass(slots=True)
 class NameAddr:
     """A From, To, Contact, Route, Record-Route or Refer-To value (§20.10, §20.20, §20.39)."""
 
@@ -309,7 +309,7 @@ _SENT_PROTOCOL = re.compile(
 )
 
 
-@dataclass
+@dataclass(slots=True)
 class Via:
     """One Via header value (§20.42): sent-protocol, sent-by and via-params."""
 
@@ -406,7 +406,7 @@ _CSEQ = re.compile(rf"[ \t]*([0-9]+)[ \t]+({TOKEN})[ \t]*")
 CSEQ_LIMIT = 2**31
 
 
-@dataclass
+@dataclass(slots=True)
 class CSeq:
     """The CSeq header (§20.16): sequence number and method."""
 

@@ -18,7 +18,7 @@ class Side(StrEnum):
     WAN = "wan"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Peer:
     """A transport-level SIP peer: side, transport, address and, for streams, the connection."""
 

@@ -120,8 +120,7 @@ class Transaction(ABC):
     ) -> None:
         #: The key the TU knows this transaction by.
         self.key = key
-        #: The request that created it.
-        self.request = request
+        self._request: SipRequest | None = request
         #: Where requests (client) or responses (server) are sent.
         self.peer = peer
         #: Whether the transport is reliable (TCP, TLS): no retransmissions.
@@ -132,6 +131,19 @@ class Transaction(ABC):
         self.timers: dict[str, float] = {}
         #: Current retransmission interval of Timer A, E or G.
         self.interval = settings.t1
+
+    @property
+    def request(self) -> SipRequest:
+        """The request that created the transaction (until ``_release_request``)."""
+        if self._request is None:
+            raise TransactionStateError(f"{self.key}: request no longer kept in {self.state.value}")
+        return self._request
+
+    def _release_request(self) -> None:
+        # RFC 6026 Accepted states outlive the call set-up by 64*T1 and never look at the
+        # request again: a parsed INVITE (and our 2xx) held that long was most of what an
+        # established call cost in memory.
+        self._request = None
 
     @abstractmethod
     def on_timer(self, name: str, at: float, out: Outbox) -> None:
@@ -205,6 +217,7 @@ class InviteClientTransaction(Transaction):
             elif status < 300:
                 self.state = TransactionState.ACCEPTED
                 self.timers["M"] = now + 64 * self.settings.t1
+                self._release_request()  # Accepted only passes 2xx up and never resends
             else:
                 self.state = TransactionState.COMPLETED
                 self.ack = build_ack(self.request, response)
@@ -293,6 +306,10 @@ class InviteServerTransaction(Transaction):
         if status < 300:
             self.state = TransactionState.ACCEPTED
             self.timers["L"] = now + 64 * self.settings.t1
+            # The TU retransmits its 2xx (RFC 6026 §8.5); in Accepted this transaction only
+            # absorbs INVITE retransmissions, so neither the INVITE nor the 2xx is kept.
+            self.last_response = None
+            self._release_request()
             return
         self.state = TransactionState.COMPLETED
         if not self.reliable:

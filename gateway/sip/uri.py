@@ -90,7 +90,7 @@ def _lookup(params: dict[str, str | None], name: str) -> tuple[bool, str | None]
     return False, None
 
 
-@dataclass
+@dataclass(slots=True)
 class SipUri:
     """A sip: or sips: URI (§19.1). Components hold the text as written, escapes undecoded."""
 
@@ -150,7 +150,7 @@ class SipUri:
         return text
 
 
-@dataclass
+@dataclass(slots=True)
 class AbsoluteUri:
     """A URI of another scheme (tel:, http:, unknown), kept opaque (§25.1 absoluteURI)."""
 
