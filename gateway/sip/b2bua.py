@@ -538,7 +538,13 @@ class B2bua:
             else:
                 target = request.to if method == "REGISTER" else request.from_
                 to_user = _user(target)
-                known = bool(to_user) and any(b.user == to_user for b in self.registrations.all())
+                # A request inside a dialog (To tag) belongs to a call the gateway let through
+                # (or gets 481 and learns nothing): never evidence of enumeration. Phones that
+                # do not register (static set-ups) behind one address otherwise got the site
+                # banned by the ACKs of their tenth call.
+                known = request.to.tag is not None or (
+                    bool(to_user) and any(b.user == to_user for b in self.registrations.all())
+                )
         else:
             to_user = _ruri_user(request)
             known = to_user is None or self._binding_for_user(to_user, now) is not None

@@ -593,6 +593,29 @@ def test_scanner_user_agent_is_dropped_silently_and_banned() -> None:
     assert [b.address for b in h.core.policy.bans(h.now)] == [PHONE_IP]  # type: ignore[union-attr]
 
 
+def test_calls_of_unregistered_phones_behind_one_address_are_not_enumeration() -> None:
+    """Phones that never REGISTER (static set-ups) behind one address: a dozen calls whose
+    ACKs and BYEs name a dozen different users. In-dialog requests belong to calls the
+    gateway let through; counted as unknown users, the tenth phone's ACK banned the site."""
+    h = policy_harness()
+    for n in range(12):
+        call_id = f"call-{n}@phone"
+
+        def as_phone(text: str, n: int = n) -> str:
+            return text.replace("sip:1001@", f"sip:1{n:03d}@")
+
+        h.from_phone(as_phone(phone_request("INVITE", body=phone_sdp(), call_id=call_id)))
+        [invite] = only(h.take_wan(), SipRequest)
+        h.from_provider(respond(invite, 200, body=provider_answer(invite.body)))
+        ok = only(h.take_lan(), SipResponse)[-1]
+        assert ok.status == 200
+        h.from_phone(as_phone(phone_request("ACK", call_id=call_id, to_tag=ok.to.tag)))
+        h.from_phone(as_phone(phone_request("BYE", cseq=2, call_id=call_id, to_tag=ok.to.tag)))
+        assert [m.method for m in only(h.take_wan(), SipRequest)] == ["ACK", "BYE"]
+        h.advance(3.0)
+    assert h.core.policy.bans(h.now) == []  # type: ignore[union-attr]
+
+
 def test_source_outside_the_lan_allowlist_gets_nothing() -> None:
     settings = PolicySettings(allowlist=AllowlistSettings(lan=("192.0.2.0/24",)))
     h = Harness(policy=PolicyEngine(settings))
