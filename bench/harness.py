@@ -60,22 +60,33 @@ def _progress(mode: str, calls: int, record: RunRecord | None) -> None:
 
 
 def _targets(
-    modes: list[str], suite: SrtpSuite, sip: bool, keep_core_awake: bool = DEFAULT_KEEP_CORE_AWAKE
+    modes: list[str],
+    suite: SrtpSuite,
+    sip: bool,
+    keep_core_awake: bool = DEFAULT_KEEP_CORE_AWAKE,
+    realtime_priority: int = 0,
 ) -> list[Target]:
+    """The systems to sweep. ``realtime_priority`` goes to both relays alike: the gateway's
+    ``media.realtime_priority`` (its packet loop) and every rtpengine thread."""
+    rt = realtime_priority
     out: list[Target] = []
     for mode in modes:
         if mode == "direct":
             out.append(DirectTarget(suite, 41000, 41002))
         elif mode == "gateway":
             out.append(
-                SipGatewayTarget(suite, 41000, 41002, keep_core_awake=keep_core_awake)
+                SipGatewayTarget(
+                    suite, 41000, 41002, keep_core_awake=keep_core_awake, realtime_priority=rt
+                )
                 if sip
-                else WorkersTarget(suite, 41000, 41002, keep_core_awake=keep_core_awake)
+                else WorkersTarget(
+                    suite, 41000, 41002, keep_core_awake=keep_core_awake, realtime_priority=rt
+                )
             )
         elif mode == "rtpengine":
             from bench.rtpengine import RtpengineTarget
 
-            out.append(RtpengineTarget(suite, 41000, 41002))
+            out.append(RtpengineTarget(suite, 41000, 41002, fifo=rt))
         else:
             raise SystemExit(f"unknown mode {mode!r}")
     return out
@@ -104,7 +115,13 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     modes.sort(key=lambda m: m != "direct")
     records = await sweep(
         exe,
-        _targets(modes, suite, sip=not args.no_sip, keep_core_awake=args.keep_core_awake == "on"),
+        _targets(
+            modes,
+            suite,
+            sip=not args.no_sip,
+            keep_core_awake=args.keep_core_awake == "on",
+            realtime_priority=args.realtime_priority,
+        ),
         settings,
         progress=_progress,
     )
@@ -124,6 +141,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             "duration_s": settings.duration,
             "warmup_s": settings.warmup,
             "gateway_calls_via": "workers" if args.no_sip else "SIP (UDP phones, TLS provider)",
+            "media_sched_fifo_priority": args.realtime_priority,
+            "gateway_keep_core_awake": args.keep_core_awake == "on",
         },
         "suite": suite.value,
         "runs": [msgspec.to_builtins(r) for r in records],
@@ -174,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=("on", "off"),
         default="on" if DEFAULT_KEEP_CORE_AWAKE else "off",
         help="the gateway's media.keep_core_awake",
+    )
+    parser.add_argument(
+        "--realtime-priority",
+        type=int,
+        default=1,
+        help="SCHED_FIFO priority of both relays' media path (0: normal scheduling)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)

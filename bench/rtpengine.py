@@ -63,12 +63,14 @@ class RtpengineTarget:
         media_cpu: int | None = 0,
         realtime: bool = True,
         threads: int = 1,
+        fifo: int = 0,
     ) -> None:
         self._suite = suite
         self._phone_port = phone_port
         self._provider_port = provider_port
         self._media_cpu = media_cpu
         self._realtime = realtime
+        self._fifo = fifo
         self._dir = Path(tempfile.mkdtemp(prefix="bench-rtpengine-"))
         # One worker thread: the media path gets one core, as the gateway's worker does.
         self._process = Rtpengine(
@@ -83,7 +85,7 @@ class RtpengineTarget:
 
     async def start(self) -> None:
         self._process.start()
-        pin(self._process.pid, self._media_cpu, realtime=self._realtime)
+        pin(self._process.pid, self._media_cpu, realtime=self._realtime, fifo=self._fifo)
 
     async def open_calls(self, n: int) -> list[CallLeg]:
         self._round += 1
@@ -145,7 +147,7 @@ class RtpengineTarget:
             legs.append(
                 CallLeg((lan_host, lan_port), (wan_host, wan_port), provider_tx, gateway_tx)
             )
-        pin(self._process.pid, self._media_cpu, realtime=self._realtime)
+        pin(self._process.pid, self._media_cpu, realtime=self._realtime, fifo=self._fifo)
         return legs
 
     async def close_calls(self) -> None:

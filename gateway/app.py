@@ -99,6 +99,7 @@ class Gateway:
             dscp=config.media.dscp,
             keep_core_awake=config.media.keep_core_awake,
             pin_workers=config.media.pin_workers,
+            realtime_priority=config.media.realtime_priority,
             on_idle=self._on_media_idle,
             on_worker_lost=self._on_worker_lost,
         )

@@ -138,7 +138,12 @@ _NO_CAP = (
 
 
 def _config_text(
-    provider_port: int, lan_port: int, suite: SrtpSuite, media_ports: int, keep_core_awake: bool
+    provider_port: int,
+    lan_port: int,
+    suite: SrtpSuite,
+    media_ports: int,
+    keep_core_awake: bool,
+    realtime_priority: int = 0,
 ) -> str:
     """A gateway configuration for the benchmark: the lab layout, policy limits lifted.
 
@@ -174,6 +179,7 @@ server_name = "{PROVIDER_NAME}"
 workers = 1
 inactivity_timeout = 3600.0
 keep_core_awake = {"true" if keep_core_awake else "false"}
+realtime_priority = {realtime_priority}
 
 [policy.allowlist]
 lan = ["{PHONE_ADDRESS}/32"]
@@ -224,9 +230,11 @@ class SipGatewayTarget:
         other_cpu: int | None = 1,
         max_calls: int = 2000,
         keep_core_awake: bool = DEFAULT_KEEP_CORE_AWAKE,
+        realtime_priority: int = 0,
     ) -> None:
         self._suite = suite
         self._keep_core_awake = keep_core_awake
+        self._realtime_priority = realtime_priority
         self._phone_port = phone_port
         self._provider_media = (PROVIDER_ADDRESS, provider_port)
         self._media_cpu = media_cpu
@@ -261,6 +269,7 @@ class SipGatewayTarget:
                 self._suite,
                 4 * self._max_calls + 8,
                 self._keep_core_awake,
+                self._realtime_priority,
             )
         )
         env = dict(os.environ)

@@ -72,11 +72,13 @@ class Target(Protocol):
         ...
 
 
-def pin(pid: int, cpu: int | None, *, realtime: bool = False) -> None:
+def pin(pid: int, cpu: int | None, *, realtime: bool = False, fifo: int = 0) -> None:
     """Pin every thread of ``pid`` to ``cpu`` (no-op for None or a single-core host).
 
     ``realtime`` also gives every thread nice -20 (root only; ignored otherwise), which keeps
-    other programs on a shared host from taking the media path's core.
+    other programs on a shared host from taking the media path's core. ``fifo`` > 0 puts every
+    thread under SCHED_FIFO at that priority (for a relay without a setting of its own; the
+    gateway sets its packet loop's priority itself, from ``media.realtime_priority``).
     """
     if realtime:
         raise_autogroup(pid)
@@ -91,6 +93,8 @@ def pin(pid: int, cpu: int | None, *, realtime: bool = False) -> None:
             os.sched_setaffinity(tid, {cpu})
             if realtime:
                 os.setpriority(os.PRIO_PROCESS, tid, HIGH_PRIORITY_NICE)
+            if fifo:
+                os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(fifo))
         except OSError:
             continue  # a thread that just ended, or no right to real-time priority
 
@@ -158,6 +162,7 @@ class WorkersTarget:
         realtime: bool = True,
         first_port: int = 20000,
         keep_core_awake: bool = DEFAULT_KEEP_CORE_AWAKE,
+        realtime_priority: int = 0,
     ) -> None:
         self._suite = suite
         self._phone = (PHONE_ADDRESS, phone_port)
@@ -171,6 +176,7 @@ class WorkersTarget:
             workers=1,
             inactivity_timeout=3600.0,
             keep_core_awake=keep_core_awake,
+            realtime_priority=realtime_priority,
         )
         self._open: list[str] = []
         self._round = 0

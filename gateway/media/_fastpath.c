@@ -319,10 +319,17 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
             PyErr_SetFromErrno(PyExc_OSError);
             return -1;
         }
-        self->has_keeper = 1;
-        /* Named and demoted by the creator, so both hold when this call returns. */
+        /* Named and demoted by the creator, so both hold when this call returns. A keeper
+         * that cannot be SCHED_IDLE (a seccomp filter, say) would compete with the worker
+         * for its core: then there is none. */
         struct sched_param param = {0};
-        (void)pthread_setschedparam(self->keeper, SCHED_IDLE, &param);
+        if (pthread_setschedparam(self->keeper, SCHED_IDLE, &param) != 0) {
+            __atomic_store_n(&self->keeper_stop, 1, __ATOMIC_RELAXED);
+            pthread_join(self->keeper, NULL);
+            self->keeper_stop = 0;
+            return 0;
+        }
+        self->has_keeper = 1;
         (void)pthread_setname_np(self->keeper, "core-keeper");
     }
     return 0;

@@ -96,6 +96,7 @@ class MediaController:
         dscp: int = 46,
         keep_core_awake: bool = False,
         pin_workers: bool = False,
+        realtime_priority: int = 0,
         on_idle: Callable[[str], None] | None = None,
         on_worker_lost: Callable[[list[str]], None] | None = None,
     ) -> None:
@@ -109,6 +110,7 @@ class MediaController:
         self._dscp = dscp
         self._keep_core_awake = keep_core_awake
         self._pin_workers = pin_workers
+        self._realtime_priority = realtime_priority
         self.on_idle = on_idle
         self.on_worker_lost = on_worker_lost
         self._workers = [_WorkerHandle(slot) for slot in range(count)]
@@ -311,6 +313,8 @@ class MediaController:
     def _worker_options(self, slot: int) -> list[str]:
         """Worker command-line options beyond addresses and timers."""
         options = ["--keep-core-awake"] if self._keep_core_awake else []
+        if self._realtime_priority:
+            options += ["--realtime-priority", str(self._realtime_priority)]
         if self._pin_workers:
             cores = sorted(os.sched_getaffinity(0))
             if len(cores) > 1:

@@ -563,6 +563,7 @@ def run_worker(
     dscp: int = 46,
     keep_core_awake: bool = False,
     cpu: int | None = None,
+    realtime_priority: int = 0,
 ) -> None:
     """Run a media worker until Shutdown or until the control channel closes.
 
@@ -570,21 +571,35 @@ def run_worker(
     process; media sockets are bound on ``lan_address`` and ``wan_address``. ``cpu`` pins the
     worker to that core (ignored when not allowed). With the C fast path, ``keep_core_awake``
     runs a SCHED_IDLE thread on the worker's core that keeps it out of idle while media is
-    dense (see ``keeper_main`` in ``_fastpath.c``).
+    dense (see ``keeper_main`` in ``_fastpath.c``). ``realtime_priority`` > 0 runs the packet
+    loop's thread (only: the keeper stays SCHED_IDLE) at that SCHED_FIFO priority.
     """
     if cpu is not None:
         with contextlib.suppress(OSError):  # a core outside our cpuset: run unpinned
             os.sched_setaffinity(0, {cpu})
     sock = socket.socket(fileno=control) if isinstance(control, int) else control
     try:
-        _Worker(
+        worker = _Worker(
             sock,
             lan_address=lan_address,
             wan_address=wan_address,
             inactivity_timeout=inactivity_timeout,
             dscp=dscp,
             keep_core_awake=keep_core_awake,
-        ).run()
+        )
+        if realtime_priority:
+            # After the keeper thread exists: a thread inherits its creator's policy.
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(realtime_priority))
+            except OSError as exc:
+                print(
+                    f"media worker: real-time priority {realtime_priority} refused "
+                    f"({exc.strerror}); running with normal scheduling. Grant CAP_SYS_NICE "
+                    "or LimitRTPRIO= in the service unit, or set media.realtime_priority = 0.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        worker.run()
     finally:
         sock.close()
 
@@ -599,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dscp", type=int, default=46)
     parser.add_argument("--keep-core-awake", action="store_true")
     parser.add_argument("--cpu", type=int)
+    parser.add_argument("--realtime-priority", type=int, default=0)
     args = parser.parse_args(argv)
     # Ctrl-C reaches the whole process group; the signalling process decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -610,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         dscp=args.dscp,
         keep_core_awake=args.keep_core_awake,
         cpu=args.cpu,
+        realtime_priority=args.realtime_priority,
     )
     return 0
 

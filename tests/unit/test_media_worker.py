@@ -336,6 +336,30 @@ async def test_workers_are_pinned_to_their_own_cores() -> None:
         assert os.sched_getaffinity(pid) == {cores[1]}
 
 
+async def test_realtime_priority_is_for_the_packet_loop_only() -> None:
+    """SCHED_FIFO for the loop's thread; the core keeper beside it stays SCHED_IDLE (a FIFO
+    spinner would take the core from everything, kernel threads included)."""
+    require_fastpath()
+    if os.geteuid() != 0:
+        pytest.skip("SCHED_FIFO needs root (or CAP_SYS_NICE / RLIMIT_RTPRIO)")
+    async with MediaController(
+        lan_address=LAN, wan_address=WAN, workers=1, keep_core_awake=True, realtime_priority=3
+    ) as controller:
+        await controller.wait_running(TIMEOUT)
+        await controller.stats()  # a round trip: the worker is past its start-up
+        (pid,) = controller.worker_pids()
+        assert pid is not None
+        policies = {}
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/comm") as comm:
+                policies[comm.read().strip()] = (
+                    os.sched_getscheduler(int(tid)),
+                    os.sched_getparam(int(tid)).sched_priority,
+                )
+        assert policies.pop("core-keeper") == (os.SCHED_IDLE, 0)
+        assert list(policies.values()) == [(os.SCHED_FIFO, 3)]
+
+
 async def test_dead_worker_is_restarted_and_calls_reported() -> None:
     lost: asyncio.Queue[list[str]] = asyncio.Queue()
     async with MediaController(
