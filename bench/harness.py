@@ -26,7 +26,7 @@ from pathlib import Path
 
 import msgspec
 
-from gateway.bench.loadgen import build_loadgen
+from gateway.bench.loadgen import MEDIA_PORTS, build_loadgen
 from gateway.bench.report import (
     RunRecord,
     capacity,
@@ -72,21 +72,29 @@ def _targets(
     out: list[Target] = []
     for mode in modes:
         if mode == "direct":
-            out.append(DirectTarget(suite, 41000, 41002))
+            out.append(DirectTarget(suite, *MEDIA_PORTS))
         elif mode == "gateway":
             out.append(
                 SipGatewayTarget(
-                    suite, 41000, 41002, keep_core_awake=keep_core_awake, realtime_priority=rt
+                    suite,
+                    PHONE_MEDIA_PORT,
+                    PROVIDER_MEDIA_PORT,
+                    keep_core_awake=keep_core_awake,
+                    realtime_priority=rt,
                 )
                 if sip
                 else WorkersTarget(
-                    suite, 41000, 41002, keep_core_awake=keep_core_awake, realtime_priority=rt
+                    suite,
+                    PHONE_MEDIA_PORT,
+                    PROVIDER_MEDIA_PORT,
+                    keep_core_awake=keep_core_awake,
+                    realtime_priority=rt,
                 )
             )
         elif mode == "rtpengine":
             from bench.rtpengine import RtpengineTarget
 
-            out.append(RtpengineTarget(suite, 41000, 41002, fifo=rt))
+            out.append(RtpengineTarget(suite, *MEDIA_PORTS, fifo=rt))
         else:
             raise SystemExit(f"unknown mode {mode!r}")
     return out

@@ -24,8 +24,11 @@ import sys
 from pathlib import Path
 
 from gateway.bench.loadgen import (
+    MEDIA_PORTS,
     PHONE_ADDRESS,
+    PHONE_MEDIA_PORT,
     PROVIDER_ADDRESS,
+    PROVIDER_MEDIA_PORT,
     build_loadgen,
     proc_sample,
     run_load,
@@ -50,7 +53,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     suite = SrtpSuite(args.suite)
     exe = build_loadgen()
     target: Target = (
-        WorkersTarget(suite, 41000, 41002) if args.no_sip else SipGatewayTarget(suite, 41000, 41002)
+        WorkersTarget(suite, *MEDIA_PORTS)
+        if args.no_sip
+        else SipGatewayTarget(suite, *MEDIA_PORTS)
     )
     rows: list[dict[str, object]] = []
     await target.start()
@@ -66,8 +71,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 run_load,
                 exe,
                 legs,
-                phone=(PHONE_ADDRESS, 41000),
-                provider=(PROVIDER_ADDRESS, 41002),
+                phone=(PHONE_ADDRESS, PHONE_MEDIA_PORT),
+                provider=(PROVIDER_ADDRESS, PROVIDER_MEDIA_PORT),
                 profile=suite.libsrtp_profile,
                 duration=args.duration,
                 warmup=0.5,

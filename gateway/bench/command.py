@@ -21,7 +21,7 @@ from pathlib import Path
 
 import msgspec
 
-from gateway.bench.loadgen import build_loadgen
+from gateway.bench.loadgen import MEDIA_PORTS, build_loadgen
 from gateway.bench.report import (
     MAX_LOSS_PCT,
     MAX_P99_ADDED_US,
@@ -103,13 +103,18 @@ async def _bench(args: argparse.Namespace) -> dict[str, object]:
     progress = _Progress(2 * len(levels) + 1)
     records = await sweep(
         exe,
-        [DirectTarget(suite, 41000, 41002), WorkersTarget(suite, 41000, 41002)],
+        [
+            DirectTarget(suite, *MEDIA_PORTS),
+            WorkersTarget(suite, *MEDIA_PORTS),
+        ],
         settings,
         progress=progress,
     )
     # SIP/TLS call set-up rate through the whole gateway process.
     progress("SIP/TLS set-up", args.setup_calls, None)
-    target = SipGatewayTarget(suite, 41000, 41002, max_calls=args.setup_calls)
+    target = SipGatewayTarget(
+        suite, *MEDIA_PORTS, max_calls=args.setup_calls
+    )
     await target.start()
     try:
         await target.open_calls(args.setup_calls)

@@ -28,6 +28,9 @@ from typing import Any
 __all__ = [
     "CORE_KEEPER_LABEL",
     "CORE_KEEPER_THREAD",
+    "MEDIA_PORTS",
+    "PHONE_MEDIA_PORT",
+    "PROVIDER_MEDIA_PORT",
     "CallLeg",
     "LoadResult",
     "ProcSample",
@@ -39,6 +42,12 @@ __all__ = [
 
 PHONE_ADDRESS = "127.0.0.110"
 PROVIDER_ADDRESS = "127.0.0.130"
+#: The generator's two media ports. Below Linux's ephemeral range (32768-60999): the bench
+#: phones' SIP sockets and the provider's TLS connections share these addresses with
+#: OS-picked ports, and one of those landing on the generator's port failed a run now and then.
+PHONE_MEDIA_PORT = 31000
+PROVIDER_MEDIA_PORT = 31002
+MEDIA_PORTS = (PHONE_MEDIA_PORT, PROVIDER_MEDIA_PORT)
 #: Nice value of the generator and of the media path under test. Not SCHED_FIFO: a real-time
 #: task starves ksoftirqd on its core, and loopback delivery then stalls for tens of ms.
 HIGH_PRIORITY_NICE = -20

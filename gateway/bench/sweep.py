@@ -14,7 +14,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.bench.loadgen import PHONE_ADDRESS, PROVIDER_ADDRESS, run_load
+from gateway.bench.loadgen import (
+    PHONE_ADDRESS,
+    PHONE_MEDIA_PORT,
+    PROVIDER_ADDRESS,
+    PROVIDER_MEDIA_PORT,
+    run_load,
+)
 from gateway.bench.report import Latency, RunRecord, summarise
 from gateway.bench.targets import Target
 
@@ -32,8 +38,8 @@ class SweepSettings:
     warmup: float = 1.0
     ptime_ms: float = 20.0
     load_cpu: int | None = 1
-    phone_port: int = 41000
-    provider_port: int = 41002
+    phone_port: int = PHONE_MEDIA_PORT
+    provider_port: int = PROVIDER_MEDIA_PORT
     #: Consecutive failing levels after which a system is not loaded further.
     stop_after_failures: int = 2
     floors: dict[int, Latency] = field(default_factory=dict)
