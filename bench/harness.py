@@ -77,16 +77,14 @@ def _targets(
             out.append(
                 SipGatewayTarget(
                     suite,
-                    PHONE_MEDIA_PORT,
-                    PROVIDER_MEDIA_PORT,
+                    *MEDIA_PORTS,
                     keep_core_awake=keep_core_awake,
                     realtime_priority=rt,
                 )
                 if sip
                 else WorkersTarget(
                     suite,
-                    PHONE_MEDIA_PORT,
-                    PROVIDER_MEDIA_PORT,
+                    *MEDIA_PORTS,
                     keep_core_awake=keep_core_awake,
                     realtime_priority=rt,
                 )

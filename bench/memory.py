@@ -53,9 +53,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     suite = SrtpSuite(args.suite)
     exe = build_loadgen()
     target: Target = (
-        WorkersTarget(suite, *MEDIA_PORTS)
-        if args.no_sip
-        else SipGatewayTarget(suite, *MEDIA_PORTS)
+        WorkersTarget(suite, *MEDIA_PORTS) if args.no_sip else SipGatewayTarget(suite, *MEDIA_PORTS)
     )
     rows: list[dict[str, object]] = []
     await target.start()

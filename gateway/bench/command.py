@@ -112,9 +112,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, object]:
     )
     # SIP/TLS call set-up rate through the whole gateway process.
     progress("SIP/TLS set-up", args.setup_calls, None)
-    target = SipGatewayTarget(
-        suite, *MEDIA_PORTS, max_calls=args.setup_calls
-    )
+    target = SipGatewayTarget(suite, *MEDIA_PORTS, max_calls=args.setup_calls)
     await target.start()
     try:
         await target.open_calls(args.setup_calls)
