@@ -56,3 +56,42 @@ def test_harness_smoke(tmp_path: Path) -> None:
         assert run["srtp_failures"] == 0
         assert all(d["sent"] > 0 for d in run["per_direction"])
     assert list(tmp_path.glob("sweep-*.html"))
+
+
+def test_gateway_bench_smoke(tmp_path: Path) -> None:
+    """The operator's command end to end, at toy size: report files, figures and verdict."""
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc: the load generator is compiled at benchmark time")
+    out = tmp_path / "report"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "bench",
+            "--levels",
+            "5,10",
+            "--duration",
+            "1",
+            "--setup-calls",
+            "5",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["verdict"].startswith("this host sustains ")
+    assert done.stdout.strip().splitlines()[-1] == report["verdict"]
+    assert report["setup_failed"] == 0 and report["setup_per_s"] > 0
+    assert report["memory_per_call_kib"] is not None
+    assert report["signalling_memory_per_call_kib"] is not None
+    assert {run["mode"] for run in report["runs"]} == {"direct", "gateway"}
+    assert all(run["srtp_failures"] == 0 for run in report["runs"])
+    page = (out / "report.html").read_text()
+    assert report["verdict"] in page and "<svg" in page

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import msgspec
 
-from gateway.bench.loadgen import MEDIA_PORTS, build_loadgen
+from gateway.bench.loadgen import MEDIA_PORTS, build_loadgen, proc_sample
 from gateway.bench.report import (
     MAX_LOSS_PCT,
     MAX_P99_ADDED_US,
@@ -50,6 +50,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", default="AES_CM_128_HMAC_SHA1_80")
     parser.add_argument("--setup-calls", type=int, default=200, help="calls for the SIP/TLS rate")
     parser.add_argument("--out", type=Path, default=Path("bench-report"), help="report folder")
+    parser.add_argument(
+        "--realtime-priority",
+        type=int,
+        default=0,
+        help="media.realtime_priority to measure with (SCHED_FIFO; 0: normal scheduling)",
+    )
 
 
 class _Progress:
@@ -105,7 +111,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, object]:
         exe,
         [
             DirectTarget(suite, *MEDIA_PORTS),
-            WorkersTarget(suite, *MEDIA_PORTS),
+            WorkersTarget(suite, *MEDIA_PORTS, realtime_priority=args.realtime_priority),
         ],
         settings,
         progress=progress,
@@ -114,9 +120,15 @@ async def _bench(args: argparse.Namespace) -> dict[str, object]:
     progress("SIP/TLS set-up", args.setup_calls, None)
     target = SipGatewayTarget(suite, *MEDIA_PORTS, max_calls=args.setup_calls)
     await target.start()
+    signalling_kib: float | None = None
     try:
+        idle = proc_sample(target.watched()["signalling"])
         await target.open_calls(args.setup_calls)
         setup = target.last_setup
+        # The signalling process's share of an active call: its growth with every call up.
+        busy = proc_sample(target.watched()["signalling"])
+        if idle is not None and busy is not None and args.setup_calls > 0:
+            signalling_kib = max(0.0, (busy.rss - idle.rss) / 1024 / args.setup_calls)
         await target.close_calls()
     finally:
         await target.stop()
@@ -135,6 +147,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, object]:
         "setup_per_s": round(setup.per_second, 1) if setup else None,
         "setup_failed": setup.failed if setup else None,
         "memory_per_call_kib": _memory_per_call_kib(records),
+        "signalling_memory_per_call_kib": signalling_kib,
         "runs": [msgspec.to_builtins(r) for r in records],
         "_records": records,
     }
@@ -159,6 +172,7 @@ def write_report(result: dict[str, object], out: Path) -> tuple[Path, Path]:
     json_path = out / "report.json"
     json_path.write_text(json.dumps(result, indent=1) + "\n")
     memory = result["memory_per_call_kib"]
+    signalling = result["signalling_memory_per_call_kib"]
     rate = result["setup_per_s"]
     summary = (
         "<table>"
@@ -168,6 +182,9 @@ def write_report(result: dict[str, object], out: Path) -> tuple[Path, Path]:
         f"<tr><th>SIP/TLS call set-ups per second</th><td>{rate}</td></tr>"
         "<tr><th>memory per call (media worker RSS)</th><td>"
         + (f"{memory:.1f} KiB" if isinstance(memory, float) else "n/a")
+        + "</td></tr>"
+        "<tr><th>memory per call (signalling process RSS, calls up)</th><td>"
+        + (f"{signalling:.1f} KiB" if isinstance(signalling, float) else "n/a")
         + "</td></tr>"
         f"<tr><th>suite</th><td>{result['suite']}</td></tr></table>"
     )
@@ -207,5 +224,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 1
     html_path, json_path = write_report(result, args.out)
     print(f"report: {html_path} (and {json_path})")
+    media, signalling = result["memory_per_call_kib"], result["signalling_memory_per_call_kib"]
+    print(f"SIP/TLS call set-ups per second: {result['setup_per_s']}")
+    print(
+        "memory per active call: media worker "
+        + (f"{media:.1f} KiB" if isinstance(media, float) else "n/a")
+        + ", signalling "
+        + (f"{signalling:.1f} KiB" if isinstance(signalling, float) else "n/a")
+    )
     print(_verdict(result))
     return 0
