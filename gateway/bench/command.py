@@ -194,7 +194,20 @@ def write_report(result: dict[str, object], out: Path) -> tuple[Path, Path]:
         x_label="concurrent calls",
         y_label="MiB",
     )
-    charts = "".join(standard_charts(records)) + rss
+    gateway_runs = [r for r in records if r.mode == "gateway"]
+    distribution = line_chart(
+        "Gateway one-way latency distribution per load",
+        {
+            "p50": [(r.calls, max(r.latency_us.p50, 0.1)) for r in gateway_runs],
+            "p99": [(r.calls, max(r.latency_us.p99, 0.1)) for r in gateway_runs],
+            "p99.9": [(r.calls, max(r.latency_us.p999, 0.1)) for r in gateway_runs],
+            "max": [(r.calls, max(r.latency_us.max, 0.1)) for r in gateway_runs],
+        },
+        x_label="concurrent calls",
+        y_label="µs (log)",
+        log_y=True,
+    )
+    charts = "".join(standard_charts(records)) + distribution + rss
     page = html_page(
         "gateway bench: capacity of this host",
         "<p>The gateway's media worker on CPU 0, the load generator on CPU 1, loopback only. "

@@ -351,11 +351,11 @@ def standard_charts(records: Sequence[RunRecord]) -> list[str]:
             y_label="µs",
         ),
         line_chart(
-            "CPU of the media path (core keeper: idle time kept awake, not work)",
+            "CPU of the media path (keeper: idle time)",
             {
                 **series(lambda r: r.media_cpu_pct),
                 **{
-                    f"{m} core keeper": points
+                    f"{m} keeper": points
                     for m, points in series(lambda r: r.keeper_cpu_pct).items()
                     if any(y > 0 for _, y in points)
                 },
