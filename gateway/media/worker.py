@@ -445,6 +445,23 @@ class _Worker:
 
     # -- loop ----------------------------------------------------------------------------
 
+    def _wake_at(self, next_check: float) -> float:
+        """When the loop must come back even without packets: the next idle-check pass, or
+        the next batch of the pass under way."""
+        if self._idle_pending:
+            return min(next_check, time.monotonic() + IDLE_CHECK_STEP_S)
+        return next_check
+
+    def _idle_step(self, now: float, next_check: float) -> float:
+        """Start a pass over every call when one is due, check the next batch; returns when
+        the next pass is due."""
+        if now >= next_check:
+            self._idle_pending = list(self._calls)
+            next_check = now + self._check_interval
+        if self._idle_pending:
+            self._check_idle(now)
+        return next_check
+
     def _control_event(self, mask: int, now: float) -> None:
         if mask & select.EPOLLOUT:
             self._flush()
@@ -476,10 +493,7 @@ class _Worker:
         ceil = math.ceil
         next_check = monotonic() + self._check_interval
         while self._running:
-            wake = next_check
-            if self._idle_pending:
-                wake = min(wake, monotonic() + IDLE_CHECK_STEP_S)
-            timeout_ms = max(0, ceil((wake - monotonic()) * 1000.0))
+            timeout_ms = max(0, ceil((self._wake_at(next_check) - monotonic()) * 1000.0))
             now, events, packets = engine_poll(timeout_ms)
             for fd, data, source in packets:
                 # Read by the fast path but declined before it changed anything: the full
@@ -509,11 +523,7 @@ class _Worker:
                         entry[2][forward[2]].sendto(forward[0], forward[1])
                     except OSError:
                         pass
-            if now >= next_check:
-                self._idle_pending = list(self._calls)
-                next_check = now + self._check_interval
-            if self._idle_pending:
-                self._check_idle(now)
+            next_check = self._idle_step(now, next_check)
 
     def _run_python(self, control_fd: int) -> None:
         handlers = self._handlers
@@ -521,10 +531,7 @@ class _Worker:
         monotonic = time.monotonic
         next_check = monotonic() + self._check_interval
         while self._running:
-            wake = next_check
-            if self._idle_pending:
-                wake = min(wake, monotonic() + IDLE_CHECK_STEP_S)
-            events = poll(max(0.0, wake - monotonic()))
+            events = poll(max(0.0, self._wake_at(next_check) - monotonic()))
             now = monotonic()
             for fd, mask in events:
                 entry = handlers.get(fd)
@@ -547,11 +554,7 @@ class _Worker:
                         entry[2][forward[2]].sendto(forward[0], forward[1])
                     except OSError:
                         pass  # a full send buffer drops the packet, as the network would
-            if now >= next_check:
-                self._idle_pending = list(self._calls)
-                next_check = now + self._check_interval
-            if self._idle_pending:
-                self._check_idle(now)
+            next_check = self._idle_step(now, next_check)
 
 
 def run_worker(
