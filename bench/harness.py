@@ -89,6 +89,10 @@ def _targets(
                     realtime_priority=rt,
                 )
             )
+        elif mode == "bare":
+            from bench.bare import BareRelayTarget
+
+            out.append(BareRelayTarget(suite, realtime_priority=rt))
         elif mode == "rtpengine":
             from bench.rtpengine import RtpengineTarget
 

@@ -23,6 +23,8 @@
  *     the provider authenticates what it receives with RXHEX.
  *     direct 1: the phone itself protects (RXHEX) and unprotects (TXHEX), so the provider
  *     sees exactly what a relay would have sent and the phone does a relay's crypto too.
+ *   via_calls 1 (with direct 1): still send to each call's LAN/WAN address, through a relay
+ *     that only forwards bytes (bench/bare_relay.c).
  *
  * Stdout: "measure start" and "measure stop" lines at the window's edges (so the harness can
  * sample the relay's CPU over exactly that window), then one JSON object.
@@ -97,7 +99,7 @@ typedef struct {
     double sum_ns;
 } hist_t;
 
-static int ncalls, direct_mode, profile = 1;
+static int ncalls, direct_mode, via_calls, profile = 1;
 static double duration = 5, warmup = 1, drain = 0.3;
 static int64_t ptime_ns = 20000000;
 static call_t *calls;
@@ -338,6 +340,7 @@ int main(int argc, char **argv) {
         }
         if (sscanf(line, "profile %d", &profile) == 1) continue;
         if (sscanf(line, "direct %d", &direct_mode) == 1) continue;
+        if (sscanf(line, "via_calls %d", &via_calls) == 1) continue;
         if (sscanf(line, "phone %63s %d", phone_ip, &phone_port) == 2) continue;
         if (sscanf(line, "provider %63s %d", prov_ip, &prov_port) == 2) continue;
         if (sscanf(line, "call %63s %d %63s %d %159s %159s", ip1, &p1, ip2, &p2, tx, rx) == 6) {
@@ -438,7 +441,7 @@ int main(int argc, char **argv) {
             } else {
                 siov[sock_side][scount[sock_side]].iov_len = (size_t)len;
                 struct sockaddr_in *dst;
-                if (direct_mode)
+                if (direct_mode && !via_calls)
                     dst = dir == 0 ? &prov_addr : &phone_addr;
                 else
                     dst = dir == 0 ? &c->lan : &c->wan;

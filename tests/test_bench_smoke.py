@@ -22,7 +22,7 @@ RUN_FIELDS = {"mode", "calls", "suite", "pps", "loss_pct", "latency_us", "jitter
 def test_harness_smoke(tmp_path: Path) -> None:
     if shutil.which("gcc") is None:
         pytest.skip("no gcc: the load generator is compiled at benchmark time")
-    modes = "direct,gateway,rtpengine" if shutil.which("rtpengine") else "direct,gateway"
+    modes = "direct,bare,gateway,rtpengine" if shutil.which("rtpengine") else "direct,bare,gateway"
     done = subprocess.run(
         [
             sys.executable,

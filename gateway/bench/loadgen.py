@@ -238,6 +238,7 @@ def run_load(
     phone: tuple[str, int],
     provider: tuple[str, int],
     direct: bool = False,
+    via_calls: bool = False,
     profile: int = 1,
     duration: float = 5.0,
     warmup: float = 1.0,
@@ -260,6 +261,7 @@ def run_load(
         f"ptime_us {round(ptime_ms * 1000)}",
         f"profile {profile}",
         f"direct {int(direct)}",
+        f"via_calls {int(via_calls)}",
         f"phone {phone[0]} {phone[1]}",
         f"provider {provider[0]} {provider[1]}",
     ]

@@ -106,6 +106,8 @@ async def _run(
             phone=(PHONE_ADDRESS, settings.phone_port),
             provider=(PROVIDER_ADDRESS, settings.provider_port),
             direct=target.direct,
+            # A forwarding-only relay: the generator does its crypto but sends through it.
+            via_calls=getattr(target, "forwards", False),
             profile=settings.profile,
             duration=settings.duration,
             warmup=settings.warmup,
@@ -123,11 +125,11 @@ async def _run(
         cpu_pct=result.cpu_pct,
         rss_mib=result.rss_mib,
         ptime_ms=settings.ptime_ms,
-        floor=None if target.direct else floor,
+        floor=None if target.name == "direct" else floor,
         setup_per_s=setup.per_second if setup is not None else None,
         calls_failed=failed,
     )
-    if target.direct:
+    if target.name == "direct":  # the floor; a relay whose crypto the generator does is not
         settings.floors[calls] = record.latency_us
     if progress is not None:
         progress(target.name, calls, record)
