@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from gateway.sip.errors import SipFramingError, SipParseError
 from gateway.sip.framing import KeepAlive, StreamFramer
 from gateway.sip.message import SipRequest, SipResponse
+from tests.testdata import RFC4475_DIR
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "rfc4475"
+DATA = RFC4475_DIR
 
 OPTIONS = (
     b"OPTIONS sip:bob@example.com SIP/2.0\r\n"

@@ -7,7 +7,6 @@ an element choose, the choice is written next to the entry.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,9 @@ from gateway.sip.errors import SipParseError
 from gateway.sip.headers import NameAddr
 from gateway.sip.message import SipRequest, SipResponse, make_response, parse_message
 from gateway.sip.uri import AbsoluteUri, SipUri
+from tests.testdata import RFC4475_DIR
 
-
-def _data_dir() -> Path:
-    override = os.environ.get("GATEWAY_TESTDATA")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "rfc4475"
-
-
-DATA = _data_dir()
+DATA = RFC4475_DIR
 FILES = sorted(DATA.glob("*.dat"))
 
 VALID = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
-from pathlib import Path
 
 import pytest
 
@@ -19,9 +18,10 @@ from gateway.sip.events import (
 from gateway.sip.message import SipRequest, SipResponse, make_response, parse_message
 from gateway.sip.transaction import TimerSettings, TransactionLayer, TransactionState
 from gateway.sip.uri import parse_uri
+from tests.testdata import RFC4475_DIR
 
 PEER: Hashable = ("udp", "192.0.2.10", 5060)
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "rfc4475"
+DATA = RFC4475_DIR
 
 
 def request(method: str, branch: str = "z9hG4bKabc", cseq: int = 1) -> SipRequest:
