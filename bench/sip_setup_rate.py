@@ -29,8 +29,8 @@ Run from the repository root::
     python -m bench.sip_setup_rate --calls 200 --rate 50 --limit 10
 
 Writes a table to stdout and JSON to ``bench/results/sip-setup-<date>.json`` (``--out`` for
-another folder). Needs sipp, kamailio (with its TLS module) and stunnel; see
-/work/shared/PEERS.md.
+another folder). Needs sipp, kamailio (with its TLS module) and stunnel: the Debian packages
+sip-tester, kamailio, kamailio-tls-modules and stunnel4 (.ci/run installs them).
 """
 
 from __future__ import annotations
