@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from gateway.lab.audio import write_tone, write_ulaw_tone
 from tests.interop.gateway_process import GatewayLayout, GatewayProcess, gateway_config
 from tests.interop.peers import (
     Kamailio,
@@ -30,7 +31,6 @@ from tests.interop.peers import (
     make_test_pki,
     require_binaries,
 )
-from tests.tone import write_tone, write_ulaw_tone
 
 P = TypeVar("P", bound=ManagedProcess)
 

@@ -1036,7 +1036,7 @@ class Sipp(ManagedProcess):
                 "media_port": "[media_port]",
             }
             if rtp_file is not None:
-                # Play headerless PCMU (tests.tone.write_ulaw_tone) from the SDP's port.
+                # Play headerless PCMU (gateway.lab.audio.write_ulaw_tone) from the SDP's port.
                 values["rtp_action"] = (
                     f'<nop><action><exec rtp_stream="{rtp_file},-1,0"/></action></nop>'
                 )

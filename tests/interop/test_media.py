@@ -31,6 +31,7 @@ from typing import Any
 import pylibsrtp
 import pytest
 
+from gateway.lab.audio import analyse_samples, analyse_wav, ulaw_encode_sample, ulaw_to_samples
 from tests.interop.conftest import ProcessSet, Tones
 from tests.interop.gateway_process import GatewayLayout, GatewayProcess
 from tests.interop.peers import (
@@ -48,7 +49,6 @@ from tests.interop.peers import (
     sip_register_request,
     status_code,
 )
-from tests.tone import analyse_samples, analyse_wav, ulaw_encode_sample, ulaw_to_samples
 
 pytestmark = pytest.mark.interop
 

@@ -16,6 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway.lab.audio import (
+    analyse_samples,
+    analyse_wav,
+    ulaw_to_samples,
+)
 from tests.interop.conftest import ProcessSet, Tones
 from tests.interop.peers import (
     Baresip,
@@ -38,33 +43,11 @@ from tests.interop.peers import (
     tls_register,
     wait_for_port,
 )
-from tests.tone import (
-    analyse_samples,
-    analyse_wav,
-    ulaw_decode_sample,
-    ulaw_encode_sample,
-    ulaw_to_samples,
-    write_tone,
-)
 
 Need = Callable[..., dict[str, str]]
 
 # --------------------------------------------------------------------------------------------
 # pure helpers (no peers)
-
-
-def test_tone_roundtrip(tmp_path: Path) -> None:
-    """A written tone is detected at its frequency; silence is not a tone."""
-    r = analyse_wav(write_tone(tmp_path / "t.wav", 440.0, 2.0))
-    assert r.is_tone(440.0), r
-    r2 = analyse_wav(write_tone(tmp_path / "s.wav", 1000.0, 1.0, rate=48000, channels=2))
-    assert r2.is_tone(1000.0), r2
-    quiet = analyse_wav(write_tone(tmp_path / "q.wav", 440.0, 1.0, amplitude=0.001))
-    assert not quiet.is_tone(440.0)
-    assert all(
-        abs(ulaw_decode_sample(ulaw_encode_sample(v)) - v) <= max(8, abs(v) // 16)
-        for v in range(-32000, 32000, 997)
-    )
 
 
 def test_bencode_roundtrip() -> None:
