@@ -143,7 +143,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _run_loop(coro):  # type: ignore[no-untyped-def]
-    """uvloop where available: it is the signalling process's loop (DESIGN.md)."""
+    """uvloop where available: it is the signalling process's loop (docs/design.md §1.3)."""
     try:
         import uvloop
     except ImportError:

@@ -7,7 +7,7 @@ cross-field checks).
 
 Insecure settings are deliberately long and loud (``insecure_...``): a configuration that would
 send plaintext SIP or media toward the provider, or skip certificate verification, is refused
-unless the operator wrote one of them (DESIGN.md, invariant 1).
+unless the operator wrote one of them (docs/design.md §3.1).
 """
 
 from __future__ import annotations

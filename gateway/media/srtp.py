@@ -13,7 +13,7 @@ means a new crypto context.
 
 libsrtp reports failures as :class:`pylibsrtp.Error` carrying a message; they are mapped here to
 :class:`SrtpAuthError` (authentication or cipher failure) and :class:`SrtpReplayError` (replay
-window) so the packet path can count them apart (DESIGN.md invariant 2).
+window) so the packet path can count them apart (docs/design.md §3.2).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 One table shared by the SDES layer (which names suites in ``a=crypto`` lines) and the packet
 path (which hands keys to libsrtp through pylibsrtp). NULL-cipher suites are deliberately
-absent: they encrypt nothing, so the gateway treats them as plaintext (DESIGN.md invariant 2).
+absent: they encrypt nothing, so the gateway treats them as plaintext (docs/design.md §3.2).
 """
 
 from __future__ import annotations

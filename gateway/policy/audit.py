@@ -5,7 +5,7 @@ config, so it stays independent of how the config is laid out; ``gateway.config`
 Each finding is pass, warn or fail with the fix in one line. Findings never contain a secret,
 only what is wrong with it.
 
-The practices are those of DESIGN.md ("The practices it enforces"): signalling over verified
+The practices are those of docs/design.md §4 ("Practices enforced"): signalling over verified
 TLS, SRTP required, no plaintext downgrade, allowlists not open to the world, international and
 premium-rate rules, caps and the spike lock, flood and scanner defence, and strong, distinct
 admin and SIP secrets (at least 12 characters, three character classes, no dictionary word,

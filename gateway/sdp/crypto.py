@@ -10,7 +10,7 @@ Grammar followed (RFC 4568 §9.1)::
 
 What the gateway refuses, and why:
 
-- NULL_HMAC_SHA1_80/32 encrypt nothing (DESIGN.md invariant 2), so they count as plaintext.
+- NULL_HMAC_SHA1_80/32 encrypt nothing (docs/design.md §3.2), so they count as plaintext.
 - Suites missing from :class:`SrtpSuite` (F8, AES-192/256-CM…) are refused by name: libsrtp as
   linked here cannot run them, and a silent mismatch would cost the call its audio.
 - A key-salt whose decoded length differs from the suite's (RFC 4568 §6.1, RFC 7714 §12).
@@ -197,5 +197,5 @@ class CryptoAttribute:
 
 
 def new_crypto(tag: int, suite: SrtpSuite) -> CryptoAttribute:
-    """A crypto attribute with a fresh random master key and salt (DESIGN.md invariant 4)."""
+    """A crypto attribute with a fresh random master key and salt (docs/design.md §3.4)."""
     return CryptoAttribute(tag=tag, suite=suite, master=secrets.token_bytes(suite.master_length))

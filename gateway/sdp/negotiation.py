@@ -23,8 +23,8 @@ A refused offer or answer (MediaRefused, 488), like an offer the other side reje
 (``offer_rejected``), leaves the previous agreement in force, as RFC 3264 §8 asks for a failed
 re-offer; the state returns to STABLE so the next offer can come.
 
-Security rules (DESIGN.md invariants 1, 2, 4)
----------------------------------------------
+Security rules (docs/design.md §3.1, §3.2, §3.4)
+------------------------------------------------
 - The WAN side is RTP/SAVP with one of ``policy.suites`` (RFC 4568 §7, RFC 7714 §12). An
   RTP/AVP answer, an answer without a crypto line matching one we offered (same tag and suite,
   RFC 4568 §7.1.3), NULL suites, MKIs (libsrtp is driven without MKI here) and unknown mandatory

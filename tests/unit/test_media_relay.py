@@ -1,6 +1,6 @@
 """RelayStream, the sans-IO packet path: a fake phone and a fake provider (pylibsrtp directly)
-exchange packets with it and every drop is checked against its counter (DESIGN.md invariants
-1–3, RFC 3711, RFC 5761 §4)."""
+exchange packets with it and every drop is checked against its counter (docs/design.md
+§3.1–3.3, RFC 3711, RFC 5761 §4)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Media worker and controller end to end on loopback: a phone socket, a provider socket keyed
-with pylibsrtp, a real worker process between them (DESIGN.md invariants 1–3, RFC 3711).
+with pylibsrtp, a real worker process between them (docs/design.md §3.1–3.3, RFC 3711).
 
 Addresses are distinct loopback addresses (all of 127.0.0.0/8 answers on ``lo``); ports are
 picked by the OS. Waits are bounded socket timeouts or controller round trips, never sleeps.
