@@ -27,10 +27,9 @@ from tests.interop.peers import (
     Kamailio,
     ManagedProcess,
     NetNamespace,
-    TestPki,
-    make_test_pki,
     require_binaries,
 )
+from tests.pki import TestPki, make_test_pki
 
 P = TypeVar("P", bound=ManagedProcess)
 

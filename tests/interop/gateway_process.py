@@ -11,7 +11,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.interop.peers import ManagedProcess, TestPki, free_port, wait_for_port
+from tests.interop.peers import (
+    ManagedProcess,
+    free_port,
+    wait_for_port,
+)
+from tests.pki import TestPki
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Real SIP/RTP peers for interop tests: process control, PKI, kamailio, sipp, stunnel,
+"""Real SIP/RTP peers for interop tests: process control, TLS clients, kamailio, sipp, stunnel,
 baresip, rtpengine and packet capture.
 
 Everything here starts programs as children of the test process (never daemonised), stops
@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import ctypes
-import datetime
 import ipaddress
 import json
 import os
@@ -49,6 +48,8 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 import pytest
+
+from tests.pki import TestPki
 
 #: Resource files (kamailio cfg template, sipp scenarios).
 RESOURCES = Path(__file__).with_name("peers")
@@ -536,191 +537,7 @@ class NetNamespace:
 
 
 # ---------------------------------------------------------------------------------------------
-# test PKI
-
-
-@dataclass(frozen=True)
-class CertFiles:
-    """A certificate and its key as PEM files; ``combined`` holds cert then key (baresip)."""
-
-    cert: Path
-    key: Path
-    combined: Path
-
-
-@dataclass(frozen=True)
-class TestPki:
-    """Paths of a private test CA and the certificates it issued (keys are mode 0600)."""
-
-    __test__ = False  # not a pytest test class
-
-    dir: Path
-    ca_cert: Path
-    ca_key: Path
-    server: CertFiles
-    client: CertFiles
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, 0o600)
-
-
-def _issue(
-    out: Path,
-    stem: str,
-    common_name: str,
-    *,
-    ca_cert: Any,
-    ca_key: Any,
-    dns_names: Sequence[str],
-    ips: Sequence[str],
-    days: int,
-    client: bool,
-) -> CertFiles:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    san: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
-    san += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage(usages if client else usages[:1]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    cert = builder.sign(ca_key, hashes.SHA256())
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    files = CertFiles(out / f"{stem}.crt", out / f"{stem}.key", out / f"{stem}.pem")
-    files.cert.write_bytes(cert_pem)
-    _write_private(files.key, key_pem)
-    _write_private(files.combined, cert_pem + key_pem)
-    return files
-
-
-def make_test_pki(
-    dir: str | Path,
-    *,
-    server_dns: Sequence[str] = ("localhost", "provider.test"),
-    server_ips: Sequence[str] = ("127.0.0.1",),
-    client_dns: Sequence[str] = ("gateway.test",),
-    client_ips: Sequence[str] = ("127.0.0.1",),
-    days: int = 2,
-) -> TestPki:
-    """Create a CA (ca.crt/ca.key), a server and a client certificate in ``dir``.
-
-    The server certificate has SANs ``server_dns`` + ``server_ips`` (IP:127.0.0.1 by default)
-    so Python ``ssl``, kamailio and stunnel ``checkIP`` verify it on loopback. Keys are EC
-    P-256 in PKCS#8 PEM, written with mode 0600.
-    """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    out = Path(dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sip-media-gateway test CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_cert_path = out / "ca.crt"
-    ca_key_path = out / "ca.key"
-    ca_cert_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(
-        ca_key_path,
-        ca_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
-    server = _issue(
-        out,
-        "server",
-        server_dns[0] if server_dns else "server",
-        ca_cert=ca_cert,
-        ca_key=ca_key,
-        dns_names=server_dns,
-        ips=server_ips,
-        days=days,
-        client=False,
-    )
-    client = _issue(
-        out,
-        "client",
-        client_dns[0] if client_dns else "client",
-        ca_cert=ca_cert,
-        ca_key=ca_key,
-        dns_names=client_dns,
-        ips=client_ips,
-        days=days,
-        client=True,
-    )
-    return TestPki(out, ca_cert_path, ca_key_path, server, client)
+# test PKI (the certificates themselves come from tests/pki.py)
 
 
 def client_ssl_context(pki: TestPki, *, client_cert: bool = False) -> ssl.SSLContext:

@@ -47,20 +47,14 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
-from gateway.certs.authority import (
-    IssuedCertificate,
-    create_ca,
-    generate_key,
-    issue_certificate,
-    parse_names,
-)
+from gateway.certs.authority import IssuedCertificate, generate_key
 from gateway.certs.inspect import spki_pin
 from gateway.certs.store import write_certificates, write_private_key
 from tests.interop.conftest import GatewayFactory, ProcessSet, Tones
 from tests.interop.gateway_process import GatewayLayout, gateway_config
-from tests.interop.peers import Kamailio, Sipp, TestPki, free_port
+from tests.interop.peers import Kamailio, Sipp, free_port
+from tests.pki import TestPki, make_ca, make_leaf, write_pair
 
 pytestmark = pytest.mark.interop
 
@@ -74,44 +68,16 @@ GATEWAY_WAN = "127.0.0.21"
 # certificates made by the tests
 
 
-def _ca(pki: TestPki) -> tuple[x509.Certificate, object]:
-    cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
-    key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)
-    return cert, key
-
-
-def issue(
-    pki: TestPki,
-    names: list[str],
-    *,
-    not_before: dt.datetime | None = None,
-    not_after: dt.datetime | None = None,
-) -> IssuedCertificate:
-    """A certificate from the session's test CA (the one kamailio and the gateway trust)."""
-    ca_cert, ca_key = _ca(pki)
-    return issue_certificate(
-        ca_cert,
-        ca_key,  # type: ignore[arg-type]
-        parse_names(names),
-        not_before=not_before,
-        not_after=not_after,
-    )
-
-
-def write_pair(directory: Path, issued: IssuedCertificate) -> tuple[Path, Path]:
-    """``cert.pem`` (the chain) and ``key.pem`` (mode 0600) in ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    write_certificates(cert, issued.chain)
-    write_private_key(key, issued.key)
-    return cert, key
-
-
 def expired(pki: TestPki, names: list[str]) -> IssuedCertificate:
     now = dt.datetime.now(dt.UTC)
-    return issue(
-        pki, names, not_before=now - dt.timedelta(days=30), not_after=now - dt.timedelta(days=1)
+    return pki.issue(
+        names, not_before=now - dt.timedelta(days=30), not_after=now - dt.timedelta(days=1)
     )
+
+
+def write_identity(directory: Path, issued: IssuedCertificate) -> tuple[Path, Path]:
+    """``cert.pem`` (the chain) and ``cert.key`` (mode 0600) in ``directory``."""
+    return write_pair(directory, "cert", issued.chain, issued.key)
 
 
 def with_identity(cert: Path, key: Path) -> Callable[[str, GatewayLayout], str]:
@@ -210,8 +176,8 @@ def test_rotation_during_call_keeps_the_call_and_next_connection_gets_new_cert(
 ) -> None:
     need("sipp")
     names = [GATEWAY_WAN, "gateway.test"]
-    old = issue(pki, names)
-    cert, key = write_pair(tmp_path / "identity", old)
+    old = pki.issue(names)
+    cert, key = write_identity(tmp_path / "identity", old)
     gw = gateway(kamailio.tls_port, config_text=with_identity(cert, key))
     gw.wait_listening()
     listen_port = gw.layout.wan_listen_port
@@ -267,8 +233,8 @@ def test_rotation_during_call_keeps_the_call_and_next_connection_gets_new_cert(
     answered_at = time.monotonic()
 
     # Rotate mid-call: the operator's command, then SIGHUP (the file watch would also do).
-    new = issue(pki, names)
-    staged_cert, staged_key = write_pair(tmp_path / "staged", new)
+    new = pki.issue(names)
+    staged_cert, staged_key = write_identity(tmp_path / "staged", new)
     res = gateway_cli(
         "certs", "rotate", "--config", str(gw.config_path),
         "--cert", str(staged_cert), "--key", str(staged_key),
@@ -330,8 +296,8 @@ def test_bad_material_on_reload_is_refused_and_old_cert_keeps_serving(
     pki: TestPki, kamailio: Kamailio, gateway: GatewayFactory, tmp_path: Path
 ) -> None:
     names = [GATEWAY_WAN, "gateway.test"]
-    good = issue(pki, names)
-    cert, key = write_pair(tmp_path / "identity", good)
+    good = pki.issue(names)
+    cert, key = write_identity(tmp_path / "identity", good)
     gw = gateway(kamailio.tls_port, config_text=with_identity(cert, key))
     gw.wait_listening()
     port = gw.layout.wan_listen_port
@@ -365,8 +331,8 @@ def test_bad_material_on_reload_is_refused_and_old_cert_keeps_serving(
     assert "certificate reloaded" not in gw.output()
 
     # Good material afterwards is taken up by the file watch alone (no signal).
-    fresh = issue(pki, names)
-    staged_cert, staged_key = write_pair(tmp_path / "staged", fresh)
+    fresh = pki.issue(names)
+    staged_cert, staged_key = write_identity(tmp_path / "staged", fresh)
     res = gateway_cli(
         "certs", "rotate", "--config", str(gw.config_path),
         "--cert", str(staged_cert), "--key", str(staged_key),
@@ -479,7 +445,7 @@ def bad_provider(tmp_path: Path) -> Iterator[Callable[[IssuedCertificate], Recor
     servers: list[RecordingTlsServer] = []
 
     def start(issued: IssuedCertificate) -> RecordingTlsServer:
-        cert, key = write_pair(tmp_path / "provider", issued)
+        cert, key = write_identity(tmp_path / "provider", issued)
         server = RecordingTlsServer(cert, key).start()
         servers.append(server)
         return server
@@ -542,15 +508,15 @@ def test_provider_with_bad_certificate_gets_no_sip(
     if case == "expired":
         issued = expired(pki, provider_names)
     elif case == "wrong-name":
-        issued = issue(pki, ["sip.other-provider.test"])
+        issued = pki.issue(["sip.other-provider.test"])
     else:
-        issued = issue(pki, provider_names)
+        issued = pki.issue(provider_names)
     server = bad_provider(issued)
     # The gateway verifies the name provider.test (SNI and check) and, for "unpinned", pins a
     # key the provider does not have.
     trust = 'server_name = "provider.test"\n'
     if case == "unpinned":
-        trust += f'spki_pins = ["{spki_pin(issue(pki, provider_names).certificate)}"]\n'
+        trust += f'spki_pins = ["{spki_pin(pki.issue(provider_names).certificate)}"]\n'
 
     def config(text: str, _layout: GatewayLayout) -> str:
         text, n = re.subn(r"(\[wan\.trust\]\n)", lambda m: m.group(1) + trust, text)
@@ -610,7 +576,7 @@ def test_recording_provider_sees_sip_from_a_verified_gateway(
     """The control for the test above: with a certificate the gateway accepts, the same
     recording provider does receive the phone's REGISTER (so "no bytes" there is not a blind
     instrument), and only inside TLS: nothing SIP-shaped on the wire."""
-    server = bad_provider(issue(pki, ["provider.test", "127.0.0.1"]))
+    server = bad_provider(pki.issue(["provider.test", "127.0.0.1"]))
 
     def config(text: str, _layout: GatewayLayout) -> str:
         return text.replace("[wan.trust]\n", '[wan.trust]\nserver_name = "provider.test"\n')
@@ -638,9 +604,9 @@ def test_provider_refusing_the_gateway_certificate_is_retried_with_backoff(
     off, not reconnect in a tight loop, and send no SIP."""
     need("kamailio")
     kam = procs.start(Kamailio(tmp_path / "kam", pki, require_client_cert=True))
-    stranger = create_ca("Some Other CA")
-    leaf = issue_certificate(stranger.certificate, stranger.key, parse_names([GATEWAY_WAN]))
-    cert, key = write_pair(tmp_path / "identity", leaf)
+    stranger = make_ca("Some Other CA", now=dt.datetime.now(dt.UTC))
+    leaf = make_leaf(stranger, [GATEWAY_WAN], now=dt.datetime.now(dt.UTC))
+    cert, key = write_identity(tmp_path / "identity", leaf)
     gw = gateway(kam.tls_port, wait_up=False, config_text=with_identity(cert, key))
     time.sleep(3.0)
     messages = log_messages(gw.output())
@@ -662,11 +628,11 @@ def test_provider_refusing_the_gateway_certificate_is_retried_with_backoff(
 def test_refuses_to_start_with_bad_identity(case: str, pki: TestPki, tmp_path: Path) -> None:
     names = [GATEWAY_WAN]
     if case == "expired":
-        cert, key = write_pair(tmp_path / "identity", expired(pki, names))
+        cert, key = write_identity(tmp_path / "identity", expired(pki, names))
         why = f"{cert}: certificate expired"
     else:
-        cert, _ = write_pair(tmp_path / "identity", issue(pki, names))
-        _, key = write_pair(tmp_path / "other", issue(pki, names))
+        cert, _ = write_identity(tmp_path / "identity", pki.issue(names))
+        _, key = write_identity(tmp_path / "other", pki.issue(names))
         why = f"{key}: private key does not match the certificate in {cert}"
     layout = GatewayLayout(provider_port=free_port(proto="tcp"))
     config_path = tmp_path / "gateway.toml"

@@ -42,13 +42,13 @@ from tests.interop.peers import (
     Packet,
     Sipp,
     Stunnel,
-    TestPki,
     byte_entropy,
     client_ssl_context,
     read_sip_message,
     sip_register_request,
     status_code,
 )
+from tests.pki import TestPki
 
 pytestmark = pytest.mark.interop
 

@@ -32,17 +32,16 @@ from tests.interop.peers import (
     Rtpengine,
     Sipp,
     Stunnel,
-    TestPki,
     bdecode,
     bencode,
     byte_entropy,
     free_port,
-    make_test_pki,
     port_is_bound,
     status_code,
     tls_register,
     wait_for_port,
 )
+from tests.pki import TestPki, make_test_pki
 
 Need = Callable[..., dict[str, str]]
 

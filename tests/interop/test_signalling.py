@@ -43,14 +43,13 @@ from tests.interop.peers import (
     PeerError,
     Sipp,
     Stunnel,
-    TestPki,
     client_ssl_context,
     free_port,
-    make_test_pki,
     read_sip_message,
     sip_register_request,
     status_code,
 )
+from tests.pki import TestPki, make_test_pki
 
 Need = Callable[..., dict[str, str]]
 

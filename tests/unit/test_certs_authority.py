@@ -12,7 +12,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from gateway.certs.authority import KeyType, Usage, create_ca, create_csr, parse_names
 from gateway.certs.inspect import TrustAnchors, chain_problem, spki_pin, subject_alt_names
 from gateway.certs.store import write_certificates
-from tests.unit.test_certs_fixtures import NOW, make_ca, make_leaf
+from tests.pki import NOW, make_ca, make_leaf
 
 
 def test_ca_defaults_to_ecdsa_p256_with_ca_extensions() -> None:

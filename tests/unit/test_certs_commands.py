@@ -14,7 +14,7 @@ from gateway.certs.commands import add_certs_commands
 from gateway.certs.inspect import spki_pin
 from gateway.certs.settings import CertWatchSettings, ProviderTrustSettings, TlsIdentitySettings
 from gateway.certs.store import read_certificates
-from tests.unit.test_certs_fixtures import tls_server
+from tests.pki import tls_server
 
 
 def run(*argv: str) -> int:

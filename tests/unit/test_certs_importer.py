@@ -21,7 +21,7 @@ from gateway.certs.importer import (
     rotate_identity,
 )
 from gateway.certs.store import read_certificates
-from tests.unit.test_certs_fixtures import (
+from tests.pki import (
     NOW,
     expired_leaf,
     future_leaf,

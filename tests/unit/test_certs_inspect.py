@@ -23,7 +23,7 @@ from gateway.certs.inspect import (
     validity_problem,
 )
 from gateway.certs.store import write_certificates
-from tests.unit.test_certs_fixtures import NOW, make_ca, make_intermediate, make_leaf
+from tests.pki import NOW, make_ca, make_intermediate, make_leaf
 
 
 def test_pin_is_sha256_of_spki_der() -> None:

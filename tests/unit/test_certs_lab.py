@@ -11,7 +11,7 @@ from gateway.certs.live import verify_provider
 from gateway.certs.material import load_identity
 from gateway.certs.settings import ProviderTrustSettings
 from gateway.certs.store import read_certificates
-from tests.unit.test_certs_fixtures import tls_server
+from tests.pki import tls_server
 
 
 def test_lab_material(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from gateway.certs.inspect import spki_pin
 from gateway.certs.live import fetch_peer_chain, verify_provider
 from gateway.certs.settings import ProviderTrustSettings
 from gateway.certs.store import write_certificates
-from tests.unit.test_certs_fixtures import make_ca, make_leaf, tls_server, write_pair
+from tests.pki import make_ca, make_leaf, tls_server, write_pair
 
 
 def _provider(tmp_path: Path):  # type: ignore[no-untyped-def]

@@ -20,7 +20,7 @@ from gateway.certs.material import (
 )
 from gateway.certs.settings import ProviderTrustSettings
 from gateway.certs.store import write_certificates
-from tests.unit.test_certs_fixtures import (
+from tests.pki import (
     NOW,
     expired_leaf,
     future_leaf,

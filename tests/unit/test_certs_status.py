@@ -18,7 +18,7 @@ from gateway.certs.status import (
     trust_status,
 )
 from gateway.certs.store import write_certificates
-from tests.unit.test_certs_fixtures import NOW, expired_leaf, make_ca, make_leaf, write_pair
+from tests.pki import NOW, expired_leaf, make_ca, make_leaf, write_pair
 
 
 def _setup(tmp_path: Path, **leaf_args):  # type: ignore[no-untyped-def]
