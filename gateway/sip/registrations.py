@@ -54,6 +54,9 @@ class RegistrationTable:
     def __init__(self) -> None:
         self._by_token: dict[str, Binding] = {}
         self._by_contact: dict[tuple[str, str], Binding] = {}
+        #: Extension -> its bindings (one per phone contact), so no look-up scans the table.
+        self._by_user: dict[str, dict[str, Binding]] = {}
+        self._by_aor: dict[str, dict[str, Binding]] = {}
 
     def binding_for(self, user: str, aor: str, phone_contact: str, peer: Peer) -> Binding:
         """The binding for this phone contact, created with a fresh token if new."""
@@ -64,6 +67,8 @@ class RegistrationTable:
             binding = Binding(token, user, aor, phone_contact, peer)
             self._by_contact[key] = binding
             self._by_token[token] = binding
+            self._by_user.setdefault(user, {})[token] = binding
+            self._by_aor.setdefault(aor, {})[token] = binding
         else:
             binding.phone_peer = peer
         return binding
@@ -71,17 +76,43 @@ class RegistrationTable:
     def by_token(self, token: str) -> Binding | None:
         return self._by_token.get(token)
 
+    def find(self, user: str, now: float) -> Binding | None:
+        """The phone a Request-URI user names: a binding's token, else the extension's
+        binding that expires last."""
+        binding = self._by_token.get(user)
+        if binding is None:
+            found = self.active_for_user(user, now)
+            binding = found[0] if found else None
+        return binding
+
+    def has_user(self, user: str) -> bool:
+        """Any binding (active or lapsing) of this extension."""
+        return bool(self._by_user.get(user))
+
+    def of_phone(self, user: str | None, address: str) -> Binding | None:
+        """The binding of this extension registered from this phone's address."""
+        for binding in self._by_user.get(user or "", {}).values():
+            if binding.phone_peer.address[0] == address:
+                return binding
+        return None
+
     def for_aor(self, aor: str) -> list[Binding]:
-        return [b for (a, _), b in self._by_contact.items() if a == aor]
+        return list(self._by_aor.get(aor, {}).values())
 
     def active_for_user(self, user: str, now: float) -> list[Binding]:
         """Active bindings of an extension, newest expiry first."""
-        found = [b for b in self._by_token.values() if b.user == user and b.active(now)]
+        found = [b for b in self._by_user.get(user, {}).values() if b.active(now)]
         return sorted(found, key=lambda b: b.expires_at, reverse=True)
 
     def remove(self, binding: Binding) -> None:
         self._by_token.pop(binding.token, None)
         self._by_contact.pop((binding.aor, binding.phone_contact), None)
+        for index, name in ((self._by_user, binding.user), (self._by_aor, binding.aor)):
+            group = index.get(name)
+            if group is not None:
+                group.pop(binding.token, None)
+                if not group:
+                    del index[name]
 
     def expire(self, now: float) -> list[Binding]:
         """Drop bindings that lapsed (with a grace period for late refreshes)."""

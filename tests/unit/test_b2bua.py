@@ -17,8 +17,15 @@ from gateway.media.control import CloseCall, OpenStream, UpdateStream
 from gateway.policy import PolicyEngine, PolicySettings
 from gateway.policy.settings import AllowlistSettings
 from gateway.sdp.negotiation import MediaPolicy
-from gateway.sip.actions import CallEvent, MediaCommand, SecurityNotice, SendMessage
+from gateway.sip.actions import MediaCommand, SecurityNotice, SendMessage
 from gateway.sip.b2bua import B2bua, EdgeSettings
+from gateway.sip.call_events import (
+    AckMissing,
+    CallAnswered,
+    CallEvent,
+    CallRefused,
+    PlaintextDowngrade,
+)
 from gateway.sip.message import SipRequest, SipResponse, make_response, parse_message
 from gateway.sip.peer import Peer, Side
 from gateway.sip.transaction import TimerSettings
@@ -47,11 +54,11 @@ class Harness:
     """The core plus what it sent, split per side."""
 
     def __init__(self, policy: PolicyEngine | None = None, **media: object) -> None:
-        self.core = B2bua(
-            settings(**media), policy=policy, wall_clock=lambda: datetime(2026, 11, 25, 10, 0)
-        )
+        self.core = B2bua(settings(**media), policy=policy)
         self.now = 0.0
-        self.core.wan_connection_state(True, "TLSv1.3 verified", self.now)
+        #: Local wall-clock time handed to the core with every input (dial-plan windows).
+        self.wall = datetime(2026, 11, 25, 10, 0)
+        self.core.wan_connection_state(True, "TLSv1.3 verified", self.now, self.wall)
         self.lan: list[SipRequest | SipResponse] = []
         self.wan: list[SipRequest | SipResponse] = []
         self.wan_bytes: list[bytes] = []
@@ -79,11 +86,11 @@ class Harness:
 
     def from_phone(self, data: bytes | str, peer: Peer = PHONE) -> None:
         raw = data.encode() if isinstance(data, str) else data
-        self.core.receive_datagram(peer, raw, self.now)
+        self.core.receive_datagram(peer, raw, self.now, self.wall)
         self.collect()
 
     def from_provider(self, message: SipRequest | SipResponse) -> None:
-        self.core.receive_message(PROVIDER, parse_message(bytes(message)), self.now)
+        self.core.receive_message(PROVIDER, parse_message(bytes(message)), self.now, self.wall)
         self.collect()
 
     def advance(self, seconds: float) -> None:
@@ -93,7 +100,7 @@ class Harness:
             if deadline is None or deadline > target:
                 break
             self.now = max(self.now, deadline)
-            self.core.handle_timer(self.now)
+            self.core.handle_timer(self.now, self.wall)
             self.collect()
         self.now = target
 
@@ -237,7 +244,7 @@ def test_provider_answer_reaches_phone_as_plain_rtp_and_media_is_opened() -> Non
     assert spec.provider_addr == ("127.0.0.30", 30000)
     assert spec.wan_tx is not None and spec.wan_rx is not None
     assert spec.wan_tx.master != spec.wan_rx.master
-    assert [e.kind for e in h.events if e.kind == "answered"] == ["answered"]
+    assert [type(e) for e in h.events if isinstance(e, CallAnswered)] == [CallAnswered]
 
 
 def test_bye_from_phone_ends_both_legs_and_closes_media() -> None:
@@ -283,8 +290,8 @@ def test_answer_without_crypto_is_refused_with_488_and_the_phone_never_sees_200(
     assert statuses == [488]
     wan = only(h.take_wan(), SipRequest)
     assert [m.method for m in wan] == ["ACK", "BYE"]
-    refusal = [e for e in h.events if e.kind == "refused"]
-    assert refusal and "crypto" in refusal[0].fields["reason"]
+    refusal = [e for e in h.events if isinstance(e, CallRefused)]
+    assert refusal and "crypto" in refusal[0].reason
 
 
 def test_plain_rtp_avp_answer_is_refused() -> None:
@@ -305,7 +312,7 @@ def test_downgrade_setting_allows_plain_answer_and_is_logged() -> None:
     [invite] = only(h.take_wan(), SipRequest)
     h.from_provider(respond(invite, 200, body=provider_answer(invite.body, crypto=False)))
     assert 200 in [m.status for m in only(h.take_lan(), SipResponse)]
-    assert any(e.kind == "downgrade" for e in h.events)
+    assert any(isinstance(e, PlaintextDowngrade) for e in h.events)
 
 
 def test_udp_retransmission_of_invite_is_absorbed() -> None:
@@ -384,7 +391,9 @@ def test_challenge_goes_to_the_phone_and_its_credentials_come_back_unchanged() -
 
 def test_wan_down_answers_503_with_the_reason() -> None:
     h = Harness()
-    h.core.wan_connection_state(False, "certificate verification failed: hostname mismatch", 0.0)
+    h.core.wan_connection_state(
+        False, "certificate verification failed: hostname mismatch", 0.0, h.wall
+    )
     h.collect()
     h.from_phone(phone_request("INVITE", body=phone_sdp()))
     [refused] = [m for m in only(h.take_lan(), SipResponse) if m.status == 503]
@@ -937,5 +946,5 @@ def test_a_phone_that_never_acks_the_2xx_gets_the_call_ended_on_both_sides() -> 
     assert len({m.top_via.branch for m in byes}) == 1
     [bye] = only(h.take_wan(), SipRequest)
     assert bye.method == "BYE" and bye.call_id == invite.call_id
-    assert any(e.kind == "no-ack" for e in h.events)
+    assert any(isinstance(e, AckMissing) for e in h.events)
     assert h.core.active_calls == []

@@ -1,0 +1,562 @@
+"""Setting a call up across the gateway: the dialog-creating request out, its responses back
+(RFC 3261 §12.1, §13, §9.1; RFC 3262; RFC 3264; RFC 7092 §3.1).
+
+A dialog-creating request (INVITE, SUBSCRIBE, REFER) from one side becomes a ``DialogPair``:
+the caller's leg as the originator knows it, and a leg the gateway creates on the other side
+with its own Call-ID, tags and CSeq, so nothing identifying the LAN crosses to the WAN. Each
+response to it moves the pair's state machine (``gateway.sip.pair``) and is relayed to the
+caller with the caller leg's tags:
+
+- provisionals with a tag open early dialogs, one caller-side tag per callee fork (§12.1.1);
+  a reliable one is PRACKed by the gateway itself when the caller cannot (RFC 3262);
+- the 2xx confirms the pair; the gateway ACKs it at once unless it carries an offer (late
+  offer: the ACK waits for the caller's answer), and retransmits its own 2xx to a UDP caller
+  until the ACK (§13.3.1.4);
+- an answer without acceptable crypto is refused, closed: the caller gets 488, the callee leg
+  is cancelled or ACKed and ended (docs/design.md §3.1);
+- a CANCEL is answered at once, the caller gets 487, and the callee leg is cancelled as soon
+  as it may be.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from gateway.sdp.errors import MediaRefused, SdpError
+from gateway.sip.actions import CallEvent, MediaCommand, SendMessage
+from gateway.sip.admission import Admission, Refusal
+from gateway.sip.call_endings import CallEndings
+from gateway.sip.call_events import (
+    CallAnswered,
+    CallCancelled,
+    CallFailed,
+    CallRefused,
+    CallStarted,
+    PlaintextDowngrade,
+)
+from gateway.sip.dialog import Leg, copy_headers
+from gateway.sip.dialog_index import DialogIndex
+from gateway.sip.edge import (
+    Edge,
+    gateway_warning,
+    has_option_tag,
+    is_reliable_provisional,
+    request_user,
+    user_of,
+)
+from gateway.sip.events import RequestReceived
+from gateway.sip.headers import NameAddr
+from gateway.sip.message import SipRequest, SipResponse, make_response, new_tag
+from gateway.sip.outgoing import Outgoing, Relay
+from gateway.sip.pair import RINGING, WINDING_DOWN, DialogPair, PairInput, PairState
+from gateway.sip.peer import Peer, Side
+from gateway.sip.registrar import RESPONSE_COPY, Challenges
+from gateway.sip.registrations import RegistrationTable
+from gateway.sip.sdp_link import MediaLinks
+from gateway.sip.transfer import TransferMapping
+from gateway.sip.uri import parse_uri
+
+#: Headers carried from one leg's request to the other's, by method; values unchanged.
+REQUEST_COPY: tuple[str, ...] = (
+    "Authorization",
+    "Proxy-Authorization",
+    "Subject",
+    "Priority",
+    "Accept",
+    "Allow-Events",
+    "Session-Expires",
+    "Min-SE",
+    "Privacy",
+    "P-Preferred-Identity",
+    "P-Asserted-Identity",
+    "Diversion",
+    "Event",
+    "Subscription-State",
+    "Expires",
+    "Referred-By",
+    "Info-Package",
+    "Recv-Info",
+    "Content-Disposition",
+    "Reason",
+)
+
+
+def origin_of(side: Side, request: SipRequest) -> tuple[Side, str, str | None, int]:
+    """What identifies a dialog-creating request apart from its branch (§8.2.2.2)."""
+    return (side, request.call_id, request.from_.tag, request.cseq.seq)
+
+
+class CallSetup:
+    def __init__(
+        self,
+        edge: Edge,
+        index: DialogIndex,
+        out: Outgoing,
+        admission: Admission,
+        registrations: RegistrationTable,
+        media: MediaLinks,
+        transfer: TransferMapping,
+        endings: CallEndings,
+    ) -> None:
+        self._edge = edge
+        self._settings = edge.settings
+        self._index = index
+        self._out = out
+        self._admission = admission
+        self._registrations = registrations
+        self._media = media
+        self._transfer = transfer
+        self._endings = endings
+        self.challenges = Challenges()
+        self._serial = 0
+        #: The provider connection: up (TLS verified) or down, and why.
+        self.provider_up = False
+        self.provider_down_reason = "not connected to the provider yet"
+
+    def provider_ready(self, side: Side, key: str, request: SipRequest, now: float) -> bool:
+        """Fail closed: a LAN request bound for the provider gets 503 while the provider
+        connection is down or unverified (nothing is ever sent in the clear instead)."""
+        if side != Side.LAN or self.provider_up:
+            return True
+        self._out.count("refused_wan_down")
+        warning = gateway_warning(f"provider unavailable: {self.provider_down_reason}")
+        headers = [("Warning", warning), ("Retry-After", "30")]
+        self._out.reply(side, key, request, 503, now, headers=headers)
+        return False
+
+    # ------------------------------------------------------------- requests
+
+    def start(self, side: Side, event: RequestReceived, now: float, wall: datetime) -> None:
+        """A dialog-creating request (the gateway accepts calls, the provider is up)."""
+        request = event.request
+        method = request.method
+        source = event.source
+        assert isinstance(source, Peer)
+        existing = self._index.by_origin(origin_of(side, request))
+        if existing is not None:
+            if existing.branch != request.top_via.branch:
+                # §8.2.2.2: the same request reached us again by another path (a loop or a
+                # fork that came back): merged request.
+                self._out.count("loop_detected")
+                self._out.reply(side, event.key, request, 482, now)
+            elif existing.last_final is not None:
+                self._out.emit(SendMessage(source, existing.last_final))
+            return
+        number = None
+        if side == Side.LAN:
+            if not self.provider_ready(side, event.key, request, now):
+                return
+            if method == "INVITE":
+                verdict = self._admission.check_call(
+                    user_of(request.from_) or "",
+                    source.address[0],
+                    request_user(request) or "",
+                    now,
+                    wall,
+                )
+                if isinstance(verdict, Refusal):
+                    self._refuse_call(side, event, verdict, now)
+                    return
+                number = verdict.number
+            dialled = request_user(request)
+            if number is not None and number.kind == "e164":
+                dialled = number.number  # the provider gets E.164 (RFC 3966 global number)
+            caller, callee = self._outbound_legs(request, source, dialled)
+        else:
+            built = self._inbound_legs(event, source, now)
+            if built is None:
+                return
+            caller, callee = built
+        self._serial += 1
+        pair = DialogPair(
+            key=f"c{self._serial}",
+            method=method,
+            caller=caller,
+            callee=callee,
+            caller_side=side,
+            server_key=event.key,
+            request=request,
+            origin=origin_of(side, request),
+            branch=request.top_via.branch,
+            started=now,
+            caller_supports_100rel=has_option_tag(request, "100rel"),
+        )
+        body = b""
+        if method == "INVITE":
+            pair.media = self._media.new(pair.key)
+            if self._media.policy.allow_plaintext:
+                self._emit(
+                    PlaintextDowngrade(
+                        request.call_id,
+                        "wan.insecure_plaintext_media",
+                        "INSECURE: this call may carry plain RTP to the provider",
+                    )
+                )
+            if request.body:
+                try:
+                    body = self._offer(pair, side, request.body)
+                except MediaRefused as exc:
+                    self._refuse_offer(pair, side, event.key, request, exc, now)
+                    return
+                pair.media.caller_offered = True
+        elif request.body:
+            body = request.body
+        self._index.add(pair)
+        if method == "INVITE":
+            self._out.reply(side, event.key, request, 100, now)
+        outgoing = callee.build_request(
+            method,
+            body=body,
+            content_type=request.get("Content-Type"),
+            max_forwards=max(0, (request.max_forwards or 70) - 1),
+        )
+        copy_headers(request, outgoing, REQUEST_COPY)
+        copy_headers(request, outgoing, ("Allow", "Supported"))
+        self._transfer.carry_refer_to(request, outgoing, pair.callee_side)
+        self._transfer.carry_replaces(request, outgoing, side)
+        outgoing.set("User-Agent", self._settings.user_agent)
+        pair.outgoing = outgoing
+        pair.outgoing_cseq = outgoing.cseq.seq
+        pair.client_key = self._out.relay_request(
+            pair.callee_side, outgoing, callee.peer, now, Relay(pair, side, event.key, None)
+        )
+        if side == Side.LAN and method == "INVITE":
+            caller_user = user_of(request.from_) or ""
+            self._admission.call_started(
+                pair.key, caller_user, request_user(request) or "", number, now
+            )
+        self._emit(
+            CallStarted(
+                pair.caller.call_id,
+                pair.key,
+                method,
+                side.value,
+                user_of(request.from_),
+                request_user(request),
+                callee.call_id,
+            )
+        )
+
+    def cancel(self, side: Side, event: RequestReceived, now: float) -> None:
+        """CANCEL (§9.2): 200 to it and 487 to the request at once; the callee leg follows."""
+        request = event.request
+        pair = self._index.by_server(side, event.matches) if event.matches else None
+        if pair is None or pair.state not in RINGING:
+            self._out.reply(side, event.key, request, 481, now)
+            return
+        self._out.reply(side, event.key, request, 200, now)
+        self._out.reply(side, pair.server_key, pair.initial_request(), 487, now)
+        self._emit(CallCancelled(pair.caller.call_id, pair.key, side.value))
+        self._endings.give_up(pair, now)
+
+    def _refuse_call(
+        self, side: Side, event: RequestReceived, refusal: Refusal, now: float
+    ) -> None:
+        self._out.count("policy_refused_call")
+        status = refusal.status or 403
+        headers = [("Warning", refusal.warning)] if refusal.warning else []
+        self._out.reply(side, event.key, event.request, status, now, headers=headers)
+        self._emit(
+            CallRefused(
+                event.request.call_id, refusal.warning or refusal.rule, status, rule=refusal.rule
+            )
+        )
+
+    def _outbound_legs(
+        self, request: SipRequest, source: Peer, dialled: str | None
+    ) -> tuple[Leg, Leg]:
+        """Phone -> provider: the caller leg faces the phone, the callee leg the provider."""
+        phone_from = request.from_
+        caller = self._edge.new_leg(
+            Side.LAN,
+            source,
+            request.to.with_tag(new_tag()),
+            phone_from,
+            request.contacts[0].uri if request.contacts else phone_from.uri,
+            self._edge.lan_contact(source),
+            call_id=request.call_id,
+        )
+        caller.remote_cseq = request.cseq.seq
+        caller.route_set = list(request.get_all("Record-Route"))
+        from_user = user_of(phone_from)
+        # The phone answers a challenge: the same WAN Call-ID and From tag as the first try.
+        callee = self.challenges.take(request.call_id, phone_from.tag or "")
+        if callee is None:
+            binding = self._registrations.of_phone(from_user, source.address[0])
+            wan_uri = self._edge.wan_uri
+            callee = self._edge.new_leg(
+                Side.WAN,
+                self._settings.provider,
+                NameAddr(phone_from.display, wan_uri(from_user), {"tag": new_tag()}),
+                NameAddr(None, wan_uri(dialled), {}),
+                wan_uri(dialled),
+                self._edge.wan_contact(binding.token if binding else "gw"),
+            )
+        return caller, callee
+
+    def _inbound_legs(
+        self, event: RequestReceived, source: Peer, now: float
+    ) -> tuple[Leg, Leg] | None:
+        """Provider -> phone: find the phone behind the Request-URI (token or extension)."""
+        request = event.request
+        user = request_user(request)
+        binding = self._registrations.find(user, now) if user else None
+        if binding is None:
+            self._out.count("inbound_no_binding")
+            self._out.reply(Side.WAN, event.key, request, 404, now)
+            return None
+        provider_from = request.from_
+        caller = self._edge.new_leg(
+            Side.WAN,
+            source,
+            request.to.with_tag(new_tag()),
+            provider_from,
+            request.contacts[0].uri if request.contacts else provider_from.uri,
+            self._edge.wan_contact(binding.token),
+            call_id=request.call_id,
+        )
+        caller.remote_cseq = request.cseq.seq
+        caller.route_set = list(request.get_all("Record-Route"))
+        lan_uri = self._edge.lan_uri
+        callee = self._edge.new_leg(
+            Side.LAN,
+            binding.phone_peer,
+            NameAddr(provider_from.display, lan_uri(user_of(provider_from)), {"tag": new_tag()}),
+            NameAddr(None, lan_uri(binding.user), {}),
+            parse_uri(binding.phone_contact),
+            self._edge.lan_contact(binding.phone_peer),
+        )
+        return caller, callee
+
+    # ------------------------------------------------------------ responses
+
+    def on_response(self, pair: DialogPair, response: SipResponse, now: float) -> None:
+        """A response to the dialog-creating request, from the callee side."""
+        status = response.status
+        callee_tag = response.to.tag
+        if status < 200:
+            event = PairInput.EARLY_DIALOG if callee_tag and status > 100 else PairInput.PROVISIONAL
+        else:
+            event = PairInput.ANSWER if status < 300 else PairInput.REJECT
+        before = pair.advance(event)
+        if before in WINDING_DOWN or before == PairState.ENDED:
+            self._wind_down(pair, before, event, response, now)
+        elif before == PairState.CONFIRMED:
+            if event == PairInput.ANSWER:
+                self._answer_again(pair, response, now)
+        elif status == 100:
+            return  # §16.7: 100 Trying is hop-by-hop; the caller had ours
+        elif event == PairInput.REJECT:
+            self._relay_rejection(pair, response, now)
+        else:
+            self._relay_dialog_response(pair, response, now)
+
+    def _wind_down(
+        self,
+        pair: DialogPair,
+        before: PairState,
+        event: PairInput,
+        response: SipResponse,
+        now: float,
+    ) -> None:
+        """The caller has its final answer; the callee leg is being cancelled or ended."""
+        if before == PairState.CANCEL_PENDING and pair.state == PairState.CANCELLING:
+            self._endings.send_cancel(pair, now)  # the first provisional: CANCEL may go now
+            return
+        if event == PairInput.ANSWER:
+            # The callee answered as the CANCEL crossed it: confirm and end at once.
+            pair.callee.learn_from_response(response, uac=True)
+            self._out.send_ack(pair, pair.callee_side, response.cseq.seq, b"")
+            bye = pair.callee.build_request("BYE")
+            self._out.send_request(pair.callee_side, bye, pair.callee.peer, now)
+        if event in (PairInput.ANSWER, PairInput.REJECT):
+            self._endings.forget(pair, now)
+
+    def _answer_again(self, pair: DialogPair, response: SipResponse, now: float) -> None:
+        """A 2xx again: retransmitted because our ACK was lost (§13.2.2.4: ACK it again, its
+        SDP was taken the first time), or another fork's answer (ACK it, then end it)."""
+        callee_side = pair.callee_side
+        if response.to.tag == pair.confirmed_tag:
+            if pair.deferred_ack != callee_side:
+                self._out.send_ack(pair, callee_side, response.cseq.seq, b"")
+            return
+        self._out.send_ack(pair, callee_side, response.cseq.seq, b"", remote_to=response.to)
+        bye = pair.callee.build_request("BYE")
+        bye.set("To", str(response.to))
+        self._out.send_request(callee_side, bye, pair.callee.peer, now)
+
+    def _relay_rejection(self, pair: DialogPair, response: SipResponse, now: float) -> None:
+        status = response.status
+        self._out.relays.pop((pair.callee_side, pair.client_key or ""), None)
+        request = pair.initial_request()
+        reply = make_response(request, status, response.reason, to_tag=pair.caller.local_tag)
+        copy_headers(response, reply, RESPONSE_COPY)
+        if status in (401, 407) and pair.caller_side == Side.LAN and pair.method == "INVITE":
+            # The phone will retry with credentials: keep the WAN leg's identity for it.
+            pair.callee.remote = NameAddr(pair.callee.remote.display, pair.callee.remote.uri, {})
+            self.challenges.remember(
+                pair.caller.call_id, pair.caller.remote.tag or "", pair.callee, now
+            )
+        self._out.send_response(pair.caller_side, pair.server_key, reply, now)
+        self._admission.auth_result(request, pair.caller.peer, status, now)
+        self._emit(CallFailed(pair.caller.call_id, pair.key, status))
+        self._endings.forget(pair, now)
+
+    def _relay_dialog_response(self, pair: DialogPair, response: SipResponse, now: float) -> None:
+        """A provisional or a 2xx: an early or confirmed dialog on the callee leg."""
+        status = response.status
+        callee_side = pair.callee_side
+        callee_tag = response.to.tag
+        reply_tag = self._caller_tag_for(pair, callee_tag) if callee_tag else None
+        reply_tag = reply_tag or pair.caller.local_tag
+        pair.callee.learn_from_response(response, uac=True)
+        body = b""
+        media = pair.media
+        if response.body and media is not None and response.content_type == "application/sdp":
+            try:
+                if media.caller_offered:
+                    body, commands = media.answer(
+                        callee_side, response.body, early=callee_tag, confirmed=False
+                    )
+                    self._emit_all(commands)
+                elif status >= 200 or is_reliable_provisional(response):
+                    body = self._offer(pair, callee_side, response.body)
+            except MediaRefused as exc:
+                self._refuse_answer(pair, response, exc, now)
+                return
+            except SdpError as exc:
+                # Unusable SDP fails this call alone, closed like a refusal (never half-set-up).
+                refusal = MediaRefused(f"unusable SDP from the other side: {exc.reason}")
+                self._refuse_answer(pair, response, refusal, now)
+                return
+        request = pair.initial_request()
+        reply = make_response(request, status, response.reason, to_tag=reply_tag)
+        copy_headers(response, reply, RESPONSE_COPY)
+        copy_headers(response, reply, ("Allow", "Supported"))
+        reply.add("Contact", pair.caller.contact)
+        # §12.1.1: the UAS copies the request's Record-Route into dialog-creating responses,
+        # or the proxies on the caller's path drop out of the dialog.
+        for record_route in request.get_all("Record-Route"):
+            reply.add("Record-Route", record_route)
+        if body:
+            reply.body = body
+            reply.set("Content-Type", "application/sdp")
+        if status < 200:
+            if is_reliable_provisional(response):
+                if pair.caller_supports_100rel:
+                    reply.set("Require", "100rel")
+                    reply.set("RSeq", response.get("RSeq") or "1")
+                else:
+                    self._prack_ourselves(pair, response, now)
+            self._out.send_response(pair.caller_side, pair.server_key, reply, now)
+            return
+        self._confirm(pair, response, reply, reply_tag, now)
+
+    def _confirm(
+        self,
+        pair: DialogPair,
+        response: SipResponse,
+        reply: SipResponse,
+        reply_tag: str | None,
+        now: float,
+    ) -> None:
+        """2xx: confirm this dialog; forget the other early dialogs (forking)."""
+        callee_tag = response.to.tag
+        pair.confirmed_tag = callee_tag
+        pair.answered = now
+        self._admission.call_answered(pair.key, now)
+        media = pair.media
+        if media is not None and callee_tag and media.caller_offered:
+            self._emit_all(media.confirm(callee_tag))
+        if reply_tag and reply_tag != pair.caller.local_tag:
+            pair.caller.local = pair.caller.local.with_tag(reply_tag)
+        if pair.method == "INVITE":
+            callee_side = pair.callee_side
+            if (media is not None and media.caller_offered) or not response.body:
+                self._out.send_ack(pair, callee_side, response.cseq.seq, b"")
+            else:
+                pair.deferred_ack, pair.deferred_ack_cseq = callee_side, response.cseq.seq
+            self._out.send_2xx(pair, pair.caller_side, pair.server_key, reply, now)
+            suite = media.chosen_suite() if media is not None else None
+            downgrade = bool(media and media.uses_plaintext_downgrade)
+            self._emit(
+                CallAnswered(
+                    pair.caller.call_id, pair.key, suite.value if suite else None, downgrade
+                )
+            )
+        else:
+            self._out.send_response(pair.caller_side, pair.server_key, reply, now)
+        pair.confirmed()
+
+    def _caller_tag_for(self, pair: DialogPair, callee_tag: str) -> str:
+        """One caller-side to-tag per callee early dialog (§12.1.1: each fork is a dialog)."""
+        tag = pair.tag_map.get(callee_tag)
+        if tag is None:
+            assert pair.caller.local_tag is not None
+            tag = pair.caller.local_tag if not pair.tag_map else new_tag()
+            pair.tag_map[callee_tag] = tag
+            self._index.add_dialog(pair, pair.caller_side, pair.caller.call_id, tag)
+        return tag
+
+    def _prack_ourselves(self, pair: DialogPair, response: SipResponse, now: float) -> None:
+        """The caller cannot do 100rel: acknowledge the reliable provisional for it (RFC 3262)."""
+        prack = pair.callee.build_request("PRACK")
+        prack.set("To", str(response.to))
+        rseq = response.get("RSeq") or "1"
+        prack.set("RAck", f"{rseq} {response.cseq.seq} {response.cseq.method}")
+        relay = Relay(pair, pair.caller_side, "", prack, internal=True)
+        self._out.relay_request(pair.callee_side, prack, pair.callee.peer, now, relay)
+
+    # ------------------------------------------------------------- refusals
+
+    def _refuse_answer(
+        self, pair: DialogPair, response: SipResponse, exc: MediaRefused, now: float
+    ) -> None:
+        """Fail closed: the callee answered without acceptable crypto. The caller gets 488 and
+        never sees an answer; a callee leg that did answer is ACKed and ended at once."""
+        self._out.count("refused_media")
+        self._emit(CallRefused(pair.caller.call_id, exc.warning, 488, pair=pair.key))
+        reply = make_response(pair.initial_request(), 488, to_tag=pair.caller.local_tag)
+        reply.add("Warning", gateway_warning(exc.warning))
+        self._out.send_response(pair.caller_side, pair.server_key, reply, now)
+        if 200 <= response.status < 300:
+            # The 2xx confirmed the callee leg as it came: ACK it and end it at once.
+            self._out.send_ack(pair, pair.callee_side, response.cseq.seq, b"")
+            bye = pair.callee.build_request("BYE")
+            self._out.send_request(pair.callee_side, bye, pair.callee.peer, now)
+            pair.advance(PairInput.HANG_UP)
+            self._endings.forget(pair, now)
+        else:
+            self._endings.give_up(pair, now)  # a provisional came: the CANCEL may go at once
+        self._endings.release_media(pair)
+
+    def _refuse_offer(
+        self,
+        pair: DialogPair,
+        side: Side,
+        key: str,
+        request: SipRequest,
+        exc: MediaRefused,
+        now: float,
+    ) -> None:
+        """The caller's own offer has nothing the gateway may relay: 488, nothing goes out."""
+        self._out.count("refused_media")
+        self._emit(CallRefused(request.call_id, exc.warning, 488))
+        headers = [("Warning", gateway_warning(exc.warning))]
+        self._out.reply(side, key, request, 488, now, headers=headers)
+        self._endings.release_media(pair)
+
+    # ---------------------------------------------------------------- media
+
+    def _offer(self, pair: DialogPair, side: Side, body: bytes) -> bytes:
+        assert pair.media is not None
+        out, commands = pair.media.offer(side, body)
+        self._emit_all(commands)
+        return out
+
+    def _emit(self, event: CallEvent) -> None:
+        self._out.emit(event)
+
+    def _emit_all(self, commands: list[MediaCommand]) -> None:
+        for command in commands:
+            self._out.emit(command)
