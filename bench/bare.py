@@ -10,11 +10,12 @@ Run with ``python -m bench.harness --modes direct,bare,gateway,rtpengine``.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
+from gateway.bench.build import build_dir, is_private_executable
 from gateway.bench.loadgen import (
     PHONE_ADDRESS,
     PHONE_MEDIA_PORT,
@@ -39,16 +40,17 @@ def build() -> Path:
     if gcc is None:
         raise RuntimeError("no C compiler (gcc) on this host")
     text = SOURCE.read_bytes()
-    folder = Path(tempfile.gettempdir()) / "gateway-bench"
-    folder.mkdir(parents=True, exist_ok=True)
-    exe = folder / f"bare-relay-{hashlib.sha256(text).hexdigest()[:16]}"
-    if not exe.exists():
+    # The generator's private cache, never a fixed /tmp path another user could plant in.
+    folder = build_dir()
+    exe = folder / f"bare-relay-{hashlib.sha256(text).hexdigest()}"
+    if not is_private_executable(exe):
+        partial = folder / f".{exe.name}.{os.getpid()}.tmp"
         done = subprocess.run(
-            [gcc, "-O2", "-o", f"{exe}.tmp", str(SOURCE)], capture_output=True, text=True
+            [gcc, "-O2", "-o", str(partial), str(SOURCE)], capture_output=True, text=True
         )
         if done.returncode != 0:
             raise RuntimeError(f"building bare_relay failed:\n{done.stderr.strip()}")
-        Path(f"{exe}.tmp").replace(exe)
+        partial.replace(exe)
     return exe
 
 

@@ -5,9 +5,9 @@ Usage (from the repository root, as root for pinning and priorities)::
     .venv/bin/python -m bench.harness                      # the full sweep, ~10 minutes
     .venv/bin/python -m bench.harness --smoke --out DIR    # a few calls, a few seconds
 
-For each mode and each call count the compiled generator (``bench/loadgen.c``) sends G.711-
-sized RTP at 20 ms both ways for every call, staggered across the interval, and measures at the
-receivers; the media path runs on CPU 0, the generator on CPU 1. The gateway is the real
+For each mode and each call count the compiled generator (``gateway/bench/loadgen.c``) sends
+G.711-sized RTP at 20 ms both ways for every call, staggered across the interval, and measures
+at the receivers; the media path runs on CPU 0, the generator on CPU 1. The gateway is the real
 ``gateway run`` process, its calls set up by SIP INVITEs from phones over UDP and a provider over
 TLS answering with SDES. Writes ``bench/results/<date>.json`` (or ``--out``), a text table,
 and SVG plots; prints the capacity of each mode and the gateway/rtpengine ratio.

@@ -1,7 +1,9 @@
-"""Build and drive the compiled RTP/SRTP load generator (``bench/loadgen.c``).
+"""Build and drive the compiled RTP/SRTP load generator (``gateway/bench/loadgen.c``).
 
 Python is too slow to pace ~100k packets/s each way with µs accuracy, so the generator is a
-small C program compiled on first use with the machine's gcc and cached by source hash. It is
+small C program compiled on first use with the machine's gcc. Its source ships inside the
+package, so an installed gateway can build it; the executable is cached by source hash in a
+folder only this user can write (:mod:`gateway.bench.build`), never at a fixed /tmp path. It is
 linked against pylibsrtp's own extension module, whose libsrtp (over OpenSSL) is the gateway's:
 no -dev package is needed and the crypto cost is the same as in the gateway.
 
@@ -24,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from gateway.bench.build import build_dir, is_private_executable, private_dir
 
 __all__ = [
     "CORE_KEEPER_LABEL",
@@ -143,17 +147,19 @@ def _isolate(cpu: int | None, realtime: bool) -> None:
 
 
 def find_source() -> Path:
-    """The generator's C source in the repository's ``bench/`` folder."""
-    path = Path(__file__).resolve().parents[2] / "bench" / "loadgen.c"
+    """The generator's C source, shipped next to this module as package data."""
+    path = Path(__file__).with_name("loadgen.c")
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run from a source checkout of the gateway")
+        raise FileNotFoundError(f"{path} not found: the gateway package is installed incomplete")
     return path
 
 
 def build_loadgen(cache: Path | None = None) -> Path:
     """Compile the generator (once per source version); returns the executable's path.
 
-    Raises RuntimeError with gcc's message when it cannot be built.
+    ``cache`` is a folder to build in instead of the per-user cache; it gets the same checks
+    (created 0700, must belong to this user). Raises RuntimeError with gcc's message when the
+    generator cannot be built.
     """
     source = find_source()
     gcc = shutil.which("gcc") or shutil.which("cc")
@@ -164,13 +170,16 @@ def build_loadgen(cache: Path | None = None) -> Path:
         raise RuntimeError("pylibsrtp is not installed")
     binding = Path(spec.origin)
     text = source.read_bytes()
-    digest = hashlib.sha256(text + str(binding).encode()).hexdigest()[:16]
-    folder = cache or Path(tempfile.gettempdir()) / "gateway-bench"
-    folder.mkdir(parents=True, exist_ok=True)
+    # The binding's path is part of the key: the executable links to that very file.
+    digest = hashlib.sha256(text + str(binding).encode()).hexdigest()
+    folder = build_dir() if cache is None else cache
+    if cache is not None and not private_dir(cache):
+        raise RuntimeError(f"{cache}: not a private folder of this user (mode 0700) to build in")
     exe = folder / f"loadgen-{digest}"
-    if exe.exists():
+    if is_private_executable(exe):
         return exe
     include = _srtp_headers(folder)
+    partial = folder / f".{exe.name}.{os.getpid()}.tmp"
     command = [
         gcc,
         "-O2",
@@ -178,7 +187,7 @@ def build_loadgen(cache: Path | None = None) -> Path:
         "-rdynamic",
         *(["-I", str(include)] if include else []),
         "-o",
-        str(exe) + ".tmp",
+        str(partial),
         str(source),
         str(binding),
         f"-Wl,-rpath,{binding.parent}",
@@ -186,8 +195,10 @@ def build_loadgen(cache: Path | None = None) -> Path:
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
+        partial.unlink(missing_ok=True)
         raise RuntimeError(f"building the load generator failed:\n{done.stderr.strip()}")
-    os.replace(str(exe) + ".tmp", exe)
+    # Replaces whatever unusable file had the name (another owner's, or writable by others).
+    os.replace(partial, exe)
     return exe
 
 
