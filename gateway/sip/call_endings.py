@@ -62,7 +62,8 @@ class CallEndings:
         """The call is over: BYE to ``send_bye_to`` (a side that has not said BYE itself;
         a callee still ringing is cancelled instead), the ended event, and forget it."""
         if pair in self._index:
-            duration = round(now - pair.answered, 3) if pair.answered else 0.0
+            answered = pair.answered
+            duration = round(now - answered, 3) if answered is not None else 0.0
             event: CallEvent = CallEnded(pair.caller.call_id, pair.key, reason, duration)
             self._out.emit(event)
         before = pair.advance(PairInput.HANG_UP)

@@ -256,9 +256,15 @@ class CallSetup:
         status = refusal.status or 403
         headers = [("Warning", refusal.warning)] if refusal.warning else []
         self._out.reply(side, event.key, event.request, status, now, headers=headers)
+        request = event.request
         self._emit(
             CallRefused(
-                event.request.call_id, refusal.warning or refusal.rule, status, rule=refusal.rule
+                request.call_id,
+                refusal.warning or refusal.rule,
+                status,
+                rule=refusal.rule,
+                caller=user_of(request.from_),
+                callee=request_user(request),
             )
         )
 
@@ -541,7 +547,8 @@ class CallSetup:
     ) -> None:
         """The caller's own offer has nothing the gateway may relay: 488, nothing goes out."""
         self._out.count("refused_media")
-        self._emit(CallRefused(request.call_id, exc.warning, 488))
+        caller, callee = user_of(request.from_), request_user(request)
+        self._emit(CallRefused(request.call_id, exc.warning, 488, caller=caller, callee=callee))
         headers = [("Warning", gateway_warning(exc.warning))]
         self._out.reply(side, key, request, 488, now, headers=headers)
         self._endings.release_media(pair)

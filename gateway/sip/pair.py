@@ -138,7 +138,8 @@ class DialogPair:
     #: The caller asked for reliable provisionals (RFC 3262).
     caller_supports_100rel: bool = False
     started: float = 0.0
-    answered: float = 0.0
+    #: When the 2xx came (None: never answered).
+    answered: float | None = None
     #: The call's media (INVITE pairs only).
     media: MediaLink | None = None
     state: PairState = PairState.CALLING

@@ -18,12 +18,15 @@ from gateway.policy import PolicyEngine, PolicySettings
 from gateway.policy.settings import AllowlistSettings
 from gateway.sdp.negotiation import MediaPolicy
 from gateway.sip.actions import MediaCommand, SecurityNotice, SendMessage
-from gateway.sip.b2bua import B2bua, EdgeSettings
+from gateway.sip.b2bua import B2bua, EdgeSettings, PairState
 from gateway.sip.call_events import (
     AckMissing,
     CallAnswered,
+    CallCancelled,
+    CallEnded,
     CallEvent,
     CallRefused,
+    MediaEnded,
     PlaintextDowngrade,
 )
 from gateway.sip.message import SipRequest, SipResponse, make_response, parse_message
@@ -948,3 +951,125 @@ def test_a_phone_that_never_acks_the_2xx_gets_the_call_ended_on_both_sides() -> 
     assert bye.method == "BYE" and bye.call_id == invite.call_id
     assert any(isinstance(e, AckMissing) for e in h.events)
     assert h.core.active_calls == []
+
+
+# ------------------------------------------------ forking, media problems, hang-up of all calls
+
+
+def test_forked_early_dialogs_each_get_a_caller_tag_and_the_losing_answer_is_ended() -> None:
+    h = Harness()
+    h.from_phone(phone_request("INVITE", body=phone_sdp()))
+    [invite] = only(h.take_wan(), SipRequest)
+    h.take_lan()
+    answer = provider_answer(invite.body)
+    h.from_provider(respond(invite, 180, tag="fork-a", body=answer))
+    h.from_provider(respond(invite, 180, tag="fork-b", body=answer))
+    ringing = [m for m in only(h.take_lan(), SipResponse) if m.status == 180]
+    assert len(ringing) == 2
+    tag_a, tag_b = ringing[0].to.tag, ringing[1].to.tag
+    assert tag_a and tag_b and tag_a != tag_b  # one caller-side dialog per fork (§12.1.1)
+    h.from_provider(respond(invite, 200, tag="fork-b", body=answer))
+    [ok] = [m for m in only(h.take_lan(), SipResponse) if m.status == 200]
+    assert ok.to.tag == tag_b
+    [ack_b] = only(h.take_wan(), SipRequest)
+    assert ack_b.method == "ACK" and ack_b.to.tag == "fork-b"
+    # The other fork answers too: ACKed, then ended with BYE; the phone hears nothing of it.
+    h.from_provider(respond(invite, 200, tag="fork-a", body=answer))
+    late = only(h.take_wan(), SipRequest)
+    assert [(m.method, m.to.tag) for m in late] == [("ACK", "fork-a"), ("BYE", "fork-a")]
+    assert only(h.take_lan(), SipResponse) == []
+    assert [p.state for p in h.core.active_calls] == [PairState.CONFIRMED]
+
+
+def test_media_problem_on_a_confirmed_call_ends_both_legs_with_the_reason() -> None:
+    h = Harness()
+    establish_outbound(h)
+    h.take_wan()
+    [pair] = h.core.active_calls
+    h.now = 12.5
+    h.core.media_problem(pair.key, "media worker lost", h.now, h.wall)
+    h.collect()
+    [lan_bye] = only(h.take_lan(), SipRequest)
+    [wan_bye] = only(h.take_wan(), SipRequest)
+    assert lan_bye.method == wan_bye.method == "BYE"
+    assert "media worker lost" in (wan_bye.get("Reason") or "")
+    assert [e.reason for e in h.events if isinstance(e, MediaEnded)] == ["media worker lost"]
+    [ended] = [e for e in h.events if isinstance(e, CallEnded)]
+    assert ended.reason == "media worker lost" and ended.duration == 12.5
+    assert h.core.active_calls == []
+    assert any(isinstance(c, CloseCall) for c in h.media)
+
+
+def test_media_problem_on_a_ringing_call_fails_the_caller_and_cancels_the_provider() -> None:
+    h = Harness()
+    h.from_phone(phone_request("INVITE", body=phone_sdp()))
+    [invite] = only(h.take_wan(), SipRequest)
+    h.take_lan()
+    h.from_provider(respond(invite, 180))
+    h.take_lan()
+    [pair] = h.core.active_calls
+    h.core.media_problem(pair.key, "could not bind a media port", h.now, h.wall)
+    h.collect()
+    [failed] = [m for m in only(h.take_lan(), SipResponse) if m.status >= 300]
+    assert failed.status == 503
+    assert "media unavailable: could not bind a media port" in (failed.get("Warning") or "")
+    [cancel] = only(h.take_wan(), SipRequest)
+    assert cancel.method == "CANCEL" and cancel.cseq.seq == invite.cseq.seq
+    # The provider's 487 closes the pair.
+    h.from_provider(respond(invite, 487))
+    assert h.core.active_calls == []
+
+
+def test_hang_up_all_ends_confirmed_calls_with_bye_and_fails_ringing_ones() -> None:
+    h = Harness()
+    establish_outbound(h)
+    h.take_wan()
+    h.from_phone(phone_request("INVITE", body=phone_sdp(8002), call_id="call-2@phone", cseq=7))
+    [second] = only(h.take_wan(), SipRequest)
+    h.take_lan()
+    h.core.hang_up_all(h.now, h.wall, "gateway shutting down")
+    h.collect()
+    lan = h.take_lan()
+    assert [m.method for m in only(lan, SipRequest)] == ["BYE"]
+    assert [m.status for m in only(lan, SipResponse)] == [503]
+    # No provisional came for the second call yet: its CANCEL waits for one (§9.1).
+    assert [m.method for m in only(h.take_wan(), SipRequest)] == ["BYE"]
+    h.from_provider(respond(second, 100))
+    [cancel] = only(h.take_wan(), SipRequest)
+    assert cancel.method == "CANCEL" and cancel.call_id == second.call_id
+    h.from_provider(respond(second, 487))
+    assert h.core.active_calls == []
+
+
+def test_cancel_crossing_the_providers_answer_acks_and_ends_the_provider_leg() -> None:
+    h = Harness()
+    branch = "z9hG4bKcrossing"
+    h.from_phone(phone_request("INVITE", body=phone_sdp(), branch=branch))
+    [invite] = only(h.take_wan(), SipRequest)
+    h.take_lan()
+    h.from_phone(phone_request("CANCEL", cseq=1, branch=branch))
+    assert sorted(m.status for m in only(h.take_lan(), SipResponse)) == [200, 487]
+    assert only(h.take_wan(), SipRequest) == []  # no provisional yet: no CANCEL either
+    h.from_provider(respond(invite, 200, body=provider_answer(invite.body)))
+    late = only(h.take_wan(), SipRequest)
+    assert [m.method for m in late] == ["ACK", "BYE"]
+    assert only(h.take_lan(), SipResponse) == []  # the phone already had its 487
+    assert h.core.active_calls == []
+    assert any(isinstance(e, CallCancelled) for e in h.events)
+
+
+def test_a_call_ended_by_the_core_is_charged_at_the_time_given() -> None:
+    """The core keeps no clock: the caps' running totals use the time of the input that ended
+    the call (a cached time once charged calls ended by a media problem too little)."""
+    h = policy_harness()
+    h.from_phone(phone_request("INVITE", body=phone_sdp(), ruri="sip:2025550123@127.0.0.20"))
+    [invite] = only(h.take_wan(), SipRequest)
+    h.take_lan()
+    h.from_provider(respond(invite, 200, body=provider_answer(invite.body)))
+    [pair] = h.core.active_calls
+    h.now = 600.0  # ten minutes later, with no message in between
+    h.core.media_problem(pair.key, "no media in either direction", h.now, h.wall)
+    h.collect()
+    policy = h.core.policy
+    assert policy is not None
+    assert policy.minutes_today("1001", h.now) == pytest.approx(10.0)
