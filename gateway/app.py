@@ -13,25 +13,28 @@ import ipaddress
 import json
 import logging
 import signal
-import sys
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from gateway.admin.observe import Observatory
-from gateway.cdr import CallRecorder, RecordFile, call_location
+from gateway.cdr import CallRecorder, RecordFile
 from gateway.certs.material import verify_pins
 from gateway.certs.runtime import TlsMaterial
 from gateway.config import GatewayConfig, insecure_settings
+from gateway.console import OperatorConsole
+from gateway.logsetup import configure_logging
 from gateway.media.control import CloseCall, OpenStream, StreamCounters, UpdateStream
 from gateway.media.controller import MediaController, MediaError
 from gateway.policy import PolicyEngine, encode_line
-from gateway.policy.bans_store import BanStoreError, load_bans, save_bans
+from gateway.policy.bans_store import BanFileSync
 from gateway.sdp.negotiation import MediaPolicy
 from gateway.sip.actions import CallEvent, MediaCommand, SecurityNotice, SendMessage
 from gateway.sip.b2bua import B2bua, EdgeSettings
+from gateway.sip.call_events import CallRefused, PlaintextDowngrade
 from gateway.sip.errors import SipParseError
 from gateway.sip.message import SipRequest, SipResponse
 from gateway.sip.peer import Peer, Side
@@ -40,6 +43,8 @@ from gateway.transport.provider import ProviderLink
 from gateway.transport.stream import SipStreamConnection
 from gateway.transport.tls_listener import rotating_server_context
 from gateway.transport.udp import SipUdpEndpoint, open_udp
+
+__all__ = ["Counters", "Gateway", "configure_logging"]
 
 log = logging.getLogger("gateway")
 events_log = logging.getLogger("gateway.events")
@@ -87,9 +92,7 @@ class Gateway:
         )
         self.policy = PolicyEngine(config.policy)
         self.core = B2bua(self.settings, policy=self.policy)
-        self._bans_path = Path(config.state.directory) / "bans.json"
-        self._bans_version = -1
-        self._bans_mtime = 0
+        self.ban_file = BanFileSync(Path(config.state.directory) / "bans.json")
         self.counters = Counters()
         self.media = MediaController(
             lan_address=lan.media_address,
@@ -114,7 +117,6 @@ class Gateway:
         self._timer_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._media_tasks: set[asyncio.Task[None]] = set()
-        self.call_events: list[CallEvent] = []
         self.wan_state = (False, "not connected yet")
         self.tls = TlsMaterial(
             wan.identity,
@@ -130,10 +132,22 @@ class Gateway:
         cdr_path = Path(config.state.directory) / admin.cdr_file
         self.cdr = CallRecorder(
             RecordFile(cdr_path, max_bytes=admin.cdr_max_bytes, keep=admin.cdr_keep),
-            locate=lambda key: call_location(self.core.active_calls, key),
+            locate=lambda key: self.console.call_location(key),
+        )
+        #: What operators may read and do (admin surface, demo): the only reader of the cores.
+        self.console = OperatorConsole(
+            config=config,
+            core=self.core,
+            policy=self.policy,
+            media=self.media,
+            tls=self.tls,
+            cdr=self.cdr,
+            provider=lambda: self.provider,
+            wan_state=lambda: self.wan_state,
+            clock=self._clock,
+            after_change=self._flush,
         )
         self.admin: Any = None  # gateway.admin.server.AdminServer when [admin] is enabled
-        self.started_at = time.time()
 
     # ------------------------------------------------------------- lifecycle
 
@@ -142,7 +156,7 @@ class Gateway:
         for name in self._insecure:
             log.warning("INSECURE SETTING ACTIVE: %s", name)
         self.tls.load()
-        self._load_bans()
+        self.ban_file.restore(self.policy, self._now(), time.time())
         await self.media.start()
         # A stats round trip proves every worker's loop is up before the first call.
         await self.media.wait_running()
@@ -189,7 +203,12 @@ class Gateway:
         if self.config.admin.enabled:
             from gateway.admin.server import AdminServer  # aiohttp only when it is wanted
 
-            self.admin = AdminServer(self)
+            self.admin = AdminServer(
+                self.config.admin,
+                status=self.console,
+                operations=self.console,
+                observatory=self.observatory,
+            )
             await self.admin.start()
         log.info(
             "gateway started: LAN %s:%d (%s), provider %s:%s over %s",
@@ -202,8 +221,8 @@ class Gateway:
         )
 
     def reload_certificates(self, reason: str) -> str | None:
-        """SIGHUP or an admin request: load, validate, swap; None on success, else why not."""
-        return self.tls.reload(reason)
+        """SIGHUP: load, validate, swap; None on success, else why not."""
+        return self.console.reload_certificates(reason).error
 
     async def _watch_certificates(self) -> None:
         """Take up rotated files by themselves; warn as expiry approaches."""
@@ -211,7 +230,8 @@ class Gateway:
         while True:
             await asyncio.sleep(2.0)
             self.tls.poll()
-            self._follow_ban_file()
+            if self.ban_file.follow(self.policy, self._now()):
+                self._flush()  # the lifts' security events
             if ticks % 1800 == 0:  # hourly is plenty for day-granular warnings
                 self.tls.check_expiry()
             ticks += 1
@@ -224,7 +244,7 @@ class Gateway:
         while self.core.active_calls and loop.time() < deadline:
             await asyncio.sleep(0.1)
         if self.core.active_calls:
-            self.core.hang_up_all(loop.time(), "gateway shutting down")
+            self.core.hang_up_all(loop.time(), self._wall(), "gateway shutting down")
             self._flush()
             await asyncio.sleep(0.2)  # let the BYEs reach the transports
         for task in self._background:
@@ -262,12 +282,23 @@ class Gateway:
         assert self._loop is not None
         return self._loop.time()
 
+    @staticmethod
+    def _wall() -> datetime:
+        """Local wall-clock time for the core's dial-plan windows (the core reads no clock)."""
+        return datetime.now()
+
+    def _clock(self) -> float:
+        """The cores' clock, also before start-up (a status asked of a gateway not started)."""
+        if self._loop is not None:
+            return self._loop.time()
+        return time.monotonic()
+
     def _on_lan_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "recv lan:udp:%s:%d: %s", *addr, data.split(b"\r\n", 1)[0].decode(errors="replace")
             )
-        self.core.receive_datagram(Peer(Side.LAN, "udp", addr), data, self._now())
+        self.core.receive_datagram(Peer(Side.LAN, "udp", addr), data, self._now(), self._wall())
         self._flush()
 
     def _new_stream(self, side: Side, *, accepted: bool = False) -> SipStreamConnection:
@@ -304,7 +335,7 @@ class Gateway:
             return
         if log.isEnabledFor(logging.DEBUG):
             log.debug("recv %s: %s", self._stream_peer(side, conn), message.start_line())
-        self.core.receive_message(self._stream_peer(side, conn), message, self._now())
+        self.core.receive_message(self._stream_peer(side, conn), message, self._now(), self._wall())
         self._flush()
 
     def _listener_allowed(self, conn: SipStreamConnection) -> bool:
@@ -330,48 +361,6 @@ class Gateway:
         if side == Side.WAN and self.provider is not None:
             self.provider.connection_closed(conn, reason)
 
-    def _load_bans(self) -> None:
-        """Bans survive a restart: they are read back from the state folder at start-up."""
-        try:
-            bans = load_bans(self._bans_path)
-        except BanStoreError as exc:
-            log.error("ignoring unreadable ban file: %s", exc)
-            return
-        loaded = self.policy.import_bans(bans, self._now(), time.time())
-        if loaded:
-            log.info("restored %d ban(s) from %s", loaded, self._bans_path)
-        self._bans_version = self.policy.bans_version
-
-    def _follow_ban_file(self) -> None:
-        """``gateway bans lift`` edits the file; a ban missing from it is lifted here too."""
-        try:
-            mtime = self._bans_path.stat().st_mtime_ns
-        except OSError:
-            return
-        if mtime == self._bans_mtime:
-            return
-        self._bans_mtime = mtime
-        try:
-            on_file = {b.address for b in load_bans(self._bans_path)}
-        except BanStoreError as exc:
-            log.error("ignoring unreadable ban file: %s", exc)
-            return
-        now = self._now()
-        for ban in self.policy.bans(now):
-            if ban.address not in on_file:
-                self.policy.lift_ban(ban.address, now)
-                log.warning("ban on %s lifted by the operator", ban.address)
-        self._flush()
-
-    def _save_bans(self) -> None:
-        self._bans_version = self.policy.bans_version
-        try:
-            self._bans_path.parent.mkdir(parents=True, exist_ok=True)
-            save_bans(self._bans_path, self.policy.export_bans(self._now(), time.time()))
-            self._bans_mtime = self._bans_path.stat().st_mtime_ns
-        except (OSError, BanStoreError) as exc:
-            log.error("cannot save bans to %s: %s", self._bans_path, exc)
-
     def _on_provider_state(self, up: bool, reason: str) -> None:
         if up and self.provider is not None and self.provider.target is not None:
             # The provider's own addresses are always allowed on the WAN and never banned.
@@ -379,21 +368,21 @@ class Gateway:
         if not up and self.wan_state != (up, reason):
             log.error("provider unavailable: %s", reason)
         self.wan_state = (up, reason)
-        self.core.wan_connection_state(up, reason, self._now())
+        self.core.wan_connection_state(up, reason, self._now(), self._wall())
         self._flush()
 
     def _on_media_idle(self, call_key: str) -> None:
-        self.core.media_problem(call_key, "no media in either direction", self._now())
+        self.core.media_problem(call_key, "no media in either direction", self._now(), self._wall())
         self._flush()
 
     def _on_worker_lost(self, call_keys: list[str]) -> None:
         for key in call_keys:
-            self.core.media_problem(key, "media worker lost", self._now())
+            self.core.media_problem(key, "media worker lost", self._now(), self._wall())
         self._flush()
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.core.handle_timer(self._now())
+        self.core.handle_timer(self._now(), self._wall())
         self._flush()
 
     # --------------------------------------------------------------- outputs
@@ -418,8 +407,8 @@ class Gateway:
                 self.observatory.security_event(action.event, time.time() - self._now())
             else:
                 self._record(action)
-        if self.policy.bans_version != self._bans_version:
-            self._save_bans()
+        if self._loop is not None:
+            self.ban_file.save_if_changed(self.policy, self._now(), time.time())
         self.cdr.settle(lambda: (p.key for p in self.core.active_calls), time.time())
         deadline = self.core.get_timer()
         if self._timer is not None and (deadline is None or self._timer_at != deadline):
@@ -513,7 +502,7 @@ class Gateway:
     def _media_failed(self, command: OpenStream | UpdateStream | CloseCall, exc: Exception) -> None:
         log.error("media for %s: %s", command.call_id, exc)
         if not isinstance(command, CloseCall):
-            self.core.media_problem(command.call_id, str(exc), self._now())
+            self.core.media_problem(command.call_id, str(exc), self._now(), self._wall())
             self._flush()
 
     def _log_media_counters(self, call_key: str, stats: dict[str, StreamCounters] | None) -> None:
@@ -537,60 +526,15 @@ class Gateway:
         events_log.info(json.dumps(record))
 
     def _record(self, event: CallEvent) -> None:
-        self.call_events.append(event)
-        if len(self.call_events) > 1000:
-            del self.call_events[:500]
+        wall = time.time()
+        self.console.note_call_event(event)
         record: dict[str, Any] = {
-            "time": round(time.time(), 3),
+            "time": round(wall, 3),
             "event": event.kind,
             "call_id": event.call_id,
-            **event.fields,
+            **event.fields(),
         }
-        level = logging.WARNING if event.kind in ("refused", "downgrade") else logging.INFO
-        events_log.log(level, json.dumps(record, default=str))
-        self.observatory.call_event(event.kind, event.fields, time.time())
-        self.cdr.on_event(event.kind, event.call_id, event.fields, time.time())
-
-    # ----------------------------------------------------------- inspection
-
-    async def media_stats(self) -> dict[str, StreamCounters]:
-        return await self.media.stats()
-
-    def lift_ban(self, address: str) -> bool:
-        """An operator lift (admin API): the ban goes, the file and the event log follow."""
-        lifted = self.policy.lift_ban(address, self._now())
-        self._flush()
-        return lifted
-
-
-def configure_logging(level: str = "info", fmt: str = "auto") -> None:
-    """Human-readable lines on a terminal, JSON lines otherwise."""
-    if fmt == "auto":
-        fmt = "text" if sys.stderr.isatty() else "json"
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-
-
-#: Loggers whose messages already are one JSON object each: written as they are.
-_JSON_LOGGERS = frozenset({"gateway.events", "gateway.security", "gateway.admin.access"})
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        if record.name in _JSON_LOGGERS and message.startswith("{"):
-            return message
-        return json.dumps(
-            {
-                "time": round(record.created, 3),
-                "level": record.levelname.lower(),
-                "logger": record.name,
-                "message": message,
-            }
-        )
+        loud = isinstance(event, CallRefused | PlaintextDowngrade)
+        events_log.log(logging.WARNING if loud else logging.INFO, json.dumps(record, default=str))
+        self.observatory.call_event(event, wall)
+        self.cdr.on_event(event, wall)

@@ -9,8 +9,8 @@ acceptable crypto) get a record too, so toll-fraud attempts show up beside the c
 :class:`CallRecorder` is fed by the composition root, with no I/O of its own until a record is
 complete:
 
-- ``on_event`` with every :class:`~gateway.sip.actions.CallEvent` (``started``, ``answered``,
-  ``refused``, ``failed``, ``cancelled``, ``ended`` …);
+- ``on_event`` with every typed call event (:mod:`gateway.sip.call_events`: ``CallStarted``,
+  ``CallAnswered``, ``CallRefused``, ``CallFailed``, ``CallCancelled``, ``CallEnded`` …);
 - ``expect_media`` when the core closes a call's media (``CloseCall``), and ``media_closed``
   with that call's last stream counters, queried just before the worker forgets them;
 - ``settle`` once per batch of core actions, with the keys of the calls still active: a call
@@ -28,53 +28,54 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from gateway.media.control import StreamCounters
+from gateway.operations import DROP_FIELDS, stream_totals
+from gateway.sip.call_events import (
+    TERMINAL_EVENTS,
+    AckMissing,
+    BadResponse,
+    CallAnswered,
+    CallCancelled,
+    CallEnded,
+    CallEvent,
+    CallFailed,
+    CallRefused,
+    CallStarted,
+    MediaEnded,
+    PhoneRegistered,
+    PlaintextDowngrade,
+)
 
-__all__ = ["CallRecorder", "RecordFile", "read_records", "stream_totals"]
+__all__ = ["CallFacts", "CallRecorder", "RecordFile", "read_records"]
 
 log = logging.getLogger("gateway.cdr")
-
-#: Counter fields summed over a call's streams into its record (and into metrics totals).
-PACKET_FIELDS = (
-    "lan_in_packets",
-    "lan_in_bytes",
-    "wan_out_packets",
-    "wan_in_packets",
-    "wan_in_bytes",
-    "lan_out_packets",
-)
-DROP_FIELDS = {
-    "drop_auth": "auth",
-    "drop_replay": "replay",
-    "drop_wrong_source": "wrong_source",
-    "drop_no_peer": "no_session",
-    "drop_plain_rtcp": "plain_rtcp",
-    "drop_malformed": "malformed",
-}
-#: Events after which a call can be over; the active-call set decides whether it is.
-_TERMINAL = frozenset(
-    {"ended", "failed", "refused", "cancelled", "no-ack", "media-ended", "bad-response"}
-)
-
-
-def stream_totals(streams: Iterable[StreamCounters]) -> dict[str, int]:
-    """Packet, byte and drop counters summed over streams, keyed by StreamCounters field."""
-    totals = dict.fromkeys((*PACKET_FIELDS, *DROP_FIELDS), 0)
-    for counters in streams:
-        for name in totals:
-            totals[name] += int(getattr(counters, name))
-    return totals
 
 
 def _iso(wall: float | None) -> str | None:
     if wall is None:
         return None
     return datetime.fromtimestamp(wall, tz=UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class CallFacts:
+    """What the records know of an active call, for the operator's view of it."""
+
+    caller: str | None
+    callee: str | None
+    #: "outbound" (a phone called out) or "inbound".
+    direction: str
+    #: Signalling addresses ("host:port") of the phone's and the provider's legs.
+    phone: str | None
+    provider: str | None
+    #: Unix times.
+    started: float
+    answered: float | None
 
 
 @dataclass
@@ -84,7 +85,11 @@ class _Pending:
     pair: str
     call_id: str
     started: float
-    fields: dict[str, Any] = field(default_factory=dict)
+    caller: str | None
+    callee: str | None
+    direction: str
+    phone: str | None = None
+    provider: str | None = None
     answered: float | None = None
     suite: str | None = None
     outcome: str = "unanswered"
@@ -175,9 +180,10 @@ class CallRecorder:
         self,
         record_file: RecordFile | None,
         *,
-        locate: Callable[[str], dict[str, Any]] | None = None,
+        locate: Callable[[str], tuple[str | None, str | None]] | None = None,
     ) -> None:
-        """``locate(pair_key)`` may add where a call runs (addresses) when it starts."""
+        """``locate(pair_key)`` says where a call runs when it starts: the phone's and the
+        provider's signalling addresses ("host:port", None when unknown)."""
         self.file = record_file
         self._locate = locate
         self._calls: dict[str, _Pending] = {}
@@ -193,50 +199,82 @@ class CallRecorder:
 
     # -- inputs --------------------------------------------------------------------------
 
-    def on_event(self, kind: str, call_id: str, fields: dict[str, Any], wall: float) -> None:
+    def on_event(self, event: CallEvent, wall: float) -> None:
         """One call event at Unix time ``wall``."""
-        if kind == "started":
-            if fields.get("method", "INVITE") != "INVITE":
-                return  # SUBSCRIBE, REFER dialogs and the like are not calls
-            pair = str(fields.get("pair", call_id))
-            call = _Pending(pair, call_id, wall, fields=dict(fields))
-            if self._locate is not None:
-                with contextlib.suppress(Exception):  # a record without addresses is still one
-                    call.fields.update(self._locate(pair))
-            self._calls[pair] = call
-            self._by_call_id[call_id] = pair
-            return
-        key = str(fields["pair"]) if "pair" in fields else self._by_call_id.get(call_id)
-        pending = self._calls.get(key) if key is not None else None
+        match event:
+            case CallStarted():
+                self._started(event, wall)
+                return
+            case PhoneRegistered() | PlaintextDowngrade():
+                return  # not about a call's outcome
+        pending = self._pending_for(event)
         if pending is None:
-            if kind == "refused":
+            if isinstance(event, CallRefused):
                 # Refused before it became a call (policy, no acceptable crypto in the offer).
-                self._write(self._refused_record(call_id, fields, wall))
+                self._write(self._refused_record(event, wall))
             return
-        if kind == "answered":
+        if isinstance(event, CallAnswered):
             pending.answered = wall
-            pending.suite = fields.get("suite")
+            pending.suite = event.suite
             pending.outcome = "answered"
             return
-        if kind not in _TERMINAL:
+        if not isinstance(event, TERMINAL_EVENTS):
             return
         self._dirty = True
-        if kind == "ended":
-            pending.reason = str(fields.get("reason", ""))
-            pending.outcome = "completed" if pending.answered is not None else "unanswered"
-        elif kind == "failed":
-            pending.status = _as_int(fields.get("status"))
-            pending.outcome = "failed"
-            pending.reason = pending.reason or f"callee answered {pending.status}"
-        elif kind == "refused":
-            pending.status = _as_int(fields.get("status")) or pending.status
-            pending.outcome = "refused"
-            pending.reason = str(fields.get("reason") or fields.get("rule") or "refused")
-        elif kind == "cancelled":
-            pending.outcome = "cancelled"
-            pending.reason = f"cancelled by {fields.get('by', 'caller')}"
-        else:
-            pending.reason = pending.reason or str(fields.get("reason", kind))
+        match event:
+            case CallEnded(reason=reason):
+                pending.reason = reason
+                pending.outcome = "completed" if pending.answered is not None else "unanswered"
+            case CallFailed(status=status):
+                pending.status = status
+                pending.outcome = "failed"
+                pending.reason = pending.reason or f"callee answered {status}"
+            case CallRefused():
+                pending.status = event.status or pending.status
+                pending.outcome = "refused"
+                pending.reason = event.reason or event.rule or "refused"
+            case CallCancelled(by=by):
+                pending.outcome = "cancelled"
+                pending.reason = f"cancelled by {by}"
+            case MediaEnded(reason=reason):
+                pending.reason = pending.reason or reason
+            case AckMissing() | BadResponse():
+                pending.reason = pending.reason or event.kind
+
+    def _started(self, event: CallStarted, wall: float) -> None:
+        if event.method != "INVITE":
+            return  # SUBSCRIBE, REFER dialogs and the like are not calls
+        call = _Pending(
+            event.pair,
+            event.call_id,
+            wall,
+            caller=event.caller,
+            callee=event.callee,
+            direction="outbound" if event.from_side == "lan" else "inbound",
+        )
+        if self._locate is not None:
+            with contextlib.suppress(Exception):  # a record without addresses is still one
+                call.phone, call.provider = self._locate(event.pair)
+        self._calls[event.pair] = call
+        self._by_call_id[event.call_id] = event.pair
+
+    def _pending_for(self, event: CallEvent) -> _Pending | None:
+        """The call an event is about: by the core's key, else by the caller's Call-ID."""
+        key: str | None
+        match event:
+            case (
+                CallAnswered(pair=key)
+                | CallFailed(pair=key)
+                | CallCancelled(pair=key)
+                | CallEnded(pair=key)
+                | MediaEnded(pair=key)
+                | AckMissing(pair=key)
+                | CallRefused(pair=str() as key)
+            ):
+                pass
+            case _:
+                key = self._by_call_id.get(event.call_id)
+        return self._calls.get(key) if key is not None else None
 
     def expect_media(self, pair: str) -> None:
         """The core closed this call's media: its counters will follow (``media_closed``)."""
@@ -280,20 +318,14 @@ class CallRecorder:
     def pending(self) -> int:
         return len(self._calls)
 
-    def call_info(self, pair: str) -> dict[str, Any] | None:
-        """What is known of an active call (parties, addresses, Unix times), for the admin API."""
+    def call_info(self, pair: str) -> CallFacts | None:
+        """What is known of an active call (parties, addresses, Unix times)."""
         p = self._calls.get(pair)
         if p is None:
             return None
-        return {
-            "caller": p.fields.get("from"),
-            "callee": p.fields.get("to"),
-            "phone": p.fields.get("phone"),
-            "provider": p.fields.get("provider"),
-            "direction": "outbound" if p.fields.get("from_side") == "lan" else "inbound",
-            "started": p.started,
-            "answered": p.answered,
-        }
+        return CallFacts(
+            p.caller, p.callee, p.direction, p.phone, p.provider, p.started, p.answered
+        )
 
     # -- records -------------------------------------------------------------------------
 
@@ -306,15 +338,14 @@ class CallRecorder:
 
     def _record(self, p: _Pending) -> dict[str, Any]:
         ended = p.finished if p.finished is not None else p.started
-        from_side = p.fields.get("from_side")
         record: dict[str, Any] = {
             "call_id": p.call_id,
             "pair": p.pair,
-            "direction": "outbound" if from_side == "lan" else "inbound",
-            "caller": p.fields.get("from"),
-            "callee": p.fields.get("to"),
-            "phone": p.fields.get("phone"),
-            "provider": p.fields.get("provider"),
+            "direction": p.direction,
+            "caller": p.caller,
+            "callee": p.callee,
+            "phone": p.phone,
+            "provider": p.provider,
             "started": _iso(p.started),
             "answered": _iso(p.answered),
             "ended": _iso(ended),
@@ -350,21 +381,21 @@ class CallRecorder:
         record["media_counters"] = p.media is not None
         return record
 
-    def _refused_record(self, call_id: str, fields: dict[str, Any], wall: float) -> dict[str, Any]:
+    def _refused_record(self, event: CallRefused, wall: float) -> dict[str, Any]:
         return {
-            "call_id": call_id,
+            "call_id": event.call_id,
             "pair": None,
             "direction": None,
-            "caller": fields.get("from"),
-            "callee": fields.get("to"),
+            "caller": event.caller,
+            "callee": event.callee,
             "started": _iso(wall),
             "answered": None,
             "ended": _iso(wall),
             "duration": 0.0,
             "suite": None,
             "outcome": "refused",
-            "status": _as_int(fields.get("status")),
-            "end_reason": str(fields.get("reason") or fields.get("rule") or "refused"),
+            "status": event.status or None,
+            "end_reason": event.reason or event.rule or "refused",
             "packets": None,
             "drops": None,
             "media_counters": False,
@@ -381,24 +412,3 @@ class CallRecorder:
         except OSError as exc:
             self.write_errors += 1
             log.error("cannot write call record to %s: %s", self.file.path, exc)
-
-
-def _as_int(value: object) -> int | None:
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return None
-
-
-def call_location(calls: Iterable[Any], pair_key: str) -> dict[str, Any]:
-    """The phone's and the provider's signalling addresses of an active call (a DialogPair)."""
-    for pair in calls:
-        if pair.key == pair_key:
-            lan = pair.caller if pair.caller_side == "lan" else pair.callee
-            wan = pair.callee if pair.caller_side == "lan" else pair.caller
-            return {
-                "phone": "{}:{}".format(*lan.peer.address),
-                "provider": "{}:{}".format(*wan.peer.address),
-            }
-    return {}

@@ -38,9 +38,10 @@ from gateway.lab.audio import analyse_ulaw, tone_frames
 from gateway.lab.phone import LabPhone, PhoneError
 from gateway.lab.provider import LabProvider
 from gateway.lab.rtp import MediaLog, TonePlayer, Transit, open_endpoint, parse_rtp, transit
+from gateway.sip.call_events import CallAnswered
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.operations import StatusView
 
 PHONE_ADDRESS = "127.0.0.10"
 GATEWAY_LAN_ADDRESS = "127.0.0.20"
@@ -220,20 +221,19 @@ async def _demo(
     gateway = Gateway(config, workers=1)
     cleanups.append(gateway.stop())
     await gateway.start()
+    # From here on the demo only reads what an operator could: the gateway's status view.
+    view: StatusView = gateway.console
 
-    link_up = await _wait_for(lambda: gateway.wan_state[0], 5.0)
+    await _wait_for(lambda: view.provider().up, 5.0)
     # A stats round trip returns once the media worker has finished starting (its imports
     # take a moment): a call placed before that would lose its first packets, which says
     # something about the demo's haste, not about the gateway under steady use.
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(gateway.media_stats(), 5.0)
-    link = gateway.provider
+    await view.media_streams()
+    link = view.provider()
     sessions = provider.refresh_tls_sessions()
     session = sessions[0] if sessions else None
-    if not link_up or link is None or link.tls_version is None:
-        report.add(
-            "signalling", f"no TLS connection to the provider: {gateway.wan_state[1]}", False
-        )
+    if not link.up or link.tls_version is None:
+        report.add("signalling", f"no TLS connection to the provider: {link.state}", False)
         return
     version = (link.tls_version or "").replace("TLSv", "TLS ")
     verified = link.peer_certificate_subject == PROVIDER_NAME
@@ -293,13 +293,13 @@ async def _demo(
 
     await asyncio.gather(phone.play(seconds), _wait_for(provider_done, seconds + 1.0))
     await asyncio.sleep(0.1)  # let the last packets land before counting
-    gateway_counters = await _gateway_counters(gateway)
+    gateway_counters = await _gateway_counters(view)
     try:
         bye = await phone.hang_up()
     except (PhoneError, TimeoutError):
         bye = None
 
-    suite = _answered_suite(gateway) or (provider_call.suite.value if provider_call.suite else None)
+    suite = _answered_suite(view) or (provider_call.suite.value if provider_call.suite else None)
     report.suite = suite
     srtp_both_ways = (
         provider.media.srtp_ok > 0
@@ -385,23 +385,19 @@ def _warning_text(warning: str) -> str:
     return rest.rpartition('"')[0] if rest else first
 
 
-def _answered_suite(gateway: Gateway) -> str | None:
+def _answered_suite(status: StatusView) -> str | None:
     """The suite the gateway's "answered" call event names (the gateway's own view)."""
-    for event in reversed(gateway.call_events):
-        if event.kind == "answered":
-            suite = event.fields.get("suite")
-            return str(suite) if suite else None
+    for event in reversed(status.recent_call_events()):
+        if isinstance(event, CallAnswered):
+            return event.suite
     return None
 
 
-async def _gateway_counters(gateway: Gateway) -> dict[str, int]:
+async def _gateway_counters(status: StatusView) -> dict[str, int]:
     """The gateway's media counters summed over streams (empty if the workers do not say)."""
-    try:
-        streams = await asyncio.wait_for(gateway.media_stats(), 2.0)
-    except Exception:
-        return {}
+    reading = await status.media_streams()
     totals: dict[str, int] = {}
-    for counters in streams.values():
+    for counters in reading.streams.values():
         for name in ("wan_in_packets", "wan_out_packets", "drop_auth", "drop_replay"):
             totals[name] = totals.get(name, 0) + int(getattr(counters, name, 0))
     return totals
@@ -547,7 +543,7 @@ def _quiet_logging(verbose: bool) -> Callable[[], None]:
     if verbose:
         root = logging.getLogger()
         if not root.handlers:
-            from gateway.app import configure_logging
+            from gateway.logsetup import configure_logging
 
             configure_logging("debug", "text")
         logger.setLevel(logging.DEBUG)

@@ -14,13 +14,10 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
-from gateway.admin.views import MediaSample, MediaSampler, certificate_views, provider_view
-from gateway.cdr import DROP_FIELDS
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
+from gateway.admin.observe import Observatory
+from gateway.admin.views import MediaSample, MediaSampler
+from gateway.operations import DROP_FIELDS, StatusView
 
 __all__ = ["CONTENT_TYPE", "render_metrics"]
 
@@ -70,44 +67,40 @@ class Exposition:
         return "\n".join(self._lines) + "\n"
 
 
-async def render_metrics(gateway: Gateway, sampler: MediaSampler) -> str:
+async def render_metrics(
+    status: StatusView, observatory: Observatory, sampler: MediaSampler
+) -> str:
     """The whole exposition, computed now."""
     sample = await sampler.sample()
     out = Exposition()
     out.one("gateway_up", "gauge", "1 while the gateway process serves.", 1)
     out.one(
-        "gateway_start_time_seconds", "gauge", "Unix time the gateway started.", gateway.started_at
+        "gateway_start_time_seconds", "gauge", "Unix time the gateway started.", status.started_at
     )
     out.one(
         "gateway_accepting_calls",
         "gauge",
         "1 while new calls are taken, 0 while draining for a stop.",
-        1 if gateway.core.accepting_calls else 0,
+        1 if status.accepting_calls() else 0,
     )
-    _calls(out, gateway)
-    _policy(out, gateway)
+    _calls(out, status, observatory)
+    _policy(out, status)
     _media(out, sample, sampler)
-    _tls(out, gateway)
+    _tls(out, status)
     return out.render()
 
 
-def _calls(out: Exposition, gateway: Gateway) -> None:
-    states = Counter(str(p.state) for p in gateway.core.active_calls)
+def _calls(out: Exposition, status: StatusView, seen: Observatory) -> None:
+    calls = status.calls()
+    states = Counter(c.state for c in calls)
     out.family(
         "gateway_calls",
         "gauge",
         "Calls through the gateway now, by dialog state.",
         [({"state": s}, states.get(s, 0)) for s in ("calling", "early", "confirmed")],
     )
-    encrypted = sum(
-        1
-        for p in gateway.core.active_calls
-        if p.media is not None
-        and p.media.chosen_suite() is not None
-        and not p.media.uses_plaintext_downgrade
-    )
+    encrypted = sum(1 for c in calls if c.encryption == "srtp")
     out.one("gateway_calls_encrypted", "gauge", "Active calls with SRTP agreed.", encrypted)
-    seen = gateway.observatory
     out.one("gateway_call_setups_total", "counter", "INVITE dialogs started.", seen.call_setups)
     out.one("gateway_calls_answered_total", "counter", "Calls answered.", seen.calls_answered)
     out.family(
@@ -138,30 +131,31 @@ def _calls(out: Exposition, gateway: Gateway) -> None:
         "gateway_registrations",
         "gauge",
         "Phone contacts registered through the gateway.",
-        sum(1 for b in gateway.core.registrations.all() if b.active(_loop_now())),
+        sum(1 for r in status.registrations() if r.active),
     )
     out.family(
         "gateway_sip_events_total",
         "counter",
         "Signalling events counted by the core (malformed, rejected, refusals …).",
-        [({"event": k}, v) for k, v in sorted(gateway.core.counters.items())],
+        [({"event": k}, v) for k, v in sorted(status.sip_counters().items())],
     )
+    records = status.call_record_stats()
     out.one(
         "gateway_call_records_written_total",
         "counter",
         "Call detail records written.",
-        gateway.cdr.written,
+        records.written,
     )
     out.one(
         "gateway_call_record_errors_total",
         "counter",
         "Call detail records that could not be written.",
-        gateway.cdr.write_errors,
+        records.write_errors,
     )
 
 
-def _policy(out: Exposition, gateway: Gateway) -> None:
-    counters = gateway.policy.counters()
+def _policy(out: Exposition, status: StatusView) -> None:
+    counters = status.policy_counters()
     refusals: list[tuple[Labels, float]] = []
     bans: list[tuple[Labels, float]] = []
     others: list[tuple[Labels, float]] = []
@@ -186,7 +180,7 @@ def _policy(out: Exposition, gateway: Gateway) -> None:
         "Other policy events: lifts, expiries, spike locks, emergency calls.",
         others,
     )
-    out.one("gateway_bans", "gauge", "Sources banned now.", len(gateway.policy.bans()))
+    out.one("gateway_bans", "gauge", "Sources banned now.", len(status.bans()))
 
 
 def _media(out: Exposition, sample: MediaSample, sampler: MediaSampler) -> None:
@@ -256,46 +250,40 @@ def _media(out: Exposition, sample: MediaSample, sampler: MediaSampler) -> None:
     )
 
 
-def _tls(out: Exposition, gateway: Gateway) -> None:
+def _tls(out: Exposition, status: StatusView) -> None:
     now = time.time()
-    certs = certificate_views(gateway)
+    tls = status.tls()
+    certs = tls.certificates
     out.family(
         "gateway_certificate_expiry_seconds",
         "gauge",
         "Seconds until a certificate's not-after (negative once expired).",
-        [
-            ({"role": c["role"], "subject": c["subject"], "file": c["file"]}, c["seconds_left"])
-            for c in certs
-        ],
+        [({"role": c.role, "subject": c.subject, "file": c.file}, c.seconds_left) for c in certs],
     )
     out.family(
         "gateway_certificate_not_after_timestamp_seconds",
         "gauge",
         "Unix time of a certificate's not-after.",
         [
-            (
-                {"role": c["role"], "subject": c["subject"], "file": c["file"]},
-                now + c["seconds_left"],
-            )
+            ({"role": c.role, "subject": c.subject, "file": c.file}, now + c.seconds_left)
             for c in certs
         ],
     )
-    reloads = gateway.tls.reloads
-    out.one("gateway_certificate_reloads_total", "counter", "Certificate hot reloads.", reloads)
-    provider = provider_view(gateway)
+    out.one("gateway_certificate_reloads_total", "counter", "Certificate hot reloads.", tls.reloads)
+    provider = status.provider()
     out.one(
         "gateway_provider_tls_up",
         "gauge",
         "1 while the verified TLS connection to the provider is up.",
-        1 if provider["up"] else 0,
+        1 if provider.up else 0,
     )
     out.one(
         "gateway_provider_tls_connects_total",
         "counter",
         "TLS connections established to the provider.",
-        provider["connects"],
+        provider.connects,
     )
-    if provider["up"]:
+    if provider.up:
         out.family(
             "gateway_provider_tls_info",
             "gauge",
@@ -303,20 +291,11 @@ def _tls(out: Exposition, gateway: Gateway) -> None:
             [
                 (
                     {
-                        "version": provider["tls_version"] or "",
-                        "cipher": provider["tls_cipher"] or "",
-                        "peer": provider["peer_certificate_subject"] or "",
+                        "version": provider.tls_version or "",
+                        "cipher": provider.tls_cipher or "",
+                        "peer": provider.peer_certificate_subject or "",
                     },
                     1,
                 )
             ],
         )
-
-
-def _loop_now() -> float:
-    import asyncio
-
-    try:
-        return asyncio.get_running_loop().time()
-    except RuntimeError:
-        return time.monotonic()

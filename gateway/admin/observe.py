@@ -18,6 +18,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.policy.events import SecurityEvent
+from gateway.sip.call_events import (
+    CallAnswered,
+    CallEnded,
+    CallEvent,
+    CallFailed,
+    CallRefused,
+    CallStarted,
+    PlaintextDowngrade,
+)
 
 __all__ = ["Observatory", "SecurityRecord"]
 
@@ -78,25 +87,24 @@ class Observatory:
         elif event.action == "ban":
             self._bucket(wall)["bans"] += 1
 
-    def call_event(self, kind: str, fields: dict[str, Any], wall: float) -> None:
-        """One call event (``gateway.sip.actions.CallEvent``'s kind and fields)."""
-        if kind == "started":
-            if fields.get("method", "INVITE") == "INVITE":
+    def call_event(self, event: CallEvent, wall: float) -> None:
+        """One call event at Unix time ``wall``."""
+        match event:
+            case CallStarted(method="INVITE"):
                 self.call_setups += 1
                 self._bucket(wall)["calls"] += 1
-        elif kind == "answered":
-            self.calls_answered += 1
-            self.suites[str(fields.get("suite") or "none")] += 1
-        elif kind == "refused":
-            self.call_refusals[refusal_reason(fields)] += 1
-            self._bucket(wall)["call_refusals"] += 1
-        elif kind == "failed":
-            status = fields.get("status")
-            self.calls_failed[f"{status // 100}xx" if isinstance(status, int) else "other"] += 1
-        elif kind == "ended":
-            self.calls_ended[end_reason(str(fields.get("reason", "")))] += 1
-        elif kind == "downgrade":
-            self.downgrades += 1
+            case CallAnswered(suite=suite):
+                self.calls_answered += 1
+                self.suites[suite or "none"] += 1
+            case CallRefused():
+                self.call_refusals[refusal_reason(event)] += 1
+                self._bucket(wall)["call_refusals"] += 1
+            case CallFailed(status=status):
+                self.calls_failed[f"{status // 100}xx" if status else "other"] += 1
+            case CallEnded(reason=reason):
+                self.calls_ended[end_reason(reason)] += 1
+            case PlaintextDowngrade():
+                self.downgrades += 1
 
     def _bucket(self, wall: float) -> Counter[str]:
         start = int(wall // self.bucket_seconds) * self.bucket_seconds
@@ -158,12 +166,11 @@ class Observatory:
         return rows
 
 
-def refusal_reason(fields: dict[str, Any]) -> str:
+def refusal_reason(event: CallRefused) -> str:
     """A bounded label for a refused call: the policy rule, ``media`` or ``other``."""
-    rule = fields.get("rule")
-    if isinstance(rule, str) and rule:
-        return rule
-    if fields.get("status") == 488 or "reason" in fields:
+    if event.rule:
+        return event.rule
+    if event.status == 488 or event.reason:
         return "media"
     return "other"
 

@@ -165,6 +165,14 @@ def openapi_document() -> dict[str, Any]:
                     ],
                 }
             },
+            "/api/spike-lock/lift": {
+                "post": _op(
+                    "Lift the lock on outbound calls set off by a call spike",
+                    "lifted",
+                    tag="security",
+                    extra={"404": _ok("outbound calling is not locked")},
+                )
+            },
             "/api/events": {
                 "get": _op(
                     "Recent security events, newest first",

@@ -30,11 +30,12 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from gateway.admin.metrics import CONTENT_TYPE, render_metrics
+from gateway.admin.observe import Observatory
 from gateway.admin.openapi import openapi_document
 from gateway.admin.views import (
     MediaSampler,
@@ -45,11 +46,8 @@ from gateway.admin.views import (
     readiness,
     registration_views,
 )
-from gateway.cdr import read_records
-from gateway.config import ConfigError, GatewayConfig, load_config, parse_listen
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
+from gateway.config import AdminSettings, parse_listen
+from gateway.operations import Operations, StatusView
 
 __all__ = ["AdminServer", "AdminStartupError", "build_app"]
 
@@ -64,7 +62,9 @@ FAILURE_WINDOW = 60.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
+STATUS_KEY: web.AppKey[StatusView] = web.AppKey("status")
+OPERATIONS_KEY: web.AppKey[Operations] = web.AppKey("operations")
+OBSERVATORY_KEY: web.AppKey[Observatory] = web.AppKey("observatory")
 SAMPLER_KEY: web.AppKey[MediaSampler] = web.AppKey("sampler")
 TOKEN_KEY: web.AppKey[bytes | None] = web.AppKey("token")
 FAILURES_KEY: web.AppKey[dict[str, deque[float]]] = web.AppKey("failures")
@@ -184,8 +184,12 @@ def _log_access(
 # --------------------------------------------------------------------------- handlers
 
 
-def _gw(request: web.Request) -> Gateway:
-    return request.app[GATEWAY_KEY]
+def _status(request: web.Request) -> StatusView:
+    return request.app[STATUS_KEY]
+
+
+def _operations(request: web.Request) -> Operations:
+    return request.app[OPERATIONS_KEY]
 
 
 def _int_query(request: web.Request, name: str, default: int, top: int) -> int:
@@ -203,44 +207,47 @@ def _int_query(request: web.Request, name: str, default: int, top: int) -> int:
 
 
 async def health(request: web.Request) -> web.Response:
-    gw = _gw(request)
     return _json(
         {
             "status": "ok",
-            "uptime_seconds": round(time.time() - gw.started_at, 1),
+            "uptime_seconds": round(time.time() - _status(request).started_at, 1),
             "pid": os.getpid(),
         }
     )
 
 
 async def ready(request: web.Request) -> web.Response:
-    state = readiness(_gw(request))
+    state = readiness(_status(request))
     return _json(state, 200 if state["ready"] else 503)
 
 
 async def calls(request: web.Request) -> web.Response:
-    gw = _gw(request)
     sample = await request.app[SAMPLER_KEY].sample()
-    return _json({"calls": call_views(gw, sample), "media_error": sample.error})
+    return _json({"calls": call_views(_status(request), sample), "media_error": sample.error})
 
 
 async def registrations(request: web.Request) -> web.Response:
-    return _json({"registrations": registration_views(_gw(request))})
+    return _json({"registrations": registration_views(_status(request))})
 
 
 async def bans(request: web.Request) -> web.Response:
-    return _json({"bans": ban_views(_gw(request))})
+    return _json({"bans": ban_views(_status(request))})
 
 
 async def lift_ban(request: web.Request) -> web.Response:
     address = request.match_info["address"]
-    if _gw(request).lift_ban(address):
+    if _operations(request).lift_ban(address).lifted:
         return _json({"lifted": address})
     return _error(404, f"no active ban on {address}")
 
 
+async def lift_spike_lock(request: web.Request) -> web.Response:
+    if _operations(request).lift_spike_lock().lifted:
+        return _json({"lifted": True})
+    return _error(404, "outbound calling is not locked")
+
+
 async def events(request: web.Request) -> web.Response:
-    gw = _gw(request)
     q = request.query
     since = None
     if "since" in q:
@@ -248,7 +255,7 @@ async def events(request: web.Request) -> web.Response:
             since = float(q["since"])
         except ValueError:
             return _error(400, "since: expected Unix seconds")
-    found = gw.observatory.recent(
+    found = request.app[OBSERVATORY_KEY].recent(
         limit=_int_query(request, "limit", 100, 2000),
         since=since,
         side=q.get("side"),
@@ -260,48 +267,29 @@ async def events(request: web.Request) -> web.Response:
 
 
 async def timeline(request: web.Request) -> web.Response:
-    return _json({"buckets": _gw(request).observatory.timeline(time.time())})
+    return _json({"buckets": request.app[OBSERVATORY_KEY].timeline(time.time())})
 
 
 async def certificates(request: web.Request) -> web.Response:
-    gw = _gw(request)
-    return _json({"certificates": certificate_views(gw), "provider": provider_view(gw)})
+    status = _status(request)
+    return _json({"certificates": certificate_views(status), "provider": provider_view(status)})
 
 
 async def reload_certificates(request: web.Request) -> web.Response:
-    error = _gw(request).reload_certificates("admin API")
-    if error is not None:
-        return _error(409, error)
-    return _json({"reloaded": True, "certificates": certificate_views(_gw(request))})
-
-
-def _check_file(gw: Gateway) -> tuple[GatewayConfig | None, list[str]]:
-    path = gw.config.source_file
-    if not path:
-        return None, ["the gateway was not started from a file: nothing to check"]
-    try:
-        return load_config(path), []
-    except ConfigError as exc:
-        return None, [str(p) for p in exc.problems]
-
-
-#: Tables that take effect only at start-up; a change to them needs a restart.
-_RESTART_TABLES = ("lan", "wan", "sip", "media", "policy", "admin", "log", "state", "certs")
-
-
-def _restart_needed(running: GatewayConfig, new: GatewayConfig) -> list[str]:
-    return [t for t in _RESTART_TABLES if getattr(running, t) != getattr(new, t)]
+    result = _operations(request).reload_certificates("admin API")
+    if result.error is not None:
+        return _error(409, result.error)
+    return _json({"reloaded": True, "certificates": certificate_views(_status(request))})
 
 
 async def config_check(request: web.Request) -> web.Response:
-    gw = _gw(request)
-    new, problems = await asyncio.to_thread(_check_file, gw)
+    check = await _operations(request).check_configuration()
     return _json(
         {
-            "file": gw.config.source_file or None,
-            "valid": new is not None,
-            "problems": problems,
-            "restart_needed": _restart_needed(gw.config, new) if new is not None else [],
+            "file": check.file,
+            "valid": check.valid,
+            "problems": list(check.problems),
+            "restart_needed": list(check.restart_needed),
         }
     )
 
@@ -309,67 +297,60 @@ async def config_check(request: web.Request) -> web.Response:
 async def config_reload(request: web.Request) -> web.Response:
     """Check the file; when valid, apply what can change live (certificates) and say what
     else needs a restart. A bad file changes nothing."""
-    gw = _gw(request)
-    new, problems = await asyncio.to_thread(_check_file, gw)
-    if new is None:
-        return _json({"valid": False, "applied": [], "problems": problems}, 422)
-    applied = []
-    error = None
-    if gw.config.wan.identity is not None:
-        error = gw.reload_certificates("admin API config reload")
-        if error is None:
-            applied.append("certificates")
+    result = await _operations(request).reload_configuration()
+    if not result.valid:
+        return _json({"valid": False, "applied": [], "problems": list(result.problems)}, 422)
     return _json(
         {
             "valid": True,
-            "applied": applied,
-            "certificate_error": error,
-            "restart_needed": _restart_needed(gw.config, new),
+            "applied": list(result.applied),
+            "certificate_error": result.certificate_error,
+            "restart_needed": list(result.restart_needed),
             "problems": [],
         },
-        200 if error is None else 409,
+        200 if result.ok else 409,
     )
 
 
 async def call_records(request: web.Request) -> web.Response:
-    gw = _gw(request)
     q = request.query
     wanted = {k: q[k] for k in ("caller", "callee", "outcome", "call_id") if k in q}
 
     def match(record: dict[str, Any]) -> bool:
         return all(str(record.get(k)) == v for k, v in wanted.items())
 
-    record_file = gw.cdr.file
+    view = _status(request)
+    record_file = view.call_record_stats().file
     if record_file is None:
         return _json({"records": []})
     found = await asyncio.to_thread(
-        read_records,
-        record_file,
+        view.call_records,
         limit=_int_query(request, "limit", 100, 5000),
         match=match if wanted else None,
     )
-    return _json({"records": found, "file": str(record_file.path)})
+    return _json({"records": found, "file": record_file})
 
 
-async def status(request: web.Request) -> web.Response:
+async def status_page(request: web.Request) -> web.Response:
     """Everything the status page shows, in one answer."""
-    gw = _gw(request)
+    view = _status(request)
     sampler = request.app[SAMPLER_KEY]
     sample = await sampler.sample()
-    active = call_views(gw, sample)
+    active = call_views(view, sample)
     rates = sampler.rates()
-    seen = gw.observatory
+    seen = request.app[OBSERVATORY_KEY]
+    bans = ban_views(view)
     return _json(
         {
             "time": time.time(),
-            "ready": readiness(gw),
-            "provider": provider_view(gw),
+            "ready": readiness(view),
+            "provider": provider_view(view),
             "calls": active,
             "counts": {
                 "calls": len(active),
                 "encrypted": sum(1 for c in active if c["encrypted"]),
-                "registrations": len(gw.core.registrations),
-                "bans": len(gw.policy.bans()),
+                "registrations": len(view.registrations()),
+                "bans": len(bans),
                 "call_setups": seen.call_setups,
                 "call_refusals": sum(seen.call_refusals.values()),
             },
@@ -378,8 +359,8 @@ async def status(request: web.Request) -> web.Response:
                 "workers": rates["workers"],
                 "media_error": sample.error,
             },
-            "certificates": certificate_views(gw),
-            "bans": ban_views(gw),
+            "certificates": certificate_views(view),
+            "bans": bans,
             "timeline": seen.timeline(time.time()),
             "events": seen.recent(limit=20),
         }
@@ -391,7 +372,8 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    text = await render_metrics(request.app[GATEWAY_KEY], request.app[SAMPLER_KEY])
+    app = request.app
+    text = await render_metrics(app[STATUS_KEY], app[OBSERVATORY_KEY], app[SAMPLER_KEY])
     return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -418,12 +400,18 @@ async def headers_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 def build_app(
-    gateway: Gateway, token: str | None, sampler: MediaSampler | None = None
+    status: StatusView,
+    operations: Operations,
+    observatory: Observatory,
+    token: str | None,
+    sampler: MediaSampler | None = None,
 ) -> web.Application:
     """The admin application (also what tests drive with aiohttp's test client)."""
     app = web.Application(middlewares=[headers_middleware, access_middleware])
-    app[GATEWAY_KEY] = gateway
-    app[SAMPLER_KEY] = sampler or MediaSampler(gateway)
+    app[STATUS_KEY] = status
+    app[OPERATIONS_KEY] = operations
+    app[OBSERVATORY_KEY] = observatory
+    app[SAMPLER_KEY] = sampler or MediaSampler(status)
     app[TOKEN_KEY] = token.encode() if token else None
     app[FAILURES_KEY] = {}
     app.router.add_get("/", index)
@@ -432,11 +420,12 @@ def build_app(
     api = [
         ("GET", "/api/health", health),
         ("GET", "/api/ready", ready),
-        ("GET", "/api/status", status),
+        ("GET", "/api/status", status_page),
         ("GET", "/api/calls", calls),
         ("GET", "/api/registrations", registrations),
         ("GET", "/api/bans", bans),
         ("DELETE", "/api/bans/{address}", lift_ban),
+        ("POST", "/api/spike-lock/lift", lift_spike_lock),
         ("GET", "/api/events", events),
         ("GET", "/api/events/timeline", timeline),
         ("GET", "/api/certificates", certificates),
@@ -451,10 +440,13 @@ def build_app(
     return app
 
 
-def build_metrics_app(gateway: Gateway, sampler: MediaSampler) -> web.Application:
+def build_metrics_app(
+    status: StatusView, observatory: Observatory, sampler: MediaSampler
+) -> web.Application:
     """The scrape-only application for ``admin.metrics_listen``."""
     app = web.Application()
-    app[GATEWAY_KEY] = gateway
+    app[STATUS_KEY] = status
+    app[OBSERVATORY_KEY] = observatory
     app[SAMPLER_KEY] = sampler
     app.router.add_get("/metrics", metrics)
     return app
@@ -463,12 +455,21 @@ def build_metrics_app(gateway: Gateway, sampler: MediaSampler) -> web.Applicatio
 class AdminServer:
     """Runs the admin application (and the metrics one) on the configured addresses."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self._gateway = gateway
-        self._settings = gateway.config.admin
+    def __init__(
+        self,
+        settings: AdminSettings,
+        *,
+        status: StatusView,
+        operations: Operations,
+        observatory: Observatory,
+    ) -> None:
+        self._status = status
+        self._operations = operations
+        self._observatory = observatory
+        self._settings = settings
         self._runners: list[web.AppRunner] = []
         self._sampling: asyncio.Task[None] | None = None
-        self.sampler = MediaSampler(gateway)
+        self.sampler = MediaSampler(status)
         #: Bound (address, port) of the admin and the metrics sites, once started.
         self.address: tuple[str, int] | None = None
         self.metrics_address: tuple[str, int] | None = None
@@ -501,7 +502,8 @@ class AdminServer:
             raise AdminStartupError(f"admin TLS: {exc}") from None
         self.scheme = "https" if context is not None else "http"
         host, port = parse_listen(s.listen)
-        runner = web.AppRunner(build_app(self._gateway, token, self.sampler), access_log=None)
+        app = build_app(self._status, self._operations, self._observatory, token, self.sampler)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, host, port, ssl_context=context, reuse_address=True)
@@ -511,7 +513,7 @@ class AdminServer:
         if s.metrics_listen is not None:
             host, port = parse_listen(s.metrics_listen)
             metrics_runner = web.AppRunner(
-                build_metrics_app(self._gateway, self.sampler), access_log=None
+                build_metrics_app(self._status, self._observatory, self.sampler), access_log=None
             )
             await metrics_runner.setup()
             self._runners.append(metrics_runner)

@@ -1,9 +1,8 @@
 """JSON views of a running gateway for the admin API, the status page and the metrics.
 
-Each function reads the composition root's public parts (``Gateway.core``, ``.policy``,
-``.media``, ``.provider``, ``.tls``, ``.cdr``, ``.observatory``) and returns plain dicts; none of
-them changes anything. Times go out as Unix seconds and ISO 8601 UTC strings; the cores' own
-clock (``loop.time()``) is converted with the offset between the two clocks.
+Each function reads the gateway's :class:`~gateway.operations.StatusView` (frozen records in
+Unix time) and returns plain dicts; none of them changes anything. Times go out as Unix seconds
+and ISO 8601 UTC strings.
 
 :class:`MediaSampler` asks the media workers for their counters at most every half second,
 however many pages and scrapers ask, and keeps a short history to turn totals into rates.
@@ -19,18 +18,24 @@ import os
 import time
 import zlib
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gateway.cdr import DROP_FIELDS, stream_totals
 from gateway.media.control import StreamCounters
-from gateway.media.controller import MediaError
+from gateway.operations import DROP_FIELDS, StatusView, stream_totals
 
-if TYPE_CHECKING:
-    from gateway.app import Gateway
-
-__all__ = ["MediaSample", "MediaSampler", "call_views", "certificate_views", "readiness"]
+__all__ = [
+    "MediaSample",
+    "MediaSampler",
+    "ban_views",
+    "call_views",
+    "certificate_views",
+    "provider_view",
+    "readiness",
+    "registration_views",
+]
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 #: Rates are taken over at least this many seconds of history.
@@ -68,7 +73,7 @@ class MediaSample:
 
     wall: float
     monotonic: float
-    streams: dict[str, StreamCounters]
+    streams: Mapping[str, StreamCounters]
     #: Summed counters (StreamCounters field -> n), closed calls included.
     totals: dict[str, int]
     #: Per worker slot: packets received so far (closed calls included), CPU seconds, pid.
@@ -87,20 +92,20 @@ class _Closed:
 class MediaSampler:
     """Cached, rate-aware view of the media workers' counters."""
 
-    def __init__(self, gateway: Gateway, *, max_age: float = 0.5) -> None:
-        self._gateway = gateway
+    def __init__(self, status: StatusView, *, max_age: float = 0.5) -> None:
+        self._status = status
         self._max_age = max_age
         self._history: deque[MediaSample] = deque(maxlen=64)
         self._lock = asyncio.Lock()
         self._closed = _Closed()
         self._high: dict[str, int] = {}
-        gateway.cdr.media_listeners.append(self._media_closed)
+        status.on_media_closed(self._media_closed)
 
-    def _media_closed(self, pair: str, streams: dict[str, StreamCounters]) -> None:
+    def _media_closed(self, pair: str, streams: Mapping[str, StreamCounters]) -> None:
         totals = stream_totals(streams.values())
         for name, value in totals.items():
             self._closed.totals[name] += value
-        slot = worker_slot(pair, len(self._gateway.media.worker_pids()))
+        slot = worker_slot(pair, len(self._status.media_workers()))
         packets = totals["lan_in_packets"] + totals["wan_in_packets"]
         self._closed.per_worker[slot] = self._closed.per_worker.get(slot, 0) + packets
 
@@ -115,13 +120,9 @@ class MediaSampler:
             return sample
 
     async def _take(self) -> MediaSample:
-        media = self._gateway.media
-        pids = media.worker_pids()
-        error = None
-        try:
-            streams = await asyncio.wait_for(media.stats(), 3.0)
-        except (MediaError, TimeoutError) as exc:
-            streams, error = {}, str(exc) or "media workers did not answer"
+        pids = self._status.media_workers()
+        reading = await self._status.media_streams()
+        streams, error = reading.streams, reading.error
         live = stream_totals(streams.values())
         totals = {}
         for name, value in live.items():
@@ -205,47 +206,33 @@ def _direction_view(c: StreamCounters | None, inbound: str) -> dict[str, Any]:
     }
 
 
-def call_views(gateway: Gateway, sample: MediaSample | None) -> list[dict[str, Any]]:
+def call_views(status: StatusView, sample: MediaSample | None) -> list[dict[str, Any]]:
     """Every active call: parties, times, suite, encryption and per-direction media counters."""
     now_wall = time.time()
-    offset = now_wall - _core_now(gateway)
     views = []
     streams = sample.streams if sample is not None else {}
-    for pair in gateway.core.active_calls:
-        info = gateway.cdr.call_info(pair.key) or {}
-        media = pair.media
-        suite = media.chosen_suite() if media is not None else None
-        downgrade = bool(media is not None and media.uses_plaintext_downgrade)
-        prefix = pair.key + "/"
+    for call in status.calls():
+        prefix = call.pair + "/"
         mine = [c for k, c in streams.items() if k.startswith(prefix)]
         first = mine[0] if mine else None
         drops = {label: sum(int(getattr(c, n)) for c in mine) for n, label in DROP_FIELDS.items()}
-        started = info.get("started") or (pair.started + offset)
-        answered = info.get("answered") or (pair.answered + offset if pair.answered else None)
-        if suite is not None and not downgrade:
-            encryption = "srtp"
-        elif downgrade:
-            encryption = "plaintext-downgrade"
-        else:
-            encryption = "pending"  # no answer yet: nothing has crossed the WAN
         views.append(
             {
-                "call_id": pair.caller.call_id,
-                "pair": pair.key,
-                "state": str(pair.state),
-                "direction": info.get("direction")
-                or ("outbound" if pair.caller_side == "lan" else "inbound"),
-                "caller": info.get("caller") or getattr(pair.caller.remote.uri, "user", None),
-                "callee": info.get("callee"),
-                "phone": info.get("phone"),
-                "provider": info.get("provider"),
-                "started": iso(started),
-                "started_unix": round(started, 3),
-                "answered": iso(answered),
-                "duration": round(now_wall - answered, 1) if answered else 0.0,
-                "suite": suite.value if suite is not None else None,
-                "encryption": encryption,
-                "encrypted": encryption == "srtp",
+                "call_id": call.call_id,
+                "pair": call.pair,
+                "state": call.state,
+                "direction": call.direction,
+                "caller": call.caller,
+                "callee": call.callee,
+                "phone": call.phone,
+                "provider": call.provider,
+                "started": iso(call.started),
+                "started_unix": round(call.started, 3),
+                "answered": iso(call.answered),
+                "duration": round(now_wall - call.answered, 1) if call.answered else 0.0,
+                "suite": call.suite,
+                "encryption": call.encryption,
+                "encrypted": call.encryption == "srtp",
                 "media": {
                     "streams": len(mine),
                     "phone_to_provider": _direction_view(first, "lan"),
@@ -257,131 +244,88 @@ def call_views(gateway: Gateway, sample: MediaSample | None) -> list[dict[str, A
     return views
 
 
-def _core_now(gateway: Gateway) -> float:
-    try:
-        return asyncio.get_running_loop().time()
-    except RuntimeError:
-        return time.monotonic()
-
-
 # --------------------------------------------------------------------------- the rest
 
 
-def registration_views(gateway: Gateway) -> list[dict[str, Any]]:
+def registration_views(status: StatusView) -> list[dict[str, Any]]:
     """Phones registered through the gateway (never their credentials or routing tokens)."""
-    now = _core_now(gateway)
-    rows = []
-    for b in gateway.core.registrations.all():
-        rows.append(
-            {
-                "user": b.user,
-                "aor": b.aor,
-                "contact": b.phone_contact,
-                "address": "{}:{}".format(*b.phone_peer.address),
-                "transport": b.phone_peer.transport,
-                "user_agent": b.user_agent,
-                "active": b.active(now),
-                "expires_in": round(max(0.0, b.expires_at - now), 1) if b.expires_at else None,
-            }
-        )
-    return sorted(rows, key=lambda r: (r["user"], r["address"]))
+    return [
+        {
+            "user": r.user,
+            "aor": r.aor,
+            "contact": r.contact,
+            "address": "{}:{}".format(*r.address),
+            "transport": r.transport,
+            "user_agent": r.user_agent,
+            "active": r.active,
+            "expires_in": r.expires_in,
+        }
+        for r in status.registrations()
+    ]
 
 
-def ban_views(gateway: Gateway) -> list[dict[str, Any]]:
-    now = _core_now(gateway)
-    offset = time.time() - now
+def ban_views(status: StatusView) -> list[dict[str, Any]]:
     return [
         {
             "address": b.address,
             "rule": b.rule,
-            "since": iso(b.since + offset),
-            "until": iso(b.until + offset),
-            "seconds_left": round(max(0.0, b.until - now), 1),
+            "since": iso(b.since),
+            "until": iso(b.until),
+            "seconds_left": b.seconds_left,
             "offences": b.offences,
         }
-        for b in gateway.policy.bans(now)
+        for b in status.bans()
     ]
 
 
-def certificate_views(gateway: Gateway) -> list[dict[str, Any]]:
+def certificate_views(status: StatusView) -> list[dict[str, Any]]:
     """The gateway's certificate in service (and its chain) and the provider trust anchors."""
-    from gateway.certs.inspect import common_name, spki_pin
-    from gateway.certs.status import trust_status
-
-    now = dt.datetime.now(dt.UTC)
+    tls = status.tls()
     rows: list[dict[str, Any]] = []
-    tls = gateway.tls
-    identity = tls.identity
-    if identity is not None:
-        for index, cert in enumerate(identity.chain):
-            left = (cert.not_valid_after_utc - now).total_seconds()
-            rows.append(
-                {
-                    "role": "identity" if index == 0 else "identity chain",
-                    "file": identity.cert_path,
-                    "subject": common_name(cert.subject),
-                    "issuer": common_name(cert.issuer),
-                    "not_after": cert.not_valid_after_utc.isoformat(),
-                    "seconds_left": round(left),
-                    "days_left": int(left // 86400),
-                    "pin": spki_pin(cert),
-                    "in_service": True,
-                    "problems": [],
-                }
-            )
-        if rows:
-            rows[0]["reloads"] = tls.reloads
-            rows[0]["last_error"] = tls.last_error
-    trust = gateway.config.wan.trust
-    for row in trust_status(trust.ca_bundle, trust.spki_pins, now=now):
-        if row.role != "provider trust" or row.days_left is None:
-            continue
-        try:
-            not_after = dt.datetime.fromisoformat(row.not_after).replace(tzinfo=dt.UTC)
-        except ValueError:
-            continue
+    for cert in tls.certificates:
         rows.append(
             {
-                "role": row.role,
-                "file": row.file,
-                "subject": row.subject,
-                "issuer": row.issuer,
-                "not_after": not_after.isoformat(),
-                "seconds_left": round((not_after - now).total_seconds()),
-                "days_left": row.days_left,
-                "pin": row.pin,
+                "role": cert.role,
+                "file": cert.file,
+                "subject": cert.subject,
+                "issuer": cert.issuer,
+                "not_after": cert.not_after.isoformat(),
+                "seconds_left": cert.seconds_left,
+                "days_left": cert.days_left,
+                "pin": cert.pin,
                 "in_service": True,
-                "problems": list(row.problems),
+                "problems": list(cert.problems),
             }
         )
+    if rows and rows[0]["role"] == "identity":
+        rows[0]["reloads"] = tls.reloads
+        rows[0]["last_error"] = tls.last_error
     return rows
 
 
-def provider_view(gateway: Gateway) -> dict[str, Any]:
-    link = gateway.provider
-    up, reason = gateway.wan_state
+def provider_view(status: StatusView) -> dict[str, Any]:
+    p = status.provider()
     return {
-        "up": bool(link is not None and link.up and up),
-        "state": reason,
-        "host": gateway.config.wan.provider_host,
-        "port": gateway.config.wan.provider_port,
-        "tls_version": link.tls_version if link is not None else None,
-        "tls_cipher": link.tls_cipher if link is not None else None,
-        "peer_certificate_subject": link.peer_certificate_subject if link is not None else None,
-        "connects": link.connects if link is not None else 0,
-        "plaintext_signalling": gateway.config.wan.insecure_plaintext_signalling,
+        "up": p.up,
+        "state": p.state,
+        "host": p.host,
+        "port": p.port,
+        "tls_version": p.tls_version,
+        "tls_cipher": p.tls_cipher,
+        "peer_certificate_subject": p.peer_certificate_subject,
+        "connects": p.connects,
+        "plaintext_signalling": p.plaintext_signalling,
     }
 
 
-def readiness(gateway: Gateway) -> dict[str, Any]:
+def readiness(status: StatusView) -> dict[str, Any]:
     """Ready = taking calls, the provider reachable over verified TLS, every media worker up."""
-    pids = gateway.media.worker_pids()
-    provider = provider_view(gateway)
+    pids = status.media_workers()
+    tls = status.tls()
     checks = {
-        "accepting_calls": bool(gateway.core.accepting_calls),
-        "provider_connected": provider["up"],
+        "accepting_calls": status.accepting_calls(),
+        "provider_connected": status.provider().up,
         "media_workers_up": bool(pids) and all(pid is not None for pid in pids),
-        "certificate_loaded": gateway.tls.identity is not None
-        or gateway.config.wan.identity is None,
+        "certificate_loaded": tls.identity_loaded or not tls.identity_configured,
     }
     return {"ready": all(checks.values()), "checks": checks}

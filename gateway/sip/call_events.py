@@ -69,6 +69,10 @@ class CallRefused(_Event):
     pair: str | None = None
     #: The policy rule that refused it ("dialplan.premium" ...), if a rule did.
     rule: str | None = None
+    #: User parts of From and of the Request-URI, when the call was refused before it
+    #: started (a toll-fraud attempt's record names the number it tried).
+    caller: str | None = None
+    callee: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

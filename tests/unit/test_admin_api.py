@@ -215,7 +215,8 @@ async def test_bans_events_and_configuration(tmp_path: Path) -> None:
 
 async def test_aiohttp_test_client_and_openapi_covers_every_route(tmp_path: Path) -> None:
     async with admin_site(tmp_path) as site:
-        app = build_app(site.gateway, TOKEN)
+        gw = site.gateway
+        app = build_app(gw.console, gw.console, gw.observatory, TOKEN)
         async with TestClient(TestServer(app)) as client:
             r = await client.get("/api/status")
             assert r.status == 401
@@ -247,6 +248,12 @@ async def test_admin_refuses_to_start_without_a_token(tmp_path: Path) -> None:
         saved = os.environ.pop(env)
         try:
             with pytest.raises(AdminStartupError, match=env):
-                await AdminServer(site.gateway).start()
+                gw = site.gateway
+                await AdminServer(
+                    gw.config.admin,
+                    status=gw.console,
+                    operations=gw.console,
+                    observatory=gw.observatory,
+                ).start()
         finally:
             os.environ[env] = saved

@@ -12,6 +12,17 @@ from gateway.cdr import CallRecorder, RecordFile, read_records
 from gateway.media.control import StreamCounters
 from gateway.media.relay import ReceptionStats, read_receiver_report
 from gateway.policy.events import SecurityEvent
+from gateway.sip.call_events import (
+    BadResponse,
+    CallAnswered,
+    CallCancelled,
+    CallEnded,
+    CallFailed,
+    CallRefused,
+    CallStarted,
+    PhoneRegistered,
+    PlaintextDowngrade,
+)
 
 
 def _rtp(seq: int, ts: int) -> bytes:
@@ -42,19 +53,19 @@ def test_record_file_rotates_and_reads_newest_first(tmp_path: Path) -> None:
 def test_one_record_per_finished_call_with_media_counters(tmp_path: Path) -> None:
     f = RecordFile(tmp_path / "calls.jsonl")
     written: list[dict[str, object]] = []
-    rec = CallRecorder(f, locate=lambda key: {"phone": "192.0.2.5:5060"})
+    rec = CallRecorder(f, locate=lambda key: ("192.0.2.5:5060", "198.51.100.1:5061"))
     rec.record_listeners.append(written.append)
     active = {"c1"}
-    rec.on_event(
-        "started",
-        "abc@phone",
-        {"pair": "c1", "method": "INVITE", "from_side": "lan", "from": "201", "to": "0044207"},
-        1000.0,
-    )
-    rec.on_event("answered", "abc@phone", {"pair": "c1", "suite": "AEAD_AES_128_GCM"}, 1002.0)
+    rec.on_event(CallStarted("abc@phone", "c1", "INVITE", "lan", "201", "0044207", "gw1"), 1000.0)
+    rec.on_event(CallAnswered("abc@phone", "c1", "AEAD_AES_128_GCM", False), 1002.0)
+    # Events about no call's outcome change nothing.
+    rec.on_event(PhoneRegistered("reg1", "201", 3600, "Phone/1.0"), 1002.5)
     rec.settle(lambda: active, 1003.0)
     assert written == []
-    rec.on_event("ended", "abc@phone", {"pair": "c1", "reason": "BYE from wan"}, 1062.5)
+    info = rec.call_info("c1")
+    assert info is not None and info.callee == "0044207" and info.phone == "192.0.2.5:5060"
+    assert info.direction == "outbound" and info.started == 1000.0 and info.answered == 1002.0
+    rec.on_event(CallEnded("abc@phone", "c1", "BYE from wan", 60.5), 1062.5)
     rec.expect_media("c1")
     active.clear()
     rec.settle(lambda: active, 1062.5)
@@ -74,6 +85,7 @@ def test_one_record_per_finished_call_with_media_counters(tmp_path: Path) -> Non
     r = written[0]
     assert r["call_id"] == "abc@phone" and r["caller"] == "201" and r["callee"] == "0044207"
     assert r["direction"] == "outbound" and r["phone"] == "192.0.2.5:5060"
+    assert r["provider"] == "198.51.100.1:5061"
     assert r["outcome"] == "completed" and r["end_reason"] == "BYE from wan"
     assert r["duration"] == 60.5 and r["setup_seconds"] == 2.0
     assert r["suite"] == "AEAD_AES_128_GCM"
@@ -93,22 +105,43 @@ def test_refused_and_failed_calls_get_records_without_media() -> None:
     written: list[dict[str, object]] = []
     rec = CallRecorder(None)
     rec.record_listeners.append(written.append)
-    # Refused by policy before the call existed.
-    rec.on_event("refused", "x1", {"rule": "dialplan.premium", "status": 403}, 5.0)
+    # Refused by policy before the call existed: the record names the number tried.
+    rec.on_event(
+        CallRefused("x1", "", 403, rule="dialplan.premium", caller="201", callee="0900123"), 5.0
+    )
     # Started, then the callee said 486.
-    rec.on_event("started", "x2", {"pair": "c2", "method": "INVITE", "from_side": "wan"}, 6.0)
-    rec.on_event("failed", "x2", {"pair": "c2", "status": 486}, 7.0)
+    rec.on_event(CallStarted("x2", "c2", "INVITE", "wan", "0044207", "201", "gw2"), 6.0)
+    rec.on_event(CallFailed("x2", "c2", 486), 7.0)
     rec.settle(lambda: [], 7.0)
     # A SUBSCRIBE dialog is not a call.
-    rec.on_event("started", "x3", {"pair": "c3", "method": "SUBSCRIBE"}, 8.0)
-    rec.on_event("ended", "x3", {"pair": "c3", "reason": "BYE from lan"}, 9.0)
+    rec.on_event(CallStarted("x3", "c3", "SUBSCRIBE", "lan", "201", "201", "gw3"), 8.0)
+    rec.on_event(CallEnded("x3", "c3", "BYE from lan", 0.0), 9.0)
     rec.settle(lambda: [], 9.0)
+    # Cancelled by the caller; a bad response found by Call-ID alone (it has no pair key).
+    rec.on_event(CallStarted("x4", "c4", "INVITE", "lan", "201", "202", "gw4"), 10.0)
+    rec.on_event(CallCancelled("x4", "c4", "lan"), 11.0)
+    rec.on_event(CallStarted("x5", "c5", "INVITE", "lan", "201", "203", "gw5"), 12.0)
+    rec.on_event(BadResponse("x5", "unusable SDP"), 13.0)
+    rec.settle(lambda: [], 13.0)
+    # No acceptable crypto in the answer: refused after the call had started.
+    rec.on_event(CallStarted("x6", "c6", "INVITE", "lan", "201", "204", "gw6"), 14.0)
+    rec.on_event(CallRefused("x6", "no acceptable crypto", 488, pair="c6"), 15.0)
+    rec.settle(lambda: [], 15.0)
     assert [(r["call_id"], r["outcome"], r["status"]) for r in written] == [
         ("x1", "refused", 403),
         ("x2", "failed", 486),
+        ("x4", "cancelled", None),
+        ("x5", "unanswered", None),
+        ("x6", "refused", 488),
     ]
     assert written[0]["end_reason"] == "dialplan.premium"
+    assert written[0]["caller"] == "201" and written[0]["callee"] == "0900123"
     assert written[1]["direction"] == "inbound" and written[1]["media_counters"] is False
+    assert written[1]["caller"] == "0044207" and written[1]["end_reason"] == "callee answered 486"
+    assert written[2]["end_reason"] == "cancelled by lan"
+    assert written[3]["end_reason"] == "bad-response"
+    assert written[4]["end_reason"] == "no acceptable crypto" and written[4]["callee"] == "204"
+    assert rec.pending == 0
 
 
 # --------------------------------------------------------------------------- reception
@@ -178,11 +211,31 @@ def test_observatory_buckets_and_bounded_labels() -> None:
     assert seen.recent(rule="scan")[0]["rule"] == "scan.user-agent"
     assert seen.recent(since=1001.5)[0]["action"] == "ban" and len(seen.recent(since=1001.5)) == 1
     assert (
-        refusal_reason({"rule": "caps.phone-concurrent", "status": 403}) == "caps.phone-concurrent"
+        refusal_reason(CallRefused("r1", "busy", 486, rule="caps.phone-concurrent"))
+        == "caps.phone-concurrent"
     )
     assert (
-        refusal_reason({"reason": "no acceptable crypto: offered RTP/AVP", "status": 488})
-        == "media"
+        refusal_reason(CallRefused("r2", "no acceptable crypto: offered RTP/AVP", 488)) == "media"
     )
+    assert refusal_reason(CallRefused("r3", "", 0)) == "other"
     assert end_reason("BYE from lan") == "bye_phone"
     assert end_reason("gateway shutting down") == "shutdown"
+
+
+def test_observatory_counts_typed_call_events() -> None:
+    seen = Observatory()
+    seen.call_event(CallStarted("a", "c1", "INVITE", "lan", "201", "0044207", "gw1"), 1000.0)
+    seen.call_event(CallStarted("b", "c2", "SUBSCRIBE", "lan", "201", "201", "gw2"), 1000.0)
+    seen.call_event(CallAnswered("a", "c1", "AEAD_AES_128_GCM", False), 1001.0)
+    seen.call_event(CallAnswered("d", "c4", None, True), 1001.0)
+    seen.call_event(CallRefused("e", "", 403, rule="dialplan.premium"), 1002.0)
+    seen.call_event(CallFailed("f", "c5", 486), 1003.0)
+    seen.call_event(CallEnded("a", "c1", "BYE from lan", 60.0), 1060.0)
+    seen.call_event(PlaintextDowngrade("d", "wan.insecure_plaintext_media", "INSECURE"), 1001.0)
+    assert seen.call_setups == 1 and seen.calls_answered == 2
+    assert seen.suites == {"AEAD_AES_128_GCM": 1, "none": 1}
+    assert seen.call_refusals == {"dialplan.premium": 1}
+    assert seen.calls_failed == {"4xx": 1} and seen.calls_ended == {"bye_phone": 1}
+    assert seen.downgrades == 1
+    [bucket] = [b for b in seen.timeline(1010.0) if b["calls"]]
+    assert bucket["call_refusals"] == 1
