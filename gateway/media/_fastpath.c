@@ -31,7 +31,14 @@
 
 typedef int (*srtp_fn)(void *ctx, void *buf, int *len);
 
-#define RECV_SIZE 2048
+/* relay.MAX_DATAGRAM: longer datagrams are Python's to drop. The receive buffer is one byte
+ * longer, so that a datagram the kernel cut to fit (no MSG_TRUNC is asked for) still shows as
+ * too long, exactly as the Python loop sees it. */
+#define MAX_DATAGRAM 2048
+#define RECV_SIZE (MAX_DATAGRAM + 1)
+/* libsrtp's largest SRTP trailer (SRTP_MAX_TRAILER_LEN: tag and MKI), with a margin: what
+ * srtp_protect may append in place, so max_len is clamped to leave it free in the buffer. */
+#define TRAILER_ROOM 160
 #define MAX_EVENTS 1024
 #define MAX_DROPOUT 3000
 #define MAX_MISORDER 100
@@ -149,6 +156,8 @@ static PyObject *Lane_configure(Lane *self, PyObject *args) {
     self->dest.sin_port = htons((uint16_t)dest_port);
     self->ctx = (void *)(uintptr_t)ctx;
     self->fn = (srtp_fn)(uintptr_t)fn;
+    /* libsrtp works in place in Engine.buf: whatever Python allows, never past its end. */
+    if (max_len > RECV_SIZE - TRAILER_ROOM) max_len = RECV_SIZE - TRAILER_ROOM;
     self->max_len = max_len;
     Py_INCREF(owner);
     Py_XSETREF(self->owner, owner);
@@ -385,7 +394,7 @@ static PyObject *source_tuple(const struct sockaddr_in *src) {
 /* Handle one datagram on an active lane. Returns 1 when handled, 0 to decline (no state was
  * changed: the caller gives it to Python). */
 static int lane_packet(Lane *l, unsigned char *d, ssize_t n, uint32_t source_ip, double now) {
-    if (source_ip != l->src_ip) return 0;
+    if (source_ip != l->src_ip || n > MAX_DATAGRAM) return 0;
     if (l->kind == KIND_PROTECT) {
         if (n < 12 || (d[0] & 0xC0) != 0x80) return 0;
         l->in_packets++;

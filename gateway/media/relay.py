@@ -53,6 +53,7 @@ from gateway.media.srtp import (
 __all__ = [
     "LAN_RTCP",
     "LAN_RTP",
+    "MAX_DATAGRAM",
     "RTP_CLOCK_RATE",
     "WAN_RTCP",
     "WAN_RTP",
@@ -77,6 +78,11 @@ Forward = tuple[bytes, Address, int]
 
 _RTP_MIN = 12  # fixed RTP header (RFC 3550 §5.1)
 _RTCP_MIN = 8  # RTCP common header + SSRC (RFC 3550 §6.4)
+
+#: Longest datagram relayed. Media workers read one byte more than this, so a longer datagram
+#: reaches the relay as ``MAX_DATAGRAM + 1`` bytes and is dropped as malformed (counted with
+#: those bytes) instead of being relayed cut short (the plaintext downgrade would forward it).
+MAX_DATAGRAM = 2048
 
 #: RTP clock of the codecs legacy phones speak (G.711, G.729, and G.722 by RFC 3551 §4.5.2):
 #: jitter is measured in timestamp units and shown in milliseconds with this rate. A stream
@@ -412,16 +418,18 @@ class RelayStream:
             else:
                 c.drop_wrong_source += 1
             return None
-        if len(data) < _RTP_MIN or data[0] & 0xC0 != 0x80:
+        if not _RTP_MIN <= len(data) <= MAX_DATAGRAM or data[0] & 0xC0 != 0x80:
             c.drop_malformed += 1
             return None
+        c.last_lan_packet = now
+        # Before the latch: the latch hands the reception state to the C fast path, which must
+        # see this packet counted (its loss would otherwise be measured from the next one).
+        self._lan_reception.packet(data, now)
         if not self._phone_rtp_latched:
             self._phone_rtp = source
             self._phone_rtp_latched = True
             self._refresh_rtcp_destinations()
             self._changed()
-        c.last_lan_packet = now
-        self._lan_reception.packet(data, now)
         dest = self._provider_rtp
         if dest is None:
             c.drop_no_peer += 1
@@ -454,7 +462,7 @@ class RelayStream:
             else:
                 c.drop_wrong_source += 1
             return None
-        if len(data) < _RTCP_MIN or data[0] & 0xC0 != 0x80:
+        if not _RTCP_MIN <= len(data) <= MAX_DATAGRAM or data[0] & 0xC0 != 0x80:
             c.drop_malformed += 1
             return None
         if not self._phone_rtcp_latched:
@@ -499,7 +507,7 @@ class RelayStream:
                 c.drop_wrong_source += 1
             return None
         n = len(data)
-        if n < _RTCP_MIN or data[0] & 0xC0 != 0x80:
+        if not _RTCP_MIN <= n <= MAX_DATAGRAM or data[0] & 0xC0 != 0x80:
             c.drop_malformed += 1
             return None
         # RFC 5761 §4: payload types 64–95 (with the marker bit masked) are RTCP 192–223.
@@ -526,14 +534,15 @@ class RelayStream:
         else:
             c.drop_no_peer += 1  # no keys yet: nothing from the WAN can be verified
             return None
+        c.last_wan_packet = now
+        self._wan_reception.packet(data, now)  # the RTP header is not encrypted (RFC 3711 §3.1)
         if not self._provider_rtp_latched:
             # Latch only after authentication, so a spoofed source cannot steer our SRTP.
+            # After the reception count: the latch hands that state to the C fast path.
             self._provider_rtp = source
             self._provider_rtp_latched = True
             self._refresh_rtcp_destinations()
             self._changed()
-        c.last_wan_packet = now
-        self._wan_reception.packet(data, now)  # the RTP header is not encrypted (RFC 3711 §3.1)
         dest = self._phone_rtp
         if dest is None:
             c.drop_no_peer += 1
@@ -552,7 +561,7 @@ class RelayStream:
             else:
                 c.drop_wrong_source += 1
             return None
-        if len(data) < _RTCP_MIN or data[0] & 0xC0 != 0x80:
+        if not _RTCP_MIN <= len(data) <= MAX_DATAGRAM or data[0] & 0xC0 != 0x80:
             c.drop_malformed += 1
             return None
         return self._wan_rtcp(data, source, now, False)

@@ -67,7 +67,7 @@ from gateway.media.control import (
     UpdateStream,
     WorkerStats,
 )
-from gateway.media.relay import LAN_RTP, WAN_RTP, Address, Forward, RelayStream
+from gateway.media.relay import LAN_RTP, MAX_DATAGRAM, WAN_RTP, Address, Forward, RelayStream
 from gateway.media.srtp import NATIVE_REASONS
 
 try:
@@ -77,8 +77,9 @@ except ImportError:  # not built (no C compiler at install time): the Python pat
 
 __all__ = ["main", "media_socket", "run_worker"]
 
-#: Receive size: larger than any sane RTP datagram (libsrtp's buffer is 1500 bytes anyway).
-RECV_SIZE = 2048
+#: Receive size: one byte more than the relay accepts, so that a longer datagram, which the
+#: kernel cuts to this size without a word, still shows as too long (relay.MAX_DATAGRAM).
+RECV_SIZE = MAX_DATAGRAM + 1
 #: Socket buffers: a few hundred milliseconds of many streams (the kernel caps at rmem_max).
 SOCKET_BUFFER = 1 << 20
 #: A control message longer than this means the framing is lost.
@@ -244,8 +245,14 @@ class _Worker:
         inactivity_timeout: float,
         dscp: int,
         keep_core_awake: bool = False,
+        fast_path: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``fast_path`` None follows :func:`fastpath_enabled`; ``clock`` is the Python loop's
+        time source (tests hand both loops the same times; the C loop reads CLOCK_MONOTONIC,
+        which is what ``time.monotonic`` reads too)."""
         self._control = control
+        self._clock = clock
         self._lan_address = lan_address
         self._wan_address = wan_address
         self._inactivity_timeout = inactivity_timeout
@@ -262,7 +269,7 @@ class _Worker:
         self._warned: set[str] = set()
         self._engine: _fastpath.Engine | None = (
             _fastpath.Engine(self._epoll.fileno(), keep_core_awake=keep_core_awake)
-            if fastpath_enabled()
+            if (fastpath_enabled() if fast_path is None else fast_path and _fastpath is not None)
             else None
         )
 
@@ -449,7 +456,7 @@ class _Worker:
         """When the loop must come back even without packets: the next idle-check pass, or
         the next batch of the pass under way."""
         if self._idle_pending:
-            return min(next_check, time.monotonic() + IDLE_CHECK_STEP_S)
+            return min(next_check, self._clock() + IDLE_CHECK_STEP_S)
         return next_check
 
     def _idle_step(self, now: float, next_check: float) -> float:
@@ -486,75 +493,87 @@ class _Worker:
 
     def _run_fast(self, control_fd: int) -> None:
         """The loop with the C fast path: Python sees only what it does not serve."""
-        handlers = self._handlers
-        assert self._engine is not None
-        engine_poll = self._engine.poll
-        monotonic = time.monotonic
+        fast_round = self._fast_round
+        clock = self._clock
         ceil = math.ceil
-        next_check = monotonic() + self._check_interval
+        next_check = clock() + self._check_interval
         while self._running:
-            timeout_ms = max(0, ceil((self._wake_at(next_check) - monotonic()) * 1000.0))
-            now, events, packets = engine_poll(timeout_ms)
-            for fd, data, source in packets:
-                # Read by the fast path but declined before it changed anything: the full
-                # rules decide (and count) as if the Python loop had read it.
-                entry = handlers.get(fd)
-                if entry is None:
-                    continue
-                forward = entry[1](data, source, now)
-                if forward is not None:
-                    try:  # noqa: SIM105 - suppress() builds a context manager per packet
-                        entry[2][forward[2]].sendto(forward[0], forward[1])
-                    except OSError:
-                        pass
-            for fd, mask in events:
-                entry = handlers.get(fd)
-                if entry is None:
-                    if fd == control_fd:
-                        self._control_event(mask, now)
-                    continue
-                try:
-                    data, source = entry[0].recvfrom(RECV_SIZE)
-                except OSError:
-                    continue
-                forward = entry[1](data, source, now)
-                if forward is not None:
-                    try:  # noqa: SIM105
-                        entry[2][forward[2]].sendto(forward[0], forward[1])
-                    except OSError:
-                        pass
+            timeout_ms = max(0, ceil((self._wake_at(next_check) - clock()) * 1000.0))
+            now = fast_round(timeout_ms, control_fd)
             next_check = self._idle_step(now, next_check)
 
-    def _run_python(self, control_fd: int) -> None:
+    def _fast_round(self, timeout_ms: int, control_fd: int) -> float:
+        """One return of the C loop (it stays in C while it serves everything): relay what
+        it hands back, and return the time it read after its last wait."""
         handlers = self._handlers
-        poll = self._epoll.poll
-        monotonic = time.monotonic
-        next_check = monotonic() + self._check_interval
-        while self._running:
-            events = poll(max(0.0, self._wake_at(next_check) - monotonic()))
-            now = monotonic()
-            for fd, mask in events:
-                entry = handlers.get(fd)
-                if entry is None:
-                    if fd == control_fd:
-                        self._control_event(mask, now)
-                    continue
-                # One datagram per readiness report: epoll is level-triggered, so a
-                # socket with more queued is reported again by the next poll, which
-                # serves every ready socket once per round (fair, no burst limit needed).
-                # Draining until EAGAIN would cost a raised BlockingIOError per wake-up,
-                # and at 50 packets/s per socket nearly every wake-up finds one datagram.
-                try:
-                    data, source = entry[0].recvfrom(RECV_SIZE)
+        assert self._engine is not None
+        now, events, packets = self._engine.poll(timeout_ms)
+        for fd, data, source in packets:
+            # Read by the fast path but declined before it changed anything: the full
+            # rules decide (and count) as if the Python loop had read it.
+            entry = handlers.get(fd)
+            if entry is None:
+                continue
+            forward = entry[1](data, source, now)
+            if forward is not None:
+                try:  # noqa: SIM105 - suppress() builds a context manager per packet
+                    entry[2][forward[2]].sendto(forward[0], forward[1])
                 except OSError:
-                    continue  # EAGAIN after all, or a queued ICMP error: read on later
-                forward = entry[1](data, source, now)
-                if forward is not None:
-                    try:  # noqa: SIM105 - suppress() builds a context manager per packet
-                        entry[2][forward[2]].sendto(forward[0], forward[1])
-                    except OSError:
-                        pass  # a full send buffer drops the packet, as the network would
+                    pass
+        for fd, mask in events:
+            entry = handlers.get(fd)
+            if entry is None:
+                if fd == control_fd:
+                    self._control_event(mask, now)
+                continue
+            try:
+                data, source = entry[0].recvfrom(RECV_SIZE)
+            except OSError:
+                continue
+            forward = entry[1](data, source, now)
+            if forward is not None:
+                try:  # noqa: SIM105
+                    entry[2][forward[2]].sendto(forward[0], forward[1])
+                except OSError:
+                    pass
+        return now
+
+    def _run_python(self, control_fd: int) -> None:
+        python_round = self._python_round
+        clock = self._clock
+        next_check = clock() + self._check_interval
+        while self._running:
+            now = python_round(max(0.0, self._wake_at(next_check) - clock()), control_fd)
             next_check = self._idle_step(now, next_check)
+
+    def _python_round(self, timeout: float, control_fd: int) -> float:
+        """One epoll round of the pure-Python loop; returns the time the packets were
+        handled at."""
+        handlers = self._handlers
+        events = self._epoll.poll(timeout)
+        now = self._clock()
+        for fd, mask in events:
+            entry = handlers.get(fd)
+            if entry is None:
+                if fd == control_fd:
+                    self._control_event(mask, now)
+                continue
+            # One datagram per readiness report: epoll is level-triggered, so a socket
+            # with more queued is reported again by the next poll, which serves every ready
+            # socket once per round (fair, no burst limit needed). Draining until EAGAIN
+            # would cost a raised BlockingIOError per wake-up, and at 50 packets/s per
+            # socket nearly every wake-up finds one datagram.
+            try:
+                data, source = entry[0].recvfrom(RECV_SIZE)
+            except OSError:
+                continue  # EAGAIN after all, or a queued ICMP error: read on later
+            forward = entry[1](data, source, now)
+            if forward is not None:
+                try:  # noqa: SIM105 - suppress() builds a context manager per packet
+                    entry[2][forward[2]].sendto(forward[0], forward[1])
+                except OSError:
+                    pass  # a full send buffer drops the packet, as the network would
+        return now
 
 
 def run_worker(
