@@ -408,7 +408,7 @@ def test_srtp_phone_calls_legacy_extension_tones_both_ways(site: Site) -> None:
     secure.wait_terminated(5)
     legacy.wait_terminated(5)
     (started,) = gateway_events(site.gw, "started")
-    assert started["from_side"] == "wan" and started["from"] == SECURE, started
+    assert started["from_side"] == "wan" and started["caller"] == SECURE, started
     counters = media_counters(site.gw, answered_pair(site.gw))
     stop_phones(legacy, secure)
     cap.stop()
