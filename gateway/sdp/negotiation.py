@@ -43,8 +43,6 @@ Security rules (docs/design.md §3.1, §3.2, §3.4)
 from __future__ import annotations
 
 import enum
-import hashlib
-import secrets
 from dataclasses import dataclass, field
 
 from gateway.media.control import SrtpKeying, StreamSpec
@@ -52,7 +50,17 @@ from gateway.media.ports import PortAllocator
 from gateway.media.suites import SrtpSuite
 from gateway.sdp.crypto import CryptoAttribute, new_crypto
 from gateway.sdp.errors import MediaRefused, SdpError
-from gateway.sdp.model import Connection, MediaDescription, Origin, SessionDescription
+from gateway.sdp.model import MediaDescription, SessionDescription
+from gateway.sdp.rewrite import (
+    OriginKeeper,
+    anchor,
+    anchor_session,
+    crypto_problem,
+    disable,
+    mirror,
+    peer_transport,
+    phone_direction,
+)
 
 __all__ = ["CallMedia", "MediaPolicy", "MediaRefused", "SdpError"]
 
@@ -68,38 +76,6 @@ _RELAYED_MEDIA = frozenset({"audio", "video"})
 _PLAIN_TO_SECURE = {"RTP/AVP": "RTP/SAVP", "RTP/AVPF": "RTP/SAVPF"}
 _SECURE_TO_PLAIN = {v: k for k, v in _PLAIN_TO_SECURE.items()}
 
-# Attributes that describe one leg's transport or keys, or may carry its addresses: they are
-# never copied to the other leg (the gateway writes its own where needed).
-_LEG_LOCAL_ATTRIBUTES = frozenset(
-    {
-        "crypto",
-        "rtcp",
-        "rtcp-mux",
-        "rtcp-mux-only",
-        "candidate",
-        "remote-candidates",
-        "end-of-candidates",
-        "ice-ufrag",
-        "ice-pwd",
-        "ice-options",
-        "ice-lite",
-        "ice-mismatch",
-        "fingerprint",
-        "setup",
-        "connection",
-        "tls-id",
-        "zrtp-hash",
-        "key-mgmt",
-        "group",
-        "ssrc",  # cname:user@<LAN address> is common
-        "ssrc-group",
-        "tool",  # names the phone's software (RFC 8866 §6.3): the other leg learns nothing
-    }
-)
-
-_SENDS = frozenset({"sendrecv", "sendonly"})
-_RECEIVES = frozenset({"sendrecv", "recvonly"})
-_UNSPECIFIED = frozenset({"0.0.0.0", "::"})
 
 
 @dataclass(frozen=True)
@@ -187,121 +163,6 @@ class _WanOffer:
     mirror: list[tuple[str, str, list[str]]]
 
 
-class _OriginKeeper:
-    """The gateway's own o= toward one leg (RFC 8866 §5.2, RFC 3264 §5 and §8).
-
-    One session id per leg and call; the version rises whenever the body we send changes.
-    """
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        # Random, not clock-derived: this module has no clock, and it leaks nothing.
-        self.sess_id = str(secrets.randbelow(9 * 10**11) + 10**11)
-        self.version = 1
-        # A digest of the last body's shape, not the body: only "did it change" is ever asked,
-        # and a call holds two keepers for as long as it lasts.
-        self._last: bytes | None = None
-
-    def _origin(self, version: int) -> Origin:
-        addrtype = "IP6" if ":" in self.address else "IP4"
-        return Origin("-", self.sess_id, version, "IN", addrtype, self.address)
-
-    def stamp(self, sd: SessionDescription) -> bytes:
-        sd.origin = self._origin(0)
-        shape = hashlib.blake2b(bytes(sd), digest_size=16).digest()
-        if self._last is not None and shape != self._last:
-            self.version += 1
-        self._last = shape
-        sd.origin = self._origin(self.version)
-        return bytes(sd)
-
-
-def _mirror(md: MediaDescription) -> tuple[str, str, list[str]]:
-    return (md.media, md.proto, list(md.formats) or ["0"])
-
-
-def _disable(md: MediaDescription, mirror: tuple[str, str, list[str]] | None = None) -> None:
-    """Port 0 (RFC 3264 §6, §8.2), nothing that could name the other leg's transport."""
-    if mirror is not None:
-        md.media, md.proto, md.formats = mirror[0], mirror[1], list(mirror[2])
-    md.port = 0
-    md.port_count = None
-    md.connection = None
-    md.attributes.clear()
-
-
-def _strip_leg_local(attributes: list[tuple[str, str | None]]) -> None:
-    attributes[:] = [a for a in attributes if a[0] not in _LEG_LOCAL_ATTRIBUTES]
-
-
-def _anchor(md: MediaDescription, port: int, proto: str, address: str) -> None:
-    md.port = port
-    md.port_count = None
-    md.proto = proto
-    if md.connection is not None:
-        md.connection = Connection(address)
-    _strip_leg_local(md.attributes)
-
-
-def _anchor_session(sd: SessionDescription, address: str) -> None:
-    _strip_leg_local(sd.attributes)
-    # s=, i=, u=, e= and p= can name the phone, its model or its owner (RFC 8866 §5.3-5.6):
-    # the other leg gets a blank session name and none of the rest.
-    sd.replace_session_line("s", "s=-")
-    for kind in ("i", "u", "e", "p"):
-        sd.replace_session_line(kind, None)
-    # A session-level c= is needed only as the default for m-lines without their own.
-    if sd.connection is not None or any(md.connection is None for md in sd.media):
-        sd.connection = Connection(address)
-
-
-def _peer_transport(
-    md: MediaDescription, who: str
-) -> tuple[tuple[str, int] | None, tuple[str, int] | None, str]:
-    """(RTP address, RTCP address, direction) a peer signalled for one m-line."""
-    conn = md.effective_connection
-    if conn is None:
-        raise SdpError(f"{who} m={md.media} has no c= line", status_hint=400)
-    direction = md.direction
-    host = conn.host
-    if host in _UNSPECIFIED:
-        # RFC 3264 §8.4: the old hold, "do not send to me"; same as withdrawing receive.
-        direction = {"sendrecv": "sendonly", "recvonly": "inactive"}.get(direction, direction)
-        return None, None, direction
-    addr = (host, md.port)
-    rtcp = md.rtcp
-    # RFC 3605 a=rtcp when present, else the next port up (RFC 3550 §11).
-    rtcp_addr = (rtcp.address or host, rtcp.port) if rtcp is not None else (host, md.port + 1)
-    return addr, rtcp_addr, direction
-
-
-def _crypto_problem(crypto: CryptoAttribute) -> str | None:
-    """Why a well-formed crypto line still cannot be used here, or None."""
-    if crypto.mki is not None:
-        return f"tag {crypto.tag}: MKI is not supported"
-    for param in crypto.session_params:
-        name = param.split("=", 1)[0]
-        if name.startswith("-") or name == "WSH":
-            continue  # optional (RFC 4568 §6.3.7) or a mere hint (§6.3.6)
-        if name in ("UNENCRYPTED_SRTP", "UNENCRYPTED_SRTCP", "UNAUTHENTICATED_SRTP"):
-            return f"tag {crypto.tag}: {name} turns protection off"
-        return f"tag {crypto.tag}: unsupported session parameter {name}"
-    return None
-
-
-def _phone_direction(phone: str, provider: str) -> str:
-    """The stream's direction from the phone's point of view, given both SDPs' attributes."""
-    sends = phone in _SENDS and provider in _RECEIVES
-    receives = phone in _RECEIVES and provider in _SENDS
-    if sends and receives:
-        return "sendrecv"
-    if sends:
-        return "sendonly"
-    if receives:
-        return "recvonly"
-    return "inactive"
-
-
 class CallMedia:
     """The media side of one call: SDP rewriting between the legs and the relay's streams.
 
@@ -324,8 +185,8 @@ class CallMedia:
         self._wan_ports = wan_ports if wan_ports is not None else lan_ports
         self._state = _State.IDLE
         self._slots: list[_Slot] = []
-        self._lan_origin = _OriginKeeper(policy.lan_address)
-        self._wan_origin = _OriginKeeper(policy.wan_address)
+        self._lan_origin = OriginKeeper(policy.lan_address)
+        self._wan_origin = OriginKeeper(policy.wan_address)
         self._lan_offer: _LanOffer | None = None
         self._wan_offer: _WanOffer | None = None
         #: Answers to our last WAN offer by early dialog (To-tag); None = untagged.
@@ -351,17 +212,17 @@ class CallMedia:
         mirrors: list[tuple[str, str, list[str]]] = []
         try:
             for index, md in enumerate(sd.media):
-                mirrors.append(_mirror(md))
+                mirrors.append(mirror(md))
                 slot = self._slot(index)
                 if md.media not in _RELAYED_MEDIA or md.port == 0:
                     phone = None
                 elif md.proto not in _PLAIN_TO_SECURE:
                     phone = None  # SRTP/DTLS phones are not legacy phones: not anchored
                 else:
-                    addr, rtcp_addr, direction = _peer_transport(md, "phone offer")
+                    addr, rtcp_addr, direction = peer_transport(md, "phone offer")
                     phone = _PhoneSide(addr, rtcp_addr, direction, md.proto)
                 if phone is None:
-                    _disable(md)
+                    disable(md)
                     phones.append(None)
                     offered.append(())
                     protos.append(md.proto)
@@ -370,7 +231,7 @@ class CallMedia:
                 assert slot.wan_port is not None
                 cryptos = self._offer_cryptos(index, slot)
                 wan_proto = _PLAIN_TO_SECURE[md.proto]
-                _anchor(md, slot.wan_port, wan_proto, self.policy.wan_address)
+                anchor(md, slot.wan_port, wan_proto, self.policy.wan_address)
                 if md.direction != phone.direction:
                     md.direction = phone.direction
                 for crypto in cryptos:
@@ -380,7 +241,7 @@ class CallMedia:
                 phones.append(phone)
                 offered.append(cryptos)
                 protos.append(wan_proto)
-            _anchor_session(sd, self.policy.wan_address)
+            anchor_session(sd, self.policy.wan_address)
             out = self._wan_origin.stamp(sd)
         except BaseException:
             self._give_back(fresh)
@@ -423,17 +284,17 @@ class CallMedia:
         for index, md in enumerate(sd.media):
             phone = offer.phone[index]
             if phone is None or md.port == 0:
-                _disable(md, offer.mirror[index])
+                disable(md, offer.mirror[index])
                 agreed.append(None)
                 continue
             provider, tx = self._check_wan_answer(md, offer.offered[index], offer.wan_proto[index])
             slot = self._slots[index]
             assert slot.lan_port is not None
-            _anchor(md, slot.lan_port, phone.proto, self.policy.lan_address)
+            anchor(md, slot.lan_port, phone.proto, self.policy.lan_address)
             if md.direction != provider.direction:
                 md.direction = provider.direction
             agreed.append(_Agreed(phone, provider, tx, rtcp_mux=provider.rtcp_mux))
-        _anchor_session(sd, self.policy.lan_address)
+        anchor_session(sd, self.policy.lan_address)
         out = self._lan_origin.stamp(sd)
         self._answers[early_dialog] = agreed
         self._apply(agreed)
@@ -465,7 +326,7 @@ class CallMedia:
         refusals: list[str] = []
         audio_refused = False
         for md in sd.media:
-            mirrors.append(_mirror(md))
+            mirrors.append(mirror(md))
             provider = None
             if md.media in _RELAYED_MEDIA and md.port != 0:
                 provider, refusal = self._check_wan_offer(md)
@@ -481,15 +342,15 @@ class CallMedia:
                 slot = self._slot(index)
                 provider = providers[index]
                 if provider is None:
-                    _disable(md)
+                    disable(md)
                     continue
                 self._ensure_ports(slot, fresh)
                 assert slot.lan_port is not None
                 lan_proto = _SECURE_TO_PLAIN.get(md.proto, md.proto)
-                _anchor(md, slot.lan_port, lan_proto, self.policy.lan_address)
+                anchor(md, slot.lan_port, lan_proto, self.policy.lan_address)
                 if md.direction != provider.direction:
                     md.direction = provider.direction
-            _anchor_session(sd, self.policy.lan_address)
+            anchor_session(sd, self.policy.lan_address)
             out = self._lan_origin.stamp(sd)
         except BaseException:
             self._give_back(fresh)
@@ -535,15 +396,15 @@ class CallMedia:
         for index, md in enumerate(sd.media):
             provider = offer.provider[index]
             if provider is None or md.port == 0:
-                _disable(md, offer.mirror[index])
+                disable(md, offer.mirror[index])
                 agreed.append(None)
                 continue
-            addr, rtcp_addr, direction = _peer_transport(md, "phone answer")
+            addr, rtcp_addr, direction = peer_transport(md, "phone answer")
             phone = _PhoneSide(addr, rtcp_addr, direction, md.proto)
             slot = self._slots[index]
             assert slot.wan_port is not None
             tx = None if provider.plaintext else self._answer_crypto(index, provider)
-            _anchor(md, slot.wan_port, provider.proto, self.policy.wan_address)
+            anchor(md, slot.wan_port, provider.proto, self.policy.wan_address)
             if md.direction != direction:
                 md.direction = direction
             if tx is not None:
@@ -551,7 +412,7 @@ class CallMedia:
             if provider.rtcp_mux:
                 md.add_attribute("rtcp-mux")
             agreed.append(_Agreed(phone, provider, tx, rtcp_mux=provider.rtcp_mux))
-        _anchor_session(sd, self.policy.wan_address)
+        anchor_session(sd, self.policy.wan_address)
         out = self._wan_origin.stamp(sd)
         self._rekey = False
         self._answers = {None: agreed}
@@ -586,7 +447,7 @@ class CallMedia:
                     if rx is None
                     else SrtpKeying(rx.suite.value, rx.master, self._rx_generation[index]),
                     wan_plaintext=agreed.provider.plaintext,
-                    direction=_phone_direction(agreed.phone.direction, agreed.provider.direction),
+                    direction=phone_direction(agreed.phone.direction, agreed.provider.direction),
                 )
             )
         return specs
@@ -710,7 +571,7 @@ class CallMedia:
                         f"tag {crypto.tag} {crypto.suite.value} matches no offered crypto line"
                     )
                     continue
-                problem = _crypto_problem(crypto)
+                problem = crypto_problem(crypto)
                 if problem is not None:
                     problems.append(problem)
                     continue
@@ -737,7 +598,7 @@ class CallMedia:
             raise MediaRefused(
                 f"provider answered {md.proto} for m={md.media}, offered {wan_proto}"
             )
-        addr, rtcp_addr, direction = _peer_transport(md, "provider answer")
+        addr, rtcp_addr, direction = peer_transport(md, "provider answer")
         mux = self.policy.offer_rtcp_mux and md.rtcp_mux
         provider = _ProviderSide(addr, rtcp_addr, mux, rx, plaintext, direction, md.proto)
         return provider, tx
@@ -760,7 +621,7 @@ class CallMedia:
                 if crypto.suite not in self.policy.suites:
                     problems.append(f"{crypto.suite.value} not allowed by policy")
                     continue
-                problem = _crypto_problem(crypto)
+                problem = crypto_problem(crypto)
                 if problem is not None:
                     problems.append(problem)
                     continue
@@ -779,7 +640,7 @@ class CallMedia:
             plaintext = True
         else:
             return None, f"unsupported profile {md.proto} for m={md.media}"
-        addr, rtcp_addr, direction = _peer_transport(md, "provider offer")
+        addr, rtcp_addr, direction = peer_transport(md, "provider offer")
         return (
             _ProviderSide(addr, rtcp_addr, md.rtcp_mux, rx, plaintext, direction, md.proto),
             None,

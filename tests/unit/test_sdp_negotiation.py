@@ -16,7 +16,7 @@ from gateway.media import ports as ports_module
 from gateway.media.control import SrtpKeying, StreamSpec
 from gateway.media.ports import PortAllocator, PortsExhausted
 from gateway.media.suites import SrtpSuite
-from gateway.sdp import negotiation
+from gateway.sdp import negotiation, rewrite
 from gateway.sdp.crypto import CryptoAttribute
 from gateway.sdp.errors import SdpError
 from gateway.sdp.negotiation import CallMedia, MediaPolicy, MediaRefused
@@ -51,7 +51,7 @@ def deterministic(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
         return CryptoAttribute(tag=tag, suite=suite, master=fake_master(counter[0], suite))
 
     monkeypatch.setattr(negotiation, "new_crypto", fresh)
-    monkeypatch.setattr(negotiation, "secrets", SimpleNamespace(randbelow=lambda n: 0))
+    monkeypatch.setattr(rewrite, "secrets", SimpleNamespace(randbelow=lambda n: 0))
     yield counter
 
 
