@@ -6,7 +6,8 @@ reason, direction, worker slot, policy rule). Nothing secret is exported: no key
 passwords, and no per-call labels (Call-IDs would make every call a new series).
 
 The exposition is written by hand: a few dozen families do not justify a client library, and
-values are computed at scrape time from the cores (no registry to keep in step).
+values are computed at scrape time from the gateway's status view and the observatory (no
+registry to keep in step).
 """
 
 from __future__ import annotations
