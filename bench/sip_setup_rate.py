@@ -56,7 +56,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.interop.gateway_process import GatewayLayout, GatewayProcess, gateway_config
+from tests.gateway_config import merge
+from tests.interop.gateway_process import GatewayLayout, GatewayProcess
 from tests.interop.peers import (
     Kamailio,
     ManagedProcess,
@@ -87,28 +88,19 @@ PATHS = {
 }
 
 #: Policy limits that would refuse a benchmark's burst from one phone: all off.
-UNLIMITED_POLICY = """
-[policy.flood]
-per_source = { rate = 0.0, burst = 0.0 }
-register = { rate = 0.0, burst = 0.0 }
-invite = { rate = 0.0, burst = 0.0 }
-site = { rate = 0.0, burst = 0.0 }
-
-[policy.caps.phone]
-concurrent = 0
-calls_per_hour = 0
-minutes_per_day = 0.0
-international_minutes_per_day = 0.0
-
-[policy.caps.site]
-concurrent = 0
-calls_per_hour = 0
-minutes_per_day = 0.0
-international_minutes_per_day = 0.0
-
-[policy.caps.spike]
-enabled = false
-"""
+_OFF = {"rate": 0.0, "burst": 0.0}
+_NO_CAPS = {
+    "concurrent": 0,
+    "calls_per_hour": 0,
+    "minutes_per_day": 0.0,
+    "international_minutes_per_day": 0.0,
+}
+UNLIMITED_POLICY = {
+    "policy": {
+        "flood": {"per_source": _OFF, "register": _OFF, "invite": _OFF, "site": _OFF},
+        "caps": {"phone": _NO_CAPS, "site": _NO_CAPS, "spike": {"enabled": False}},
+    }
+}
 
 #: sipp options that log every message or screen: off, so the load generator is not the limit.
 _TRACE_OPTIONS = {"-trace_msg": 0, "-message_file": 1, "-trace_screen": 0, "-screen_file": 1}
@@ -255,12 +247,10 @@ class Bench:
             # Room for every call the limit lets be in progress (and calls still closing).
             lan_media=(40000, 41999),
             wan_media=(42000, 43999),
-            extra_toml=UNLIMITED_POLICY,
+            # The debug log of the interop tests would cost the gateway more than the calls.
+            config=merge(UNLIMITED_POLICY, {"log": {"level": "info"}}),
         )
-        text = gateway_config(layout, self.pki).replace('level = "debug"', 'level = "info"')
-        self.gateway = self.start(
-            GatewayProcess(self.workdir / "gateway", layout, self.pki, config_text=text)
-        )
+        self.gateway = self.start(GatewayProcess(self.workdir / "gateway", layout, self.pki))
         self.gateway.wait_provider_up()
 
     def run_flow(

@@ -12,15 +12,17 @@ import contextlib
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.app import Gateway
 from gateway.certs.lab import make_lab
 from gateway.config import load_config
 from gateway.lab.phone import LabPhone
 from gateway.lab.provider import LabProvider
+from tests.gateway_config import Settings, gateway_settings, merge, write_gateway_config
 
 PHONE = "127.0.0.10"
 LAN = "127.0.0.20"
@@ -80,53 +82,42 @@ def free_port_range(address: str, size: int = 16) -> tuple[int, int]:
     raise OSError("no free port range")
 
 
-def site_config(directory: Path, provider_port: int, token_env: str, extra: str = "") -> str:
-    lan_media = free_port_range(LAN)
-    wan_media = free_port_range(WAN)
-    return f"""
-[lan]
-sip_address = "{LAN}"
-sip_port = {free_udp_port(LAN)}
-transports = ["udp"]
-media_address = "{LAN}"
-media_ports = [{lan_media[0]}, {lan_media[1]}]
-
-[wan]
-provider_host = "{PROVIDER}"
-provider_port = {provider_port}
-domain = "{PROVIDER_NAME}"
-sip_address = "{WAN}"
-media_address = "{WAN}"
-media_ports = [{wan_media[0]}, {wan_media[1]}]
-reconnect_min = 0.2
-reconnect_max = 1.0
-
-[wan.identity]
-certificate = "certs/gateway.pem"
-private_key = "certs/gateway.key"
-
-[wan.trust]
-ca_bundle = "certs/ca.pem"
-server_name = "{PROVIDER_NAME}"
-
-[media]
-workers = 1
-
-[policy.allowlist]
-lan = ["{PHONE}/32"]
-
-[admin]
-enabled = true
-listen = "127.0.0.1:0"
-metrics_listen = "127.0.0.1:0"
-token_env = "{token_env}"
-cdr_max_bytes = 4096
-cdr_keep = 3
-
-[state]
-directory = "state"
-{extra}
-"""
+def site_config(
+    provider_port: int, token_env: str, extra: Mapping[str, Any] | None = None
+) -> Settings:
+    """The site's gateway: lab certificates under ``certs/`` and state under ``state/`` (both
+    relative to the configuration file), the admin surface on OS-picked ports."""
+    return gateway_settings(
+        lan_address=LAN,
+        lan_port=free_udp_port(LAN),
+        transports=["udp"],
+        lan_media=free_port_range(LAN),
+        wan_address=WAN,
+        wan_media=free_port_range(WAN),
+        provider_host=PROVIDER,
+        provider_port=provider_port,
+        domain=PROVIDER_NAME,
+        reconnect_max=1.0,
+        certificate="certs/gateway.pem",
+        private_key="certs/gateway.key",
+        ca_bundle="certs/ca.pem",
+        server_name=PROVIDER_NAME,
+        lan_allow=[f"{PHONE}/32"],
+        extra=merge(
+            {
+                "admin": {
+                    "enabled": True,
+                    "listen": "127.0.0.1:0",
+                    "metrics_listen": "127.0.0.1:0",
+                    "token_env": token_env,
+                    "cdr_max_bytes": 4096,
+                    "cdr_keep": 3,
+                },
+                "state": {"directory": "state"},
+            },
+            extra,
+        ),
+    )
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
@@ -140,7 +131,9 @@ async def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def admin_site(directory: Path, *, extra_toml: str = "") -> AsyncIterator[Site]:
+async def admin_site(
+    directory: Path, *, extra: Mapping[str, Any] | None = None
+) -> AsyncIterator[Site]:
     """Start provider, gateway (admin on) and phone; stop them all afterwards."""
     certs = directory / "certs"
     await asyncio.to_thread(make_lab, certs)
@@ -154,8 +147,9 @@ async def admin_site(directory: Path, *, extra_toml: str = "") -> AsyncIterator[
     await provider.start()
     token_env = "GATEWAY_TEST_ADMIN_TOKEN_" + secrets.token_hex(4).upper()
     os.environ[token_env] = TOKEN
-    config_path = directory / "gateway.toml"
-    config_path.write_text(site_config(directory, provider.port, token_env, extra_toml))
+    config_path = write_gateway_config(
+        directory / "gateway.toml", site_config(provider.port, token_env, extra)
+    )
     config = load_config(config_path)
     gateway = Gateway(config, workers=1)
     phone: LabPhone | None = None

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import pytest
 
 from gateway.lab.audio import write_tone, write_ulaw_tone
-from tests.interop.gateway_process import GatewayLayout, GatewayProcess, gateway_config
+from tests.interop.gateway_process import GatewayLayout, GatewayProcess
 from tests.interop.peers import (
     Kamailio,
     ManagedProcess,
@@ -145,13 +145,13 @@ GatewayFactory = Callable[..., GatewayProcess]
 
 @pytest.fixture
 def gateway(pki: TestPki, tmp_path: Path, procs: ProcessSet) -> GatewayFactory:
-    """``gateway(provider_port, *, wait_up=True, config_text=None, **layout)``: start the real
-    gateway (LAN 127.0.0.20, WAN 127.0.0.21, fresh ports) in front of a provider on
+    """``gateway(provider_port, *, wait_up=True, **layout)``: start the real gateway (LAN
+    127.0.0.20, WAN 127.0.0.21, fresh ports) in front of a provider on
     ``127.0.0.1:provider_port``, trusting the test CA. It is stopped by PID at teardown (after
     peers started later, before peers started earlier). ``layout`` goes to
-    :class:`GatewayLayout`; ``config_text`` (a callable taking the default TOML text and the
-    layout) may rewrite the configuration. Unless ``wait_up`` is false, waits until the log
-    says the verified provider connection is up.
+    :class:`GatewayLayout`, whose ``config`` mapping is merged over the default settings
+    (tests/gateway_config.py). Unless ``wait_up`` is false, waits until the log says the
+    verified provider connection is up.
     """
     counter = itertools.count(1)
 
@@ -159,16 +159,10 @@ def gateway(pki: TestPki, tmp_path: Path, procs: ProcessSet) -> GatewayFactory:
         provider_port: int,
         *,
         wait_up: bool = True,
-        config_text: Callable[[str, GatewayLayout], str] | None = None,
         **layout: Any,
     ) -> GatewayProcess:
         lay = GatewayLayout(provider_port=provider_port, **layout)
-        text = gateway_config(lay, pki)
-        if config_text is not None:
-            text = config_text(text, lay)
-        gw = procs.start(
-            GatewayProcess(tmp_path / f"gateway{next(counter)}", lay, pki, config_text=text)
-        )
+        gw = procs.start(GatewayProcess(tmp_path / f"gateway{next(counter)}", lay, pki))
         if wait_up:
             gw.wait_provider_up()
         return gw

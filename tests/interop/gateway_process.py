@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from tests.interop.peers import (
-    ManagedProcess,
-    free_port,
-    wait_for_port,
-)
+from tests.gateway_config import Settings, gateway_settings, merge, write_gateway_config
+from tests.interop.peers import ManagedProcess, free_port, wait_for_port
 from tests.pki import TestPki
 
 
@@ -29,12 +28,12 @@ class GatewayLayout:
     wan_listen_port: int = 0
     lan_media: tuple[int, int] = (0, 0)
     wan_media: tuple[int, int] = (0, 0)
-    extra_toml: str = ""
     provider_host: str = "127.0.0.1"
     provider_port: int = 5061
     domain: str = "127.0.0.1"
     suites: tuple[str, ...] = ()
-    overrides: dict[str, str] = field(default_factory=dict)
+    #: Settings merged over :func:`gateway_config`'s (policy limits, a state directory ...).
+    config: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.lan_port:
@@ -56,49 +55,33 @@ def _media_base() -> int:
     return 20000 + (os.getpid() % 20) * 1000 + (_media_counter[0] % 2) * 400
 
 
-def gateway_config(layout: GatewayLayout, pki: TestPki) -> str:
-    """A TOML configuration for a gateway in front of a provider trusted through ``pki``."""
-    suites = ""
-    if layout.suites:
-        suites = "srtp_suites = [" + ", ".join(f'"{s}"' for s in layout.suites) + "]\n"
-    return f"""
-[lan]
-sip_address = "{layout.lan_address}"
-sip_port = {layout.lan_port}
-media_address = "{layout.lan_address}"
-media_ports = [{layout.lan_media[0]}, {layout.lan_media[1]}]
+#: What every interop gateway has beyond the shared test defaults: keepalives and an idle
+#: timeout short enough for a test's timeline, and a debug log in JSON for the assertions.
+_INTEROP = {
+    "wan": {"keepalive_interval": 5.0},
+    "media": {"inactivity_timeout": 30.0},
+    "log": {"level": "debug", "format": "json"},
+}
 
-[wan]
-provider_host = "{layout.provider_host}"
-provider_port = {layout.provider_port}
-domain = "{layout.domain}"
-sip_address = "{layout.wan_address}"
-media_address = "{layout.wan_address}"
-media_ports = [{layout.wan_media[0]}, {layout.wan_media[1]}]
-listen_port = {layout.wan_listen_port}
-keepalive_interval = 5.0
-reconnect_min = 0.2
-reconnect_max = 2.0
-{suites}
-[wan.identity]
-certificate = "{pki.server.cert}"
-private_key = "{pki.server.key}"
 
-[wan.trust]
-ca_bundle = "{pki.ca_cert}"
-
-[media]
-workers = 1
-inactivity_timeout = 30.0
-
-[policy.allowlist]
-lan = ["127.0.0.0/8"]
-
-[log]
-level = "debug"
-format = "json"
-{layout.extra_toml}
-"""
+def gateway_config(layout: GatewayLayout, pki: TestPki) -> Settings:
+    """The settings of a gateway in front of a provider trusted through ``pki``."""
+    return gateway_settings(
+        lan_address=layout.lan_address,
+        lan_port=layout.lan_port,
+        lan_media=layout.lan_media,
+        wan_address=layout.wan_address,
+        wan_media=layout.wan_media,
+        listen_port=layout.wan_listen_port,
+        provider_host=layout.provider_host,
+        provider_port=layout.provider_port,
+        domain=layout.domain,
+        srtp_suites=layout.suites,
+        certificate=pki.server.cert,
+        private_key=pki.server.key,
+        ca_bundle=pki.ca_cert,
+        extra=merge(_INTEROP, layout.config),
+    )
 
 
 class GatewayProcess(ManagedProcess):
@@ -110,15 +93,15 @@ class GatewayProcess(ManagedProcess):
         layout: GatewayLayout,
         pki: TestPki,
         *,
-        config_text: str | None = None,
         netns: str | None = None,
     ) -> None:
         """Write the config; with ``netns`` the gateway (and its media workers) run inside
         that network namespace, where the loopback addresses are the namespace's own."""
         self.layout = layout
         workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path = workdir / "gateway.toml"
-        self.config_path.write_text(config_text or gateway_config(layout, pki))
+        self.config_path = write_gateway_config(
+            workdir / "gateway.toml", gateway_config(layout, pki)
+        )
         argv = [
             sys.executable,
             "-m",

@@ -51,6 +51,7 @@ from cryptography import x509
 from gateway.certs.authority import IssuedCertificate, generate_key
 from gateway.certs.inspect import spki_pin
 from gateway.certs.store import write_certificates, write_private_key
+from tests.gateway_config import write_gateway_config
 from tests.interop.conftest import GatewayFactory, ProcessSet, Tones
 from tests.interop.gateway_process import GatewayLayout, gateway_config
 from tests.interop.peers import Kamailio, Sipp, free_port
@@ -80,19 +81,9 @@ def write_identity(directory: Path, issued: IssuedCertificate) -> tuple[Path, Pa
     return write_pair(directory, "cert", issued.chain, issued.key)
 
 
-def with_identity(cert: Path, key: Path) -> Callable[[str, GatewayLayout], str]:
-    """A ``config_text`` rewrite: the gateway's [wan.identity] is ``cert``/``key``."""
-
-    def rewrite(text: str, _layout: GatewayLayout) -> str:
-        text, n = re.subn(
-            r'\[wan\.identity\]\ncertificate = "[^"]*"\nprivate_key = "[^"]*"',
-            f'[wan.identity]\ncertificate = "{cert}"\nprivate_key = "{key}"',
-            text,
-        )
-        assert n == 1, text
-        return text
-
-    return rewrite
+def with_identity(cert: Path, key: Path) -> dict[str, Any]:
+    """Settings that make ``cert``/``key`` the gateway's [wan.identity]."""
+    return {"wan": {"identity": {"certificate": str(cert), "private_key": str(key)}}}
 
 
 @dataclass(frozen=True)
@@ -178,7 +169,7 @@ def test_rotation_during_call_keeps_the_call_and_next_connection_gets_new_cert(
     names = [GATEWAY_WAN, "gateway.test"]
     old = pki.issue(names)
     cert, key = write_identity(tmp_path / "identity", old)
-    gw = gateway(kamailio.tls_port, config_text=with_identity(cert, key))
+    gw = gateway(kamailio.tls_port, config=with_identity(cert, key))
     gw.wait_listening()
     listen_port = gw.layout.wan_listen_port
     assert presented_certificate(pki, listen_port) == of(old)
@@ -298,7 +289,7 @@ def test_bad_material_on_reload_is_refused_and_old_cert_keeps_serving(
     names = [GATEWAY_WAN, "gateway.test"]
     good = pki.issue(names)
     cert, key = write_identity(tmp_path / "identity", good)
-    gw = gateway(kamailio.tls_port, config_text=with_identity(cert, key))
+    gw = gateway(kamailio.tls_port, config=with_identity(cert, key))
     gw.wait_listening()
     port = gw.layout.wan_listen_port
     assert presented_certificate(pki, port) == of(good)
@@ -514,16 +505,11 @@ def test_provider_with_bad_certificate_gets_no_sip(
     server = bad_provider(issued)
     # The gateway verifies the name provider.test (SNI and check) and, for "unpinned", pins a
     # key the provider does not have.
-    trust = 'server_name = "provider.test"\n'
+    trust: dict[str, Any] = {"server_name": "provider.test"}
     if case == "unpinned":
-        trust += f'spki_pins = ["{spki_pin(pki.issue(provider_names).certificate)}"]\n'
+        trust["spki_pins"] = [spki_pin(pki.issue(provider_names).certificate)]
 
-    def config(text: str, _layout: GatewayLayout) -> str:
-        text, n = re.subn(r"(\[wan\.trust\]\n)", lambda m: m.group(1) + trust, text)
-        assert n == 1
-        return text
-
-    gw = gateway(server.port, wait_up=False, config_text=config)
+    gw = gateway(server.port, wait_up=False, config={"wan": {"trust": trust}})
     expected = PROVIDER_CASES[case][1]
     gw.wait_log(r"provider connection failed: [^\n]*", timeout=10)
     failure = next(m for m in log_messages(gw.output()) if "provider connection failed" in m)
@@ -577,11 +563,7 @@ def test_recording_provider_sees_sip_from_a_verified_gateway(
     recording provider does receive the phone's REGISTER (so "no bytes" there is not a blind
     instrument), and only inside TLS: nothing SIP-shaped on the wire."""
     server = bad_provider(pki.issue(["provider.test", "127.0.0.1"]))
-
-    def config(text: str, _layout: GatewayLayout) -> str:
-        return text.replace("[wan.trust]\n", '[wan.trust]\nserver_name = "provider.test"\n')
-
-    gw = gateway(server.port, config_text=config)
+    gw = gateway(server.port, config={"wan": {"trust": {"server_name": "provider.test"}}})
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((PHONE_A, 0))
         s.sendto(_register_request(gw.lan, s.getsockname()[1], "1003"), gw.lan)
@@ -607,7 +589,7 @@ def test_provider_refusing_the_gateway_certificate_is_retried_with_backoff(
     stranger = make_ca("Some Other CA", now=dt.datetime.now(dt.UTC))
     leaf = make_leaf(stranger, [GATEWAY_WAN], now=dt.datetime.now(dt.UTC))
     cert, key = write_identity(tmp_path / "identity", leaf)
-    gw = gateway(kam.tls_port, wait_up=False, config_text=with_identity(cert, key))
+    gw = gateway(kam.tls_port, wait_up=False, config=with_identity(cert, key))
     time.sleep(3.0)
     messages = log_messages(gw.output())
     reasons = [m for m in messages if m.startswith("provider unavailable")]
@@ -634,9 +616,8 @@ def test_refuses_to_start_with_bad_identity(case: str, pki: TestPki, tmp_path: P
         cert, _ = write_identity(tmp_path / "identity", pki.issue(names))
         _, key = write_identity(tmp_path / "other", pki.issue(names))
         why = f"{key}: private key does not match the certificate in {cert}"
-    layout = GatewayLayout(provider_port=free_port(proto="tcp"))
-    config_path = tmp_path / "gateway.toml"
-    config_path.write_text(with_identity(cert, key)(gateway_config(layout, pki), layout))
+    layout = GatewayLayout(provider_port=free_port(proto="tcp"), config=with_identity(cert, key))
+    config_path = write_gateway_config(tmp_path / "gateway.toml", gateway_config(layout, pki))
     started = time.monotonic()
     res = subprocess.run(
         [sys.executable, "-m", "gateway", "run", "--config", str(config_path)],

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import signal
 import sys
 import time
@@ -26,6 +25,7 @@ from gateway.certs.lab import make_lab
 from gateway.lab.phone import LabPhone
 from gateway.lab.provider import LabProvider
 from tests.admin_site import LAN, PROVIDER, TOKEN, site_config, wait_for
+from tests.gateway_config import write_gateway_config
 from tests.interop.peers import free_port
 
 pytestmark = pytest.mark.interop
@@ -46,15 +46,18 @@ async def test_sigterm_drains_then_ends_calls_with_bye_on_both_sides(tmp_path: P
     )
     await provider.start()
     admin_port = free_port("127.0.0.1", proto="tcp")
-    text = site_config(tmp_path, provider.port, "GATEWAY_DRAIN_TEST_TOKEN")
-    text = text.replace('lan = ["127.0.0.10/32"]', 'lan = ["127.0.0.0/8"]')
-    text = text.replace(
-        'listen = "127.0.0.1:0"\nmetrics_listen = "127.0.0.1:0"',
-        f'listen = "127.0.0.1:{admin_port}"',
+    settings = site_config(
+        provider.port,
+        "GATEWAY_DRAIN_TEST_TOKEN",
+        {
+            "policy": {"allowlist": {"lan": ["127.0.0.0/8"]}},
+            # The API on a port the test knows (it polls readiness); no separate scrape port.
+            "admin": {"listen": f"127.0.0.1:{admin_port}", "metrics_listen": None},
+            "log": {"format": "json"},
+        },
     )
-    sip_port = int(re.search(r"sip_port = (\d+)", text).group(1))  # type: ignore[union-attr]
-    config = tmp_path / "gateway.toml"
-    config.write_text(text + '\n[log]\nformat = "json"\n')
+    sip_port = settings["lan"]["sip_port"]
+    config = write_gateway_config(tmp_path / "gateway.toml", settings)
     env = dict(os.environ, GATEWAY_DRAIN_TEST_TOKEN=TOKEN, PYTHONPATH=str(ROOT))
     log_path = tmp_path / "gateway.log"
     log_file = log_path.open("wb")

@@ -34,13 +34,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.gateway_config import merge
 from tests.interop.conftest import ProcessSet
 from tests.interop.gateway_process import GatewayLayout, GatewayProcess
 from tests.interop.peers import (
@@ -149,7 +150,7 @@ def call_events(gw: GatewayProcess, kind: str) -> list[dict[str, Any]]:
 
 def policy_refusals(gw: GatewayProcess) -> list[str]:
     """Rules of the calls the policy refused, in order (media refusals have no rule)."""
-    return [e["rule"] for e in call_events(gw, "refused") if "rule" in e]
+    return [e["rule"] for e in call_events(gw, "refused") if e.get("rule")]
 
 
 @dataclass
@@ -228,12 +229,12 @@ def start_gateway(
     *,
     name: str = "gateway",
     layout: GatewayLayout | None = None,
-    extra_toml: str = "",
+    config: Mapping[str, Any] | None = None,
 ) -> GatewayProcess:
     """The real gateway in front of a provider on 127.0.0.30, LAN open to 127.0.0.0/8 (the
     test config's allowlist, so sipvicious at 127.0.0.1 counts as a LAN host)."""
     lay = layout or GatewayLayout(
-        provider_host=PROVIDER, provider_port=provider_port, domain=PROVIDER, extra_toml=extra_toml
+        provider_host=PROVIDER, provider_port=provider_port, domain=PROVIDER, config=config or {}
     )
     gw = procs.start(GatewayProcess(tmp_path / name, lay, pki))
     gw.wait_provider_up()
@@ -507,7 +508,7 @@ def test_compact_sipvicious_caught_by_behaviour(
         procs,
         pki30,
         svc.accept[1],
-        extra_toml="[policy.flood]\nregister = { rate = 5.0, burst = 60.0 }\n",
+        config={"policy": {"flood": {"register": {"rate": 5.0, "burst": 60.0}}}},
     )
     lan_host, lan_port = gw.lan
 
@@ -641,14 +642,14 @@ def warnings_of(sipp: Sipp, status: int) -> list[str]:
     return [w for m in final_responses(sipp, status) for w in header_values(m, "Warning")]
 
 
-def caps_toml(*, concurrent: int, calls_per_hour: int) -> str:
-    return f"""
-[policy.caps.phone]
-concurrent = {concurrent}
-calls_per_hour = {calls_per_hour}
-minutes_per_day = 240.0
-international_minutes_per_day = 30.0
-"""
+def caps(*, concurrent: int, calls_per_hour: int) -> dict[str, Any]:
+    phone = {
+        "concurrent": concurrent,
+        "calls_per_hour": calls_per_hour,
+        "minutes_per_day": 240.0,
+        "international_minutes_per_day": 30.0,
+    }
+    return {"policy": {"caps": {"phone": phone}}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -669,7 +670,7 @@ def test_international_refused_emergency_reaches_provider_over_caps(
         procs,
         pki30,
         prov.kamailio.tls_port,
-        extra_toml=caps_toml(concurrent=1, calls_per_hour=1),
+        config=caps(concurrent=1, calls_per_hour=1),
     )
 
     intl = phone_call(tmp_path, procs, gw, "011442079460000", name="intl", expect=403)
@@ -714,14 +715,19 @@ def test_international_refused_emergency_reaches_provider_over_caps(
 # 4. concurrent cap, then spike lock
 
 #: A fresh gateway has no baseline, so the lock goes off at factor x min_calls = 6 calls.
-SPIKE_AT_SIX = """
-[policy.caps.spike]
-window_seconds = 60.0
-baseline_seconds = 120.0
-factor = 2.0
-min_calls = 3
-lock_seconds = 600.0
-"""
+SPIKE_AT_SIX = {
+    "policy": {
+        "caps": {
+            "spike": {
+                "window_seconds": 60.0,
+                "baseline_seconds": 120.0,
+                "factor": 2.0,
+                "min_calls": 3,
+                "lock_seconds": 600.0,
+            }
+        }
+    }
+}
 
 
 def test_invite_burst_hits_concurrent_cap_then_spike_lock(
@@ -733,8 +739,8 @@ def test_invite_burst_hits_concurrent_cap_then_spike_lock(
     7th get 403 with a Warning naming the lock. 911 still goes through during the lock."""
     need("sipp", "kamailio", "stunnel")
     prov = provider_with_party(tmp_path, procs, pki30, ("7000", "911"), calls=3)
-    extra = caps_toml(concurrent=2, calls_per_hour=100) + SPIKE_AT_SIX
-    gw = start_gateway(tmp_path, procs, pki30, prov.kamailio.tls_port, extra_toml=extra)
+    limits = merge(caps(concurrent=2, calls_per_hour=100), SPIKE_AT_SIX)
+    gw = start_gateway(tmp_path, procs, pki30, prov.kamailio.tls_port, config=limits)
 
     held = phone_call(tmp_path, procs, gw, "7000", name="held", calls=2, hold_ms=4000)
     wait_until(lambda: len(call_events(gw, "answered")) >= 2, 10, "two calls answered", gw)
@@ -780,7 +786,7 @@ def test_bans_survive_restart_and_lift(
         provider_host=PROVIDER,
         provider_port=kam.tls_port,
         domain=PROVIDER,
-        extra_toml=f'\n[state]\ndirectory = "{state}"\n',
+        config={"state": {"directory": str(state)}},
     )
     first = start_gateway(tmp_path, procs, pki30, kam.tls_port, name="first", layout=layout)
     out = run_tools(

@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 
 from tests.interop.conftest import GatewayFactory, ProcessSet
-from tests.interop.gateway_process import GatewayLayout, GatewayProcess
+from tests.interop.gateway_process import GatewayProcess
 from tests.interop.peers import (
     Capture,
     Kamailio,
@@ -498,7 +498,7 @@ def test_provider_calls_phone(
 
     inbound = [e for e in gateway_events(gw, "started") if e["from_side"] == "wan"]
     assert len(inbound) == calls, gateway_events(gw)
-    assert all(e["to"] != "1002" for e in inbound)  # the opaque token, not the extension
+    assert all(e["callee"] != "1002" for e in inbound)  # the opaque token, not the extension
     answered = gateway_events(gw, "answered")
     assert len(answered) == calls and all(e["suite"] for e in answered), answered
     # The provider got SRTP back: a=crypto in every 200.
@@ -963,21 +963,14 @@ def test_fail_closed_unverified_provider(
         other = make_test_pki(tmp_path / "other-pki")
         kam = procs.start(Kamailio(tmp_path / "kam-other-ca", other))
         port = kam.tls_port
-
-        def config(text: str, layout: GatewayLayout) -> str:
-            return text
-
+        config: dict[str, Any] = {}
     else:
         sink = request.getfixturevalue("tls_sink")
         port = sink.server.getsockname()[1]
-
-        def config(text: str, layout: GatewayLayout) -> str:
-            return text.replace(
-                "[wan.trust]\n", '[wan.trust]\nserver_name = "sip.provider.example"\n'
-            )
+        config = {"wan": {"trust": {"server_name": "sip.provider.example"}}}
 
     cap = procs.start(Capture(tmp_path / "cap", ports=[port]))
-    gw = gateway(port, wait_up=False, config_text=config)
+    gw = gateway(port, wait_up=False, config=config)
     gw.wait_log(r"provider connection failed: .*certificate verification failed", timeout=15)
 
     reg = procs.start(
