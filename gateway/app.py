@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.admin.observe import Observatory
+from gateway.ban_file import BanFileSync
 from gateway.cdr import CallRecorder, RecordFile
 from gateway.certs.material import verify_pins
 from gateway.certs.runtime import TlsMaterial
@@ -30,7 +31,6 @@ from gateway.logsetup import configure_logging
 from gateway.media.control import CloseCall, OpenStream, StreamCounters, UpdateStream
 from gateway.media.controller import MediaController, MediaError
 from gateway.policy import PolicyEngine, encode_line
-from gateway.policy.bans_store import BanFileSync
 from gateway.sdp.negotiation import MediaPolicy
 from gateway.sip.actions import CallEvent, MediaCommand, SecurityNotice, SendMessage
 from gateway.sip.b2bua import B2bua, EdgeSettings

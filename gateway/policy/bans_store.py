@@ -7,29 +7,21 @@ the policy package that does I/O; the engine exports and imports records
 (``PolicyEngine.export_bans`` / ``import_bans``) and the glue calls these functions.
 
 ``gateway bans list`` and ``gateway bans lift ADDRESS`` work on the file with ``list_bans`` and
-``lift_ban``. A running gateway keeps its engine and the file in step with :class:`BanFileSync`:
-bans are read back at start-up, saved whenever the engine's list changes, and a ban that an
-operator removed from the file is lifted in the engine too.
+``lift_ban``. A running gateway keeps its engine and the file in step with
+``gateway.ban_file.BanFileSync``.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from gateway.policy.allowlist import normalise_address
 from gateway.policy.bans import PersistedBan
-
-if TYPE_CHECKING:
-    from gateway.policy.engine import PolicyEngine
-
-log = logging.getLogger("gateway.bans")
 
 _VERSION = 1
 
@@ -108,70 +100,3 @@ def format_bans(bans: list[PersistedBan], wall: float) -> str:
         left = max(0, int(ban.expires_at - wall))
         lines.append(f"{ban.address:<40} {ban.rule:<20} {ban.offences:>8}  {expires} (in {left}s)")
     return "\n".join(lines)
-
-
-class BanFileSync:
-    """Keeps a running engine's bans and the ban file in step.
-
-    Times: ``now`` is the engine's (monotonic) clock, ``wall`` Unix time at that moment; the
-    file holds Unix times so that bans survive a restart with a new monotonic clock. Errors
-    are logged once and never raised: a ban file that cannot be read or written must not
-    stop the gateway, and the bans in memory stay in force.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self._version = -1
-        self._mtime = 0
-
-    def restore(self, engine: PolicyEngine, now: float, wall: float) -> int:
-        """At start-up: the saved bans back into ``engine``; how many were restored."""
-        try:
-            bans = load_bans(self.path)
-        except BanStoreError as exc:
-            log.error("ignoring unreadable ban file: %s", exc)
-            return 0
-        loaded = engine.import_bans(bans, now, wall)
-        if loaded:
-            log.info("restored %d ban(s) from %s", loaded, self.path)
-        self._version = engine.bans_version
-        return loaded
-
-    def save_if_changed(self, engine: PolicyEngine, now: float, wall: float) -> bool:
-        """Write the engine's bans when its list moved since the last save; True if written."""
-        if engine.bans_version == self._version:
-            return False
-        self._version = engine.bans_version
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            save_bans(self.path, engine.export_bans(now, wall))
-            # Our own write is not an operator's edit: remember its time.
-            self._mtime = self.path.stat().st_mtime_ns
-        except (OSError, BanStoreError) as exc:
-            log.error("cannot save bans to %s: %s", self.path, exc)
-            return False
-        return True
-
-    def follow(self, engine: PolicyEngine, now: float) -> list[str]:
-        """``gateway bans lift`` edits the file: lift in ``engine`` every ban missing from it.
-
-        Returns the lifted addresses (the engine has security events for them to drain).
-        """
-        try:
-            mtime = self.path.stat().st_mtime_ns
-        except OSError:
-            return []
-        if mtime == self._mtime:
-            return []
-        self._mtime = mtime
-        try:
-            on_file = {b.address for b in load_bans(self.path)}
-        except BanStoreError as exc:
-            log.error("ignoring unreadable ban file: %s", exc)
-            return []
-        lifted = []
-        for ban in engine.bans(now):
-            if ban.address not in on_file and engine.lift_ban(ban.address, now):
-                log.warning("ban on %s lifted by the operator", ban.address)
-                lifted.append(ban.address)
-        return lifted

@@ -1,4 +1,4 @@
-"""A running engine's bans and the ban file kept in step (``bans_store.BanFileSync``): restored
+"""A running engine's bans and the ban file kept in step (``gateway.ban_file``): restored
 at start-up, saved when the list moves, lifted when an operator removes one from the file."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.ban_file import BanFileSync
 from gateway.policy import bans_store
 from gateway.policy.bans import PersistedBan
 from gateway.policy.engine import PolicyEngine
@@ -25,7 +26,7 @@ def scanner_ban(engine: PolicyEngine, ip: str, now: float) -> None:
 def test_saved_when_the_list_moves_and_restored_after_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "state" / "bans.json"
     engine = PolicyEngine(SITE)
-    sync = bans_store.BanFileSync(path)
+    sync = BanFileSync(path)
     assert sync.restore(engine, 0.0, WALL) == 0  # no file yet: nothing, and no error
     assert not sync.save_if_changed(engine, 1.0, WALL + 1)
     scanner_ban(engine, "192.0.2.5", 2.0)
@@ -37,7 +38,7 @@ def test_saved_when_the_list_moves_and_restored_after_a_restart(tmp_path: Path) 
     assert [b.address for b in engine.bans(4.0)] == ["192.0.2.5"]
 
     restarted = PolicyEngine(SITE)
-    again = bans_store.BanFileSync(path)
+    again = BanFileSync(path)
     assert again.restore(restarted, 0.5, WALL + 10) == 1
     assert [b.address for b in restarted.bans(0.5)] == ["192.0.2.5"]
     assert not again.save_if_changed(restarted, 1.0, WALL + 11)  # restored, not changed
@@ -48,7 +49,7 @@ def test_a_ban_removed_from_the_file_is_lifted(
 ) -> None:
     path = tmp_path / "bans.json"
     engine = PolicyEngine(SITE)
-    sync = bans_store.BanFileSync(path)
+    sync = BanFileSync(path)
     scanner_ban(engine, "192.0.2.5", 1.0)
     scanner_ban(engine, "192.0.2.6", 1.0)
     sync.save_if_changed(engine, 1.0, WALL)
@@ -71,12 +72,12 @@ def test_unreadable_and_unwritable_files_are_logged_not_raised(
     path = tmp_path / "bans.json"
     path.write_text("{not json")
     engine = PolicyEngine(SITE)
-    sync = bans_store.BanFileSync(path)
+    sync = BanFileSync(path)
     with caplog.at_level(logging.ERROR, logger="gateway.bans"):
         assert sync.restore(engine, 0.0, WALL) == 0
         assert sync.follow(engine, 1.0) == []
     assert caplog.text.count("ignoring unreadable ban file") == 2
-    blocked = bans_store.BanFileSync(tmp_path / "bans.json" / "inside")  # a file as folder
+    blocked = BanFileSync(tmp_path / "bans.json" / "inside")  # a file as folder
     scanner_ban(engine, "192.0.2.5", 2.0)
     with caplog.at_level(logging.ERROR, logger="gateway.bans"):
         assert not blocked.save_if_changed(engine, 2.0, WALL)
@@ -88,6 +89,6 @@ def test_restored_bans_keep_their_unix_expiry(tmp_path: Path) -> None:
     path = tmp_path / "bans.json"
     bans_store.save_bans(path, [PersistedBan("192.0.2.9", "flood.invite", WALL - 10, WALL + 90, 1)])
     engine = PolicyEngine(SITE)
-    assert bans_store.BanFileSync(path).restore(engine, 5.0, WALL) == 1
+    assert BanFileSync(path).restore(engine, 5.0, WALL) == 1
     [ban] = engine.bans(5.0)
     assert ban.until == pytest.approx(95.0)
