@@ -33,7 +33,7 @@ in order, loss (right after latching too), reordering, duplicates, the 16-bit se
 RTCP muxed on the RTP port, datagrams of 0 to 65507 bytes; then a seeded random corpus of
 mutated packets (bit flips, truncation, splicing, replays), whose seed and packet index a
 failure names (``MEDIA_RULES_SEED`` picks another seed), and the stored seed corpus under
-tests/data/rtp_corpus (``python -m tests.unit.test_media_rules_agree --write-corpus``
+tests/data/rtp_corpus (``python -m tests.integration.test_media_rules_agree --write-corpus``
 rewrites it from :func:`seed_corpus`).
 
 With CI set the C extension must be built (CI builds it); elsewhere these tests are skipped
@@ -48,7 +48,7 @@ import select
 import socket
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,7 @@ import pytest
 
 from gateway.media import worker as worker_module
 from gateway.media.control import SrtpKeying, StreamSpec
-from gateway.media.relay import LAN_RTCP, LAN_RTP, MAX_DATAGRAM, WAN_RTCP, WAN_RTP
+from gateway.media.relay import LAN_RTCP, LAN_RTP, MAX_DATAGRAM, WAN_RTCP, WAN_RTP, Address
 from gateway.media.suites import SrtpSuite
 from gateway.media.worker import _snapshot, _Stream, _Worker
 from tests.unit.test_media_worker import (
@@ -149,14 +149,18 @@ def rx_keying(suite: SrtpSuite) -> SrtpKeying:
 class Provider:
     """The provider's side of ``wan_rx``: protects what it sends to the gateway."""
 
-    def __init__(self, suite: SrtpSuite) -> None:
-        k = rx_keying(suite)
+    def __init__(self, suite: SrtpSuite, k: SrtpKeying | None = None) -> None:
+        k = rx_keying(suite) if k is None else k
         policy = pylibsrtp.Policy(
             key=k.master,
             ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
             srtp_profile=suite.libsrtp_profile,
         )
         self._session = pylibsrtp.Session(policy)
+
+    @classmethod
+    def keyed(cls, suite: SrtpSuite, k: SrtpKeying) -> Provider:
+        return cls(suite, k)
 
     def srtp(self, packet: bytes) -> bytes:
         return self._session.protect(packet)
@@ -170,12 +174,40 @@ class Provider:
 
 @dataclass(frozen=True)
 class Step:
-    """One datagram: from a peer socket (a key of PEER_IPS) to a gateway socket index."""
+    """One datagram: from a peer socket (a key of PEER_IPS) to a gateway socket index; or,
+    with ``change`` set, an UpdateStream of the spec instead (a key of SPEC_CHANGES)."""
 
     sender: str
     port: int
     data: bytes
     note: str = ""
+    change: str = ""
+
+
+def change(name: str) -> Step:
+    return Step("", LAN_RTP, b"", name, name)
+
+
+#: Spec updates a re-INVITE brings (RFC 4568 §7.1.4 re-key, a peer moving, keys withdrawn):
+#: each takes the current spec, the rig's peer addresses and the suite.
+SPEC_CHANGES: dict[str, Callable[[StreamSpec, dict[str, Address], SrtpSuite], StreamSpec]] = {
+    "re-key to the provider": lambda spec, _, suite: msgspec.structs.replace(
+        spec, wan_tx=keying(suite, 0x23)
+    ),
+    "re-key from the provider": lambda spec, _, suite: msgspec.structs.replace(
+        spec, wan_rx=keying(suite, 0x77)
+    ),
+    "same keys again": lambda spec, _, suite: msgspec.structs.replace(
+        spec, wan_tx=tx_keying(suite), wan_rx=rx_keying(suite), direction="sendonly"
+    ),
+    "provider moves": lambda spec, peers, _: msgspec.structs.replace(
+        spec, provider_addr=peers["provider_alt"]
+    ),
+    "phone moves": lambda spec, peers, _: msgspec.structs.replace(
+        spec, phone_addr=peers["phone_alt"]
+    ),
+    "keys withdrawn": lambda spec, _, __: msgspec.structs.replace(spec, wan_tx=None, wan_rx=None),
+}
 
 
 @dataclass(frozen=True)
@@ -281,6 +313,20 @@ def lan_sequences() -> list[Sequence]:
             + [phone(rtp(2 + i, payload=n - 12), f"{n} bytes") for i, n in enumerate(SIZES)]
             + [phone(rtp(100 + i, payload=n - 12), f"{n} bytes") for i, n in enumerate(BIG)]
             + [phone(rtp(200))],
+        ),
+        Sequence(
+            "re-INVITEs mid-stream",
+            [phone(rtp(s)) for s in range(1, 5)]
+            + [change("same keys again")]
+            + [phone(rtp(s)) for s in range(5, 8)]
+            + [change("re-key to the provider")]
+            + [phone(rtp(s)) for s in (8, 9, 12)]
+            + [change("provider moves")]
+            + [phone(rtp(s)) for s in (13, 14)]
+            + [change("phone moves")]
+            + [phone(rtp(15)), phone(rtp(16), sender="phone_alt"), phone(rtp(18))]
+            + [change("keys withdrawn")]
+            + [phone(rtp(s)) for s in (19, 20)],
         ),
         Sequence(
             "plaintext downgrade with oversized datagrams",
@@ -394,6 +440,18 @@ def wan_sequences(suite: SrtpSuite) -> list[Sequence]:
     sized += [provider(rtp(100 + i, payload=n - 12), f"{n} bytes") for i, n in enumerate(BIG)]
     sized.append(provider(p.srtp(rtp(200))))
     out.append(Sequence("sizes", sized))
+    p = Provider(suite)
+    rekeyed = Provider.keyed(suite, keying(suite, 0x77))
+    steps = [provider(p.srtp(rtp(s))) for s in range(1, 5)]
+    steps += [change("same keys again")] + [provider(p.srtp(rtp(s))) for s in (5, 6, 9)]
+    steps += [change("re-key from the provider"), provider(p.srtp(rtp(10)), "old key")]
+    steps += [provider(rekeyed.srtp(rtp(s))) for s in (11, 12, 14)]
+    steps += [change("provider moves"), provider(rekeyed.srtp(rtp(15)), "from the old port")]
+    steps += [provider(rekeyed.srtp(rtp(s)), sender="provider_alt") for s in (16, 17)]
+    steps += [change("phone moves")] + [provider(rekeyed.srtp(rtp(s))) for s in (18, 19)]
+    steps += [provider(rekeyed.srtp(rtp(s)), sender="provider_alt") for s in (20, 22)]
+    steps += [change("keys withdrawn"), provider(rekeyed.srtp(rtp(23)))]
+    out.append(Sequence("re-INVITEs mid-stream", steps))
     return out
 
 
@@ -579,10 +637,10 @@ def corpus_readme(entries: list[CorpusEntry]) -> str:
     lines = [
         "# RTP/SRTP seed corpus",
         "",
-        "Packets for the media path's fuzzing and for tests/unit/test_media_rules_agree.py,",
+        "Packets for the media path's fuzzing and for tests/integration/test_media_rules_agree.py,",
         "which replays each through both packet loops of the media worker and checks that the",
         "stored files are what its `seed_corpus()` builds. Rewrite them with",
-        "`python -m tests.unit.test_media_rules_agree --write-corpus`.",
+        "`python -m tests.integration.test_media_rules_agree --write-corpus`.",
         "",
         "- `*.bin`: one datagram, raw.",
         "- `*.seq`: a sequence: each datagram as a 2-byte big-endian length, then its bytes.",
@@ -651,11 +709,14 @@ class Rig:
         )
         for name, ip in PEER_IPS.items():
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            # Room for a whole sequence's output when it is collected at the end only.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             sock.bind((ip, 0))
             sock.setblocking(False)
             self.peers[name] = sock
         self.peer_names = {s.getsockname(): n for n, s in self.peers.items()}
-        address = {n: s.getsockname() for n, s in self.peers.items()}
+        self.addresses: dict[str, Address] = {n: s.getsockname() for n, s in self.peers.items()}
+        address = self.addresses
         with free_ports() as (lan_port, wan_port):
             spec = StreamSpec(
                 lan_port=lan_port,
@@ -736,7 +797,12 @@ class Rig:
         stamps: list[float] = []
         sent = 0
         for i, step in enumerate(self.sequence.steps):
-            stamps.append(self.deliver(step, None if times is None else times[i]))
+            if step.change:
+                relay = self.stream.relay
+                relay.update(SPEC_CHANGES[step.change](relay.spec, self.addresses, self.suite))
+                stamps.append(stamps[-1] if stamps else 0.0)
+            else:
+                stamps.append(self.deliver(step, None if times is None else times[i]))
             if every:
                 total = self.out_total()
                 seen.append(self.observe(self.collect(total - sent)))
@@ -747,6 +813,8 @@ class Rig:
 
 
 def describe(step: Step) -> str:
+    if step.change:
+        return f"update: {step.change}"
     head = step.data[:24].hex()
     return f"{step.sender} → {PORT_NAMES[step.port]}, {len(step.data)} bytes {head} ({step.note})"
 
@@ -895,12 +963,40 @@ def test_datagrams_over_max_datagram_are_dropped_not_cut(fast: bool) -> None:
         rig.close()
 
 
+def test_c_lane_keeps_libsrtp_inside_its_receive_buffer() -> None:
+    """However long a packet Python's limit would allow, the C lane never lets libsrtp append
+    its trailer past the end of its receive buffer: a lane configured with a huge ``max_len``
+    still drops a MAX_DATAGRAM-byte packet (counted malformed, as the Python path counts it)."""
+    suite = SrtpSuite.AES_CM_128_HMAC_SHA1_80
+    rig = Rig(True, Sequence("clamp", []), suite)
+    try:
+        rig.deliver(phone(rtp(1)), None)
+        fast = rig.stream.relay.fast_lan()
+        assert fast is not None and rig.stream.lanes is not None
+        native = fast[2].native()
+        assert native is not None
+        ctx, fn, _, owner = native
+        lane = rig.stream.lanes[0]
+        provider_port = rig.addresses["provider"][1]
+        out_fd = rig.stream.sockets[WAN_RTP].fileno()
+        ips = socket.inet_aton(PHONE_IP), socket.inet_aton(PROVIDER_IP)
+        lane.configure(out_fd, *ips, provider_port, ctx, fn, 1 << 30, owner)
+        rig.deliver(phone(rtp(2, payload=MAX_DATAGRAM - 12)), None)
+        counters = _snapshot(rig.stream)
+        assert (counters.wan_out_packets, counters.drop_malformed) == (1, 1)
+        assert len(rig.collect(1)) == 1
+    finally:
+        rig.close()
+
+
 def main(argv: list[str]) -> int:
     if argv == ["--write-corpus"]:
         write_corpus()
         print(f"wrote {len(seed_corpus())} files and README.md to {CORPUS_DIR}")
         return 0
-    print("usage: python -m tests.unit.test_media_rules_agree --write-corpus", file=sys.stderr)
+    print(
+        "usage: python -m tests.integration.test_media_rules_agree --write-corpus", file=sys.stderr
+    )
     return 2
 
 
