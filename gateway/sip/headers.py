@@ -86,30 +86,39 @@ _GEN_VALUE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+")
 _WS = " \t"
 
 
+# Header names as they usually arrive, all tokens: a set hit is cheaper than the pattern.
+_KNOWN_TOKENS: frozenset[str] = frozenset(_KNOWN_NAMES) | frozenset(_CANONICAL)
+
+
 def is_token(text: str) -> bool:
     """Whether ``text`` is a §25.1 token (methods, header names, parameter names)."""
-    return _TOKEN.fullmatch(text) is not None
+    return text in _KNOWN_TOKENS or _TOKEN.fullmatch(text) is not None
+
+
+# Names already in canonical form map to themselves: most names arrive that way, and an exact
+# hit spares lowercasing every header name of every message.
+_ALREADY_CANONICAL: dict[str, str] = {name: name for name in _KNOWN_NAMES}
 
 
 def canonical_name(name: str) -> str:
     """The long, conventionally cased form of a header name; unknown names stay as written."""
-    return _CANONICAL.get(name.lower(), name)
+    return _ALREADY_CANONICAL.get(name) or _CANONICAL.get(name.lower(), name)
+
+
+# The rest of a quoted-string after its opening quote: qdtext or quoted-pairs (a backslash
+# before CR or LF is not one), up to the closing quote. Possessive, so a failure is linear.
+_QUOTED_REST = re.compile(r'(?:[^"\\]|\\[^\r\n])*+"')
 
 
 def _scan_quoted(text: str, start: int) -> int:
     """Index just past the quoted-string opening at ``start`` (§25.1 quoted-pair allowed)."""
-    i = start + 1
-    while i < len(text):
-        char = text[i]
-        if char == "\\":
-            if i + 1 >= len(text) or text[i + 1] in "\r\n":
-                break
-            i += 2
-            continue
-        if char == '"':
-            return i + 1
-        i += 1
-    raise SipParseError("unterminated quoted string")
+    match = _QUOTED_REST.match(text, start + 1)
+    if match is None:
+        raise SipParseError("unterminated quoted string")
+    return match.end()
+
+
+_LIST_SPECIAL = re.compile(r'[",<>]')
 
 
 def split_header_list(value: str) -> list[str]:
@@ -120,26 +129,32 @@ def split_header_list(value: str) -> list[str]:
     """
     if not value.strip(_WS):
         return []
+    if '"' not in value and "<" not in value:
+        # Nothing can hide a comma: the common case (Allow, Supported, a bare Via list).
+        return [item.strip(_WS) for item in value.split(",")]
     items: list[str] = []
     start = 0
-    i = 0
     in_angle = False
-    while i < len(value):
-        char = value[i]
+    search = _LIST_SPECIAL.search
+    match = search(value)
+    while match is not None:
+        char = match.group()
+        i = match.start()
         if char == '"':
             try:
                 i = _scan_quoted(value, i)
             except SipParseError:
-                i = len(value)  # unbalanced quote: the rest is one element, its parser rejects it
+                break  # unbalanced quote: the rest is one element, its parser rejects it
+            match = search(value, i)
             continue
         if char == "<":
             in_angle = True
         elif char == ">":
             in_angle = False
-        elif char == "," and not in_angle:
+        elif not in_angle:
             items.append(value[start:i].strip(_WS))
             start = i + 1
-        i += 1
+        match = search(value, i + 1)
     items.append(value[start:].strip(_WS))
     return items
 
@@ -285,7 +300,7 @@ class NameAddr:
         uri_text = uri_text.rstrip(_WS)
         if "," in uri_text or "?" in uri_text:
             raise SipParseError("a URI with ',' or '?' must be enclosed in <>")
-        if any(char in _WS for char in uri_text):
+        if " " in uri_text or "\t" in uri_text:
             raise SipParseError("whitespace inside address")
         return cls(None, parse_uri(uri_text), parse_header_params(semi + param_text, "address"))
 
@@ -295,7 +310,7 @@ class NameAddr:
         if close < 0:
             raise SipParseError("'<' without '>' in address")
         uri_text = rest[1:close]
-        if any(char in _WS for char in uri_text):
+        if " " in uri_text or "\t" in uri_text:
             raise SipParseError("whitespace inside <URI>")
         return cls(display, parse_uri(uri_text), parse_header_params(rest[close + 1 :], "address"))
 

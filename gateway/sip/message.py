@@ -21,6 +21,7 @@ import re
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Self
 
 from gateway.sip.errors import SipParseError
@@ -136,6 +137,7 @@ REASON_PHRASES: dict[int, str] = {
 }
 
 _VERSION = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
+_NO_VALUES: list[str] = []
 _CONTENT_TYPE = re.compile(r"[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)")
 _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"
@@ -149,6 +151,12 @@ def _encode(text: str) -> bytes:
     return text.encode(_ENCODING, _ERRORS)
 
 
+@lru_cache(maxsize=256)
+def _index_key(name: str) -> str:
+    # Callers ask by constant names ("Via", "v", "call-id"): resolve each spelling once.
+    return canonical_name(name).lower()
+
+
 def _check_header_value(value: str) -> None:
     # A CR or LF in a value would let one header smuggle another onto the wire.
     if "\r" in value or "\n" in value:
@@ -160,21 +168,70 @@ class SipMessage(ABC):
 
     ``headers`` keeps wire order with canonical names; a line holding a comma list stays one
     entry, so unknown headers and odd values are forwarded exactly as received.
+
+    Lookups go through an index by lowercased name, and the typed accessors (``cseq``,
+    ``vias``, ``from_``, ``to``, ``contacts``, ``routes``, ``record_routes``) parse once and
+    keep the result: validating a message already parses all of them, and the transaction
+    layer and the B2BUA read them again and again. Both are dropped whenever the headers
+    change through ``set``, ``add``, ``prepend``, ``remove``, ``remove_first`` or by assigning
+    ``headers``; so change headers only that way, not by editing the list in place (a
+    change of its length is noticed, a line replaced in place is not). The parsed values are
+    shared by every reader: ``copy()`` one (or use ``with_tag``) before changing it.
     """
 
     def __init__(self, headers: Iterable[tuple[str, str]] | None = None, body: bytes = b"") -> None:
-        #: (canonical name, unfolded value) in wire order.
-        self.headers: list[tuple[str, str]] = [
+        self._headers: list[tuple[str, str]] = [
             (canonical_name(name), value) for name, value in (headers or ())
         ]
+        self._changed()
         #: The body, exactly Content-Length octets.
         self.body: bytes = body
+
+    def _changed(self) -> None:
+        # Whatever was derived from the header lines no longer holds.
+        self._derived_from = len(self._headers)
+        self._index: dict[str, list[str]] | None = None
+        self._cseq: CSeq | None = None
+        self._vias: list[Via] | None = None
+        self._from: NameAddr | None = None
+        self._to: NameAddr | None = None
+        self._contacts: list[NameAddr] | None = None
+        self._routes: list[NameAddr] | None = None
+        self._record_routes: list[NameAddr] | None = None
+
+    def _check_fresh(self) -> None:
+        # A line appended, inserted or deleted on the list itself, against the class note,
+        # still must not leave stale answers behind.
+        if len(self._headers) != self._derived_from:
+            self._changed()
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """(canonical name, unfolded value) in wire order. Read freely; see the class note."""
+        return self._headers
+
+    @headers.setter
+    def headers(self, headers: list[tuple[str, str]]) -> None:
+        self._headers = headers
+        self._changed()
 
     # -- raw header access ---------------------------------------------------------------
 
     def _values(self, name: str) -> list[str]:
-        wanted = canonical_name(name).lower()
-        return [value for key, value in self.headers if key.lower() == wanted]
+        """The values of ``name`` in order; the index's own list, not to be changed."""
+        self._check_fresh()
+        index = self._index
+        if index is None:
+            index = {}
+            for key, value in self._headers:
+                lowered = key.lower()
+                values = index.get(lowered)
+                if values is None:
+                    index[lowered] = [value]
+                else:
+                    values.append(value)
+            self._index = index
+        return index.get(_index_key(name), _NO_VALUES)
 
     def get(self, name: str) -> str | None:
         """First value of a header (first list element for list headers), or None."""
@@ -186,7 +243,7 @@ class SipMessage(ABC):
         canonical = canonical_name(name)
         values = self._values(canonical)
         if canonical not in LIST_HEADERS:
-            return values
+            return list(values)
         return [item for value in values for item in split_header_list(value) if item]
 
     def has(self, name: str) -> bool:
@@ -208,12 +265,13 @@ class SipMessage(ABC):
                 result.append((key, old))
         if not placed:
             result.append((canonical, value))
-        self.headers = result
+        self.headers = result  # the setter drops the index and parsed values
 
     def add(self, name: str, value: str) -> None:
         """Append a header line after all others."""
         _check_header_value(value)
-        self.headers.append((canonical_name(name), value))
+        self._headers.append((canonical_name(name), value))
+        self._changed()
 
     def prepend(self, name: str, value: str) -> None:
         """Insert a header line before the first of its name (or first overall if absent).
@@ -223,11 +281,13 @@ class SipMessage(ABC):
         _check_header_value(value)
         canonical = canonical_name(name)
         wanted = canonical.lower()
-        for index, (key, _) in enumerate(self.headers):
+        for index, (key, _) in enumerate(self._headers):
             if key.lower() == wanted:
-                self.headers.insert(index, (canonical, value))
-                return
-        self.headers.insert(0, (canonical, value))
+                self._headers.insert(index, (canonical, value))
+                break
+        else:
+            self._headers.insert(0, (canonical, value))
+        self._changed()
 
     def remove(self, name: str) -> None:
         wanted = canonical_name(name).lower()
@@ -239,14 +299,15 @@ class SipMessage(ABC):
         For a list header line holding several elements only the first element is removed.
         """
         wanted = canonical_name(name).lower()
-        for index, (key, value) in enumerate(self.headers):
+        for index, (key, value) in enumerate(self._headers):
             if key.lower() != wanted:
                 continue
             items = split_header_list(value) if key in LIST_HEADERS else [value]
             if len(items) > 1:
-                self.headers[index] = (key, ", ".join(items[1:]))
+                self._headers[index] = (key, ", ".join(items[1:]))
             else:
-                del self.headers[index]
+                del self._headers[index]
+            self._changed()
             return items[0] if items else value
         return None
 
@@ -293,26 +354,41 @@ class SipMessage(ABC):
 
     @property
     def cseq(self) -> CSeq:
-        return CSeq.parse(self._single("CSeq"))
+        self._check_fresh()
+        if self._cseq is None:
+            self._cseq = CSeq.parse(self._single("CSeq"))
+        return self._cseq
+
+    def _parsed_vias(self) -> list[Via]:
+        self._check_fresh()
+        if self._vias is None:
+            lines = self._values("Via")
+            if not lines:
+                raise SipParseError("missing Via header")
+            self._vias = [Via.parse(item) for item in _strict_items(lines, "Via")]
+        return self._vias
 
     @property
     def vias(self) -> list[Via]:
-        lines = self._values("Via")
-        if not lines:
-            raise SipParseError("missing Via header")
-        return [Via.parse(item) for item in _strict_items(lines, "Via")]
+        return list(self._parsed_vias())
 
     @property
     def top_via(self) -> Via:
-        return self.vias[0]
+        return self._parsed_vias()[0]
 
     @property
     def from_(self) -> NameAddr:
-        return NameAddr.parse(self._single("From"))
+        self._check_fresh()
+        if self._from is None:
+            self._from = NameAddr.parse(self._single("From"))
+        return self._from
 
     @property
     def to(self) -> NameAddr:
-        return NameAddr.parse(self._single("To"))
+        self._check_fresh()
+        if self._to is None:
+            self._to = NameAddr.parse(self._single("To"))
+        return self._to
 
     @property
     def is_wildcard_contact(self) -> bool:
@@ -322,18 +398,30 @@ class SipMessage(ABC):
     @property
     def contacts(self) -> list[NameAddr]:
         """Contact values; empty when absent or for the ``*`` wildcard."""
-        if self.is_wildcard_contact:
-            return []
-        return [NameAddr.parse(item) for item in _strict_items(self._values("Contact"), "Contact")]
+        self._check_fresh()
+        if self._contacts is None:
+            if self.is_wildcard_contact:
+                self._contacts = []
+            else:
+                items = _strict_items(self._values("Contact"), "Contact")
+                self._contacts = [NameAddr.parse(item) for item in items]
+        return list(self._contacts)
 
     @property
     def routes(self) -> list[NameAddr]:
-        return [NameAddr.parse(item) for item in _strict_items(self._values("Route"), "Route")]
+        self._check_fresh()
+        if self._routes is None:
+            items = _strict_items(self._values("Route"), "Route")
+            self._routes = [NameAddr.parse(item) for item in items]
+        return list(self._routes)
 
     @property
     def record_routes(self) -> list[NameAddr]:
-        items = _strict_items(self._values("Record-Route"), "Record-Route")
-        return [NameAddr.parse(item) for item in items]
+        self._check_fresh()
+        if self._record_routes is None:
+            items = _strict_items(self._values("Record-Route"), "Record-Route")
+            self._record_routes = [NameAddr.parse(item) for item in items]
+        return list(self._record_routes)
 
     @property
     def max_forwards(self) -> int | None:
@@ -485,12 +573,16 @@ def split_message(data: bytes, start: int = 0) -> SplitMessage:
         head = data[start:end]
         result.body_offset = end + 4
         result.terminated = True
-    lines = _decode(head).split("\r\n")
+    text = _decode(head)
+    lines = text.split("\r\n")
     result.start_line = lines[0]
+    # When every CR and LF belongs to a line break, no line needs looking at for strays.
+    breaks = len(lines) - 1
+    clean = text.count("\r") == breaks and text.count("\n") == breaks
     raw: list[list[str]] = []
     current: list[str] | None = None
     for line in lines[1:]:
-        if "\r" in line or "\n" in line:
+        if not clean and ("\r" in line or "\n" in line):
             result.problems.append("bare CR or LF in header section")
             current = None
             continue
@@ -560,17 +652,27 @@ def _check_start_line(message: SipRequest | SipResponse, line: str) -> None:
         raise SipParseError(f"SIP version {version} not supported", 505)
     if uri_text.startswith("<"):
         raise SipParseError("Request-URI must not be enclosed in <>")
-    uri = parse_uri(uri_text)
+    # build_partial parsed the URI it salvaged from this line; when that was this very text
+    # (and not its placeholder for a failure), the result stands and parsing twice is waste.
+    uri = message.uri
+    salvaged = line.split()
+    if (
+        len(salvaged) < 2
+        or salvaged[1].removeprefix("<").removesuffix(">") != uri_text
+        or (isinstance(uri, AbsoluteUri) and not uri.scheme)
+    ):
+        uri = parse_uri(uri_text)
     if isinstance(uri, SipUri) and uri.headers is not None:
         # §19.1.5: headers in a SIP URI are for building a request, never for a Request-URI.
         raise SipParseError("escaped headers are not allowed in a Request-URI")
 
 
 def _check_headers(message: SipRequest | SipResponse) -> None:
+    values = message._values
     for name in SINGLE_HEADERS:
-        if len(message._values(name)) > 1:
+        if len(values(name)) > 1:
             raise SipParseError(f"more than one {name} header")
-    missing = [name for name in MANDATORY_HEADERS if not message.has(name)]
+    missing = [name for name in MANDATORY_HEADERS if not values(name)]
     if missing:
         raise SipParseError(f"missing mandatory header(s): {', '.join(missing)}")
     cseq = message.cseq

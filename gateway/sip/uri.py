@@ -32,11 +32,29 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
 # Hostnames are checked liberally (underscores occur in the wild); IPv4 is a subset of this.
 _HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_\-.]*[A-Za-z0-9_.])?")
 _IPV6_REFERENCE = re.compile(r"\[[0-9A-Fa-f:.]+\]")
-_FORBIDDEN_IN_URI = frozenset(' \t\r\n<>"')
+_FORBIDDEN_IN_URI = re.compile(r'[ \t\r\n<>"]')
+# absoluteURI characters are printable ASCII (§25.1 uric); anything else is refused.
+_NOT_PRINTABLE_ASCII = re.compile(r"[^\x21-\x7e]")
+
+
+def _escaped_pattern(allowed: frozenset[str]) -> re.Pattern[str]:
+    """A pattern matching a run of ``allowed`` characters and well-formed ``%HH`` escapes."""
+    return re.compile("(?:[" + re.escape("".join(sorted(allowed))) + "]|%[0-9A-Fa-f]{2})*+")
+
+
+# One pattern per character set _check_escaped is called with, built once.
+_ESCAPED: dict[frozenset[str], re.Pattern[str]] = {
+    chars: _escaped_pattern(chars)
+    for chars in (_USER_CHARS, _PASSWORD_CHARS, _PARAM_CHARS, _HEADER_CHARS)
+}
 
 
 def _check_escaped(text: str, allowed: frozenset[str], what: str) -> None:
     """Reject characters outside ``allowed`` and malformed ``%HH`` escapes."""
+    pattern = _ESCAPED.get(allowed)
+    if pattern is not None and pattern.fullmatch(text) is not None:
+        return
+    # Invalid (or an unusual character set): walk it to name the offending character.
     i = 0
     while i < len(text):
         char = text[i]
@@ -233,7 +251,7 @@ def parse_uri(text: str) -> SipUri | AbsoluteUri:
     """
     if not text:
         raise SipParseError("empty URI")
-    if any(char in _FORBIDDEN_IN_URI for char in text):
+    if _FORBIDDEN_IN_URI.search(text):
         raise SipParseError(f"whitespace, quote or angle bracket inside URI {text[:60]!r}")
     scheme, colon, rest = text.partition(":")
     if not colon or not _SCHEME.fullmatch(scheme):
@@ -243,6 +261,6 @@ def parse_uri(text: str) -> SipUri | AbsoluteUri:
     lowered = scheme.lower()
     if lowered in ("sip", "sips"):
         return _parse_sip_uri(lowered, rest)
-    if any(ord(char) < 0x21 or ord(char) > 0x7E for char in rest):
+    if _NOT_PRINTABLE_ASCII.search(rest):
         raise SipParseError(f"control or non-ASCII character in {scheme}: URI")
     return AbsoluteUri(scheme, rest)
