@@ -928,14 +928,13 @@ def test_loss_right_after_latching_is_counted(direction: str, fast: bool) -> Non
         for i, step in enumerate(steps):
             rig.deliver(step, float(i + 1))
         counters = _snapshot(rig.stream)
+        lanes = rig.stream.lanes
         if fast:
-            lane = rig.stream.lanes[0 if direction == "lan" else 1]  # type: ignore[index]
+            assert lanes is not None
+            lane = lanes[0 if direction == "lan" else 1]
             assert lane.active, "the C lane served the packets after the latch"
-        reception = (
-            rig.stream.relay.lan_reception
-            if direction == "lan"
-            else (rig.stream.relay.wan_reception)
-        )
+        relay = rig.stream.relay
+        reception = relay.lan_reception if direction == "lan" else relay.wan_reception
         assert reception.lost == 2
         assert (counters.lost_lan_in, counters.lost_wan_in) == (
             (2, 0) if direction == "lan" else (0, 2)
