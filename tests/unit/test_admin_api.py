@@ -226,6 +226,9 @@ async def test_aiohttp_test_client_and_openapi_covers_every_route(tmp_path: Path
             assert r.status == 200
             body = await r.json()
             assert body["provider"]["up"] is True and len(body["timeline"]) == 60
+            # No spike lock in force: nothing to lift, said as a 404, not an error.
+            r = await client.post("/api/spike-lock/lift", headers=site.auth)
+            assert r.status == 404 and "not locked" in (await r.json())["error"]
             r = await client.get("/static/status.js")
             assert r.status == 200 and "Bearer" in await r.text()
             assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
