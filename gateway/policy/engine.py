@@ -114,7 +114,6 @@ class PolicyEngine:
         self._counters: Counter[str] = Counter()
         # (side, source, phone, rule, action, status) -> (last emitted event's time, repeats)
         self._folded: dict[tuple[str, str, str, str, Action, int | None], tuple[float, int]] = {}
-        self._last_now = now
         self._next_housekeeping = now + _HOUSEKEEPING_SECONDS
 
     # ------------------------------------------------------------------ sources and requests
@@ -127,7 +126,6 @@ class PolicyEngine:
 
     def check_source(self, side: Side, ip: str, now: float) -> Verdict:
         """Before parsing: is this source allowed at all, and (WAN) is it banned?"""
-        self._tick(now)
         address = parse_address(ip)
         if address is None:
             return self._refuse(side, ip, "", "source.invalid-address", None, "", now)
@@ -227,7 +225,6 @@ class PolicyEngine:
         401/407 count as failures only when the request carried credentials (the first
         challenge of every digest exchange is normal); 403 always counts; 2xx resets.
         """
-        self._tick(now)
         key = normalise_address(ip)
         if key is None:
             return
@@ -261,7 +258,6 @@ class PolicyEngine:
 
         Emergency numbers are allowed before any of them is consulted.
         """
-        self._tick(now)
         source = normalise_address(source_ip) or source_ip
         number = self._numbers.classify(dialled)
         if number.kind == "emergency":
@@ -366,7 +362,6 @@ class PolicyEngine:
         emergency: bool = False,
     ) -> None:
         """An allowed outbound call was sent to the WAN (counts towards caps from now)."""
-        self._tick(now)
         emergency = emergency or self._numbers.is_emergency(e164)
         self._caps.started(
             call_key, phone, international=international, emergency=emergency, now=now
@@ -377,7 +372,6 @@ class PolicyEngine:
         self._caps.answered(call_key, now)
 
     def call_ended(self, call_key: str, now: float) -> None:
-        self._tick(now)
         self._caps.ended(call_key, now)
 
     def minutes_today(self, phone: str | None, now: float, *, international: bool = False) -> float:
@@ -388,7 +382,7 @@ class PolicyEngine:
     def spike_locked(self, now: float) -> bool:
         return self._spike.is_locked(now)
 
-    def lift_spike_lock(self, now: float | None = None) -> bool:
+    def lift_spike_lock(self, now: float) -> bool:
         """Operator lift; True if a lock was in force."""
         lifted = self._spike.lift()
         if lifted:
@@ -399,7 +393,7 @@ class PolicyEngine:
                 "spike.lock",
                 "unlock",
                 None,
-                self._when(now),
+                now,
                 detail="operator",
                 fold=False,
             )
@@ -407,18 +401,18 @@ class PolicyEngine:
 
     # ------------------------------------------------------------------ bans
 
-    def bans(self, now: float | None = None) -> list[BanRecord]:
+    def bans(self, now: float) -> list[BanRecord]:
         """Active bans, soonest to expire first."""
-        return self._bans.active(self._when(now))
+        return self._bans.active(now)
 
-    def lift_ban(self, ip: str, now: float | None = None) -> bool:
+    def lift_ban(self, ip: str, now: float) -> bool:
         """Operator lift: the ban goes and the source's offences are forgotten."""
         key = normalise_address(ip)
         if key is None or not self._bans.lift(key):
             return False
         self._sources.forget(key)
         self._emit(
-            "", key, "", "ban.lift", "lift", None, self._when(now), detail="operator", fold=False
+            "", key, "", "ban.lift", "lift", None, now, detail="operator", fold=False
         )
         return True
 
@@ -439,7 +433,6 @@ class PolicyEngine:
 
     def handle_timer(self, now: float) -> None:
         """Expire bans and the spike lock, prune idle state, flush folded events."""
-        self._last_now = max(self._last_now, now)
         for record in self._bans.expire(now):
             self._emit("", record.address, "", record.rule, "expire", None, now, fold=False)
         if self._spike.locked_until is not None and not self._spike.is_locked(now):
@@ -470,12 +463,6 @@ class PolicyEngine:
         return dict(self._counters)
 
     # ------------------------------------------------------------------ internals
-
-    def _tick(self, now: float) -> None:
-        self._last_now = max(self._last_now, now)
-
-    def _when(self, now: float | None) -> float:
-        return self._last_now if now is None else now
 
     def _is_scanner(self, user_agent: str) -> bool:
         agent = user_agent.lower()

@@ -85,7 +85,7 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
 def test_engine_lift_forgets_offences() -> None:
     engine = PolicyEngine(SITE)
     scanner_ban(engine, "192.0.2.5", 0.0)
-    assert engine.lift_ban("::ffff:192.0.2.5")
+    assert engine.lift_ban("::ffff:192.0.2.5", 1.0)
     scanner_ban(engine, "192.0.2.5", 1.0)
     [ban] = engine.bans(1.0)
     assert ban.offences == 1
