@@ -21,7 +21,6 @@ import hashlib
 import ipaddress
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -32,7 +31,6 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 from OpenSSL import crypto as ossl
 
 from gateway.certs.errors import CertificateError
-from gateway.certs.store import read_certificates
 
 _PRIVATE_KEY_CLASSES = (
     ec.EllipticCurvePrivateKey,
@@ -264,10 +262,3 @@ def chain_problem(
         _code, depth, message = exc.errors
         return f"{message} (at depth {depth})"
     return None
-
-
-def load_trust_certificates(trust: TrustAnchors) -> list[x509.Certificate]:
-    """The anchors of a configured bundle (empty for the system store: not ours to watch)."""
-    if trust.ca_bundle is None:
-        return []
-    return read_certificates(Path(trust.ca_bundle))

@@ -61,10 +61,6 @@ class StoreLayout:
         return self.root / "csr"
 
     @property
-    def trust_dir(self) -> Path:
-        return self.root / "trust"
-
-    @property
     def lab_dir(self) -> Path:
         return self.root / "lab"
 

@@ -225,10 +225,6 @@ class MediaController:
         """Bind a stream's sockets and start relaying; raises MediaError with the reason."""
         await self.submit(OpenStream(call_id=call_id, stream=index, spec=spec))
 
-    async def update_stream(self, call_id: str, index: int, spec: StreamSpec) -> None:
-        """Replace a stream's spec (addresses, keys, direction); SRTP state is kept per keying."""
-        await self.submit(UpdateStream(call_id=call_id, stream=index, spec=spec))
-
     async def close_call(self, call_id: str) -> None:
         """Close every stream of a call: ports released, keys forgotten by the worker."""
         await self.submit(CloseCall(call_id=call_id))

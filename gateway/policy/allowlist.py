@@ -34,11 +34,6 @@ def parse_networks(cidrs: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
 
 
-def is_world(network: IPNetwork) -> bool:
-    """A network that admits the whole internet, or a large share of it."""
-    return network.prefixlen == 0
-
-
 class Allowlist:
     """A set of CIDR networks, IPv4 and IPv6."""
 

@@ -152,9 +152,6 @@ class CallCaps:
         usage.prune(now)
         return self._minutes(usage, [c for c in active if c.phone == phone], now, international)
 
-    def active_count(self, phone: str | None = None) -> int:
-        return sum(1 for c in self._calls.values() if phone is None or c.phone == phone)
-
     @staticmethod
     def _minutes(
         usage: _Usage, active: list[ActiveCall], now: float, international_only: bool

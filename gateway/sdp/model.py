@@ -461,10 +461,6 @@ class SessionDescription(_Attributes):
                 lines.append((k, raw))
         self._lines = lines
 
-    def add_media(self, md: MediaDescription) -> None:
-        md.session = self
-        self.media.append(md)
-
     def _render_session(self) -> list[str]:
         out: list[str] = []
         lines = self._lines if self._lines else [("v", ""), ("o", "")]

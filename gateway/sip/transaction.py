@@ -439,11 +439,6 @@ class TransactionLayer:
         self._settle(transaction)
         return key
 
-    def send_stateless(self, message: SipMessage, destination: Hashable) -> None:
-        """Queue a message outside any transaction: an ACK to a 2xx, or a response to a
-        request that could not be parsed (so no transaction exists for it)."""
-        self._out.send(destination, message)
-
     def receive_response(self, response: SipResponse, now: float) -> None:
         """Hand a response to the client transaction it matches (§17.1.3)."""
         try:

@@ -93,11 +93,6 @@ class ProviderLink:
         self.connection.write(data)
         return True
 
-    def drop(self, reason: str) -> None:
-        """Close the current connection (tests, certificate rotation); it reconnects."""
-        if self.connection is not None:
-            self.connection.close(reason)
-
     def connection_closed(self, connection: SipStreamConnection, reason: str) -> None:
         if connection is self.connection:
             self.connection = None
