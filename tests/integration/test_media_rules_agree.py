@@ -62,7 +62,7 @@ from gateway.media.control import SrtpKeying, StreamSpec
 from gateway.media.relay import LAN_RTCP, LAN_RTP, MAX_DATAGRAM, WAN_RTCP, WAN_RTP, Address
 from gateway.media.suites import SrtpSuite
 from gateway.media.worker import _snapshot, _Stream, _Worker
-from tests.unit.test_media_worker import (
+from tests.integration.test_media_worker import (
     INTRUDER_IP,
     LAN,
     PHONE_IP,
