@@ -27,6 +27,7 @@ from typing import Self
 from gateway.sip.errors import SipParseError
 from gateway.sip.headers import (
     LIST_HEADERS,
+    TOKEN,
     CSeq,
     NameAddr,
     Via,
@@ -61,6 +62,10 @@ SINGLE_HEADERS: tuple[str, ...] = (
 
 #: §8.1.1: every request carries these.
 MANDATORY_HEADERS: tuple[str, ...] = ("Via", "From", "To", "Call-ID", "CSeq")
+
+# The same names with their keys in a message's header index.
+_SINGLE_KEYS = tuple((name, name.lower()) for name in SINGLE_HEADERS)
+_MANDATORY_KEYS = tuple((name, name.lower()) for name in MANDATORY_HEADERS)
 
 #: Default reason phrases (§21, RFC 3262, 3265, 3903, 4028, 4412, 5079, 6665).
 REASON_PHRASES: dict[int, str] = {
@@ -138,6 +143,10 @@ REASON_PHRASES: dict[int, str] = {
 
 _VERSION = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
 _NO_VALUES: list[str] = []
+# One header line: CRLF, token name, optional blanks, colon, and the value after its leading
+# blanks (§7.3.1). Trailing blanks are stripped afterwards: a lazy match up to them would cost
+# quadratic time on a value full of spaces.
+_HEADER_LINE = re.compile(rf"\r\n({TOKEN})[ \t]*:[ \t]*([^\r\n]*)")
 _CONTENT_TYPE = re.compile(r"[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)")
 _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"
@@ -219,19 +228,24 @@ class SipMessage(ABC):
 
     def _values(self, name: str) -> list[str]:
         """The values of ``name`` in order; the index's own list, not to be changed."""
-        self._check_fresh()
+        return self._header_index().get(_index_key(name), _NO_VALUES)
+
+    def _header_index(self) -> dict[str, list[str]]:
+        """Values by lowercased canonical name, built at the first lookup after a change."""
         index = self._index
-        if index is None:
-            index = {}
-            for key, value in self._headers:
-                lowered = key.lower()
-                values = index.get(lowered)
-                if values is None:
-                    index[lowered] = [value]
-                else:
-                    values.append(value)
-            self._index = index
-        return index.get(_index_key(name), _NO_VALUES)
+        if index is not None and len(self._headers) == self._derived_from:
+            return index
+        self._check_fresh()
+        index = {}
+        for key, value in self._headers:
+            lowered = key.lower()
+            values = index.get(lowered)
+            if values is None:
+                index[lowered] = [value]
+            else:
+                values.append(value)
+        self._index = index
+        return index
 
     def get(self, name: str) -> str | None:
         """First value of a header (first list element for list headers), or None."""
@@ -574,11 +588,21 @@ def split_message(data: bytes, start: int = 0) -> SplitMessage:
         result.body_offset = end + 4
         result.terminated = True
     text = _decode(head)
+    breaks = text.count("\r\n")
+    # When every CR and LF belongs to a line break, no line needs looking at for strays.
+    clean = text.count("\r") == breaks and text.count("\n") == breaks
+    if clean:
+        # The usual message: every line one well-formed "name: value", nothing folded. One
+        # pattern cuts them all; if it matched fewer lines than there are, some line is
+        # folded or malformed and the loop below sorts it out.
+        first = text.find("\r\n")
+        pairs = _HEADER_LINE.findall(text, first if first >= 0 else len(text))
+        if len(pairs) == breaks:
+            result.start_line = text if first < 0 else text[:first]
+            result.headers = [(canonical_name(name), value.rstrip(" \t")) for name, value in pairs]
+            return result
     lines = text.split("\r\n")
     result.start_line = lines[0]
-    # When every CR and LF belongs to a line break, no line needs looking at for strays.
-    breaks = len(lines) - 1
-    clean = text.count("\r") == breaks and text.count("\n") == breaks
     raw: list[list[str]] = []
     current: list[str] | None = None
     for line in lines[1:]:
@@ -668,11 +692,11 @@ def _check_start_line(message: SipRequest | SipResponse, line: str) -> None:
 
 
 def _check_headers(message: SipRequest | SipResponse) -> None:
-    values = message._values
-    for name in SINGLE_HEADERS:
-        if len(values(name)) > 1:
+    index = message._header_index()
+    for name, key in _SINGLE_KEYS:
+        if len(index.get(key, _NO_VALUES)) > 1:
             raise SipParseError(f"more than one {name} header")
-    missing = [name for name in MANDATORY_HEADERS if not values(name)]
+    missing = [name for name, key in _MANDATORY_KEYS if key not in index]
     if missing:
         raise SipParseError(f"missing mandatory header(s): {', '.join(missing)}")
     cseq = message.cseq
