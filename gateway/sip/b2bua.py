@@ -230,10 +230,6 @@ class B2bua:
     def policy(self) -> PolicyEngine | None:
         return self._admission.policy
 
-    @property
-    def wan_up(self) -> bool:
-        return self._setup.provider_up
-
     def map_replaces(self, value: str, from_side: Side) -> str | None:
         """A Replaces value naming a dialog on ``from_side``, as the other side knows it."""
         return self._transfer.map_replaces(value, from_side)

@@ -73,9 +73,6 @@ class RegistrationTable:
             binding.phone_peer = peer
         return binding
 
-    def by_token(self, token: str) -> Binding | None:
-        return self._by_token.get(token)
-
     def find(self, user: str, now: float) -> Binding | None:
         """The phone a Request-URI user names: a binding's token, else the extension's
         binding that expires last."""

@@ -70,10 +70,6 @@ class MediaLink:
     def uses_plaintext_downgrade(self) -> bool:
         return self.call.uses_plaintext_downgrade
 
-    @property
-    def has_streams(self) -> bool:
-        return bool(self._specs)
-
     def release(self) -> list[MediaCommand]:
         """The call is over: the workers close its streams, the ports go back."""
         commands = [MediaCommand(CloseCall(self.key))] if self._specs else []
