@@ -193,7 +193,7 @@ def parse_port(text: str, what: str = "port") -> int:
 
 def check_host(host: str, what: str = "URI") -> None:
     """Accept a hostname, IPv4 address or bracketed IPv6 reference (§25.1 ``host``)."""
-    if _IPV6_REFERENCE.fullmatch(host) or _HOSTNAME.fullmatch(host):
+    if _HOSTNAME.fullmatch(host) or _IPV6_REFERENCE.fullmatch(host):
         return
     raise SipParseError(f"bad host {host!r} in {what}")
 
