@@ -159,28 +159,12 @@ def split_header_list(value: str) -> list[str]:
     return items
 
 
-# generic-params written without blanks or quoted values: each one ";name" or ";name=value".
-# Atomic per parameter: ';' cannot occur inside one, so a failed match never backtracks into
-# an earlier one.
-_PLAIN_PARAM = re.compile(rf";({TOKEN})(?:=({_GEN_VALUE.pattern}))?")
-_PLAIN_PARAMS = re.compile(rf"(?>{_PLAIN_PARAM.pattern})+")
-
-
 def parse_header_params(text: str, what: str) -> dict[str, str | None]:
     """Parse ``*( SEMI generic-param )`` with the LWS §25.1 allows around ';' and '='.
 
     Quoted values keep their quotes. Empty or duplicated parameters are errors.
     """
-    if not text:
-        return {}
-    if _PLAIN_PARAMS.fullmatch(text):
-        # ";tag=a8b;lr" with no blanks and no quotes, as nearly every peer writes them.
-        params = {name: value or None for name, value in _PLAIN_PARAM.findall(text)}
-        names = {name.lower() for name in params}
-        if len(params) == text.count(";") == len(names):
-            return params
-        # A duplicate: the walk below names it.
-    params = {}
+    params: dict[str, str | None] = {}
     seen: set[str] = set()
     i = 0
     n = len(text)
