@@ -38,6 +38,24 @@ Security rules (docs/design.md §3.1, §3.2, §3.4)
   either direction raises that direction's ``SrtpKeying.generation``.
 - RTCP mux (RFC 5761 §5.1.1) is used on the WAN only when both sides said so; the LAN never
   muxes (legacy phones), so a=rtcp-mux never reaches the phone.
+
+Payload types and codecs (RFC 3264 §5.1, §6.1; RFC 4733 §2.4)
+------------------------------------------------------------
+The gateway relays RTP without touching its payload type, so it never changes a payload type
+number, an m= format list, a=rtpmap, a=fmtp, a=ptime or a=maxptime: both legs then see the
+same mapping, and each peer's numbers mean on the other leg what they meant on its own. An
+answer that uses its own number for a codec (RFC 3264 §6.1 only says SHOULD reuse the
+offer's: the offerer sends with the answer's numbers, the answerer with the offer's) therefore
+works as it stands: a telephone-event offered as 101 and answered as 96 is sent by the
+offerer as 96 and by the answerer as 101, on both legs. Rewriting the numbers in one leg's SDP
+only would break exactly that, unless every packet's PT were rewritten as well.
+
+Fax (ITU-T T.38 over UDPTL, RFC 3362)
+-------------------------------------
+UDPTL has no SRTP counterpart here, so an image stream is never anchored: beside audio it is
+disabled (port 0) and the fax goes as G.711 pass-through in the audio stream; an offer whose
+only usable stream would be image (the usual T.38 re-INVITE) is refused with MediaRefused
+(488 with :data:`FAX_REFUSAL` as Warning), nothing is sent on, and the audio stays as agreed.
 """
 
 from __future__ import annotations
@@ -62,7 +80,7 @@ from gateway.sdp.rewrite import (
     phone_direction,
 )
 
-__all__ = ["CallMedia", "MediaPolicy", "MediaRefused", "SdpError"]
+__all__ = ["FAX_REFUSAL", "CallMedia", "MediaPolicy", "MediaRefused", "SdpError"]
 
 _DEFAULT_SUITES = (
     SrtpSuite.AES_CM_128_HMAC_SHA1_80,
@@ -76,6 +94,8 @@ _RELAYED_MEDIA = frozenset({"audio", "video"})
 _PLAIN_TO_SECURE = {"RTP/AVP": "RTP/SAVP", "RTP/AVPF": "RTP/SAVPF"}
 _SECURE_TO_PLAIN = {v: k for k, v in _PLAIN_TO_SECURE.items()}
 
+#: Warning text of the 488 to an offer that only a T.38 (image/udptl) stream would carry.
+FAX_REFUSAL = "T.38 fax (image/udptl) is not carried; G.711 pass-through in the audio is used"
 
 
 @dataclass(frozen=True)
@@ -205,6 +225,7 @@ class CallMedia:
         self._begin_offer()
         sd = SessionDescription.parse(body)
         self._check_offer_count(sd, "phone")
+        _refuse_fax_only(sd, [_phone_relays(md) for md in sd.media])
         fresh: list[tuple[PortAllocator, int]] = []
         phones: list[_PhoneSide | None] = []
         offered: list[tuple[CryptoAttribute, ...]] = []
@@ -214,10 +235,10 @@ class CallMedia:
             for index, md in enumerate(sd.media):
                 mirrors.append(mirror(md))
                 slot = self._slot(index)
-                if md.media not in _RELAYED_MEDIA or md.port == 0:
+                if not _phone_relays(md):
+                    # Not relayed: other media (T.38 …), port 0, or an SRTP/DTLS profile
+                    # (such phones are not legacy phones: not anchored).
                     phone = None
-                elif md.proto not in _PLAIN_TO_SECURE:
-                    phone = None  # SRTP/DTLS phones are not legacy phones: not anchored
                 else:
                     addr, rtcp_addr, direction = peer_transport(md, "phone offer")
                     phone = _PhoneSide(addr, rtcp_addr, direction, md.proto)
@@ -336,6 +357,7 @@ class CallMedia:
             providers.append(provider)
         if refusals and (audio_refused or not any(providers)):
             raise MediaRefused("provider offer refused: " + "; ".join(refusals))
+        _refuse_fax_only(sd, [provider is not None for provider in providers])
         fresh: list[tuple[PortAllocator, int]] = []
         try:
             for index, md in enumerate(sd.media):
@@ -681,3 +703,18 @@ class CallMedia:
                     self._rx_generation[index] += 1
                 self._rx_applied[index] = rx
         self._agreed = list(agreed)
+
+
+def _phone_relays(md: MediaDescription) -> bool:
+    """Whether a phone's m-line is one the gateway anchors (plain RTP audio or video)."""
+    return md.media in _RELAYED_MEDIA and md.port != 0 and md.proto in _PLAIN_TO_SECURE
+
+
+def _refuse_fax_only(sd: SessionDescription, relayed: list[bool]) -> None:
+    """MediaRefused when nothing would be relayed but an image stream is offered (a T.38
+    switch-over): forwarding it with every stream disabled would only end the audio, so the
+    offerer gets 488 and falls back to G.711 in the audio stream it already has."""
+    if any(relayed):
+        return
+    if any(md.media == "image" and md.port != 0 for md in sd.media):
+        raise MediaRefused(FAX_REFUSAL)
