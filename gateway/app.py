@@ -23,8 +23,6 @@ from typing import Any
 from gateway.admin.observe import Observatory
 from gateway.ban_file import BanFileSync
 from gateway.cdr import CallRecorder, RecordFile
-from gateway.certs.material import verify_pins
-from gateway.certs.runtime import TlsMaterial
 from gateway.config import GatewayConfig, insecure_settings
 from gateway.console import OperatorConsole
 from gateway.logsetup import configure_logging
@@ -43,6 +41,7 @@ from gateway.transport.provider import ProviderLink
 from gateway.transport.stream import SipStreamConnection
 from gateway.transport.tls_listener import rotating_server_context
 from gateway.transport.udp import SipUdpEndpoint, open_udp
+from gateway.trunk_links import TrunkLinks, core_trunks
 
 __all__ = ["Counters", "Gateway", "configure_logging"]
 
@@ -68,28 +67,32 @@ class Gateway:
         self.config = config
         wan, lan = config.wan, config.lan
         self._insecure = insecure_settings(config)
-        provider_port = wan.provider_port or 5061
-        wan_transport = "tcp" if wan.insecure_plaintext_signalling else "tls"
+        media = MediaPolicy(
+            lan_address=lan.media_address,
+            wan_address=wan.media_address,
+            suites=wan.suites,
+            allow_plaintext=wan.insecure_plaintext_media,
+            offer_rtcp_mux=wan.rtcp_mux,
+        )
+        trunks, routes = core_trunks(config, media)
         self.settings = EdgeSettings(
             lan_address=lan.sip_address,
             lan_port=lan.sip_port,
             wan_address=wan.sip_address,
             wan_port=wan.listen_port or 5061,
-            provider=Peer(Side.WAN, wan_transport, (wan.provider_host, provider_port)),
-            domain=wan.sip_domain,
-            media=MediaPolicy(
-                lan_address=lan.media_address,
-                wan_address=wan.media_address,
-                suites=wan.suites,
-                allow_plaintext=wan.insecure_plaintext_media,
-                offer_rtcp_mux=wan.rtcp_mux,
-            ),
+            provider=None,
+            domain="",
+            media=media,
             lan_media_ports=lan.media_ports,
             wan_media_ports=wan.media_ports,
             timers=TimerSettings(config.sip.t1, config.sip.t2, config.sip.t4),
             user_agent=config.sip.user_agent,
             default_expires=config.sip.default_expires,
+            trunks=trunks,
+            routes=routes,
         )
+        #: One verified link per trunk; the first trunk's TLS material is the gateway's.
+        self.trunk_links = TrunkLinks(config, trunks)
         self.policy = PolicyEngine(config.policy)
         self.core = B2bua(self.settings, policy=self.policy)
         self.ban_file = BanFileSync(Path(config.state.directory) / "bans.json")
@@ -118,13 +121,9 @@ class Gateway:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._media_tasks: set[asyncio.Task[None]] = set()
         self.wan_state = (False, "not connected yet")
-        self.tls = TlsMaterial(
-            wan.identity,
-            wan.trust,
-            warn_days=config.certs.warn_days,
-            skip_verify=wan.insecure_skip_verify,
-            plaintext=wan.insecure_plaintext_signalling,
-        )
+        #: Each trunk's link: (up, reason).
+        self.trunk_states: dict[str, tuple[bool, str]] = {}
+        self.tls = self.trunk_links.first.tls
         self._background: list[asyncio.Task[None]] = []
         # Operator surface: recent security events and call counts, call detail records.
         self.observatory = Observatory()
@@ -155,7 +154,7 @@ class Gateway:
         self._loop = asyncio.get_running_loop()
         for name in self._insecure:
             log.warning("INSECURE SETTING ACTIVE: %s", name)
-        self.tls.load()
+        self.trunk_links.load()
         self.ban_file.restore(self.policy, self._now(), time.time())
         await self.media.start()
         # A stats round trip proves every worker's loop is up before the first call.
@@ -184,21 +183,8 @@ class Gateway:
                 ssl_handshake_timeout=10.0,
             )
             self._servers.append(server)
-        trust = wan.trust
-        self.provider = ProviderLink(
-            host=wan.provider_host,
-            port=wan.provider_port,
-            server_name=trust.server_name,
-            local_address=wan.sip_address,
-            context_factory=lambda: self.tls.client_context,
-            pin_check=(lambda obj: verify_pins(obj, trust.spki_pins)) if trust.spki_pins else None,
-            connection_factory=lambda: self._new_stream(Side.WAN),
-            on_state=self._on_provider_state,
-            keepalive_interval=wan.keepalive_interval,
-            reconnect_min=wan.reconnect_min,
-            reconnect_max=wan.reconnect_max,
-        )
-        self.provider.start()
+        self.trunk_links.start(lambda: self._new_stream(Side.WAN), self._on_provider_state)
+        self.provider = self.trunk_links.first.link
         self._background.append(self._loop.create_task(self._watch_certificates()))
         if self.config.admin.enabled:
             from gateway.admin.server import AdminServer  # aiohttp only when it is wanted
@@ -211,29 +197,32 @@ class Gateway:
             )
             await self.admin.start()
         log.info(
-            "gateway started: LAN %s:%d (%s), provider %s:%s over %s",
+            "gateway started: LAN %s:%d (%s), trunks %s over %s",
             lan.sip_address,
             lan.sip_port,
             "+".join(lan.transports),
-            wan.provider_host,
-            wan.provider_port or "SRV",
-            self.settings.provider.transport.upper(),
+            ", ".join(
+                f"{t.name}={t.provider_host}:{t.provider_port or 'SRV'}"
+                for t in self.config.effective_trunks()
+            ),
+            self.settings.registrar_peer.transport.upper(),
         )
 
     def reload_certificates(self, reason: str) -> str | None:
         """SIGHUP: load, validate, swap; None on success, else why not."""
-        return self.console.reload_certificates(reason).error
+        error = self.console.reload_certificates(reason).error
+        return error or self.trunk_links.reload(reason)
 
     async def _watch_certificates(self) -> None:
         """Take up rotated files by themselves; warn as expiry approaches."""
         ticks = 0
         while True:
             await asyncio.sleep(2.0)
-            self.tls.poll()
+            self.trunk_links.poll()
             if self.ban_file.follow(self.policy, self._now()):
                 self._flush()  # the lifts' security events
             if ticks % 1800 == 0:  # hourly is plenty for day-granular warnings
-                self.tls.check_expiry()
+                self.trunk_links.check_expiry()
             ticks += 1
 
     async def stop(self, drain: float = 0.0) -> None:
@@ -251,8 +240,7 @@ class Gateway:
             task.cancel()
         for server in self._servers:
             server.close()
-        if self.provider is not None:
-            await self.provider.stop()
+        await self.trunk_links.stop()
         if self._udp is not None and self._udp.transport is not None:
             self._udp.transport.close()
         for conn in list(self._lan_streams.values()) + list(self._wan_streams.values()):
@@ -317,10 +305,11 @@ class Gateway:
     def _stream_peer(self, side: Side, conn: SipStreamConnection) -> Peer:
         if side == Side.LAN:
             return Peer(Side.LAN, "tcp", conn.peer, conn.id)
-        if self.provider is not None and conn is self.provider.connection:
-            # The provider link: whichever connection is current carries the dialogs.
-            return self.settings.provider
-        return Peer(Side.WAN, self.settings.provider.transport, conn.peer, conn.id)
+        trunk_peer = self.trunk_links.peer_of(conn)
+        if trunk_peer is not None:
+            # A trunk's link: whichever connection is current carries the dialogs.
+            return trunk_peer
+        return Peer(Side.WAN, self.settings.registrar_peer.transport, conn.peer, conn.id)
 
     def _on_stream_message(
         self, side: Side, conn: SipStreamConnection, message: SipRequest | SipResponse
@@ -344,12 +333,16 @@ class Gateway:
         address = ipaddress.ip_address(conn.peer[0])
         if allow:
             return any(address in ipaddress.ip_network(c, strict=False) for c in allow)
-        target = self.provider.target if self.provider is not None else None
-        provider_host = target.address if target is not None else self.config.wan.provider_host
-        try:
-            return address == ipaddress.ip_address(provider_host)
-        except ValueError:
-            return False
+        hosts = self.trunk_links.provider_addresses() or [
+            t.provider_host for t in self.config.effective_trunks()
+        ]
+        for host in hosts:
+            try:
+                if address == ipaddress.ip_address(host):
+                    return True
+            except ValueError:
+                continue
+        return False
 
     def _on_stream_error(self, side: Side, conn: SipStreamConnection, error: SipParseError) -> None:
         self.core.receive_invalid(self._stream_peer(side, conn), error, self._now())
@@ -358,17 +351,19 @@ class Gateway:
     def _on_stream_close(self, side: Side, conn: SipStreamConnection, reason: str) -> None:
         registry = self._lan_streams if side == Side.LAN else self._wan_streams
         registry.pop(conn.id, None)
-        if side == Side.WAN and self.provider is not None:
-            self.provider.connection_closed(conn, reason)
+        if side == Side.WAN:
+            self.trunk_links.connection_closed(conn, reason)
 
-    def _on_provider_state(self, up: bool, reason: str) -> None:
-        if up and self.provider is not None and self.provider.target is not None:
-            # The provider's own addresses are always allowed on the WAN and never banned.
-            self.policy.set_provider_peers([self.provider.target.address])
-        if not up and self.wan_state != (up, reason):
-            log.error("provider unavailable: %s", reason)
-        self.wan_state = (up, reason)
-        self.core.wan_connection_state(up, reason, self._now(), self._wall())
+    def _on_provider_state(self, trunk: str, up: bool, reason: str) -> None:
+        if up:
+            # The providers' own addresses are always allowed on the WAN and never banned.
+            self.policy.set_provider_peers(self.trunk_links.provider_addresses())
+        if not up and self.trunk_states.get(trunk) != (up, reason):
+            log.error("provider unavailable (trunk %s): %s", trunk, reason)
+        self.trunk_states[trunk] = (up, reason)
+        if trunk == self.trunk_links.first.trunk.name:
+            self.wan_state = (up, reason)
+        self.core.wan_connection_state(up, reason, self._now(), self._wall(), trunk)
         self._flush()
 
     def _on_media_idle(self, call_key: str) -> None:
@@ -441,7 +436,7 @@ class Gateway:
             if conn is not None:
                 conn.write(data)
                 return
-        if self.provider is None or not self.provider.send(data):
+        if not self.trunk_links.send(peer, data):
             self.counters.sent_wan_dropped_no_connection += 1
 
     def _lan_stream_to(self, address: tuple[str, int]) -> SipStreamConnection | None:

@@ -28,6 +28,7 @@ from gateway.certs.settings import (
     TlsIdentitySettings,
 )
 from gateway.media.suites import NULL_SUITE_NAMES, SrtpSuite
+from gateway.policy.numbering import NumberFormat
 from gateway.policy.settings import PolicySettings
 
 
@@ -82,6 +83,11 @@ class WanSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True)
     insecure_plaintext_signalling: bool = False
     #: DOWNGRADE. Accepts a provider certificate that does not verify.
     insecure_skip_verify: bool = False
+    #: How the dialled number goes to the provider (Request-URI, To): "e164" (+12025550123),
+    #: "e164-no-plus", "national" (as dialled inside the country) or "as-dialled".
+    number_format: NumberFormat = "e164"
+    #: How the caller's number goes (From, P-Asserted-Identity); only full numbers change.
+    caller_id_format: NumberFormat = "as-dialled"
 
     @property
     def sip_domain(self) -> str:
@@ -90,6 +96,41 @@ class WanSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True)
     @property
     def suites(self) -> tuple[SrtpSuite, ...]:
         return tuple(SrtpSuite(name) for name in self.srtp_suites)
+
+
+class TrunkSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One provider trunk ([[trunks]]). The gateway's own WAN side (addresses, media ports,
+    listener, certificate) stays in [wan] and is shared by every trunk."""
+
+    #: Short name, used by routes, logs and metrics.
+    name: str
+    provider_host: str
+    provider_port: int | None = 5061
+    domain: str | None = None
+    trust: ProviderTrustSettings = ProviderTrustSettings()
+    #: SRTP suites toward this trunk (default: [wan].srtp_suites).
+    srtp_suites: tuple[str, ...] | None = None
+    number_format: NumberFormat = "e164"
+    caller_id_format: NumberFormat = "as-dialled"
+    #: Seconds for the trunk's first response to a call before the next trunk is tried.
+    answer_timeout: float = 10.0
+    #: Seconds a trunk that failed a call (503, 408, no response) is skipped for new calls.
+    down_for: float = 30.0
+    #: DOWNGRADES, for this trunk only. Logged at start-up and at every call.
+    insecure_plaintext_media: bool = False
+    insecure_skip_verify: bool = False
+
+    @property
+    def sip_domain(self) -> str:
+        return self.domain or self.provider_host
+
+
+class RouteSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A route ([[routes]]): destinations (prefixes of the normalised number, such as "+44",
+    "*9", "reception"; "*" for any) and the trunks to try, in order."""
+
+    destinations: tuple[str, ...]
+    trunks: tuple[str, ...]
 
 
 class SipSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -187,10 +228,34 @@ class GatewayConfig(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     audit: AuditSettings = AuditSettings()
     log: LogSettings = LogSettings()
     state: StateSettings = StateSettings()
+    #: Several provider trunks; empty: one trunk made of [wan]'s provider settings.
+    trunks: tuple[TrunkSettings, ...] = ()
+    #: Routes choosing trunks by destination; empty: every trunk, in order, for every call.
+    routes: tuple[RouteSettings, ...] = ()
     #: Folder relative paths in this file are resolved against (set by the loader).
     base_dir: str = "."
     #: The file this came from (set by ``load_config``), for the admin API's check and reload.
     source_file: str = ""
+
+    def effective_trunks(self) -> tuple[TrunkSettings, ...]:
+        """The trunks in force: [[trunks]], or the one [wan] describes."""
+        if self.trunks:
+            return self.trunks
+        wan = self.wan
+        return (
+            TrunkSettings(
+                name="provider",
+                provider_host=wan.provider_host,
+                provider_port=wan.provider_port,
+                domain=wan.domain,
+                trust=wan.trust,
+                srtp_suites=wan.srtp_suites,
+                number_format=wan.number_format,
+                caller_id_format=wan.caller_id_format,
+                insecure_plaintext_media=wan.insecure_plaintext_media,
+                insecure_skip_verify=wan.insecure_skip_verify,
+            ),
+        )
 
     def path(self, relative: str) -> Path:
         """Resolve a path from the file against the file's own folder."""
@@ -220,7 +285,7 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
-_TABLES: dict[str, type[_Table]] = {
+_TABLES: dict[str, Any] = {
     name: info.type
     for name, info in ((f.name, f) for f in msgspec.structs.fields(GatewayConfig))
     if name not in ("base_dir", "source_file")
@@ -293,8 +358,17 @@ def _resolve_paths(config: GatewayConfig) -> GatewayConfig:
     trust = wan.trust
     if trust.ca_bundle is not None:
         trust = msgspec.structs.replace(trust, ca_bundle=str(rel(trust.ca_bundle)))
+    trunks = tuple(
+        msgspec.structs.replace(
+            t, trust=msgspec.structs.replace(t.trust, ca_bundle=str(rel(t.trust.ca_bundle)))
+        )
+        if t.trust.ca_bundle is not None
+        else t
+        for t in config.trunks
+    )
     return msgspec.structs.replace(
         config,
+        trunks=trunks,
         wan=msgspec.structs.replace(wan, identity=identity, trust=trust),
         certs=msgspec.structs.replace(config.certs, store=str(rel(config.certs.store))),
         state=msgspec.structs.replace(config.state, directory=str(rel(config.state.directory))),
@@ -398,6 +472,48 @@ def check(config: GatewayConfig) -> list[tuple[str, str]]:
     if not 0 <= config.media.dscp <= 63:
         problems.append(("media.dscp", f"expected 0..63, got {config.media.dscp}"))
     problems += _check_admin(config.admin)
+    problems += _check_trunks(config)
+    return problems
+
+
+def _check_trunks(config: GatewayConfig) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    names = [t.name for t in config.trunks]
+    for index, trunk in enumerate(config.trunks):
+        where = f"trunks.{index}"
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", trunk.name):
+            problems.append(
+                (f"{where}.name", f"expected letters, digits, '-', '_', got {trunk.name!r}")
+            )
+        if names.count(trunk.name) > 1:
+            problems.append((f"{where}.name", f"trunk {trunk.name!r} is named twice"))
+        if trunk.answer_timeout <= 0 or trunk.down_for < 0:
+            problems.append(
+                (f"{where}.answer_timeout", "expected answer_timeout > 0, down_for >= 0")
+            )
+        if trunk.provider_port is not None and not 1 <= trunk.provider_port <= 65535:
+            problems.append(
+                (f"{where}.provider_port", f"expected 1..65535, got {trunk.provider_port}")
+            )
+        for suite in trunk.srtp_suites or ():
+            if suite in NULL_SUITE_NAMES:
+                problems.append((f"{where}.srtp_suites", f"{suite} encrypts nothing; remove it"))
+    if config.trunks and config.wan.provider_host != WanSettings().provider_host:
+        problems.append(
+            (
+                "wan.provider_host",
+                "with [[trunks]] the provider is set per trunk: move provider_host (and "
+                "provider_port, domain, [wan.trust]) into a [[trunks]] entry",
+            )
+        )
+    known = set(names) or {"provider"}
+    for index, route in enumerate(config.routes):
+        if not route.destinations or not route.trunks:
+            problems.append((f"routes.{index}", "expected destinations and trunks, both non-empty"))
+        for name in route.trunks:
+            if name not in known:
+                choices = ", ".join(sorted(known))
+                problems.append((f"routes.{index}.trunks", f"no trunk {name!r} (known: {choices})"))
     return problems
 
 
@@ -437,7 +553,7 @@ def _check_admin(admin: AdminSettings) -> list[tuple[str, str]]:
 def insecure_settings(config: GatewayConfig) -> list[str]:
     """The downgrades an operator switched on, for the loud start-up and per-call warnings."""
     wan = config.wan
-    return [
+    found = [
         name
         for name, on in (
             ("wan.insecure_plaintext_media", wan.insecure_plaintext_media),
@@ -446,6 +562,11 @@ def insecure_settings(config: GatewayConfig) -> list[str]:
         )
         if on
     ]
+    for trunk in config.trunks:
+        for name in ("insecure_plaintext_media", "insecure_skip_verify"):
+            if getattr(trunk, name):
+                found.append(f"trunks.{trunk.name}.{name}")
+    return found
 
 
 _ERROR_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)

@@ -149,6 +149,16 @@ def _template(name: str) -> DialPlanRule | _International:
             window=None,
             message="satellite and international-network numbers are not allowed",
         )
+    if name == "no-names":
+        return DialPlanRule(
+            rule="dialplan.no-names",
+            allow=False,
+            e164_prefixes=(),
+            short_prefixes=(),
+            pattern=re.compile(r"[A-Za-z].*"),
+            window=None,
+            message="named destinations are not allowed",
+        )
     raise ValueError(f"unknown dial-plan template {name!r}")
 
 
@@ -227,6 +237,8 @@ class DialPlan:
                 return DialDecision(rule.allow, rule.rule, "" if rule.allow else rule.message)
         if number.kind == "short" and not self._s.allow_short_codes:
             return DialDecision(False, "dialplan.short-code", "short codes are not allowed")
+        if number.kind == "name" and not self._s.allow_names:
+            return DialDecision(False, "dialplan.name", "named destinations are not allowed")
         if self._s.default_action == "deny":
             return DialDecision(False, "dialplan.default-deny", "this number is not allowed")
         return DialDecision(True, "dialplan.default-allow", "")

@@ -48,7 +48,7 @@ from gateway.policy.flood import (
     count_in_window,
     distinct_unknown_users,
 )
-from gateway.policy.numbering import DialledNumber, NumberPlan, emergency_numbers
+from gateway.policy.numbering import DialledNumber, NumberFormat, NumberPlan, emergency_numbers
 from gateway.policy.settings import CapLimits, PolicySettings
 
 Side = Literal["lan", "wan"]
@@ -250,6 +250,10 @@ class PolicyEngine:
     def classify(self, dialled: str) -> DialledNumber:
         """Normalise a dialled number the way ``check_outbound_call`` does."""
         return self._numbers.classify(dialled)
+
+    def format_number(self, number: DialledNumber, style: NumberFormat) -> str:
+        """``number`` written for a trunk (see ``NumberPlan.format``)."""
+        return self._numbers.format(number, style)
 
     def check_outbound_call(
         self, phone: str, source_ip: str, dialled: str, now: float, wall: datetime

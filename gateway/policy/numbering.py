@@ -5,7 +5,8 @@ A phone dials what its user types: "9 011 44 20 7946 0000", "(212) 555-0100", "0
 "*97", "112". The dial plan only reasons about one form, so everything is first turned into a
 :class:`DialledNumber`: an E.164 number (with whether it leaves the country), a short code
 (extensions and feature codes that go to the provider's PBX as dialled), an emergency number,
-or invalid. Emergency numbers are recognised before anything else, on the digits as dialled, so
+a name (a named extension, a hunt group or an operator on the provider's PBX: "reception",
+"bob"; passed as dialled, never PSTN), or invalid. Emergency numbers are recognised before anything else, on the digits as dialled, so
 that no normalisation quirk can turn 112 into something a rule matches.
 """
 
@@ -22,8 +23,15 @@ from gateway.policy.settings import DialPlanSettings
 #: Separators people and phones put in numbers (E.123 and tel: URI visual separators).
 _SEPARATORS = re.compile(r"[\s\-.()/\[\]]")
 _SHORT = re.compile(r"[0-9*#]+")
+#: A name on the provider's PBX: a letter first, then what a SIP user part carries unescaped
+#: (RFC 3261 §25.1 unreserved and user-unreserved characters).
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9\-_.!~'()&=+$,;?/]*")
 
-NumberKind = Literal["e164", "short", "emergency", "invalid"]
+NumberKind = Literal["e164", "short", "name", "emergency", "invalid"]
+#: How a number is written toward a trunk: E.164 with or without "+", the national form
+#: (as dialled inside the site's country; international numbers with the international
+#: prefix), or exactly as the phone dialled it.
+NumberFormat = Literal["e164", "e164-no-plus", "national", "as-dialled"]
 
 
 class DialledNumber(msgspec.Struct, frozen=True):
@@ -32,7 +40,8 @@ class DialledNumber(msgspec.Struct, frozen=True):
     #: What the phone sent.
     dialled: str
     kind: NumberKind
-    #: "+<digits>" for kind "e164"; the compacted digits for "short" and "emergency".
+    #: "+<digits>" for kind "e164"; the compacted digits for "short" and "emergency"; the
+    #: name as dialled for "name".
     number: str
     #: The call leaves the site's country (or, on a NANP site, the US and Canada).
     international: bool = False
@@ -171,7 +180,31 @@ class NumberPlan:
             return DialledNumber(dialled, "e164", e164, self.is_international(e164))
         if digits and len(digits) <= s.short_code_max_length and _SHORT.fullmatch(digits):
             return DialledNumber(dialled, "short", digits)
+        name = dialled.strip()
+        if _NAME.fullmatch(name):
+            # Names cannot reach the PSTN: the provider's PBX routes them (or refuses them).
+            return DialledNumber(dialled, "name", name)
         return DialledNumber(dialled, "invalid", digits)
+
+    def format(self, number: DialledNumber, style: NumberFormat) -> str:
+        """``number`` as a trunk wants it in a Request-URI, To, From or P-Asserted-Identity.
+
+        Only E.164 numbers change form; short codes, names and emergency numbers go exactly as
+        dialled (compacted), whatever the style: an emergency number must reach the provider
+        as the digits the caller dialled.
+        """
+        if number.kind != "e164" or style == "e164":
+            return number.number if number.kind != "name" else number.dialled.strip()
+        if style == "as-dialled":
+            return compact(number.dialled)
+        digits = number.number[1:]
+        if style == "e164-no-plus":
+            return digits
+        s = self._s
+        if number.number.startswith(self._home) and not self.is_international(number.number):
+            national = digits[len(s.country_code) :]
+            return national if s.national_prefix_optional else s.national_prefix + national
+        return s.international_prefix + digits
 
     def is_international(self, e164: str) -> bool:
         if not e164.startswith(self._home):

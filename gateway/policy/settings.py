@@ -44,7 +44,11 @@ from typing import Literal
 import msgspec
 
 #: Dial-plan templates the engine knows; see ``numbering.TEMPLATES``.
+#: The templates on by default.
 TEMPLATE_NAMES = ("no-international", "no-premium", "no-satellite")
+#: Every template an operator may name ("no-names": refuse named destinations such as
+#: "reception" instead of passing them to the provider's PBX).
+KNOWN_TEMPLATES = (*TEMPLATE_NAMES, "no-names")
 
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$|^24:00$")
@@ -214,8 +218,8 @@ class DialRuleSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 def _check_templates(templates: tuple[str, ...] | None) -> None:
     for name in templates or ():
-        if name not in TEMPLATE_NAMES:
-            raise ValueError(f"unknown template {name!r}; known: {', '.join(TEMPLATE_NAMES)}")
+        if name not in KNOWN_TEMPLATES:
+            raise ValueError(f"unknown template {name!r}; known: {', '.join(KNOWN_TEMPLATES)}")
 
 
 class CapLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -279,6 +283,9 @@ class DialPlanSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: (extensions, feature codes like *97) and go to the provider's PBX as dialled.
     short_code_max_length: int = 6
     allow_short_codes: bool = True
+    #: Named destinations ("reception", "bob"): the provider's PBX routes them, so they pass
+    #: as dialled; the "no-names" template or a rule refuses them.
+    allow_names: bool = True
     #: A digit some phones dial to get an outside line ("9"); stripped before anything else.
     outside_line_prefix: str = ""
     templates: tuple[str, ...] = TEMPLATE_NAMES

@@ -18,7 +18,7 @@ from typing import Literal
 
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.events import SecurityEvent
-from gateway.policy.numbering import DialledNumber
+from gateway.policy.numbering import DialledNumber, NumberFormat
 from gateway.sip.edge import request_user, user_of
 from gateway.sip.message import SipRequest
 from gateway.sip.peer import Peer, Side
@@ -104,6 +104,22 @@ class Admission:
         if verdict.allowed:
             return CallAdmitted(verdict.number)
         return Refusal(verdict.status or 403, verdict.warning, verdict.rule)
+
+    # ------------------------------------------------------------- numbers
+
+    def format_number(self, number: DialledNumber, style: NumberFormat) -> str:
+        """A dialled number as a trunk wants it (as classified: without a policy there is
+        no number plan, and the number goes as dialled)."""
+        if self.policy is None:
+            return number.dialled
+        return self.policy.format_number(number, style)
+
+    def format_caller(self, user: str, style: NumberFormat) -> str:
+        """A phone's identity as a trunk wants it: only a full number changes form."""
+        if self.policy is None or style == "as-dialled":
+            return user
+        number = self.policy.classify(user)
+        return self.policy.format_number(number, style) if number.kind == "e164" else user
 
     # ------------------------------------------------------------- reports
 

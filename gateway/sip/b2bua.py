@@ -60,7 +60,7 @@ from gateway.sip.events import (
 )
 from gateway.sip.in_dialog import InDialog
 from gateway.sip.message import SipRequest, SipResponse, make_response, parse_message
-from gateway.sip.outgoing import Outgoing, refusal_response
+from gateway.sip.outgoing import Outgoing, Relay, refusal_response
 from gateway.sip.pair import DialogPair, PairState
 from gateway.sip.peer import Peer, Side
 from gateway.sip.precheck import ALLOW, precheck
@@ -163,12 +163,15 @@ class B2bua:
         finally:
             self._pump(now, wall)
 
-    def wan_connection_state(self, up: bool, reason: str, now: float, wall: datetime) -> None:
-        """The glue reports the provider connection up (verified) or down (and why)."""
-        was_up = self._setup.provider_up
-        self._setup.provider_up = up
-        self._setup.provider_down_reason = reason
-        if up and not was_up:
+    def wan_connection_state(
+        self, up: bool, reason: str, now: float, wall: datetime, trunk: str | None = None
+    ) -> None:
+        """The glue reports a trunk's provider connection up (verified) or down (and why);
+        ``trunk`` None: the first trunk (a site with one)."""
+        trunks = self._setup.trunks
+        name = trunk if trunk is not None else trunks.registrar.name
+        came_up = trunks.link_state(name, up, reason)
+        if came_up and name == trunks.registrar.name:
             self._registrar.refresh_all(now)
         self._pump(now, wall)
 
@@ -189,13 +192,18 @@ class B2bua:
             # §13.3.1.4: no ACK within 64*T1 — the dialog is confirmed but must end.
             self._out.emit(AckMissing(pair.caller.call_id, pair.key))
             self._endings.hang_up(pair, now, reason="no ACK from caller")
+        self._setup.handle_timer(now)
         self._setup.challenges.expire(now, 64 * self.settings.timers.t1)
         self.registrations.expire(now)
         self._admission.handle_timer(now)
         self._pump(now, wall)
 
     def get_timer(self) -> float | None:
-        deadlines = [self._out.next_deadline(), self._admission.next_deadline()]
+        deadlines = [
+            self._out.next_deadline(),
+            self._admission.next_deadline(),
+            self._setup.next_deadline(),
+        ]
         found = [d for d in deadlines if d is not None]
         return min(found) if found else None
 
@@ -292,7 +300,7 @@ class B2bua:
             if relay is not None:
                 if relay.binding is not None:
                     self._registrar.on_timeout(relay, now)
-                else:
+                elif not self._callee_timed_out(relay, event.key, now):
                     self._dialogs.timed_out(relay, now)
         elif isinstance(event, TransactionTerminated):
             # A terminated transaction passes nothing up any more (§17.1.1.2: 2xx that arrive
@@ -345,6 +353,16 @@ class B2bua:
         if self._setup.provider_ready(side, event.key, request, now):
             self._dialogs.standalone(side, event, now)
 
+    def _callee_timed_out(self, relay: Relay, key: str, now: float) -> bool:
+        """A call out whose trunk never answered: True when it went on to the next trunk."""
+        pair = relay.pair
+        if pair is None or relay.request is not None or pair.trunk is None:
+            return False
+        if key != pair.client_key:
+            pair.abandoned.pop(key, None)  # an attempt given up already
+            return True
+        return self._setup.timed_out(pair, now)
+
     def _on_response(self, side: Side, event: ResponseReceived, now: float) -> None:
         relay = self._out.relays.get((side, event.key))
         if relay is None:
@@ -361,6 +379,8 @@ class B2bua:
                 and side != relay.pair.caller_side
             ):
                 self._setup.on_response(relay.pair, response, now)
+            elif relay.pair is not None and relay.request is None:
+                self._setup.on_abandoned(relay.pair, event.key, response, now)
             else:
                 self._dialogs.response(side, event.key, relay, response, now)
         except (SipError, SdpError) as exc:

@@ -133,6 +133,18 @@ class PlaintextDowngrade(_Event):
 
 
 @dataclass(frozen=True, slots=True)
+class TrunkFailover(_Event):
+    """A call out that its trunk failed before an answer goes on on the next trunk."""
+
+    kind: ClassVar[str] = "failover"
+    pair: str
+    #: The trunk that failed it, the trunk it goes to now, and how the first one failed.
+    from_trunk: str
+    to_trunk: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class PhoneRegistered(_Event):
     """The provider accepted (or removed, ``expires`` 0) a phone's registration.
 
@@ -163,6 +175,7 @@ CallEvent = (
     | MediaEnded
     | AckMissing
     | PlaintextDowngrade
+    | TrunkFailover
     | PhoneRegistered
     | BadResponse
 )

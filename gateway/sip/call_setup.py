@@ -33,6 +33,7 @@ from gateway.sip.call_events import (
     CallRefused,
     CallStarted,
     PlaintextDowngrade,
+    TrunkFailover,
 )
 from gateway.sip.dialog import Leg, copy_headers
 from gateway.sip.dialog_index import DialogIndex
@@ -46,6 +47,7 @@ from gateway.sip.edge import (
 )
 from gateway.sip.events import RequestReceived
 from gateway.sip.headers import NameAddr
+from gateway.sip.legs import LegBuilder
 from gateway.sip.message import SipRequest, SipResponse, make_response, new_tag
 from gateway.sip.outgoing import Outgoing, Relay
 from gateway.sip.pair import RINGING, WINDING_DOWN, DialogPair, PairInput, PairState
@@ -54,7 +56,7 @@ from gateway.sip.registrar import RESPONSE_COPY, Challenges
 from gateway.sip.registrations import RegistrationTable
 from gateway.sip.sdp_link import MediaLinks
 from gateway.sip.transfer import TransferMapping
-from gateway.sip.uri import parse_uri
+from gateway.sip.trunks import FAILOVER_STATUSES, Trunk, TrunkTable
 
 #: Headers carried from one leg's request to the other's, by method; values unchanged.
 REQUEST_COPY: tuple[str, ...] = (
@@ -109,17 +111,24 @@ class CallSetup:
         self._endings = endings
         self.challenges = Challenges()
         self._serial = 0
-        #: The provider connection: up (TLS verified) or down, and why.
-        self.provider_up = False
-        self.provider_down_reason = "not connected to the provider yet"
+        self.trunks = TrunkTable(edge.settings.trunks, edge.settings.routes)
+        self._legs = LegBuilder(edge, registrations, admission, self.challenges)
+        #: Calls out waiting for their trunk's first response: deadline and pair, by key.
+        self._waiting: dict[str, tuple[float, DialogPair]] = {}
 
     def provider_ready(self, side: Side, key: str, request: SipRequest, now: float) -> bool:
         """Fail closed: a LAN request bound for the provider gets 503 while the provider
         connection is down or unverified (nothing is ever sent in the clear instead)."""
-        if side != Side.LAN or self.provider_up:
+        registrar = self.trunks.registrar.name
+        if side != Side.LAN or self.trunks.is_up(registrar):
             return True
+        return self._unavailable(side, key, request, self.trunks.down_reason(registrar), now)
+
+    def _unavailable(
+        self, side: Side, key: str, request: SipRequest, reason: str, now: float
+    ) -> bool:
         self._out.count("refused_wan_down")
-        warning = gateway_warning(f"provider unavailable: {self.provider_down_reason}")
+        warning = gateway_warning(f"provider unavailable: {reason}")
         headers = [("Warning", warning), ("Retry-After", "30")]
         self._out.reply(side, key, request, 503, now, headers=headers)
         return False
@@ -143,8 +152,11 @@ class CallSetup:
                 self._out.emit(SendMessage(source, existing.last_final))
             return
         number = None
+        candidates: list[Trunk] = []
         if side == Side.LAN:
-            if not self.provider_ready(side, event.key, request, now):
+            if not any(self.trunks.is_up(t.name) for t in self.trunks.trunks):
+                reason = self.trunks.down_reason(self.trunks.registrar.name)
+                self._unavailable(side, event.key, request, reason, now)
                 return
             if method == "INVITE":
                 verdict = self._admission.check_call(
@@ -158,10 +170,15 @@ class CallSetup:
                     self._refuse_call(side, event, verdict, now)
                     return
                 number = verdict.number
-            dialled = request_user(request)
-            if number is not None and number.kind == "e164":
-                dialled = number.number  # the provider gets E.164 (RFC 3966 global number)
-            caller, callee = self._outbound_legs(request, source, dialled)
+                candidates = self.trunks.candidates(number, request_user(request) or "", now)
+            elif self.trunks.is_up(self.trunks.registrar.name):
+                candidates = [self.trunks.registrar]
+            if not candidates:
+                reason = self.trunks.why_none(number, request_user(request) or "")
+                self._unavailable(side, event.key, request, reason, now)
+                return
+            caller = self._legs.phone_leg(request, source)
+            callee = self._legs.trunk_leg(request, source, number, candidates[0])
         else:
             built = self._inbound_legs(event, source, now)
             if built is None:
@@ -181,10 +198,15 @@ class CallSetup:
             started=now,
             caller_supports_100rel=has_option_tag(request, "100rel"),
         )
+        if candidates:
+            pair.trunk = candidates[0].name
+            pair.fallback = [t.name for t in candidates[1:]]
+            pair.number = number
         body = b""
         if method == "INVITE":
-            pair.media = self._media.new(pair.key)
-            if self._media.policy.allow_plaintext:
+            trunk_media = candidates[0].media if candidates else None
+            pair.media = self._media.new(pair.key, trunk_media)
+            if pair.media.call.policy.allow_plaintext:
                 self._emit(
                     PlaintextDowngrade(
                         request.call_id,
@@ -204,22 +226,7 @@ class CallSetup:
         self._index.add(pair)
         if method == "INVITE":
             self._out.reply(side, event.key, request, 100, now)
-        outgoing = callee.build_request(
-            method,
-            body=body,
-            content_type=request.get("Content-Type"),
-            max_forwards=max(0, (request.max_forwards or 70) - 1),
-        )
-        copy_headers(request, outgoing, REQUEST_COPY)
-        copy_headers(request, outgoing, ("Allow", "Supported"))
-        self._transfer.carry_refer_to(request, outgoing, pair.callee_side)
-        self._transfer.carry_replaces(request, outgoing, side)
-        outgoing.set("User-Agent", self._settings.user_agent)
-        pair.outgoing = outgoing
-        pair.outgoing_cseq = outgoing.cseq.seq
-        pair.client_key = self._out.relay_request(
-            pair.callee_side, outgoing, callee.peer, now, Relay(pair, side, event.key, None)
-        )
+        self._send_to_callee(pair, request, body, now)
         if side == Side.LAN and method == "INVITE":
             caller_user = user_of(request.from_) or ""
             self._admission.call_started(
@@ -236,6 +243,33 @@ class CallSetup:
                 callee.call_id,
             )
         )
+
+    def _send_to_callee(
+        self, pair: DialogPair, request: SipRequest, body: bytes, now: float
+    ) -> None:
+        """The dialog-creating request on the callee leg (again, after a failover)."""
+        outgoing = pair.callee.build_request(
+            request.method,
+            body=body,
+            content_type=request.get("Content-Type"),
+            max_forwards=max(0, (request.max_forwards or 70) - 1),
+        )
+        copy_headers(request, outgoing, REQUEST_COPY)
+        copy_headers(request, outgoing, ("Allow", "Supported"))
+        if pair.trunk is not None:
+            self._legs.format_identity(outgoing, self.trunks.get(pair.trunk))
+        self._transfer.carry_refer_to(request, outgoing, pair.callee_side)
+        self._transfer.carry_replaces(request, outgoing, pair.caller_side)
+        outgoing.set("User-Agent", self._settings.user_agent)
+        pair.outgoing = outgoing
+        pair.outgoing_cseq = outgoing.cseq.seq
+        relay = Relay(pair, pair.caller_side, pair.server_key, None)
+        pair.client_key = self._out.relay_request(
+            pair.callee_side, outgoing, pair.callee.peer, now, relay
+        )
+        if pair.trunk is not None and request.method == "INVITE":
+            timeout = self.trunks.get(pair.trunk).answer_timeout
+            self._waiting[pair.key] = (now + timeout, pair)
 
     def cancel(self, side: Side, event: RequestReceived, now: float) -> None:
         """CANCEL (§9.2): 200 to it and 487 to the request at once; the callee leg follows."""
@@ -268,38 +302,6 @@ class CallSetup:
             )
         )
 
-    def _outbound_legs(
-        self, request: SipRequest, source: Peer, dialled: str | None
-    ) -> tuple[Leg, Leg]:
-        """Phone -> provider: the caller leg faces the phone, the callee leg the provider."""
-        phone_from = request.from_
-        caller = self._edge.new_leg(
-            Side.LAN,
-            source,
-            request.to.with_tag(new_tag()),
-            phone_from,
-            request.contacts[0].uri if request.contacts else phone_from.uri,
-            self._edge.lan_contact(source),
-            call_id=request.call_id,
-        )
-        caller.remote_cseq = request.cseq.seq
-        caller.route_set = list(request.get_all("Record-Route"))
-        from_user = user_of(phone_from)
-        # The phone answers a challenge: the same WAN Call-ID and From tag as the first try.
-        callee = self.challenges.take(request.call_id, phone_from.tag or "")
-        if callee is None:
-            binding = self._registrations.of_phone(from_user, source.address[0])
-            wan_uri = self._edge.wan_uri
-            callee = self._edge.new_leg(
-                Side.WAN,
-                self._settings.provider,
-                NameAddr(phone_from.display, wan_uri(from_user), {"tag": new_tag()}),
-                NameAddr(None, wan_uri(dialled), {}),
-                wan_uri(dialled),
-                self._edge.wan_contact(binding.token if binding else "gw"),
-            )
-        return caller, callee
-
     def _inbound_legs(
         self, event: RequestReceived, source: Peer, now: float
     ) -> tuple[Leg, Leg] | None:
@@ -311,28 +313,7 @@ class CallSetup:
             self._out.count("inbound_no_binding")
             self._out.reply(Side.WAN, event.key, request, 404, now)
             return None
-        provider_from = request.from_
-        caller = self._edge.new_leg(
-            Side.WAN,
-            source,
-            request.to.with_tag(new_tag()),
-            provider_from,
-            request.contacts[0].uri if request.contacts else provider_from.uri,
-            self._edge.wan_contact(binding.token),
-            call_id=request.call_id,
-        )
-        caller.remote_cseq = request.cseq.seq
-        caller.route_set = list(request.get_all("Record-Route"))
-        lan_uri = self._edge.lan_uri
-        callee = self._edge.new_leg(
-            Side.LAN,
-            binding.phone_peer,
-            NameAddr(provider_from.display, lan_uri(user_of(provider_from)), {"tag": new_tag()}),
-            NameAddr(None, lan_uri(binding.user), {}),
-            parse_uri(binding.phone_contact),
-            self._edge.lan_contact(binding.phone_peer),
-        )
-        return caller, callee
+        return self._legs.inbound(request, source, binding)
 
     # ------------------------------------------------------------ responses
 
@@ -344,6 +325,17 @@ class CallSetup:
             event = PairInput.EARLY_DIALOG if callee_tag and status > 100 else PairInput.PROVISIONAL
         else:
             event = PairInput.ANSWER if status < 300 else PairInput.REJECT
+        if pair.trunk is not None:
+            self._waiting.pop(pair.key, None)  # the trunk answered something in time
+            if event == PairInput.ANSWER:
+                self.trunks.answered(pair.trunk)
+            elif (
+                event == PairInput.REJECT
+                and status in FAILOVER_STATUSES
+                and pair.state in RINGING
+                and self._fail_over(pair, f"{status} {response.reason}", now)
+            ):
+                return
         before = pair.advance(event)
         if before in WINDING_DOWN or before == PairState.ENDED:
             self._wind_down(pair, before, event, response, now)
@@ -356,6 +348,83 @@ class CallSetup:
             self._relay_rejection(pair, response, now)
         else:
             self._relay_dialog_response(pair, response, now)
+
+    # ------------------------------------------------------------- failover
+
+    def timed_out(self, pair: DialogPair, now: float) -> bool:
+        """The callee's transaction timed out (Timer B): True when the call went on to the
+        next trunk; else the caller is failed as before."""
+        self._waiting.pop(pair.key, None)
+        return pair.state in RINGING and self._fail_over(pair, "no response (timeout)", now)
+
+    def handle_timer(self, now: float) -> None:
+        """Calls out whose trunk sent nothing within its answer timeout: mark the trunk and
+        give the call to the next one (the silent attempt is abandoned, not cancelled:
+        §9.1 allows no CANCEL before a provisional)."""
+        for key, (deadline, pair) in list(self._waiting.items()):
+            if now < deadline:
+                continue
+            del self._waiting[key]
+            if pair.state != PairState.CALLING or pair.trunk is None:
+                continue
+            reason = f"no response in {self.trunks.get(pair.trunk).answer_timeout:g} s"
+            old_key, old_leg = pair.client_key, pair.callee
+            if not pair.fallback:
+                self.trunks.failed(pair.trunk, reason, now)
+                continue
+            if self._fail_over(pair, reason, now) and old_key is not None:
+                pair.abandoned[old_key] = old_leg
+
+    def next_deadline(self) -> float | None:
+        return min((d for d, _ in self._waiting.values()), default=None)
+
+    def on_abandoned(self, pair: DialogPair, key: str, response: SipResponse, now: float) -> None:
+        """A response on an attempt given up for another trunk: a 2xx is ACKed and ended."""
+        leg = pair.abandoned.get(key)
+        if leg is None or response.status < 200:
+            return
+        del pair.abandoned[key]
+        self._out.relays.pop((pair.callee_side, key), None)
+        if response.status < 300:
+            leg.learn_from_response(response, uac=True)
+            ack = leg.build_request("ACK", cseq=response.cseq.seq)
+            self._out.emit(SendMessage(leg.peer, bytes(ack)))
+            self._out.send_request(pair.callee_side, leg.build_request("BYE"), leg.peer, now)
+
+    def _fail_over(self, pair: DialogPair, reason: str, now: float) -> bool:
+        """The call's trunk failed it before an answer: mark the trunk, and send the call to
+        the next usable one, as a new leg with fresh keys. False when none is left."""
+        assert pair.trunk is not None
+        self.trunks.failed(pair.trunk, reason, now)
+        while pair.fallback:
+            trunk = self.trunks.get(pair.fallback.pop(0))
+            if self.trunks.usable(trunk.name, now):
+                break
+        else:
+            return False
+        request = pair.initial_request()
+        source = pair.caller.peer
+        failed = pair.trunk
+        pair.advance(PairInput.RETRY)
+        self._index.forget_dialog(pair.callee_side, pair.callee.call_id, pair.callee.local_tag)
+        pair.callee = self._legs.trunk_leg(request, source, pair.number, trunk, retry=True)
+        pair.trunk = trunk.name
+        pair.tag_map.clear()
+        assert pair.callee.local_tag is not None
+        self._index.add_dialog(pair, pair.callee_side, pair.callee.call_id, pair.callee.local_tag)
+        body = b""
+        if pair.media is not None:
+            self._endings.release_media(pair)
+            pair.media = self._media.new(pair.key, trunk.media)
+            if request.body:
+                try:
+                    body = self._offer(pair, pair.caller_side, request.body)
+                except MediaRefused:
+                    return False  # the next trunk's media policy refuses what the phone offers
+                pair.media.caller_offered = True
+        self._emit(TrunkFailover(pair.caller.call_id, pair.key, failed, trunk.name, reason))
+        self._send_to_callee(pair, request, body, now)
+        return True
 
     def _wind_down(
         self,

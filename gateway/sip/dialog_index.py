@@ -47,6 +47,16 @@ class DialogIndex:
         self._dialogs[key] = pair
         self._dialog_keys.setdefault(pair.key, []).append(key)
 
+    def forget_dialog(self, side: Side, call_id: str, local_tag: str | None) -> None:
+        """One dialog of a pair is gone (a leg replaced when a call moves to another trunk)."""
+        if local_tag is None:
+            return
+        pair = self._dialogs.pop((side, call_id, local_tag), None)
+        if pair is not None:
+            keys = self._dialog_keys.get(pair.key, [])
+            if (side, call_id, local_tag) in keys:
+                keys.remove((side, call_id, local_tag))
+
     def forget(self, pair: DialogPair) -> None:
         """Unfile the pair everywhere; its server transaction entry goes with the transaction."""
         if self._pairs.get(pair.key) is pair:

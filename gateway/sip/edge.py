@@ -17,6 +17,7 @@ from gateway.sip.headers import NameAddr, Via
 from gateway.sip.message import SipRequest, SipResponse, new_call_id
 from gateway.sip.peer import Peer, Side
 from gateway.sip.transaction import TimerSettings
+from gateway.sip.trunks import Route, Trunk
 from gateway.sip.uri import AbsoluteUri, SipUri
 
 
@@ -29,9 +30,9 @@ class EdgeSettings:
     wan_address: str
     #: Port in our WAN Via/Contact: the WAN TLS listener if there is one.
     wan_port: int
-    #: The provider connection as a Peer (connection None = whichever is current).
-    provider: Peer
-    #: Provider's SIP domain for Request-URIs, From and To on the WAN side.
+    #: The provider connection as a Peer (connection None = whichever is current) and its SIP
+    #: domain: a site with one trunk. With ``trunks`` given they are the first trunk's.
+    provider: Peer | None
     domain: str
     media: MediaPolicy
     lan_media_ports: tuple[int, int]
@@ -39,6 +40,25 @@ class EdgeSettings:
     timers: TimerSettings = field(default_factory=TimerSettings)
     user_agent: str = "sip-media-gateway"
     default_expires: int = 3600
+    #: The trunks, in the order of preference; empty: one made of ``provider`` and ``domain``.
+    trunks: tuple[Trunk, ...] = ()
+    #: Routes choosing trunks by destination; empty: every trunk in order for every call.
+    routes: tuple[Route, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.trunks:
+            if self.provider is None:
+                raise ValueError("a provider or at least one trunk is needed")
+            trunk = Trunk("provider", self.provider, self.domain)
+            object.__setattr__(self, "trunks", (trunk,))
+        first = self.trunks[0]
+        object.__setattr__(self, "provider", first.peer)
+        object.__setattr__(self, "domain", first.domain)
+
+    @property
+    def registrar_peer(self) -> Peer:
+        """Where REGISTERs and out-of-dialog requests go: the first trunk."""
+        return self.trunks[0].peer
 
 
 class Edge:
@@ -56,14 +76,15 @@ class Edge:
         s = self.settings
         return (
             f"<sip:{user}@{host_literal(s.wan_address)}:{s.wan_port}"
-            f";transport={s.provider.transport}>"
+            f";transport={s.registrar_peer.transport}>"
         )
 
     def contact(self, side: Side, peer: Peer, user: str = "gw") -> str:
         return self.lan_contact(peer) if side == Side.LAN else self.wan_contact(user)
 
-    def wan_uri(self, user: str | None) -> SipUri:
-        return SipUri("sip", user, None, self.settings.domain, None, {}, None)
+    def wan_uri(self, user: str | None, domain: str | None = None) -> SipUri:
+        """A URI in the provider's world: ``domain`` of the trunk (the first trunk's)."""
+        return SipUri("sip", user, None, domain or self.settings.domain, None, {}, None)
 
     def lan_uri(self, user: str | None) -> SipUri:
         s = self.settings
@@ -104,7 +125,8 @@ class Edge:
         if not isinstance(uri, SipUri) or uri.user:
             return False
         s = self.settings
-        return uri.host.strip("[]") in (s.lan_address, s.wan_address, s.domain)
+        host = uri.host.strip("[]")
+        return host in (s.lan_address, s.wan_address) or any(t.domain == host for t in s.trunks)
 
 
 # --------------------------------------------------------------------- message facts

@@ -134,7 +134,7 @@ class InDialog:
         to_user = request_user(request)
         target: SipUri | AbsoluteUri
         if side == Side.LAN:
-            peer = self._edge.settings.provider
+            peer = self._edge.settings.registrar_peer
             wan_uri = self._edge.wan_uri
             target = wan_uri(to_user)
             local = NameAddr(request.from_.display, wan_uri(from_user), {"tag": new_tag()})

@@ -12,7 +12,8 @@ B2BUA counts it as a bad message for that call alone) instead of corrupting the 
 
 The states of the callee leg's set-up, and why each exists:
 
-- ``CALLING``: the request went to the callee side, nothing came back.
+- ``CALLING``: the request went to the callee side, nothing came back. A call out that its
+  trunk failed (503, 408, no answer in time) comes back here when it goes to the next trunk.
 - ``PROCEEDING``: a provisional without a dialog came back. From here a CANCEL may go (§9.1
   forbids one before any provisional).
 - ``EARLY``: a provisional with a To tag: an early dialog (several, when the callee forks).
@@ -32,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from gateway.policy.numbering import DialledNumber
 from gateway.sip.dialog import Leg
 from gateway.sip.errors import TransactionStateError
 from gateway.sip.message import SipRequest
@@ -62,6 +64,8 @@ class PairInput(StrEnum):
     GIVE_UP = "give-up"
     #: A BYE from either side, or the gateway ending the call.
     HANG_UP = "hang-up"
+    #: The trunk failed the call before an answer: the request goes again to the next trunk.
+    RETRY = "retry"
 
 
 class IllegalTransition(TransactionStateError):
@@ -70,6 +74,7 @@ class IllegalTransition(TransactionStateError):
 
 _S, _I = PairState, PairInput
 _SETTING_UP = {
+    _I.RETRY: _S.CALLING,
     _I.PROVISIONAL: _S.PROCEEDING,
     _I.EARLY_DIALOG: _S.EARLY,
     _I.ANSWER: _S.CONFIRMED,
@@ -158,6 +163,13 @@ class DialogPair:
     last_final: bytes | None = None
     #: The callee confirmed dialog's to-tag.
     confirmed_tag: str | None = None
+    #: A call out: the trunk it is on, the trunks left to try, and what was dialled.
+    trunk: str | None = None
+    fallback: list[str] = field(default_factory=list)
+    number: DialledNumber | None = None
+    #: Callee legs given up for a trunk that never answered, by their client transaction:
+    #: a late 2xx on one is ACKed and ended.
+    abandoned: dict[str, Leg] = field(default_factory=dict)
 
     def advance(self, event: PairInput) -> PairState:
         """Move the pair by the table; returns the state it was in before."""

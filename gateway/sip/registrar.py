@@ -136,7 +136,7 @@ class Registrar:
         ]
         upstream = self._upstream(binding, contact_value, request)
         relay = Relay(None, Side.LAN, event.key, request, binding=binding, source=source)
-        self._out.relay_request(Side.WAN, upstream, self._settings.provider, now, relay)
+        self._out.relay_request(Side.WAN, upstream, self._settings.registrar_peer, now, relay)
         self._pending[aor] = self._pending.get(aor, 0) + 1
 
     def refresh_all(self, now: float) -> None:
@@ -150,7 +150,7 @@ class Registrar:
             contact = f"{self._edge.wan_contact(binding.token)};expires={binding.last_expires}"
             request = self._upstream(binding, contact, None)
             relay = Relay(None, Side.LAN, "", request, binding=binding, internal=True)
-            self._out.relay_request(Side.WAN, request, self._settings.provider, now, relay)
+            self._out.relay_request(Side.WAN, request, self._settings.registrar_peer, now, relay)
 
     def on_response(self, relay: Relay, response: SipResponse, now: float) -> None:
         binding = relay.binding
@@ -212,7 +212,7 @@ class Registrar:
         aor = self._edge.wan_uri(binding.user)
         leg = self._edge.new_leg(
             Side.WAN,
-            self._settings.provider,
+            self._settings.registrar_peer,
             NameAddr(None, aor, {"tag": binding.upstream_from_tag}),
             NameAddr(None, aor, {}),
             domain_uri,

@@ -103,5 +103,7 @@ class MediaLinks:
         self._lan_ports = PortAllocator(*lan_ports)
         self._wan_ports = PortAllocator(*wan_ports)
 
-    def new(self, key: str) -> MediaLink:
-        return MediaLink(key, CallMedia(key, self.policy, self._lan_ports, self._wan_ports))
+    def new(self, key: str, policy: MediaPolicy | None = None) -> MediaLink:
+        """A call's media; ``policy`` is its trunk's, when the trunk has its own."""
+        call = CallMedia(key, policy or self.policy, self._lan_ports, self._wan_ports)
+        return MediaLink(key, call)

@@ -56,7 +56,10 @@ def plan(settings: DialPlanSettings) -> NumberPlan:
         (NANP, "911", "emergency", "911", False),
         (NANP, "*97", "short", "*97", False),
         (NANP, "201", "short", "201", False),
-        (NANP, "alice", "invalid", "alice", False),
+        (NANP, "alice", "name", "alice", False),
+        (NANP, "reception", "name", "reception", False),
+        (NANP, "sales.team", "name", "sales.team", False),
+        (NANP, "#@!", "invalid", "#@!", False),
         (NANP, "5550100", "invalid", "5550100", False),  # 7 digits need an area code
         (UK, "020 7946 0000", "e164", "+442079460000", False),
         (UK, "00 1 212 555 0100", "e164", "+12125550100", True),
@@ -146,3 +149,32 @@ def test_international_flag_is_the_country_code(site: DialPlanSettings, digits: 
     result = plan(site).classify("+" + digits)
     if not result.number.startswith("+" + site.country_code):
         assert result.international
+
+
+@pytest.mark.parametrize(
+    ("dialled", "style", "expected"),
+    [
+        ("2025550123", "e164", "+12025550123"),
+        ("2025550123", "e164-no-plus", "12025550123"),
+        ("2025550123", "national", "2025550123"),  # NANP: the national prefix is optional
+        ("1 (202) 555-0123", "as-dialled", "12025550123"),
+        ("011 44 20 7946 0000", "national", "011442079460000"),  # international stays so
+        ("011 44 20 7946 0000", "e164-no-plus", "442079460000"),
+        ("911", "e164", "911"),  # emergency numbers go as dialled in every format
+        ("911", "national", "911"),
+        ("*97", "e164", "*97"),
+        ("reception", "national", "reception"),
+    ],
+)
+def test_numbers_are_written_as_the_trunk_wants_them(dialled: str, style: str, expected: str) -> None:
+    p = plan(NANP)
+    assert p.format(p.classify(dialled), style) == expected  # type: ignore[arg-type]
+
+
+def test_the_national_form_keeps_a_mandatory_national_prefix() -> None:
+    uk = plan(DialPlanSettings(
+        country_code="44", national_prefix="0", international_prefix="00",
+        national_min_length=9, national_max_length=10, national_prefix_optional=False,
+    ))
+    assert uk.format(uk.classify("+44 20 7946 0000"), "national") == "02079460000"
+    assert uk.format(uk.classify("001 202 555 0123"), "national") == "0012025550123"
