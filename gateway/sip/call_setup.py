@@ -155,8 +155,7 @@ class CallSetup:
         candidates: list[Trunk] = []
         if side == Side.LAN:
             if not any(self.trunks.is_up(t.name) for t in self.trunks.trunks):
-                reason = self.trunks.down_reason(self.trunks.registrar.name)
-                self._unavailable(side, event.key, request, reason, now)
+                self._unavailable(side, event.key, request, self.trunks.why_none(None, "*"), now)
                 return
             if method == "INVITE":
                 verdict = self._admission.check_call(

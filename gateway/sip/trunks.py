@@ -142,6 +142,6 @@ class TrunkTable:
         reasons = []
         for name in chosen:
             state = self._state[name]
-            reason = state.reason if not state.up else f"skipped: {state.skip_reason}"
-            reasons.append(f"{name}: {reason}")
+            reason = state.reason if not state.up else f"skipped after {state.skip_reason}"
+            reasons.append(reason if len(self.trunks) == 1 else f"{name}: {reason}")
         return "; ".join(reasons) or "no trunk routes this number"
