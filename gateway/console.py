@@ -25,17 +25,20 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.cdr import CallRecorder, read_records
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.ladder import CallLadder
 from gateway.media.control import StreamCounters
 from gateway.media.controller import MediaError
 from gateway.operations import (
     BanLift,
     BanStatus,
+    CallLadderView,
     CallRecordStats,
     CallStatus,
     CertificateReload,
     CertificateStatus,
     ConfigCheck,
     ConfigReload,
+    LadderCall,
     MediaReading,
     ProviderStatus,
     RegistrationStatus,
@@ -180,6 +183,7 @@ class OperatorConsole:
         after_change: Callable[[], None],
         wall: Callable[[], float] = time.time,
         keep_events: int = 1000,
+        keep_ladders: int = 50,
     ) -> None:
         self._config = config
         self._core = core
@@ -194,6 +198,9 @@ class OperatorConsole:
         self._wall = wall
         self._started_at = wall()
         self._events: deque[CallEvent] = deque(maxlen=keep_events)
+        #: Both legs' SIP messages per call; the composition root feeds it every message it
+        #: receives or sends and every call event (``sent``, ``received``, ``event``).
+        self.ladder = CallLadder(keep_calls=keep_ladders)
 
     # -- fed by the composition root -----------------------------------------------------
 
@@ -385,6 +392,12 @@ class OperatorConsole:
 
     def recent_call_events(self) -> Sequence[CallEvent]:
         return tuple(self._events)
+
+    def call_ladder(self, ref: str) -> CallLadderView | None:
+        return self.ladder.view(ref, self._wall() - self._clock())
+
+    def ladder_calls(self) -> list[LadderCall]:
+        return self.ladder.calls(self._wall() - self._clock())
 
     # -- Operations ----------------------------------------------------------------------
 

@@ -3,9 +3,10 @@
 :class:`StatusView` is what the admin surface, the metrics, the call records and the demo may
 read: active calls with their state, parties, times and suite; registrations; bans; the
 provider link; certificates; the media workers and their counters; counters of the core, the
-policy engine and the call records. Every answer is a plain value or a frozen record, in Unix
-time, built afresh for each question: nothing handed out is a live object of a core, so no
-reader can change a core by accident or come to depend on its internals.
+policy engine and the call records; the per-call SIP ladders. Every answer is a plain value
+or a frozen record, in Unix time, built afresh for each question: nothing handed out is a live
+object of a core, so no reader can change a core by accident or come to depend on its
+internals.
 
 :class:`Operations` is what an operator may do to a running gateway: lift a ban, lift the
 spike lock, reload certificates, check the configuration file, reload it. Each returns a
@@ -31,12 +32,15 @@ __all__ = [
     "PACKET_FIELDS",
     "BanLift",
     "BanStatus",
+    "CallLadderView",
     "CallRecordStats",
     "CallStatus",
     "CertificateReload",
     "CertificateStatus",
     "ConfigCheck",
     "ConfigReload",
+    "LadderCall",
+    "LadderMessage",
     "MediaReading",
     "Operations",
     "ProviderStatus",
@@ -210,6 +214,64 @@ class CallRecordStats:
     file: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class LadderCall:
+    """A call the SIP ladder keeps (``gateway.ladder``): who, which Call-IDs, how it ended."""
+
+    #: The core's key of the call (None: refused before it started).
+    pair: str | None
+    #: The caller leg's Call-ID, and the one the gateway made for the other leg.
+    caller_call_id: str
+    callee_call_id: str | None
+    #: The same two Call-IDs by side: the phone's leg and the provider's leg.
+    lan_call_id: str | None
+    wan_call_id: str | None
+    #: "lan": a phone's call out; "wan": the provider's call in (None: not known).
+    from_side: str | None
+    method: str | None
+    caller: str | None
+    callee: str | None
+    #: Unix times of the first message and of the call's end (None: still going).
+    started: float
+    ended: float | None
+    #: The kind of event that ended it ("ended", "failed", "refused" ...).
+    outcome: str | None
+    #: Messages kept, and messages seen but not kept (over the per-call or memory bound).
+    messages: int
+    dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class LadderMessage:
+    """One SIP message of a call as the gateway received or sent it, secrets redacted."""
+
+    #: Unix time.
+    time: float
+    #: "lan" or "wan"; "in" (received by the gateway) or "out" (sent by it).
+    side: str
+    direction: str
+    transport: str
+    #: The far end's "host:port".
+    peer: str
+    call_id: str
+    #: Request or status line.
+    first_line: str
+    #: Via, From, To, Call-ID, CSeq, Contact, Warning, Reason ... in message order.
+    headers: tuple[tuple[str, str], ...]
+    #: The whole message, redacted (credentials, nonces, SDES keys).
+    text: str
+    #: The text was cut at the per-message bound.
+    truncated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CallLadderView:
+    """Both legs' messages of one call, in time order."""
+
+    call: LadderCall
+    messages: tuple[LadderMessage, ...]
+
+
 # --------------------------------------------------------------------------- operation results
 
 
@@ -323,6 +385,14 @@ class StatusView(Protocol):
 
     def recent_call_events(self) -> Sequence[CallEvent]:
         """The latest call events, oldest first (a bounded window)."""
+        ...
+
+    def call_ladder(self, ref: str) -> CallLadderView | None:
+        """The SIP ladder of a kept call, by its key or either leg's Call-ID."""
+        ...
+
+    def ladder_calls(self) -> list[LadderCall]:
+        """The calls whose ladders are kept (active and the last finished), newest first."""
         ...
 
 
