@@ -99,6 +99,59 @@ _CALL = {
 }
 
 
+_LADDER_CALL: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "pair": {"type": ["string", "null"], "description": "null: refused before it started"},
+        "call_ids": {
+            "type": "object",
+            "description": "the gateway's two Call-IDs of the call, by leg",
+            "properties": {
+                "lan": {"type": ["string", "null"]},
+                "wan": {"type": ["string", "null"]},
+            },
+        },
+        "caller_call_id": {"type": "string"},
+        "callee_call_id": {"type": ["string", "null"]},
+        "direction": {"type": ["string", "null"], "enum": ["outbound", "inbound", None]},
+        "method": {"type": ["string", "null"]},
+        "caller": {"type": ["string", "null"]},
+        "callee": {"type": ["string", "null"]},
+        "started": {"type": "string", "format": "date-time"},
+        "ended": {"type": ["string", "null"], "format": "date-time"},
+        "outcome": {"type": ["string", "null"], "description": "ended, failed, refused ..."},
+        "messages": {"type": "integer", "description": "messages kept"},
+        "dropped": {"type": "integer", "description": "messages seen over the bounds"},
+    },
+}
+
+_LADDER_MESSAGE = {
+    "type": "object",
+    "properties": {
+        "time": {"type": "string", "format": "date-time"},
+        "time_unix": {"type": "number"},
+        "side": {"type": "string", "enum": ["lan", "wan"]},
+        "direction": {"type": "string", "enum": ["in", "out"], "description": "as the gateway"},
+        "transport": {"type": "string"},
+        "peer": {"type": "string", "description": "host:port of the far end"},
+        "call_id": {"type": "string"},
+        "first_line": {"type": "string"},
+        "headers": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"name": {"type": "string"}, "value": {"type": "string"}},
+            },
+        },
+        "text": {
+            "type": "string",
+            "description": "the message with credentials, nonces and SDES keys redacted",
+        },
+        "truncated": {"type": "boolean"},
+    },
+}
+
+
 def openapi_document() -> dict[str, Any]:
     """The document as a dict (serialised by the handler)."""
     return {
@@ -140,6 +193,42 @@ def openapi_document() -> dict[str, Any]:
                     schema={
                         "type": "object",
                         "properties": {"calls": {"type": "array", "items": _CALL}},
+                    },
+                )
+            },
+            "/api/calls/{ref}/ladder": {
+                "get": {
+                    **_op(
+                        "Both legs' SIP messages of a call in time order, secrets redacted",
+                        "the call's ladder",
+                        schema={
+                            **_LADDER_CALL,
+                            "properties": {
+                                **_LADDER_CALL["properties"],
+                                "messages": {"type": "array", "items": _LADDER_MESSAGE},
+                                "kept": {"type": "integer"},
+                            },
+                        },
+                        extra={"404": _ok("no ladder kept for this call")},
+                    ),
+                    "parameters": [
+                        {
+                            "name": "ref",
+                            "in": "path",
+                            "required": True,
+                            "description": "the call's key (pair) or either leg's Call-ID",
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                }
+            },
+            "/api/ladders": {
+                "get": _op(
+                    "Calls whose SIP ladders are kept: active ones and the last finished",
+                    "calls",
+                    schema={
+                        "type": "object",
+                        "properties": {"calls": {"type": "array", "items": _LADDER_CALL}},
                     },
                 )
             },

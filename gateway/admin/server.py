@@ -42,6 +42,8 @@ from gateway.admin.views import (
     ban_views,
     call_views,
     certificate_views,
+    ladder_list,
+    ladder_view,
     provider_view,
     readiness,
     registration_views,
@@ -226,6 +228,19 @@ async def calls(request: web.Request) -> web.Response:
     return _json({"calls": call_views(_status(request), sample), "media_error": sample.error})
 
 
+async def call_ladder(request: web.Request) -> web.Response:
+    """One call's SIP ladder, both legs, by the call's key or either leg's Call-ID."""
+    ref = request.match_info["ref"]
+    found = ladder_view(_status(request), ref)
+    if found is None:
+        return _error(404, f"no ladder kept for {ref}")
+    return _json(found)
+
+
+async def ladders(request: web.Request) -> web.Response:
+    return _json({"calls": ladder_list(_status(request))})
+
+
 async def registrations(request: web.Request) -> web.Response:
     return _json({"registrations": registration_views(_status(request))})
 
@@ -360,6 +375,7 @@ async def status_page(request: web.Request) -> web.Response:
                 "media_error": sample.error,
             },
             "certificates": certificate_views(view),
+            "ladders": ladder_list(view)[:20],
             "bans": bans,
             "timeline": seen.timeline(time.time()),
             "events": seen.recent(limit=20),
@@ -422,6 +438,8 @@ def build_app(
         ("GET", "/api/ready", ready),
         ("GET", "/api/status", status_page),
         ("GET", "/api/calls", calls),
+        ("GET", "/api/calls/{ref}/ladder", call_ladder),
+        ("GET", "/api/ladders", ladders),
         ("GET", "/api/registrations", registrations),
         ("GET", "/api/bans", bans),
         ("DELETE", "/api/bans/{address}", lift_ban),

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.media.control import StreamCounters
-from gateway.operations import DROP_FIELDS, StatusView, stream_totals
+from gateway.operations import DROP_FIELDS, LadderCall, StatusView, stream_totals
 
 __all__ = [
     "MediaSample",
@@ -32,6 +32,8 @@ __all__ = [
     "ban_views",
     "call_views",
     "certificate_views",
+    "ladder_list",
+    "ladder_view",
     "provider_view",
     "readiness",
     "registration_views",
@@ -242,6 +244,64 @@ def call_views(status: StatusView, sample: MediaSample | None) -> list[dict[str,
             }
         )
     return views
+
+
+# --------------------------------------------------------------------------- SIP ladders
+
+
+def _ladder_call(call: LadderCall) -> dict[str, Any]:
+    direction = {"lan": "outbound", "wan": "inbound"}.get(call.from_side or "")
+    return {
+        "pair": call.pair,
+        "call_ids": {"lan": call.lan_call_id, "wan": call.wan_call_id},
+        "caller_call_id": call.caller_call_id,
+        "callee_call_id": call.callee_call_id,
+        "direction": direction,
+        "method": call.method,
+        "caller": call.caller,
+        "callee": call.callee,
+        "started": iso(call.started),
+        "started_unix": round(call.started, 3),
+        "ended": iso(call.ended),
+        "outcome": call.outcome,
+        "messages": call.messages,
+        "dropped": call.dropped,
+    }
+
+
+def ladder_list(status: StatusView) -> list[dict[str, Any]]:
+    """The calls whose SIP ladders are kept, newest first (no messages)."""
+    return [_ladder_call(call) for call in status.ladder_calls()]
+
+
+def ladder_view(status: StatusView, ref: str) -> dict[str, Any] | None:
+    """A call's SIP ladder by its key or either Call-ID: both legs' messages in time order,
+    already redacted by the gateway (no credentials, nonces or SDES keys)."""
+    found = status.call_ladder(ref)
+    if found is None:
+        return None
+    return {
+        **_ladder_call(found.call),
+        "messages": [
+            {
+                "time": dt.datetime.fromtimestamp(m.time, tz=dt.UTC).isoformat(
+                    timespec="milliseconds"
+                ),
+                "time_unix": round(m.time, 3),
+                "side": m.side,
+                "direction": m.direction,
+                "transport": m.transport,
+                "peer": m.peer,
+                "call_id": m.call_id,
+                "first_line": m.first_line,
+                "headers": [{"name": name, "value": value} for name, value in m.headers],
+                "text": m.text,
+                "truncated": m.truncated,
+            }
+            for m in found.messages
+        ],
+        "kept": found.call.messages,
+    }
 
 
 # --------------------------------------------------------------------------- the rest
