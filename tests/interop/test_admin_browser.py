@@ -22,9 +22,21 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from gateway.admin.observe import Observatory
+from gateway.admin.server import build_app
+from gateway.ladder import CallLadder
 from tests.admin_site import TOKEN, admin_site
 from tests.interop.peers import free_port
+from tests.ladder_call import (
+    LAN_CALL_ID,
+    SECRETS,
+    WAN_CALL_ID,
+    LadderStatusView,
+    NoOperations,
+    feed_call,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -257,3 +269,88 @@ async def test_status_page_in_a_real_browser(
             player.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await player
+
+
+async def test_a_calls_sip_ladder_in_a_real_browser(
+    tmp_path: Path, need: Callable[..., dict[str, str]]
+) -> None:
+    """The operator opens a call's ladder: both legs side by side, arrows with first lines,
+    a message's redacted text on a click, and no secret of the call anywhere on the page.
+
+    The admin application is the real one on 127.0.1.1; its status view is a stand-in whose
+    ladder was fed the golden call of tests/ladder_call.py (a challenge, SDES keys, a BYE).
+    """
+    binaries = need("chromium", "chromedriver")
+    ladder = CallLadder()
+    feed_call(ladder)
+    status = LadderStatusView(ladder, clock=lambda: 200.0)
+    runner = web.AppRunner(build_app(status, NoOperations(), Observatory(), TOKEN))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.1.1", 0).start()
+    base = "http://{}:{}".format(*next(iter(runner.addresses))[:2])
+    try:
+        async with browser(tmp_path, binaries) as wd:
+            await wd.call("POST", "/url", {"url": base + "/"})
+            assert await wd.until(lambda: wd.displayed("#login"))
+            await wd.type("#token", TOKEN)
+            await wd.click("#login-form button")
+            assert await wd.until(lambda: wd.displayed("#dashboard"))
+            assert not await wd.displayed("#ladder")
+
+            async def recent() -> str:
+                text = await wd.text("#ladders tbody")
+                return text if "ended" in text else ""
+
+            assert "19" in await wd.until(recent)
+            await wd.until(lambda: wd.find("#calls button[data-ladder]"))
+            await wd.click("#calls button[data-ladder]")
+            assert await wd.until(lambda: wd.displayed("#ladder"))
+
+            async def rows() -> int:
+                count = await wd.script(
+                    "return document.querySelectorAll('#ladder-table tr.msg').length;"
+                )
+                return int(count) if count == 19 else 0
+
+            await wd.until(rows)
+            assert await wd.text("#ladder-title") == "SIP ladder: 100 → 200 (outbound, ended)"
+            assert await wd.text("#ladder-lan-id") == f"Call-ID {LAN_CALL_ID}"
+            assert await wd.text("#ladder-wan-id") == f"Call-ID {WAN_CALL_ID}"
+            # Each message in its leg's column, the arrow pointing the way it went.
+            cells = await wd.script(
+                "return [...document.querySelectorAll('#ladder-table tr.msg')].map(tr => {"
+                "  const a = tr.querySelector('.arrow');"
+                "  return [tr.cells[1].textContent ? 'lan' : 'wan', a.className, a.textContent];"
+                "});"
+            )
+            assert cells[0] == ["lan", "arrow right", "INVITE sip:200@127.0.1.20 SIP/2.0"]
+            assert cells[1] == ["lan", "arrow left", "SIP/2.0 100 Trying"]
+            assert cells[2] == ["wan", "arrow right", "INVITE sip:200@provider.lab SIP/2.0"]
+            assert cells[3] == [
+                "wan",
+                "arrow left fail",
+                "SIP/2.0 407 Proxy Authentication Required",
+            ]
+            assert [c[0] for c in cells].count("lan") == 10
+            # A click shows the message as the gateway sent it, the key redacted.
+            await wd.click("#ladder-table tr.msg:nth-child(3)")
+            detail = await wd.until(lambda: wd.text("#ladder-table tr.detail pre"))
+            assert detail.startswith("sent to tls:127.0.1.30:5061")
+            assert "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:[redacted]|2^31" in detail
+            await wd.screenshot(ARTIFACTS / "admin-call-ladder.png")
+            # Every message open: all the text the page holds is on it.
+            await wd.script(
+                "for (const tr of document.querySelectorAll('#ladder-table tr.msg'))"
+                "  if (!tr.nextElementSibling?.classList.contains('detail')) tr.click();"
+            )
+            assert await wd.script("return document.querySelectorAll('tr.detail').length;") == 19
+            page = str(await wd.script("return document.body.innerText;"))
+            assert page.count("[redacted]") >= 6
+            for secret in SECRETS:
+                assert secret not in page
+            overflow = await wd.script("return document.documentElement.scrollWidth > innerWidth;")
+            assert overflow is False
+            await wd.click("#ladder-close")
+            assert not await wd.displayed("#ladder")
+    finally:
+        await runner.cleanup()

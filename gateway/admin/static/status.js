@@ -103,9 +103,18 @@ function render(s) {
       el("td", drops, "num"),
       el("td", (up.jitter_ms ?? 0).toFixed(1) + " / " + (down.jitter_ms ?? 0).toFixed(1) + " ms", "num"),
       el("td", (up.lost ?? 0) + " / " + (down.lost ?? 0), "num"),
+      ladderCell(call.pair),
     ]);
   }));
   $("calls-empty").hidden = s.calls.length > 0;
+  const ladders = s.ladders || [];
+  fill("ladders", ladders.map((c) => row([
+    time(c.started), c.caller || "?", c.callee || "?", c.direction || "–",
+    c.outcome || (c.ended ? "–" : "in progress"),
+    el("td", c.messages + (c.dropped ? " (+" + c.dropped + " not kept)" : ""), "num"),
+    ladderCell(c.pair || c.caller_call_id),
+  ])));
+  $("ladders-empty").hidden = ladders.length > 0;
 
   drawChart(s.timeline);
   fill("events", s.events.map((e) => row([
@@ -128,6 +137,78 @@ function render(s) {
     } else cell.textContent = "–";
     return row([String(w.worker), w.up ? String(w.pid) : "down", el("td", w.packets_per_second, "num"), cell]);
   }));
+}
+
+// ---- the SIP ladder of one call: LAN leg (phone ⇄ gateway) | WAN leg (gateway ⇄ provider)
+
+let ladderRef = null;
+
+function ladderCell(ref) {
+  const td = el("td");
+  const button = el("button", "ladder", "ladder-open");
+  button.type = "button";
+  button.dataset.ladder = ref;
+  td.appendChild(button);
+  return td;
+}
+
+function clock(unix) {
+  // Local time to the millisecond: retransmissions and timers are told apart by it.
+  const d = new Date(unix * 1000), two = (n) => String(n).padStart(2, "0");
+  return two(d.getHours()) + ":" + two(d.getMinutes()) + ":" + two(d.getSeconds()) + "." +
+    String(d.getMilliseconds()).padStart(3, "0");
+}
+
+function arrow(m) {
+  // Left to right is phone → gateway on the LAN leg and gateway → provider on the WAN leg.
+  const rightward = (m.side === "lan") === (m.direction === "in");
+  const status = /^SIP\/2\.0 (\d{3})/.exec(m.first_line);
+  const cls = "arrow " + (rightward ? "right" : "left") + (status && Number(status[1]) >= 400 ? " fail" : "");
+  return el("span", m.first_line, cls);
+}
+
+async function openLadder(ref) {
+  ladderRef = ref;
+  const t = token();
+  if (!t) { showLogin(""); return; }
+  const answer = await fetch("/api/calls/" + encodeURIComponent(ref) + "/ladder",
+    { headers: { Authorization: "Bearer " + t } });
+  if (answer.status === 401) { showLogin("Wrong token."); return; }
+  $("ladder").hidden = false;
+  if (!answer.ok) {
+    $("ladder-title").textContent = "SIP ladder: no longer kept";
+    fill("ladder-table", []);
+    return;
+  }
+  const l = await answer.json();
+  $("ladder-title").textContent = "SIP ladder: " + (l.caller || "?") + " → " + (l.callee || "?") +
+    " (" + (l.direction || "?") + ", " + (l.outcome || "in progress") + ")";
+  $("ladder-lan-id").textContent = "Call-ID " + (l.call_ids.lan || "–");
+  $("ladder-wan-id").textContent = "Call-ID " + (l.call_ids.wan || "–");
+  const rows = [];
+  for (const m of l.messages) {
+    const lan = el("td", null, "leg lan"), wan = el("td", null, "leg wan");
+    (m.side === "lan" ? lan : wan).appendChild(arrow(m));
+    const tr = row([el("td", clock(m.time_unix), "num"), lan, wan]);
+    tr.className = "msg " + m.side;
+    tr.title = m.direction === "in" ? "received from " + m.peer : "sent to " + m.peer;
+    tr.addEventListener("click", () => {
+      const next = tr.nextElementSibling;
+      if (next && next.classList.contains("detail")) { next.remove(); return; }
+      const detail = document.createElement("tr");
+      detail.className = "detail";
+      const td = el("td");
+      td.colSpan = 3;
+      td.appendChild(el("pre", (m.direction === "in" ? "received from " : "sent to ") +
+        m.transport + ":" + m.peer + (m.truncated ? " (cut)" : "") + "\n\n" + m.text));
+      detail.appendChild(td);
+      tr.after(detail);
+    });
+    rows.push(tr);
+  }
+  fill("ladder-table", rows);
+  $("ladder-dropped").textContent = l.dropped ? l.dropped + " more messages seen but not kept" : "";
+  $("ladder").scrollIntoView({ block: "start" });
 }
 
 function drawChart(buckets) {
@@ -169,7 +250,14 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("logout").addEventListener("click", () => {
     sessionStorage.removeItem("gateway-admin-token");
+    $("ladder").hidden = true;
     showLogin("");
   });
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-ladder]");
+    if (button) openLadder(button.dataset.ladder);
+  });
+  $("ladder-close").addEventListener("click", () => { $("ladder").hidden = true; ladderRef = null; });
+  $("ladder-reload").addEventListener("click", () => { if (ladderRef) openLadder(ladderRef); });
   refresh();
 });
