@@ -52,6 +52,7 @@ from gateway.sip.message import SipRequest, SipResponse, make_response, new_tag
 from gateway.sip.outgoing import Outgoing, Relay
 from gateway.sip.pair import RINGING, WINDING_DOWN, DialogPair, PairInput, PairState
 from gateway.sip.peer import Peer, Side
+from gateway.sip.redirect import redirect_contacts
 from gateway.sip.registrar import RESPONSE_COPY, Challenges
 from gateway.sip.registrations import RegistrationTable
 from gateway.sip.sdp_link import MediaLinks
@@ -465,6 +466,11 @@ class CallSetup:
         request = pair.initial_request()
         reply = make_response(request, status, response.reason, to_tag=pair.caller.local_tag)
         copy_headers(response, reply, RESPONSE_COPY)
+        if 300 <= status < 400:
+            # Redirect targets re-homed to the gateway: the phone's new INVITE comes back
+            # through admission and the dial plan (a redirect is no way around them).
+            for contact in redirect_contacts(response, self._edge, pair.caller_side):
+                reply.add("Contact", contact)
         if status in (401, 407) and pair.caller_side == Side.LAN and pair.method == "INVITE":
             # The phone will retry with credentials: keep the WAN leg's identity for it.
             pair.callee.remote = NameAddr(pair.callee.remote.display, pair.callee.remote.uri, {})

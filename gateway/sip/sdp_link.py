@@ -61,6 +61,7 @@ class MediaLink:
     def confirm(self, early_dialog: str) -> list[MediaCommand]:
         """Forking: keep the answer of the dialog that won, release the others (RFC 3264)."""
         self.call.confirm(early_dialog)
+        self.offer_from = None  # the answer is in: the next offer may come from either side
         return self._sync()
 
     def chosen_suite(self) -> SrtpSuite | None:

@@ -204,10 +204,6 @@ def test_t38_reinvite_from_the_provider_gets_488_and_nothing_reaches_the_phone()
     assert not h.media
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MediaLink.offer_from is not cleared when the initial exchange is confirmed",
-)
 def test_provider_reinvite_on_an_outbound_call_is_taken_as_an_offer() -> None:
     """After the phone's INVITE offer and the provider's 200 answer, the provider's own
     re-INVITE is a new offer (RFC 3264 §8): it must be re-keyed as one and answered with a
@@ -291,10 +287,6 @@ def redirect(invite: SipRequest, contact: str) -> SipResponse:
     return response
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs redirect_contacts() in CallSetup._relay_rejection (lead's file)",
-)
 def test_302_reaches_the_phone_with_its_target_rehomed_to_the_gateway() -> None:
     h = Harness()
     h.from_phone(phone_request("INVITE", body=phone_sdp()))
