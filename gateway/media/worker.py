@@ -638,8 +638,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", type=int)
     parser.add_argument("--realtime-priority", type=int, default=0)
     args = parser.parse_args(argv)
-    # Ctrl-C reaches the whole process group; the signalling process decides when we stop.
+    # Ctrl-C and a service manager's SIGTERM reach the whole process group (systemd's
+    # KillMode=control-group does so): the signalling process decides when we stop (Shutdown,
+    # or its end closing the control channel), so calls keep their media through its drain.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     run_worker(
         args.control_fd,
         lan_address=args.lan_address,

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import select
+import signal
 import socket
 import struct
 import threading
@@ -379,6 +380,27 @@ async def test_dead_worker_is_restarted_and_calls_reported() -> None:
         # The new worker serves calls; the dead one's ports are free again.
         await controller.open_stream("next", 0, StreamSpec(lan_port=lan_port, wan_port=wan_port))
         assert set(await controller.stats()) == {"next/0"}
+
+
+async def test_sigterm_to_the_process_group_leaves_the_workers_running() -> None:
+    """A service manager stops the gateway with SIGTERM to its whole process group: the
+    workers must keep the calls' media while the signalling process drains them (they ended
+    at once and were restarted mid-drain, "MEDIA WORKER 0 DIED (exit status -15)")."""
+    lost: asyncio.Queue[list[str]] = asyncio.Queue()
+    async with MediaController(
+        lan_address=LAN, wan_address=WAN, workers=1, on_worker_lost=lost.put_nowait
+    ) as controller:
+        with free_ports() as (lan_port, wan_port):
+            await controller.open_stream(
+                "kept", 0, StreamSpec(lan_port=lan_port, wan_port=wan_port)
+            )
+        (pid,) = controller.worker_pids()
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        # A stats round trip after the signal: the same worker answers, with the call.
+        assert set(await controller.stats()) == {"kept/0"}
+        assert controller.worker_pids() == [pid]
+        assert lost.empty()
 
 
 def test_media_socket_marks_dscp_ef_and_reports_bind_errors() -> None:
