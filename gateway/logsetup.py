@@ -38,11 +38,15 @@ class JsonLineFormatter(logging.Formatter):
         message = record.getMessage()
         if record.name in JSON_LOGGERS and message.startswith("{"):
             return message
-        return json.dumps(
-            {
-                "time": round(record.created, 3),
-                "level": record.levelname.lower(),
-                "logger": record.name,
-                "message": message,
-            }
-        )
+        line: dict[str, object] = {
+            "time": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": message,
+        }
+        if record.exc_info:
+            # A logged exception keeps its traceback: one JSON string, newlines escaped.
+            line["traceback"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(line)

@@ -11,6 +11,7 @@ weighted choice per RFC 2782) are applied here.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import random
 import socket
@@ -102,9 +103,11 @@ async def _addresses(host: str) -> list[str]:
     if _is_address(host):
         return [host.strip("[]")]
     found: list[str] = []
-    # The system resolver honours /etc/hosts, which labs and tests rely on.
+    # The system resolver honours /etc/hosts, which labs and tests rely on. It blocks, so it
+    # runs in the loop's executor: a slow DNS server must not stall all signalling.
+    loop = asyncio.get_running_loop()
     try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except socket.gaierror:
         return []
     for family, _, _, _, sockaddr in infos:

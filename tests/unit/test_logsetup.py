@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,17 @@ def test_each_call_event_is_one_json_line_with_its_fields(
     assert gw.observatory.calls_answered == 1
     assert gw.observatory.call_refusals == {"dialplan.intl": 1}
     assert [e.kind for e in gw.console.recent_call_events()] == ["answered", "refused"]
+
+
+def test_a_logged_exception_keeps_its_traceback_in_the_json_line() -> None:
+    formatter = JsonLineFormatter()
+    try:
+        raise ValueError("broken header")
+    except ValueError:
+        record = logging.getLogger("gateway").makeRecord(
+            "gateway", logging.ERROR, __file__, 1, "handling failed", (), sys.exc_info()
+        )
+    line = json.loads(formatter.format(record))
+    assert line["message"] == "handling failed"
+    assert "ValueError: broken header" in line["traceback"]
+    assert "Traceback (most recent call last)" in line["traceback"]

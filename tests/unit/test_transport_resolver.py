@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import socket
+import threading
 
+import pytest
+
+from gateway.transport import resolver
 from gateway.transport.resolver import Target, order_srv, resolve_provider
 
 
@@ -39,3 +45,22 @@ async def test_a_name_with_a_port_uses_the_system_resolver_only() -> None:
     targets = await resolve_provider("localhost", 5063)
     assert targets and all(t.port == 5063 and t.server_name == "localhost" for t in targets)
     assert {t.address for t in targets} <= {"127.0.0.1", "::1"}
+
+
+async def test_a_slow_name_server_does_not_stall_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Name look-ups run off the loop: while one waits, the rest of the gateway goes on (a
+    blocking getaddrinfo once stalled all signalling behind a slow DNS server)."""
+    release = threading.Event()
+
+    def slow_getaddrinfo(*args: object, **kwargs: object) -> list[tuple[object, ...]]:
+        release.wait(2.0)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.5", 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_getaddrinfo)
+    lookup = asyncio.create_task(resolver._addresses("sip.slow.example"))
+    await asyncio.sleep(0.05)  # the look-up has started and is waiting on the name server
+    assert not lookup.done()  # ... and this coroutine ran meanwhile
+    release.set()
+    assert await lookup == ["192.0.2.5"]
