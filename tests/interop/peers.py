@@ -1,5 +1,5 @@
 """Real SIP/RTP peers for interop tests: process control, TLS clients, kamailio, sipp, stunnel,
-baresip, rtpengine and packet capture.
+baresip, linphone, rtpengine and packet capture.
 
 Everything here starts programs as children of the test process (never daemonised), stops
 them by PID, waits for readiness by polling (a port, a log line, a predicate) with a bounded
@@ -30,6 +30,7 @@ import ctypes
 import ipaddress
 import json
 import os
+import pty
 import re
 import secrets
 import shutil
@@ -39,6 +40,7 @@ import ssl
 import string
 import struct
 import subprocess
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -1227,6 +1229,250 @@ class Baresip(ManagedProcess):
                     if msg.get("response") and msg.get("token") == token:
                         return dict(msg)
         raise self.fail(f"no ctrl_tcp response to {command!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# linphone
+
+
+#: Codecs liblinphone 5.1 enables unless its configuration says otherwise (all but PCMU get
+#: ``enabled=0`` so both ends of a test call settle on PCMU).
+_LINPHONE_OTHER_CODECS = (
+    ("opus", 48000, 2),
+    ("speex", 16000, 1),
+    ("speex", 8000, 1),
+    ("speex", 32000, 1),
+    ("PCMA", 8000, 1),
+    ("GSM", 8000, 1),
+    ("G722", 8000, 1),
+    ("G729", 8000, 1),
+)
+
+
+class Linphone(ManagedProcess):
+    """A headless ``linphonec`` (linphone-cli 5.1): a different SIP/media stack from baresip.
+
+    Headless recipe (worked out here, see docs/interop.md):
+
+    - Own ``HOME`` and configuration file (``-c``); ``HOME/.local/share/linphone`` must exist
+      or liblinphone logs that it cannot open its database (harmless, but noisy).
+    - ``[sip] auto_net_state_mon=0``: with only loopback, liblinphone's network monitor says
+      "Local loopback network only !" and never opens its SIP listening points.
+    - linphonec drives liblinphone's main loop from readline's idle hook, which only runs with
+      a terminal on stdin: with a pipe or /dev/null commands are read but the core never
+      iterates (no SIP port is bound, every call fails "No listening point"). So stdin is a
+      pseudo-terminal (echo off) and commands are written to its master side.
+    - No sound card: the console commands ``soundcard use files``, ``play WAV`` (what it sends)
+      and ``record WAV`` (what it hears, 48 kHz mono) replace the audio devices.
+    - ``[sip] supported=replaces``: with the default ``gruu`` its Contact becomes the
+      registrar's pub-gruu (no port, no transport) and in-dialog requests never reach it.
+    - ``autoanswer enable`` answers incoming calls; events ("Registration on ... successful",
+      "connected", "ended") are printed on stdout; the debug log (``-d 5``) goes to a file.
+    - TLS: ``[sip] root_ca`` is the test CA and ``verify_server_certs=1``; SRTP (SDES) with
+      ``media_encryption=srtp`` and ``media_encryption_mandatory=1``.
+
+    Run it in a :class:`NetNamespace`: the address it puts in SDP is its default route's.
+    """
+
+    def __init__(
+        self,
+        workdir: str | Path,
+        *,
+        user: str,
+        audio_file: str | Path,
+        proxy: tuple[str, int],
+        netns: str | None,
+        tls: bool = False,
+        srtp: bool = False,
+        pki: TestPki | None = None,
+        domain: str | None = None,
+        sip_port: int | None = None,
+        rtp_port: int | None = None,
+        regint: int = 60,
+        name: str | None = None,
+    ) -> None:
+        """Write the configuration; the account registers at ``proxy`` (UDP, or TLS with
+        ``tls``) as ``sip:user@domain`` (``domain`` defaults to the proxy's host:port)."""
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.user = user
+        self.audio_file = Path(audio_file)
+        self.tls = tls
+        self.record_path = self.workdir / "heard.wav"
+        self.log_path = self.workdir / "linphone.log"
+        self.config_path = self.workdir / "linphonerc"
+        home = self.workdir / "home"
+        (home / ".local" / "share" / "linphone").mkdir(parents=True, exist_ok=True)
+        self.sip_port = sip_port or free_port("127.0.0.1", proto="tcp" if tls else "udp")
+        self.rtp_port = rtp_port or free_port("127.0.0.1", span=2, proto="udp")
+        self.domain = domain or f"{proxy[0]}:{proxy[1]}"
+        transport = "tls" if tls else "udp"
+        sip = [
+            "[sip]",
+            "auto_net_state_mon=0",
+            f"sip_port={-1 if tls else self.sip_port}",
+            "sip_tcp_port=-1",
+            f"sip_tls_port={self.sip_port if tls else -1}",
+            "default_proxy=0",
+            "register_only_when_network_is_up=0",
+            "guess_hostname=1",
+            "inc_timeout=60",
+            # Without gruu: kamailio's registrar hands out a pub-gruu that linphonec then uses
+            # as its Contact (no port, no transport), and in-dialog requests (the ACK) that
+            # kamailio relays to it are lost.
+            "supported=replaces",
+            f"media_encryption={'srtp' if srtp else 'none'}",
+            f"media_encryption_mandatory={1 if srtp else 0}",
+        ]
+        if pki is not None:
+            sip += [f"root_ca={pki.ca_cert}", "verify_server_certs=1", "verify_server_cn=1"]
+        lines = [
+            *sip,
+            "",
+            "[rtp]",
+            f"audio_rtp_port={self.rtp_port}",
+            "nortp_timeout=30",
+            "",
+            "[sound]",
+            "echocancellation=0",
+            "",
+            "[video]",
+            "capture=0",
+            "display=0",
+            "automatically_initiate=0",
+            "automatically_accept=0",
+            "",
+            "[proxy_0]",
+            f"reg_proxy=<sip:{proxy[0]}:{proxy[1]};transport={transport}>",
+            # Calls to another host name than the proxy's would otherwise go out directly
+            # (over UDP); the route sends every request of the account through the proxy.
+            f"reg_route=<sip:{proxy[0]}:{proxy[1]};transport={transport};lr>",
+            f"reg_identity=sip:{user}@{self.domain}",
+            f"reg_expires={regint}",
+            "reg_sendregister=1",
+            "publish=0",
+            "avpf=0",
+            "",
+            "[audio_codec_0]",
+            "mime=PCMU",
+            "rate=8000",
+            "channels=1",
+            "enabled=1",
+        ]
+        for i, (mime, rate, channels) in enumerate(_LINPHONE_OTHER_CODECS, start=1):
+            lines += [
+                "",
+                f"[audio_codec_{i}]",
+                f"mime={mime}",
+                f"rate={rate}",
+                f"channels={channels}",
+                "enabled=0",
+            ]
+        self.config_path.write_text("\n".join(lines) + "\n")
+        self._pty_master: int | None = None
+        argv = ["linphonec", "-c", str(self.config_path), "-d", "5", "-l", str(self.log_path)]
+        super().__init__(
+            argv,
+            name=name or f"linphone-{user}",
+            logdir=self.workdir,
+            env={"HOME": str(home)},
+            netns=netns,
+        )
+
+    def start(self) -> Self:
+        """Start on a pseudo-terminal, switch to file audio, auto-answer, wait for the SIP
+        port; the caller waits for the registration (:meth:`wait_registered`)."""
+        if self.proc is not None:
+            raise PeerError(f"{self.name} already started")
+        master, slave = pty.openpty()
+        attrs = termios.tcgetattr(slave)
+        attrs[3] &= ~termios.ECHO  # what we type need not come back on the master side
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        env = {**os.environ, **(self.env or {})}
+        try:
+            with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+                self.proc = subprocess.Popen(
+                    self.argv,
+                    stdin=slave,
+                    stdout=out,
+                    stderr=err,
+                    cwd=self.cwd,
+                    env=env,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            os.close(master)
+            raise PeerError(f"{self.name}: cannot start {self.argv!r}: {exc}") from exc
+        finally:
+            os.close(slave)
+        self._pty_master = master
+        proto: Proto = "tcp" if self.tls else "udp"
+        self.wait_ready(log_regex=r"linphonec> ", timeout=15)
+        self.command("soundcard use files")
+        self.command(f"play {self.audio_file}")
+        self.command(f"record {self.record_path}")
+        self.command("autoanswer enable")
+        self.wait_ready(log_regex=r"Auto answer enabled", timeout=10)
+        self.wait_ready(port=self.sip_port, host="0.0.0.0", proto=proto, timeout=10)
+        return self
+
+    def command(self, line: str) -> None:
+        """Type one console command (``call URI``, ``terminate``, ``calls`` ...)."""
+        if self._pty_master is None or not self.running():
+            raise self.fail(f"not running, cannot send {line!r}")
+        os.write(self._pty_master, line.encode() + b"\n")
+
+    def call(self, uri: str) -> None:
+        """Dial ``uri`` through the registered account."""
+        self.command(f"call {uri}")
+
+    def hangup(self) -> None:
+        """End the current call."""
+        self.command("terminate")
+
+    def wait_registered(self, timeout: float = 15.0) -> None:
+        """Wait until liblinphone logs the account in ``LinphoneRegistrationOk`` (linphonec
+        prints nothing on its console for it unless started with ``-S``)."""
+        self.wait_ready(lambda: "to [LinphoneRegistrationOk]" in self.debug_log(), timeout=timeout)
+
+    def wait_established(self, timeout: float = 15.0) -> None:
+        """Wait until the call's media streams run."""
+        self.wait_log(r"Media streams established", timeout)
+
+    def wait_terminated(self, timeout: float = 15.0) -> None:
+        """Wait until linphonec reports the call ended."""
+        self.wait_log(r"Call \d+ with \S+ ended", timeout)
+
+    def debug_log(self) -> str:
+        """liblinphone's debug log so far."""
+        try:
+            return self.log_path.read_text("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 25) -> str:
+        """Console output plus the tail of the debug log (without ALSA's complaints)."""
+        debug = [ln for ln in self.debug_log().splitlines() if "alsa" not in ln]
+        return (
+            super().log_tail(lines)
+            + f"\n--- debug log (last {lines}):\n"
+            + "\n".join(debug[-lines:])
+        )
+
+    def stop(self, grace: float = 3.0) -> int | None:
+        """``quit`` (linphonec closes the call and its recording), then stop by PID."""
+        if self.running() and self._pty_master is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._pty_master, b"quit\n")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                if self.proc is not None:
+                    self.proc.wait(grace)
+        try:
+            return super().stop(grace)
+        finally:
+            if self._pty_master is not None:
+                os.close(self._pty_master)
+                self._pty_master = None
 
 
 # ---------------------------------------------------------------------------------------------
