@@ -89,31 +89,44 @@ _NOT_CALLS = frozenset({"REGISTER", "OPTIONS"})
 # --------------------------------------------------------------------------- redaction
 
 _REDACTED = "[redacted]"
-_CREDENTIALS = frozenset({"authorization", "proxy-authorization"})
-_AUTH_HEADERS = _CREDENTIALS | {
+#: Headers whose value is a credential, and every header that carries digest parameters.
+_CREDENTIALS = ("authorization", "proxy-authorization")
+_AUTH_HEADERS = (
+    *_CREDENTIALS,
     "www-authenticate",
     "proxy-authenticate",
     "authentication-info",
     "proxy-authentication-info",
-}
-_HEADER_NAME = re.compile(r"([A-Za-z0-9!%*_+`'~.-]+)[ \t]*:")
-#: Digest parameters that prove knowledge of the password or let a response be replayed.
-_DIGEST_SECRET = re.compile(
-    r"(?<![\w-])(response|nonce|cnonce|nc|opaque|nextnonce|rspauth)([ \t]*=[ \t]*)"
-    r"(\"(?:[^\"\\\r\n]|\\.)*\"|[^\s,]+)",
-    re.IGNORECASE,
 )
+#: Digest parameters that prove knowledge of the password or let a response be replayed.
+_SECRET_PARAMS = frozenset({"response", "nonce", "cnonce", "nc", "opaque", "nextnonce", "rspauth"})
+#: One auth-param (RFC 3261 §25.1): a quoted value is taken whole, so a parameter name inside
+#: a quoted string is never mistaken for one.
+_AUTH_PARAM = re.compile(r"([A-Za-z0-9_-]+)([ \t]*=[ \t]*)(\"(?:[^\"\\\r\n]|\\.)*\"|[^\s,]+)")
 _SCHEME = re.compile(r"([ \t]*)([!#$%&'*+.^_`|~0-9A-Za-z-]+)(.*)", re.DOTALL)
+_CRYPTO_LINE = re.compile(r"^a=crypto:[^\r\n]*", re.IGNORECASE | re.MULTILINE)
 _CRYPTO_KEY = re.compile(r"(inline:)[^|;\s]+", re.IGNORECASE)
-_KEY_MGMT = re.compile(r"^(a=key-mgmt:[ \t]*[^ \t\r\n]+)[ \t]+[^\r\n]*", re.IGNORECASE)
-_SDP_KEY = re.compile(r"^k=([a-z0-9-]+):[^\r\n]*", re.IGNORECASE)
+_KEY_MGMT = re.compile(
+    r"^(a=key-mgmt:[ \t]*[^ \t\r\n]+)[ \t]+[^\r\n]*", re.IGNORECASE | re.MULTILINE
+)
+_SDP_KEY = re.compile(r"^k=([a-z0-9-]+):[^\r\n]*", re.IGNORECASE | re.MULTILINE)
 _URI_PASSWORD = re.compile(r"(sips?:[^:@;>\s\"]+):[^@;>\s\"]+@", re.IGNORECASE)
+#: A URI with a password, looked for in the lowercased text (a literal prefix is fast to find).
+_URI_PASSWORD_LOWER = re.compile(r"sips?:[^:@;>\s\"]+:[^@;>\s\"]+@")
+#: Markers of something to redact, looked for in the lowercased text; most messages have
+#: none and come back as they are.
+_MARKERS = ("authori", "authent", "a=crypto", "a=key-mgmt", "\nk=")
 
 
-def _digest_value(match: re.Match[str]) -> str:
-    quoted = match.group(3).startswith('"')
-    value = f'"{_REDACTED}"' if quoted else _REDACTED
+def _secret_param(match: re.Match[str]) -> str:
+    if match.group(1).lower() not in _SECRET_PARAMS:
+        return match.group(0)
+    value = f'"{_REDACTED}"' if match.group(3).startswith('"') else _REDACTED
     return match.group(1) + match.group(2) + value
+
+
+def _scrub_params(value: str) -> str:
+    return _AUTH_PARAM.sub(_secret_param, value)
 
 
 def _redact_credentials(value: str) -> str:
@@ -124,8 +137,48 @@ def _redact_credentials(value: str) -> str:
         return _REDACTED
     blank, scheme, rest = parts.groups()
     if scheme.lower() == "digest":
-        return _DIGEST_SECRET.sub(_digest_value, value)
+        return _scrub_params(value)
     return f"{blank}{scheme} {_REDACTED}" if rest.strip() else value
+
+
+def _auth_spans(lowered: str) -> list[tuple[int, int, int, bool]]:
+    """(name start, value start, value end, is a credential) of each auth header in a
+    lowercased header section, continuation lines (RFC 3261 §7.3.1) included."""
+    spans = []
+    for name in _AUTH_HEADERS:
+        start = 0
+        while (found := lowered.find("\n" + name, start)) >= 0:
+            start = found + 1
+            colon = found + 1 + len(name)
+            while lowered[colon : colon + 1] in (" ", "\t"):
+                colon += 1
+            if lowered[colon : colon + 1] != ":":
+                continue  # a longer name that starts the same way
+            end = lowered.find("\n", colon)
+            while end >= 0 and lowered[end + 1 : end + 2] in (" ", "\t"):
+                end = lowered.find("\n", end + 1)
+            end = len(lowered) if end < 0 else end
+            if lowered[end - 1 : end] == "\r":
+                end -= 1
+            spans.append((found + 1, colon + 1, end, name in _CREDENTIALS))
+    return sorted(spans)
+
+
+def _redact_auth_headers(head: str, lowered: str) -> str:
+    if len(lowered) != len(head):
+        # Lowercasing changed lengths (rare non-ASCII): positions would not carry over.
+        lowered = "".join(c if len(c.lower()) != 1 else c.lower() for c in head)
+    pieces: list[str] = []
+    done = 0
+    for _, value_at, end, credential in _auth_spans(lowered):
+        value = head[value_at:end]
+        pieces += [
+            head[done:value_at],
+            _redact_credentials(value) if credential else _scrub_params(value),
+        ]
+        done = end
+    pieces.append(head[done:])
+    return "".join(pieces)
 
 
 def _split_lines(text: str) -> list[str]:
@@ -135,46 +188,29 @@ def _split_lines(text: str) -> list[str]:
 def redact(text: str) -> str:
     """``text`` (a whole SIP message) with every secret replaced by ``[redacted]``.
 
-    Pure and idempotent. Header lines are told from body lines by the first empty line;
-    a folded header line (RFC 3261 §7.3.1) is redacted as part of the header it continues.
+    Pure and idempotent. Headers are told from the body by the first empty line; a folded
+    header line (RFC 3261 §7.3.1) is redacted as part of the header it continues.
     """
-    out: list[str] = []
-    in_headers = True
-    first = True
-    header = ""
-    for line in _split_lines(text):
-        bare = line.rstrip("\r\n")
-        ending = line[len(bare) :]
-        if first:
-            first = False
-        elif in_headers and not bare:
-            in_headers = False
-        elif in_headers:
-            if bare[:1] in (" ", "\t"):
-                if header in _CREDENTIALS:
-                    # A continuation of a credential: its parameters go as the header's do.
-                    bare = _DIGEST_SECRET.sub(_digest_value, bare)
-                elif header in _AUTH_HEADERS:
-                    bare = _DIGEST_SECRET.sub(_digest_value, bare)
-            else:
-                named = _HEADER_NAME.match(bare)
-                header = named.group(1).lower() if named is not None else ""
-                if named is not None and header in _CREDENTIALS:
-                    bare = bare[: named.end()] + _redact_credentials(bare[named.end() :])
-                elif named is not None and header in _AUTH_HEADERS:
-                    bare = bare[: named.end()] + _DIGEST_SECRET.sub(
-                        _digest_value, bare[named.end() :]
-                    )
-        else:
-            lowered = bare[:12].lower()
-            if lowered.startswith("a=crypto:"):
-                bare = _CRYPTO_KEY.sub(r"\1" + _REDACTED, bare)
-            elif lowered.startswith("a=key-mgmt:"):
-                bare = _KEY_MGMT.sub(r"\1 " + _REDACTED, bare)
-            elif lowered.startswith("k="):
-                bare = _SDP_KEY.sub(r"k=\1:" + _REDACTED, bare)
-        out.append(_URI_PASSWORD.sub(r"\1:" + _REDACTED + "@", bare) + ending)
-    return "".join(out)
+    lowered = text.lower()
+    password = _URI_PASSWORD_LOWER.search(lowered) is not None
+    if not password and not any(marker in lowered for marker in _MARKERS):
+        return text
+    cut = text.find("\r\n\r\n")
+    cut = cut + 4 if cut >= 0 else text.find("\n\n") + 2
+    if cut < 2:
+        cut = len(text)
+    head, body = text[:cut], text[cut:]
+    if "authent" in lowered[:cut] or "authori" in lowered[:cut]:
+        head = _redact_auth_headers(head, lowered[:cut])
+    low_body = lowered[cut:]
+    if "a=crypto" in low_body:
+        body = _CRYPTO_LINE.sub(lambda m: _CRYPTO_KEY.sub(r"\1" + _REDACTED, m.group(0)), body)
+    if "a=key-mgmt" in low_body:
+        body = _KEY_MGMT.sub(r"\1 " + _REDACTED, body)
+    if "k=" in low_body:
+        body = _SDP_KEY.sub(r"k=\1:" + _REDACTED, body)
+    text = head + body
+    return _URI_PASSWORD.sub(r"\1:" + _REDACTED + "@", text) if password else text
 
 
 def _header_lines(text: str) -> Iterator[tuple[str, str]]:
@@ -208,16 +244,28 @@ def ladder_headers(text: str) -> tuple[tuple[str, str], ...]:
     )
 
 
-def _call_id_and_method(text: str) -> tuple[str | None, str | None]:
-    call_id = method = None
-    for name, value in _header_lines(text):
-        if name == "call-id":
-            call_id = value or None
-        elif name == "cseq":
-            method = value.rpartition(" ")[2].upper() or None
-        if call_id is not None and method is not None:
-            break
-    return call_id, method
+def _header_value(head: bytes, lowered: bytes, names: tuple[bytes, ...]) -> bytes | None:
+    """The first value of a header (any of ``names``, lowercase) in a header section."""
+    for name in names:
+        start = 0
+        while (found := lowered.find(b"\n" + name, start)) >= 0:
+            start = found + 1
+            after = found + 1 + len(name)
+            while lowered[after : after + 1] in (b" ", b"\t"):
+                after += 1
+            if lowered[after : after + 1] == b":":
+                end = head.find(b"\n", after)
+                return head[after + 1 : end if end >= 0 else len(head)].strip()
+    return None
+
+
+def _call_id_and_method(head: bytes) -> tuple[str | None, str | None]:
+    """Call-ID and CSeq method of a message's header section (enough to file it)."""
+    lowered = head.lower()
+    call_id = _header_value(head, lowered, (b"call-id", b"i"))
+    cseq = _header_value(head, lowered, (b"cseq",))
+    method = cseq.rpartition(b" ")[2].decode("ascii", errors="replace").upper() if cseq else ""
+    return (call_id.decode("utf-8", errors="replace") or None if call_id else None), method or None
 
 
 # --------------------------------------------------------------------------- the ladder
@@ -402,8 +450,7 @@ class CallLadder:
         self._last_now = now
         raw = data if isinstance(data, bytes) else bytes(data)
         # The header section is enough to file a message: decode the rest only if kept.
-        head = raw.split(b"\r\n\r\n", 1)[0]
-        call_id, method = _call_id_and_method(head.decode("utf-8", errors="replace"))
+        call_id, method = _call_id_and_method(raw.split(b"\r\n\r\n", 1)[0])
         if call_id is None:
             return
         trace = self._by_call_id.get(call_id)

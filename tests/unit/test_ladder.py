@@ -8,8 +8,12 @@ them into Unix time with the offset it is given.
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import asdict
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.ladder import CallLadder, ladder_headers, redact
 from gateway.sip.call_events import CallEnded, CallRefused, CallStarted
@@ -351,3 +355,47 @@ def test_no_secret_fed_in_comes_out_of_any_view() -> None:
     # The redacted places are still there to read.
     assert "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:[redacted]|2^31" in dumped
     assert 'response=\\"[redacted]\\"' in dumped
+
+
+def test_header_case_quoted_parameters_and_non_ascii_text() -> None:
+    text = (
+        "INVITE sip:x SIP/2.0\r\n"
+        "Subject: caf\u00e9 \u0130stanbul\r\n"
+        f'PROXY-AUTHORIZATION: DIGEST Username="a", URI="sip:x;nonce=kept", RESPONSE="{DIGEST_RESPONSE}"\r\n'
+        "Proxy-Authorization-Extra: response=not-an-auth-header\r\n"
+        "\r\n"
+    )
+    out = redact(text)
+    assert DIGEST_RESPONSE not in out and 'RESPONSE="[redacted]"' in out
+    assert 'URI="sip:x;nonce=kept"' in out  # a name inside a quoted value is not a parameter
+    assert "response=not-an-auth-header" in out
+    assert "caf\u00e9 \u0130stanbul" in out
+
+
+_B64 = st.binary(min_size=30, max_size=46).map(lambda b: base64.b64encode(b).decode())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    key=_B64,
+    response=st.text("0123456789abcdef", min_size=32, max_size=32),
+    nonce=st.text("0123456789abcdefABCDEF+/=", min_size=16, max_size=40),
+    fold=st.booleans(),
+    upper=st.booleans(),
+)
+def test_no_key_or_digest_survives_redaction(
+    key: str, response: str, nonce: str, fold: bool, upper: bool
+) -> None:
+    gap = ",\r\n " if fold else ", "
+    name = "PROXY-AUTHORIZATION" if upper else "Proxy-Authorization"
+    text = (
+        "INVITE sip:200@provider.lab SIP/2.0\r\nCall-ID: c\r\n"
+        f'{name}: Digest username="100"{gap}nonce="{nonce}"{gap}response="{response}"\r\n'
+        f"WWW-Authenticate: Digest nonce={nonce}\r\n"
+        "Content-Type: application/sdp\r\n\r\n"
+        f"v=0\r\na=crypto:7 AES_256_CM_HMAC_SHA1_80 inline:{key}|2^31\r\n"
+    )
+    out = redact(text)
+    assert key not in out and response not in out and nonce not in out
+    assert "a=crypto:7 AES_256_CM_HMAC_SHA1_80 inline:[redacted]|2^31" in out
+    assert redact(out) == out
