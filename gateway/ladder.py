@@ -165,6 +165,7 @@ def _auth_spans(lowered: str) -> list[tuple[int, int, int, bool]]:
 
 
 def _redact_auth_headers(head: str, lowered: str) -> str:
+    """``head`` with the secrets of its auth headers redacted; ``lowered`` is its lowercase."""
     if len(lowered) != len(head):
         # Lowercasing changed lengths (rare non-ASCII): positions would not carry over.
         lowered = "".join(c if len(c.lower()) != 1 else c.lower() for c in head)
@@ -188,28 +189,23 @@ def _split_lines(text: str) -> list[str]:
 def redact(text: str) -> str:
     """``text`` (a whole SIP message) with every secret replaced by ``[redacted]``.
 
-    Pure and idempotent. Headers are told from the body by the first empty line; a folded
-    header line (RFC 3261 §7.3.1) is redacted as part of the header it continues.
+    Pure and idempotent. A folded header line (RFC 3261 §7.3.1) is redacted as part of the
+    header it continues. Header and body are not told apart on purpose: a message that lost
+    its empty line still has its SDP keys redacted, and a request quoted in a body
+    (message/sipfrag) still has its credentials redacted.
     """
     lowered = text.lower()
     password = _URI_PASSWORD_LOWER.search(lowered) is not None
     if not password and not any(marker in lowered for marker in _MARKERS):
         return text
-    cut = text.find("\r\n\r\n")
-    cut = cut + 4 if cut >= 0 else text.find("\n\n") + 2
-    if cut < 2:
-        cut = len(text)
-    head, body = text[:cut], text[cut:]
-    if "authent" in lowered[:cut] or "authori" in lowered[:cut]:
-        head = _redact_auth_headers(head, lowered[:cut])
-    low_body = lowered[cut:]
-    if "a=crypto" in low_body:
-        body = _CRYPTO_LINE.sub(lambda m: _CRYPTO_KEY.sub(r"\1" + _REDACTED, m.group(0)), body)
-    if "a=key-mgmt" in low_body:
-        body = _KEY_MGMT.sub(r"\1 " + _REDACTED, body)
-    if "k=" in low_body:
-        body = _SDP_KEY.sub(r"k=\1:" + _REDACTED, body)
-    text = head + body
+    if "authent" in lowered or "authori" in lowered:
+        text = _redact_auth_headers(text, lowered)
+    if "a=crypto" in lowered:
+        text = _CRYPTO_LINE.sub(lambda m: _CRYPTO_KEY.sub(r"\1" + _REDACTED, m.group(0)), text)
+    if "a=key-mgmt" in lowered:
+        text = _KEY_MGMT.sub(r"\1 " + _REDACTED, text)
+    if "\nk=" in lowered:
+        text = _SDP_KEY.sub(r"k=\1:" + _REDACTED, text)
     return _URI_PASSWORD.sub(r"\1:" + _REDACTED + "@", text) if password else text
 
 

@@ -399,3 +399,13 @@ def test_no_key_or_digest_survives_redaction(
     assert key not in out and response not in out and nonce not in out
     assert "a=crypto:7 AES_256_CM_HMAC_SHA1_80 inline:[redacted]|2^31" in out
     assert redact(out) == out
+
+
+def test_keys_in_a_message_without_its_empty_line_and_credentials_in_a_sipfrag() -> None:
+    broken = f"INVITE sip:x SIP/2.0\r\nCall-ID: c\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{OFFER_KEY}"
+    assert OFFER_KEY not in redact(broken)
+    notify = (
+        "NOTIFY sip:x SIP/2.0\r\nContent-Type: message/sipfrag\r\n\r\n"
+        f'INVITE sip:y SIP/2.0\r\nAuthorization: Digest username="1", response="{DIGEST_RESPONSE}"\r\n'
+    )
+    assert DIGEST_RESPONSE not in redact(notify)
