@@ -1586,9 +1586,15 @@ class Rtpengine(ManagedProcess):
         return self
 
     def ng(self, message: Mapping[str, Any], timeout: float = 3.0) -> dict[str, Any]:
-        """Send one ng command and return the decoded reply dict."""
+        """Send one ng command and return the decoded reply dict (from inside the process's
+        network namespace when it runs in one)."""
         cookie = secrets.token_hex(6).encode()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        sock = (
+            NetNamespace(self.netns).socket(socket.AF_INET, socket.SOCK_DGRAM)
+            if self.netns
+            else socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        )
+        with sock as s:
             s.settimeout(timeout)
             s.sendto(cookie + b" " + bencode(message), (self.interface, self.ng_port))
             while True:
