@@ -161,10 +161,10 @@ def invites_from_gateway(kam: Kamailio) -> list[str]:
 
 
 def provider_far_end(
-    tmp_path: Path, procs: ProcessSet, pki: TestPki, kam: Kamailio, user: str
+    tmp_path: Path, procs: ProcessSet, pki: TestPki, kam: Kamailio, user: str, *, calls: int = 1
 ) -> Sipp:
     """A provider-side party: sipp on FAR_END (TCP) behind stunnel (TLS), registered at
-    ``kam`` as ``user``; it answers one call with SRTP."""
+    ``kam`` as ``user``; it answers ``calls`` calls with SRTP."""
     port = free_port(FAR_END, proto="tcp")
     tunnel = Stunnel(tmp_path / "stunnel", pki)
     inbound = tunnel.add_server((FAR_END, port)).accept  # kamailio -> TLS -> sipp's TCP
@@ -179,6 +179,7 @@ def provider_far_end(
             transport="t1",
             user=user,
             contact=contact,
+            calls=calls,
             name="far-end",
             params={"crypto_key": srtp_key()},
         )
@@ -189,7 +190,8 @@ def provider_far_end(
 
 class RefusingProvider:
     """A provider whose TLS link is up (it answers keep-alives, RFC 5626 §4.4.1) but who
-    answers every INVITE with 100 Trying, then 503: a trunk that cannot take calls now.
+    answers every INVITE with 100 Trying, then 503: a trunk that cannot take calls now. With
+    ``silent`` set it answers INVITEs with nothing at all (a provider that hangs).
 
     Runs on threads of the test process: one accepting, one per connection.
     """
@@ -200,8 +202,9 @@ class RefusingProvider:
         self.context.load_cert_chain(cert, key)
         self.listener = socket.create_server((host, 0))
         self.address: tuple[str, int] = self.listener.getsockname()[:2]
-        #: Start lines of the requests received, in order.
+        #: The requests received (head and body), in order.
         self.received: list[str] = []
+        self.silent = False
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._conns: list[socket.socket] = []
@@ -263,9 +266,9 @@ class RefusingProvider:
                 return buf
             buf = rest[length:]
             lines = head.decode("utf-8", "replace").split("\r\n")
-            self.received.append(lines[0])
+            self.received.append((head + b"\r\n\r\n" + rest[:length]).decode("utf-8", "replace"))
             method = lines[0].split(" ", 1)[0]
-            if method == "ACK":
+            if method == "ACK" or (method == "INVITE" and self.silent):
                 continue
             if method == "INVITE":
                 tls.sendall(self._response(lines, "100 Trying", to_tag=False))
@@ -385,32 +388,82 @@ def test_primary_503_fails_over_to_backup(
     tmp_path: Path,
 ) -> None:
     """Primary is up (verified TLS, keep-alives answered) but answers the INVITE with 100 and
-    then 503. The gateway ACKs the 503, sends the call to backup (kamailio), where a
-    provider-side party answers it; phone A sees 200 and never the 503, and the gateway's
-    JSON log has a "failover" event from primary to backup."""
+    then 503. The gateway ACKs the 503 and sends the call to backup (kamailio) with fresh SRTP
+    keys, where a provider-side party answers it; phone A sees 200 and never the 503, and the
+    gateway's JSON log has a "failover" event from primary to backup. The next call skips
+    primary (it failed a call less than ``down_for`` ago) and goes straight to backup."""
     need("stunnel")
     backup = procs.start(Kamailio(tmp_path / "kam-backup", pki))
     host, port = refuser.address
     gw = start_gateway(
         gateway,
-        [trunk("primary", port, pki, host=host), trunk("backup", backup.tls_port, pki)],
+        [
+            trunk("primary", port, pki, host=host, down_for=300.0),
+            trunk("backup", backup.tls_port, pki),
+        ],
+    )
+    far = provider_far_end(tmp_path, procs, pki, backup, "2000", calls=2)
+    first = phone_a_calls(tmp_path, procs, gw, "2000", name="call-1")
+    first.wait_done(20, expect_success=1)
+
+    # Primary got the INVITE and the ACK of its 503; backup carried the call.
+    starts = [r.split("\r\n", 1)[0] for r in refuser.received]
+    assert starts == [f"INVITE sip:2000@{PROVIDER} SIP/2.0", f"ACK sip:2000@{PROVIDER} SIP/2.0"]
+    assert invites_from_gateway(backup) == [f"sip:2000@{PROVIDER}"], backup.stderr()[-2000:]
+    got = sipp_messages(first)
+    assert responses(got, 200, "INVITE") and not responses(got, 503), got
+    [failover] = gateway_events(gw, "failover")
+    assert failover["from_trunk"] == "primary" and failover["to_trunk"] == "backup", failover
+    assert "503" in failover["reason"], failover
+    # Each trunk got its own SRTP master key (RFC 4568 §6.1: fresh for every offer).
+    [to_backup] = requests(sipp_messages(far), "INVITE")
+    primary_keys = re.findall(r"inline:([^|\s]+)", refuser.received[0])
+    backup_keys = re.findall(r"inline:([^|\s]+)", to_backup)
+    assert primary_keys and backup_keys and not set(primary_keys) & set(backup_keys)
+
+    second = phone_a_calls(tmp_path, procs, gw, "2000", name="call-2")
+    second.wait_done(20, expect_success=1)
+    far.wait_done(10, expect_success=2)
+    assert len(refuser.received) == 2, refuser.received  # primary skipped: nothing more
+    assert len(invites_from_gateway(backup)) == 2, backup.stderr()[-2000:]
+    assert len(gateway_events(gw, "failover")) == 1
+    assert len(gateway_events(gw, "answered")) == 2
+
+
+def test_silent_primary_times_out_to_backup(
+    peers: None,
+    need: Need,
+    pki: TestPki,
+    refuser: RefusingProvider,
+    gateway: GatewayFactory,
+    procs: ProcessSet,
+    tmp_path: Path,
+) -> None:
+    """Primary's link is up but it never answers the INVITE: after primary's answer_timeout
+    the call goes to backup (the silent attempt is abandoned, not cancelled: §9.1 allows no
+    CANCEL before a provisional) and is answered there; the failover event says why."""
+    need("stunnel")
+    refuser.silent = True
+    backup = procs.start(Kamailio(tmp_path / "kam-backup", pki))
+    host, port = refuser.address
+    gw = start_gateway(
+        gateway,
+        [
+            trunk("primary", port, pki, host=host, answer_timeout=1.0),
+            trunk("backup", backup.tls_port, pki),
+        ],
     )
     far = provider_far_end(tmp_path, procs, pki, backup, "2000")
     call = phone_a_calls(tmp_path, procs, gw, "2000", name="call-2000")
     call.wait_done(20, expect_success=1)
     far.wait_done(10, expect_success=1)
 
-    # Primary got the INVITE (and the ACK of its 503); backup carried the call.
-    assert [r.split(" ", 1)[0] for r in refuser.received] == ["INVITE", "ACK"], refuser.received
-    assert refuser.received[0] == f"INVITE sip:2000@{PROVIDER} SIP/2.0"
+    assert [r.split(" ", 1)[0] for r in refuser.received] == ["INVITE"], refuser.received
     assert invites_from_gateway(backup) == [f"sip:2000@{PROVIDER}"], backup.stderr()[-2000:]
-    got = sipp_messages(call)
-    assert responses(got, 200, "INVITE") and not responses(got, 503), got
     [failover] = gateway_events(gw, "failover")
     assert failover["from_trunk"] == "primary" and failover["to_trunk"] == "backup", failover
-    assert "503" in failover["reason"], failover
+    assert failover["reason"] == "no response in 1 s", failover
     assert len(gateway_events(gw, "answered")) == 1
-    assert requests(sipp_messages(far), "INVITE")
 
 
 # ---------------------------------------------------------------------------------------------
