@@ -145,7 +145,10 @@ class Gateway:
             wan_state=lambda: self.wan_state,
             clock=self._clock,
             after_change=self._flush,
+            keep_ladders=config.admin.ladder_calls,
         )
+        #: Both legs' SIP of recent calls, redacted, for the operator (TLS hides the WAN leg).
+        self.ladder = self.console.ladder
         self.admin: Any = None  # gateway.admin.server.AdminServer when [admin] is enabled
 
     # ------------------------------------------------------------- lifecycle
@@ -286,7 +289,9 @@ class Gateway:
             log.debug(
                 "recv lan:udp:%s:%d: %s", *addr, data.split(b"\r\n", 1)[0].decode(errors="replace")
             )
-        self.core.receive_datagram(Peer(Side.LAN, "udp", addr), data, self._now(), self._wall())
+        peer = Peer(Side.LAN, "udp", addr)
+        self.ladder.received(peer, data, self._now())
+        self.core.receive_datagram(peer, data, self._now(), self._wall())
         self._flush()
 
     def _new_stream(self, side: Side, *, accepted: bool = False) -> SipStreamConnection:
@@ -324,7 +329,9 @@ class Gateway:
             return
         if log.isEnabledFor(logging.DEBUG):
             log.debug("recv %s: %s", self._stream_peer(side, conn), message.start_line())
-        self.core.receive_message(self._stream_peer(side, conn), message, self._now(), self._wall())
+        peer = self._stream_peer(side, conn)
+        self.ladder.received(peer, message, self._now())
+        self.core.receive_message(peer, message, self._now(), self._wall())
         self._flush()
 
     def _listener_allowed(self, conn: SipStreamConnection) -> bool:
@@ -414,6 +421,7 @@ class Gateway:
             self._timer_at = deadline
 
     def _send(self, peer: Peer, data: bytes) -> None:
+        self.ladder.sent(peer, data, self._now())
         if log.isEnabledFor(logging.DEBUG):
             log.debug("send %s: %s", peer, data.split(b"\r\n", 1)[0].decode(errors="replace"))
         if peer.side == Side.LAN:
@@ -523,6 +531,7 @@ class Gateway:
     def _record(self, event: CallEvent) -> None:
         wall = time.time()
         self.console.note_call_event(event)
+        self.ladder.event(event, self._now() if self._loop is not None else None)
         record: dict[str, Any] = {
             "time": round(wall, 3),
             "event": event.kind,

@@ -192,6 +192,8 @@ class AdminSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     #: Rotate the record file beyond this size, keeping this many old files (.1 is newest).
     cdr_max_bytes: int = 10_000_000
     cdr_keep: int = 10
+    #: Calls whose SIP ladder (both legs, redacted) is kept for the API and status page.
+    ladder_calls: int = 50
 
 
 class AuditSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -6,8 +6,9 @@ A phone dials what its user types: "9 011 44 20 7946 0000", "(212) 555-0100", "0
 :class:`DialledNumber`: an E.164 number (with whether it leaves the country), a short code
 (extensions and feature codes that go to the provider's PBX as dialled), an emergency number,
 a name (a named extension, a hunt group or an operator on the provider's PBX: "reception",
-"bob"; passed as dialled, never PSTN), or invalid. Emergency numbers are recognised before anything else, on the digits as dialled, so
-that no normalisation quirk can turn 112 into something a rule matches.
+"bob"; passed as dialled, never PSTN), or invalid. Emergency numbers are recognised before
+anything else, on the digits as dialled, so that no normalisation quirk can turn 112 into
+something a rule matches. ``NumberPlan.format`` writes a number the way a trunk wants it.
 """
 
 from __future__ import annotations

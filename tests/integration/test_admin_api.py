@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -144,6 +146,17 @@ async def test_api_during_a_real_call(tmp_path: Path) -> None:
         assert (await _get(session, site, "/api/cdr?caller=999"))["records"] == []
         assert (await _get(session, site, "/api/calls"))["calls"] == []
         assert gw.cdr.written == 1
+
+        # The running gateway fed the call's ladder: both legs, in order, keys redacted.
+        ladder = await _get(session, site, f"/api/calls/{quote(call.call_id, safe='')}/ladder")
+        assert ladder["call_ids"]["lan"] == call.call_id
+        assert ladder["call_ids"]["wan"] and ladder["call_ids"]["wan"] != call.call_id
+        lines = [(m["side"], m["direction"], m["first_line"].split()[0]) for m in ladder["messages"]]
+        assert ("lan", "in", "INVITE") in lines and ("wan", "out", "INVITE") in lines
+        assert ("lan", "in", "BYE") in lines and ("wan", "out", "BYE") in lines
+        assert lines.index(("lan", "in", "INVITE")) < lines.index(("wan", "out", "INVITE"))
+        texts = "\n".join(m["text"] for m in ladder["messages"])
+        assert "a=crypto:" in texts and not re.search(r"inline:[A-Za-z0-9+/]{20}", texts)
 
 
 async def test_bans_events_and_configuration(tmp_path: Path) -> None:
