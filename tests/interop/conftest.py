@@ -9,6 +9,9 @@
 - ``need``: ``need("sipp", "kamailio")`` skips locally / fails under CI if binaries are missing.
 - ``gateway``: ``gateway(provider_port, **layout)`` starts the real gateway (``python -m gateway
   run``) in front of a provider on 127.0.0.1 and waits for its verified provider connection.
+
+Tests marked ``@pytest.mark.matrix(peer=..., scenario=...)`` have their outcome recorded for
+docs/interop.md (tests/interop/matrix.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pytest
 
 from gateway.lab.audio import write_tone, write_ulaw_tone
 from tests.interop.gateway_process import GatewayLayout, GatewayProcess
+from tests.interop.matrix import MARKER_HELP, MatrixRecorder
 from tests.interop.peers import (
     Kamailio,
     ManagedProcess,
@@ -70,6 +74,13 @@ class ProcessSet:
     def log_tails(self) -> str:
         """Log tails of all registered processes."""
         return "\n".join(p.log_tail(40) for p in self.procs if p.proc is not None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``matrix`` mark and the recorder of docs/interop.md's results."""
+    config.addinivalue_line("markers", MARKER_HELP)
+    if not config.pluginmanager.has_plugin("interop-matrix"):
+        config.pluginmanager.register(MatrixRecorder(), "interop-matrix")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -242,7 +242,7 @@ def test_srtp_phone_calls_linphone_legacy_tones_both_ways(site: Site) -> None:
 
 
 @pytest.mark.matrix(peer="linphone-tls-srtp", scenario="register")
-@pytest.mark.matrix(peer="linphone-tls-srtp", scenario="call in")
+@pytest.mark.matrix(peer="linphone-tls-srtp", scenario="call out")
 def test_legacy_phone_calls_linphone_srtp_tones_both_ways(site: Site) -> None:
     """A plain baresip behind the gateway calls linphonec, registered at kamailio over TLS
     with mandatory SRTP: linphonec accepts the gateway's SDES offer, tones both ways, and
@@ -272,7 +272,7 @@ def test_legacy_phone_calls_linphone_srtp_tones_both_ways(site: Site) -> None:
     assert counters["drop_auth"] == counters["drop_replay"] == 0, counters
 
 
-@pytest.mark.matrix(peer="linphone-tls-srtp", scenario="call out")
+@pytest.mark.matrix(peer="linphone-tls-srtp", scenario="call in")
 def test_linphone_srtp_calls_legacy_phone_tones_both_ways(site: Site) -> None:
     """linphonec at kamailio (TLS, mandatory SRTP) calls the plain baresip's extension: its
     offer carries four SDES suites; the gateway picks one it supports (never NULL), the call

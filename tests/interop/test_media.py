@@ -347,6 +347,8 @@ def lan_rtp(site: Site, packets: list[Packet], src: str, dst: str) -> list[Packe
 # 1 + 3: calls both ways, tones both ways, only SRTP/TLS on the WAN
 
 
+@pytest.mark.matrix(peer="baresip-udp", scenario="call out")
+@pytest.mark.matrix(peer="baresip-tls-srtp", scenario="call out")
 def test_legacy_phone_calls_srtp_phone_tones_both_ways_wan_only_srtp(site: Site) -> None:
     """The plain phone (440 Hz) calls the srtp-mand phone (1000 Hz) through the gateway and
     kamailio over TLS: each records the other's tone. The capture proves invariant 1 for the
@@ -392,6 +394,8 @@ def test_legacy_phone_calls_srtp_phone_tones_both_ways_wan_only_srtp(site: Site)
     assert counters["wan_out_packets"] > 100 and counters["lan_out_packets"] > 100, counters
 
 
+@pytest.mark.matrix(peer="baresip-udp", scenario="call in")
+@pytest.mark.matrix(peer="baresip-tls-srtp", scenario="call in")
 def test_srtp_phone_calls_legacy_extension_tones_both_ways(site: Site) -> None:
     """The other way round: the srtp-mand phone at the provider dials the legacy phone's
     extension; kamailio reaches the gateway's WAN TLS listener through the registration's
@@ -453,6 +457,8 @@ def _register_tls_contact(site: Site, user: str, contact: str) -> None:
                 return
 
 
+@pytest.mark.matrix(peer="sipp-tls-stunnel", scenario="plaintext refused")
+@pytest.mark.matrix(peer="baresip-udp", scenario="plaintext refused")
 def test_provider_without_crypto_is_refused_and_nothing_plain_leaves(site: Site) -> None:
     """Fail closed, both directions, with real peers:
 
@@ -571,6 +577,8 @@ def _pcmu_packets(count: int, ssrc: int, freq: float) -> Iterator[bytes]:
         yield header + body
 
 
+@pytest.mark.matrix(peer="baresip-udp", scenario="SRTP tamper/replay")
+@pytest.mark.matrix(peer="baresip-tls-srtp", scenario="SRTP tamper/replay")
 def test_injected_tampered_and_replayed_packets_are_dropped_and_counted(site: Site) -> None:
     """During a good call (legacy phone -> srtp phone):
 
@@ -639,6 +647,8 @@ def test_injected_tampered_and_replayed_packets_are_dropped_and_counted(site: Si
 # 5: hold and resume
 
 
+@pytest.mark.matrix(peer="baresip-udp", scenario="hold/resume")
+@pytest.mark.matrix(peer="baresip-tls-srtp", scenario="hold/resume")
 def test_hold_and_resume_keep_audio_both_ways(site: Site) -> None:
     """Hold and resume from both ends of a call (legacy phone -> srtp phone), with baresip's
     ``hold``/``resume`` (re-INVITEs with sendonly/recvonly, then sendrecv), first from the

@@ -367,6 +367,7 @@ def udp_port() -> int:
 # 1. sipvicious as shipped: its User-Agent gives it away
 
 
+@pytest.mark.matrix(peer="sipvicious", scenario="scan ban")
 def test_sipvicious_scans_banned_at_first_request(
     need: Need, pki30: TestPki, procs: ProcessSet, tmp_path: Path, scratch_home: Path
 ) -> None:
@@ -472,6 +473,7 @@ def test_sipvicious_scans_banned_at_first_request(
 # 2. sipvicious in compact mode: no User-Agent, caught by what it does
 
 
+@pytest.mark.matrix(peer="sipvicious", scenario="scan ban")
 def test_compact_sipvicious_caught_by_behaviour(
     need: Need, pki30: TestPki, procs: ProcessSet, tmp_path: Path, scratch_home: Path
 ) -> None:
@@ -656,6 +658,8 @@ def caps(*, concurrent: int, calls_per_hour: int) -> dict[str, Any]:
 # 3. dial plan and emergency numbers
 
 
+@pytest.mark.matrix(peer="sipp-udp", scenario="dial plan")
+@pytest.mark.matrix(peer="kamailio-tls", scenario="emergency call")
 def test_international_refused_emergency_reaches_provider_over_caps(
     need: Need, pki30: TestPki, procs: ProcessSet, tmp_path: Path
 ) -> None:
@@ -730,6 +734,7 @@ SPIKE_AT_SIX = {
 }
 
 
+@pytest.mark.matrix(peer="sipp-udp", scenario="call caps")
 def test_invite_burst_hits_concurrent_cap_then_spike_lock(
     need: Need, pki30: TestPki, procs: ProcessSet, tmp_path: Path
 ) -> None:
@@ -772,6 +777,7 @@ def test_invite_burst_hits_concurrent_cap_then_spike_lock(
 # 5. bans survive a restart; the operator lifts them
 
 
+@pytest.mark.matrix(peer="sipvicious", scenario="ban persistence")
 def test_bans_survive_restart_and_lift(
     need: Need, pki30: TestPki, procs: ProcessSet, tmp_path: Path, scratch_home: Path
 ) -> None:

@@ -346,6 +346,8 @@ def sip_probe(gw: GatewayProcess, *, host: str = PHONE_A, timeout: float = 3.0) 
 # 1. registration
 
 
+@pytest.mark.matrix(peer="sipp-udp", scenario="register")
+@pytest.mark.matrix(peer="kamailio-tls", scenario="register")
 def test_register_through_gateway(
     peers: None,
     need: Need,
@@ -409,6 +411,10 @@ def test_register_through_gateway(
 # 2. phone -> provider -> phone
 
 
+@pytest.mark.matrix(peer="sipp-udp", scenario="call out")
+@pytest.mark.matrix(peer="sipp-udp", scenario="call in")
+@pytest.mark.matrix(peer="kamailio-tls", scenario="call out")
+@pytest.mark.matrix(peer="kamailio-tls", scenario="call in")
 def test_calls_phone_to_phone_through_provider(
     peers: None, kamailio: Kamailio, gateway: GatewayFactory, procs: ProcessSet, tmp_path: Path
 ) -> None:
@@ -457,6 +463,8 @@ def test_calls_phone_to_phone_through_provider(
 # 3. provider -> phone
 
 
+@pytest.mark.matrix(peer="sipp-tls-stunnel", scenario="call in")
+@pytest.mark.matrix(peer="kamailio-tls", scenario="call in")
 def test_provider_calls_phone(
     peers: None,
     need: Need,
@@ -515,6 +523,8 @@ def test_provider_calls_phone(
 # 4. CANCEL
 
 
+@pytest.mark.matrix(peer="sipp-udp", scenario="CANCEL")
+@pytest.mark.matrix(peer="kamailio-tls", scenario="CANCEL")
 def test_cancel_ringing_call(
     peers: None, kamailio: Kamailio, gateway: GatewayFactory, procs: ProcessSet, tmp_path: Path
 ) -> None:
@@ -556,6 +566,8 @@ def test_cancel_ringing_call(
 # 5. REFER
 
 
+@pytest.mark.matrix(peer="sipp-udp", scenario="blind transfer")
+@pytest.mark.matrix(peer="sipp-tls-stunnel", scenario="blind transfer")
 def test_refer_carried_between_legs(
     peers: None,
     need: Need,
@@ -623,6 +635,7 @@ def test_refer_carried_between_legs(
 # 6. loss on the UDP side
 
 
+@pytest.mark.matrix(peer="sipp-udp", scenario="10% SIP loss")
 def test_calls_survive_udp_loss(
     peers: None, kamailio: Kamailio, gateway: GatewayFactory, procs: ProcessSet, tmp_path: Path
 ) -> None:
@@ -683,6 +696,7 @@ def test_calls_survive_udp_loss(
 # 7. provider connection lost and restored
 
 
+@pytest.mark.matrix(peer="kamailio-tls", scenario="provider restart")
 def test_provider_restart(
     peers: None, pki: TestPki, gateway: GatewayFactory, procs: ProcessSet, tmp_path: Path
 ) -> None:
@@ -785,6 +799,7 @@ def _malformed(i: int, host: str, port: int, lan: tuple[str, int]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\nv=0\r\n").encode()
 
 
+@pytest.mark.matrix(peer="sipp-udp", scenario="malformed input")
 def test_bad_input_does_not_disturb_calls(
     peers: None, kamailio: Kamailio, gateway: GatewayFactory, procs: ProcessSet, tmp_path: Path
 ) -> None:
@@ -935,7 +950,16 @@ def tls_sink(pki: TestPki) -> Iterator[_TlsSink]:
         server.close()
 
 
-@pytest.mark.parametrize("case", ["kamailio-other-ca", "python-wrong-name"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(
+            "kamailio-other-ca",
+            marks=pytest.mark.matrix(peer="kamailio-tls", scenario="untrusted certificate"),
+        ),
+        "python-wrong-name",
+    ],
+)
 def test_fail_closed_unverified_provider(
     case: str,
     peers: None,
