@@ -1,13 +1,13 @@
 """Several trunks against real providers: registration and calls on the first trunk, failover
-to the backup when the primary's link is lost or when it refuses a call with 503, routes by
-destination, and per-trunk number formats (gateway.sip.trunks; RFC 3261 §16.7 and §8.1.3.4 on
-503 as "try elsewhere").
+to the backup when the primary's link is lost, when it refuses a call with 503 or when it
+does not answer at all, routes by destination, and per-trunk number formats
+(gateway.sip.trunks; RFC 3261 §16.7 and §8.1.3.4 on 503 and 408 as "try elsewhere").
 
 Layout (loopback; every port fresh per test):
 
     phone A 127.0.5.10 ─┐                      ┌─ "primary": kamailio 127.0.0.1 (TLS)
                         ├─ UDP ─ gateway ─ TLS ┤     or a TLS server on 127.0.5.30 that
-    phone B 127.0.5.11 ─┘ LAN .20   WAN .21    │     answers every INVITE with 503
+    phone B 127.0.5.11 ─┘ LAN .20   WAN .21    │     answers every INVITE with 503 (or not)
                                                └─ "backup": kamailio 127.0.0.1 (TLS)
                                                      └─ stunnel ─ sipp 127.0.5.40 (far end)
 
