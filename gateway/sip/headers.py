@@ -11,6 +11,9 @@ RFC 4475 §3.1.1.1) and nothing more: empty parameters, unbalanced quotes, space
 and unquoted display names with non-token characters are errors (RFC 4475 §3.1.2.1, §3.1.2.6,
 §3.1.2.14, §3.1.2.15). Parameter values are kept as written, quotes included, so they
 round-trip.
+
+Liberal where the meaning is unambiguous (the quirks of real phones): a parameter repeated with
+the same value is kept once; a repeat with another value is still an error.
 """
 
 from __future__ import annotations
@@ -202,8 +205,12 @@ def parse_header_params(text: str, what: str) -> dict[str, str | None]:
                 i = value_match.end()
         lowered = name.lower()
         if lowered in seen:
-            # Two tags or two branches would let peers disagree on which one identifies what.
-            raise SipParseError(f"duplicate parameter {name!r} in {what}")
+            # The same parameter twice with the same value (``;rport;rport``) means what it
+            # means once: the repeat is dropped. Two tags or two branches would let peers
+            # disagree on which one identifies what.
+            if _find_param(params, lowered) == (True, value):
+                continue
+            raise SipParseError(f"conflicting duplicate parameter {name!r} in {what}")
         seen.add(lowered)
         params[name] = value
 
@@ -416,6 +423,15 @@ class Via:
         return f"{self.protocol}/{self.transport} {self.host}{port}{format_params(self.params)}"
 
 
+#: Methods of RFC 3261 and its extensions the gateway knows (RFC 3262, 3265, 3311, 3428, 3515,
+#: 3903, 6086); a CSeq naming one of them in another case means that method.
+KNOWN_METHODS: frozenset[str] = frozenset(
+    words(
+        "INVITE ACK BYE CANCEL OPTIONS REGISTER PRACK UPDATE INFO SUBSCRIBE NOTIFY REFER MESSAGE "
+        "PUBLISH"
+    )
+)
+
 _CSEQ = re.compile(rf"[ \t]*([0-9]+)[ \t]+({TOKEN})[ \t]*")
 #: CSeq numbers must be below 2**31 (§8.1.1.5); a larger one is an error (RFC 4475 §3.1.2.4).
 CSEQ_LIMIT = 2**31
@@ -439,7 +455,13 @@ class CSeq:
         # Compare lengths first so a 10,000-digit number is not converted to an int.
         if len(digits.lstrip("0")) > 10 or int(digits) >= CSEQ_LIMIT:
             raise SipParseError("CSeq number too large (must be below 2**31)")
-        return cls(int(digits), match.group(2))
+        method = match.group(2)
+        if method not in KNOWN_METHODS and method.upper() in KNOWN_METHODS:
+            # Methods are case-sensitive (§7.1), but a CSeq saying "invite" on an INVITE can
+            # mean nothing else (seen from old ATA firmware); the header text stays as sent,
+            # so the answer echoes it.
+            method = method.upper()
+        return cls(int(digits), method)
 
     def __str__(self) -> str:
         return f"{self.seq} {self.method}"

@@ -26,6 +26,7 @@ from typing import Self
 
 from gateway.sip.errors import SipParseError
 from gateway.sip.headers import (
+    KNOWN_METHODS,
     LIST_HEADERS,
     TOKEN,
     CSeq,
@@ -34,21 +35,11 @@ from gateway.sip.headers import (
     canonical_name,
     is_token,
     split_header_list,
-    words,
 )
 from gateway.sip.reasons import default_reason
 from gateway.sip.uri import AbsoluteUri, SipUri, parse_uri
 
 SIP_VERSION = "SIP/2.0"
-
-#: Methods the gateway implements; a CSeq mismatch on any other method is answered 501
-#: (RFC 4475 §3.1.2.18).
-KNOWN_METHODS: frozenset[str] = frozenset(
-    words(
-        "INVITE ACK BYE CANCEL OPTIONS REGISTER PRACK UPDATE INFO SUBSCRIBE NOTIFY REFER MESSAGE "
-        "PUBLISH"
-    )
-)
 
 #: Headers that may appear once only (§7.3.1, §20); a second one is a 400 (RFC 4475 §3.3.8).
 SINGLE_HEADERS: tuple[str, ...] = (
@@ -628,6 +619,7 @@ def _check_headers(message: SipRequest | SipResponse) -> None:
         raise SipParseError(f"missing mandatory header(s): {', '.join(missing)}")
     cseq = message.cseq
     if isinstance(message, SipRequest) and cseq.method != message.method:
+        # RFC 4475 §3.1.2.18: a mismatch on a method the gateway does not know is a 501.
         status = 400 if message.method in KNOWN_METHODS else 501
         raise SipParseError(
             f"CSeq method {cseq.method} does not match request method {message.method}", status

@@ -6,6 +6,11 @@ characters each component may hold, because a URI that reaches routing decisions
 one thing only; ``%HH`` escapes are validated but never decoded, so a URI round-trips byte for
 byte and nothing is unescaped twice (RFC 4475 §3.1.1.3, §3.1.1.4).
 
+A uri-parameter repeated with the same value (``;lr;lr``, as baresip 1.0 writes its outbound
+proxy's Route) is kept once, so that URI alone does not round-trip byte for byte; repeated with
+another value (``;transport=udp;transport=tcp``) it is an error: the URI would no longer mean
+one thing.
+
 URIs of schemes other than sip/sips (tel:, http:, unknown ones) parse to ``AbsoluteUri``: they are
 legal in a message (RFC 4475 §3.3.2 to §3.3.4) and are kept, but never routed on.
 """
@@ -74,7 +79,7 @@ def parse_params(text: str, what: str = "parameter") -> dict[str, str | None]:
     params: dict[str, str | None] = {}
     if not text:
         return params
-    seen: set[str] = set()
+    seen: dict[str, str | None] = {}
     for item in text.split(";"):
         name, sep, value = item.partition("=")
         if not name:
@@ -86,11 +91,26 @@ def parse_params(text: str, what: str = "parameter") -> dict[str, str | None]:
             _check_escaped(value, _PARAM_CHARS, what)
         lowered = name.lower()
         if lowered in seen:
-            # Two values for one parameter (e.g. two transports) would route ambiguously.
-            raise SipParseError(f"duplicate URI {what} {name!r}")
-        seen.add(lowered)
+            _check_repeat(seen[lowered], value if sep else None, name, what)
+            continue
+        seen[lowered] = value.lower() if sep else None
         params[name] = value if sep else None
     return params
+
+
+def _check_repeat(first: str | None, again: str | None, name: str, what: str) -> None:
+    """Accept a parameter repeated with the same meaning; refuse one with another value.
+
+    Phones repeat parameters (baresip 1.0's ``outbound="sip:GW;lr"`` gives ``;lr;lr``): the
+    same flag or value twice means what it means once, and the repeat is dropped. Two values
+    for one parameter (``transport=udp;transport=tcp``) would route ambiguously. Values
+    compare case-insensitively, as §19.1.4 compares URI parameters.
+    """
+    if first is None and again is None:
+        return
+    if first is not None and again is not None and first == again.lower():
+        return
+    raise SipParseError(f"conflicting duplicate URI {what} {name!r}")
 
 
 def format_params(params: dict[str, str | None]) -> str:

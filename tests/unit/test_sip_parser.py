@@ -94,7 +94,7 @@ def test_absolute_uri_kept_opaque() -> None:
         "sip:user@host:port",
         "sip:us er@host",
         "sip:user@host;;lr",
-        "sip:user@host;lr;LR",
+        "sip:user@host;transport=udp;TRANSPORT=tcp",  # a repeat with another value
         "sip:%4@host",
         "sip:user@host?",
         "sip:[2001:db8::1",
