@@ -307,6 +307,7 @@ def refuser(pki: TestPki, tmp_path: Path) -> Iterator[RefusingProvider]:
 # 1. registration and a call on the first trunk
 
 
+@pytest.mark.matrix(peer="kamailio-tls", scenario="two trunks: register, call out")
 def test_register_and_call_on_primary(
     peers: None, pki: TestPki, gateway: GatewayFactory, procs: ProcessSet, tmp_path: Path
 ) -> None:
@@ -338,6 +339,7 @@ def test_register_and_call_on_primary(
 # 2. the primary's link is lost: new calls go to backup
 
 
+@pytest.mark.matrix(peer="kamailio-tls", scenario="trunk failover: link lost")
 def test_primary_lost_calls_go_to_backup(
     peers: None, pki: TestPki, gateway: GatewayFactory, procs: ProcessSet, tmp_path: Path
 ) -> None:
@@ -378,6 +380,8 @@ def test_primary_lost_calls_go_to_backup(
 # 3. primary refuses the call with 503: the call goes on to backup
 
 
+@pytest.mark.matrix(peer="kamailio-tls", scenario="trunk failover: 503")
+@pytest.mark.matrix(peer="sipp-tls-stunnel", scenario="trunk failover: 503")
 def test_primary_503_fails_over_to_backup(
     peers: None,
     need: Need,
@@ -430,6 +434,7 @@ def test_primary_503_fails_over_to_backup(
     assert len(gateway_events(gw, "answered")) == 2
 
 
+@pytest.mark.matrix(peer="kamailio-tls", scenario="trunk failover: no answer")
 def test_silent_primary_times_out_to_backup(
     peers: None,
     need: Need,
@@ -470,6 +475,7 @@ def test_silent_primary_times_out_to_backup(
 # 4. routes by destination
 
 
+@pytest.mark.matrix(peer="kamailio-tls", scenario="routes by destination")
 def test_routes_choose_the_trunk(
     peers: None, pki: TestPki, gateway: GatewayFactory, procs: ProcessSet, tmp_path: Path
 ) -> None:
@@ -505,6 +511,7 @@ def test_routes_choose_the_trunk(
 # 5. number formats per trunk
 
 
+@pytest.mark.matrix(peer="kamailio-tls", scenario="trunk number format")
 def test_national_number_format(
     peers: None, pki: TestPki, gateway: GatewayFactory, procs: ProcessSet, tmp_path: Path
 ) -> None:
