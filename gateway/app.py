@@ -28,6 +28,7 @@ from gateway.console import OperatorConsole
 from gateway.logsetup import configure_logging
 from gateway.media.control import CloseCall, OpenStream, StreamCounters, UpdateStream
 from gateway.media.controller import MediaController, MediaError
+from gateway.operations import TrunkStatus
 from gateway.policy import PolicyEngine, encode_line
 from gateway.sdp.negotiation import MediaPolicy
 from gateway.sip.actions import CallEvent, MediaCommand, SecurityNotice, SendMessage
@@ -146,6 +147,7 @@ class Gateway:
             clock=self._clock,
             after_change=self._flush,
             keep_ladders=config.admin.ladder_calls,
+            trunks=self._trunk_status,
         )
         #: Both legs' SIP of recent calls, redacted, for the operator (TLS hides the WAN leg).
         self.ladder = self.console.ladder
@@ -210,6 +212,16 @@ class Gateway:
             ),
             self.settings.registrar_peer.transport.upper(),
         )
+
+    def _trunk_status(self) -> list[TrunkStatus]:
+        found = []
+        for t in self.trunk_links.links:
+            up, state = self.trunk_states.get(t.trunk.name, (False, "not connected yet"))
+            link = t.link
+            connects = link.connects if link is not None else 0
+            host, port = t.settings.provider_host, t.settings.provider_port
+            found.append(TrunkStatus(t.trunk.name, host, port, up, state, connects))
+        return found
 
     def reload_certificates(self, reason: str) -> str | None:
         """SIGHUP: load, validate, swap; None on success, else why not."""

@@ -44,6 +44,7 @@ from gateway.operations import (
     RegistrationStatus,
     SpikeLockLift,
     TlsStatus,
+    TrunkStatus,
 )
 from gateway.sip.call_events import CallEvent
 
@@ -184,6 +185,7 @@ class OperatorConsole:
         wall: Callable[[], float] = time.time,
         keep_events: int = 1000,
         keep_ladders: int = 50,
+        trunks: Callable[[], list[TrunkStatus]] | None = None,
     ) -> None:
         self._config = config
         self._core = core
@@ -193,6 +195,7 @@ class OperatorConsole:
         self._cdr = cdr
         self._provider = provider
         self._wan_state = wan_state
+        self._trunks = trunks
         self._clock = clock
         self._after_change = after_change
         self._wall = wall
@@ -305,6 +308,14 @@ class OperatorConsole:
             connects=link.connects if link is not None else 0,
             plaintext_signalling=wan.insecure_plaintext_signalling,
         )
+
+    def trunks(self) -> list[TrunkStatus]:
+        if self._trunks is not None:
+            return self._trunks()
+        first = self.provider()
+        return [
+            TrunkStatus("provider", first.host, first.port, first.up, first.state, first.connects)
+        ]
 
     def tls(self) -> TlsStatus:
         from gateway.certs.inspect import common_name, spki_pin

@@ -166,6 +166,20 @@ class ProviderStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class TrunkStatus:
+    """One provider trunk: its link and whether new calls may use it."""
+
+    name: str
+    host: str
+    port: int | None
+    #: The verified TLS link is up.
+    up: bool
+    #: Why it is down, or how it came up.
+    state: str
+    connects: int
+
+
+@dataclass(frozen=True, slots=True)
 class CertificateStatus:
     """One certificate the gateway uses: its own identity (and chain) or a provider anchor."""
 
@@ -350,6 +364,10 @@ class StatusView(Protocol):
     def spike_locked(self) -> bool: ...
 
     def provider(self) -> ProviderStatus: ...
+
+    def trunks(self) -> list[TrunkStatus]:
+        """Every provider trunk in order (one for a site with only [wan])."""
+        ...
 
     def tls(self) -> TlsStatus: ...
 

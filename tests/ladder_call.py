@@ -26,6 +26,7 @@ from gateway.operations import (
     ProviderStatus,
     RegistrationStatus,
     TlsStatus,
+    TrunkStatus,
 )
 from gateway.sip.call_events import (
     CallAnswered,
@@ -317,6 +318,9 @@ class LadderStatusView:
             1,
             False,
         )
+
+    def trunks(self) -> list[TrunkStatus]:
+        return [TrunkStatus("provider", "provider.lab", 5061, True, "connected", 1)]
 
     def tls(self) -> TlsStatus:
         return TlsStatus((), False, False, 0, None)

@@ -271,6 +271,12 @@ def _tls(out: Exposition, status: StatusView) -> None:
         ],
     )
     out.one("gateway_certificate_reloads_total", "counter", "Certificate hot reloads.", tls.reloads)
+    out.family(
+        "gateway_trunk_up",
+        "gauge",
+        "1 while a trunk's verified TLS link to its provider is up.",
+        [({"trunk": t.name}, 1 if t.up else 0) for t in status.trunks()],
+    )
     provider = status.provider()
     out.one(
         "gateway_provider_tls_up",

@@ -375,6 +375,10 @@ def provider_view(status: StatusView) -> dict[str, Any]:
         "peer_certificate_subject": p.peer_certificate_subject,
         "connects": p.connects,
         "plaintext_signalling": p.plaintext_signalling,
+        "trunks": [
+            {"name": t.name, "host": t.host, "port": t.port, "up": t.up, "state": t.state}
+            for t in status.trunks()
+        ],
     }
 
 

@@ -53,6 +53,7 @@ async def test_metrics_move_during_a_real_call(tmp_path: Path) -> None:
         assert before["gateway_up"] == 1
         assert before['gateway_calls{state="confirmed"}'] == 0
         assert before["gateway_provider_tls_up"] == 1
+        assert before['gateway_trunk_up{trunk="provider"}'] == 1
         assert before["gateway_call_setups_total"] == 0
         assert before['gateway_media_packets_total{direction="in",side="lan"}'] == 0
         expiry = [
