@@ -34,6 +34,9 @@ class BanFileSync:
         self.path = Path(path)
         self._version = -1
         self._mtime = 0
+        #: Addresses in the file as we last wrote or read it: only those can be lifted by an
+        #: edit (a ban made since is not in the file yet, and its absence means nothing).
+        self._on_file: set[str] = set()
 
     def restore(self, engine: PolicyEngine, now: float, wall: float) -> int:
         """At start-up: the saved bans back into ``engine``; how many were restored."""
@@ -42,6 +45,7 @@ class BanFileSync:
         except BanStoreError as exc:
             log.error("ignoring unreadable ban file: %s", exc)
             return 0
+        self._on_file = {b.address for b in bans}
         loaded = engine.import_bans(bans, now, wall)
         if loaded:
             log.info("restored %d ban(s) from %s", loaded, self.path)
@@ -52,10 +56,15 @@ class BanFileSync:
         """Write the engine's bans when its list moved since the last save; True if written."""
         if engine.bans_version == self._version:
             return False
+        # An operator's lift written since our last save comes first: writing the list in
+        # memory over it would bring the lifted ban back although the command said "lifted".
+        self.follow(engine, now)
         self._version = engine.bans_version
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            save_bans(self.path, engine.export_bans(now, wall))
+            bans = engine.export_bans(now, wall)
+            save_bans(self.path, bans)
+            self._on_file = {b.address for b in bans}
             # Our own write is not an operator's edit: remember its time.
             self._mtime = self.path.stat().st_mtime_ns
         except (OSError, BanStoreError) as exc:
@@ -80,9 +89,10 @@ class BanFileSync:
         except BanStoreError as exc:
             log.error("ignoring unreadable ban file: %s", exc)
             return []
+        removed, self._on_file = self._on_file - on_file, on_file
         lifted = []
         for ban in engine.bans(now):
-            if ban.address not in on_file and engine.lift_ban(ban.address, now):
+            if ban.address in removed and engine.lift_ban(ban.address, now):
                 log.warning("ban on %s lifted by the operator", ban.address)
                 lifted.append(ban.address)
         return lifted

@@ -66,6 +66,23 @@ def test_a_ban_removed_from_the_file_is_lifted(
     assert sync.follow(engine, 3.0) == []  # the same file again: nothing more
 
 
+def test_a_lift_is_not_undone_by_a_save_before_the_file_is_followed(tmp_path: Path) -> None:
+    """`gateway bans lift` edits the file; the running gateway bans someone else before its
+    next look at the file: its save must not write the lifted ban back."""
+    path = tmp_path / "bans.json"
+    engine = PolicyEngine(SITE)
+    sync = BanFileSync(path)
+    scanner_ban(engine, "192.0.2.5", 1.0)
+    sync.save_if_changed(engine, 1.0, WALL)
+    assert bans_store.lift_ban(path, "192.0.2.5")
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    scanner_ban(engine, "192.0.2.6", 1.5)  # the list moves before the file is followed
+    assert sync.save_if_changed(engine, 1.5, WALL + 1)
+    assert [b.address for b in bans_store.load_bans(path)] == ["192.0.2.6"]
+    assert [b.address for b in engine.bans(1.5)] == ["192.0.2.6"]
+
+
 def test_unreadable_and_unwritable_files_are_logged_not_raised(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
