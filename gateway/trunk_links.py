@@ -127,6 +127,7 @@ class TrunkLinks:
                 keepalive_interval=wan.keepalive_interval,
                 reconnect_min=wan.reconnect_min,
                 reconnect_max=wan.reconnect_max,
+                trunk=t.trunk.name if len(self.links) > 1 else "",
             )
             t.link.start()
 
@@ -161,8 +162,8 @@ class TrunkLinks:
             t.tls.poll()
 
     def check_expiry(self) -> None:
-        for t in self.links:
-            t.tls.check_expiry()
+        # Every trunk presents the gateway's one identity: its expiry is watched once.
+        self.first.tls.check_expiry()
 
     def reload(self, reason: str) -> str | None:
         """Reload every trunk's TLS material; the first error, if any."""

@@ -68,6 +68,7 @@ from gateway.sip.registrar import Registrar
 from gateway.sip.registrations import RegistrationTable
 from gateway.sip.sdp_link import MediaLinks
 from gateway.sip.transfer import TransferMapping
+from gateway.sip.trunks import TrunkTable
 
 __all__ = ["B2bua", "DialogPair", "EdgeSettings", "PairState"]
 
@@ -87,6 +88,7 @@ class B2bua:
         self._admission = Admission(policy, self.registrations)
         self._transfer = TransferMapping(self._edge, self._index)
         self._endings = CallEndings(self._index, self._out, self._admission)
+        self._trunks = TrunkTable(settings.trunks, settings.routes)
         self._setup = CallSetup(
             self._edge,
             self._index,
@@ -96,11 +98,14 @@ class B2bua:
             MediaLinks(settings.media, settings.lan_media_ports, settings.wan_media_ports),
             self._transfer,
             self._endings,
+            self._trunks,
         )
         self._dialogs = InDialog(
-            self._edge, self._out, self.registrations, self._transfer, self._endings
+            self._edge, self._out, self.registrations, self._transfer, self._endings, self._trunks
         )
-        self._registrar = Registrar(self._edge, self.registrations, self._out, self._admission)
+        self._registrar = Registrar(
+            self._edge, self.registrations, self._out, self._admission, self._trunks
+        )
         self.accepting_calls = True
 
     # ----------------------------------------------------------------- inputs
@@ -168,10 +173,14 @@ class B2bua:
     ) -> None:
         """The glue reports a trunk's provider connection up (verified) or down (and why);
         ``trunk`` None: the first trunk (a site with one)."""
-        trunks = self._setup.trunks
-        name = trunk if trunk is not None else trunks.registrar.name
+        trunks = self._trunks
+        name = trunk if trunk is not None else trunks.trunks[0].name
+        registrar = trunks.registrar.name
         came_up = trunks.link_state(name, up, reason)
-        if came_up and name == trunks.registrar.name:
+        moved = trunks.registrar.name != registrar and trunks.is_up(trunks.registrar.name)
+        if moved or (came_up and name == trunks.registrar.name):
+            # The phones' registrations go (again) where REGISTERs now go: a reconnect, or
+            # the primary trunk lost or back.
             self._registrar.refresh_all(now)
         self._pump(now, wall)
 

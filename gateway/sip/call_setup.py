@@ -100,6 +100,7 @@ class CallSetup:
         media: MediaLinks,
         transfer: TransferMapping,
         endings: CallEndings,
+        trunks: TrunkTable,
     ) -> None:
         self._edge = edge
         self._settings = edge.settings
@@ -112,7 +113,7 @@ class CallSetup:
         self._endings = endings
         self.challenges = Challenges()
         self._serial = 0
-        self.trunks = TrunkTable(edge.settings.trunks, edge.settings.routes)
+        self.trunks = trunks
         self._legs = LegBuilder(edge, registrations, admission, self.challenges)
         #: Calls out waiting for their trunk's first response: deadline and pair, by key.
         self._waiting: dict[str, tuple[float, DialogPair]] = {}

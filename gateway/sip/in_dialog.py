@@ -31,6 +31,7 @@ from gateway.sip.peer import Side
 from gateway.sip.registrar import RESPONSE_COPY
 from gateway.sip.registrations import RegistrationTable
 from gateway.sip.transfer import TransferMapping
+from gateway.sip.trunks import TrunkTable
 from gateway.sip.uri import AbsoluteUri, SipUri, parse_uri
 
 #: Methods whose 2xx carries the dialog's Contact (target refresh, §12.2.1.2).
@@ -45,8 +46,10 @@ class InDialog:
         registrations: RegistrationTable,
         transfer: TransferMapping,
         endings: CallEndings,
+        trunks: TrunkTable,
     ) -> None:
         self._edge = edge
+        self._trunks = trunks
         self._out = out
         self._registrations = registrations
         self._transfer = transfer
@@ -134,11 +137,12 @@ class InDialog:
         to_user = request_user(request)
         target: SipUri | AbsoluteUri
         if side == Side.LAN:
-            peer = self._edge.settings.registrar_peer
+            trunk = self._trunks.registrar
+            peer, domain = trunk.peer, trunk.domain
             wan_uri = self._edge.wan_uri
-            target = wan_uri(to_user)
-            local = NameAddr(request.from_.display, wan_uri(from_user), {"tag": new_tag()})
-            remote = NameAddr(None, wan_uri(user_of(request.to)), {})
+            target = wan_uri(to_user, domain)
+            local = NameAddr(request.from_.display, wan_uri(from_user, domain), {"tag": new_tag()})
+            remote = NameAddr(None, wan_uri(user_of(request.to), domain), {})
             contact = self._edge.wan_contact()
         else:
             binding = self._registrations.find(to_user, now) if to_user else None

@@ -26,6 +26,7 @@ from gateway.sip.message import SipRequest, SipResponse, make_response, new_tag
 from gateway.sip.outgoing import Outgoing, Relay
 from gateway.sip.peer import Peer, Side
 from gateway.sip.registrations import Binding, RegistrationTable
+from gateway.sip.trunks import TrunkTable
 from gateway.sip.uri import SipUri
 
 #: Headers of a REGISTER's response carried back to the phone.
@@ -75,8 +76,10 @@ class Registrar:
         registrations: RegistrationTable,
         out: Outgoing,
         admission: Admission,
+        trunks: TrunkTable,
     ) -> None:
         self._edge = edge
+        self._trunks = trunks
         self._settings = edge.settings
         self.registrations = registrations
         self._out = out
@@ -136,7 +139,7 @@ class Registrar:
         ]
         upstream = self._upstream(binding, contact_value, request)
         relay = Relay(None, Side.LAN, event.key, request, binding=binding, source=source)
-        self._out.relay_request(Side.WAN, upstream, self._settings.registrar_peer, now, relay)
+        self._out.relay_request(Side.WAN, upstream, self._trunks.registrar.peer, now, relay)
         self._pending[aor] = self._pending.get(aor, 0) + 1
 
     def refresh_all(self, now: float) -> None:
@@ -150,7 +153,7 @@ class Registrar:
             contact = f"{self._edge.wan_contact(binding.token)};expires={binding.last_expires}"
             request = self._upstream(binding, contact, None)
             relay = Relay(None, Side.LAN, "", request, binding=binding, internal=True)
-            self._out.relay_request(Side.WAN, request, self._settings.registrar_peer, now, relay)
+            self._out.relay_request(Side.WAN, request, self._trunks.registrar.peer, now, relay)
 
     def on_response(self, relay: Relay, response: SipResponse, now: float) -> None:
         binding = relay.binding
@@ -208,11 +211,12 @@ class Registrar:
                 response.add("Contact", f"<{b.phone_contact}>;expires={int(b.expires_at - now)}")
 
     def _upstream(self, binding: Binding, contact: str, original: SipRequest | None) -> SipRequest:
-        domain_uri = SipUri("sip", None, None, self._settings.domain, None, {}, None)
-        aor = self._edge.wan_uri(binding.user)
+        trunk = self._trunks.registrar
+        domain_uri = SipUri("sip", None, None, trunk.domain, None, {}, None)
+        aor = self._edge.wan_uri(binding.user, trunk.domain)
         leg = self._edge.new_leg(
             Side.WAN,
-            self._settings.registrar_peer,
+            trunk.peer,
             NameAddr(None, aor, {"tag": binding.upstream_from_tag}),
             NameAddr(None, aor, {}),
             domain_uri,

@@ -82,8 +82,10 @@ class TrunkTable:
 
     @property
     def registrar(self) -> Trunk:
-        """Where phones' registrations and out-of-dialog requests go: the first trunk."""
-        return self.trunks[0]
+        """Where phones' registrations and out-of-dialog requests go: the first trunk whose
+        link is up (the first trunk while none is), so phones stay registered while the
+        primary provider is away."""
+        return next((t for t in self.trunks if self._state[t.name].up), self.trunks[0])
 
     def get(self, name: str) -> Trunk:
         return self._by_name[name]

@@ -46,7 +46,10 @@ class ProviderLink:
         reconnect_min: float = 0.5,
         reconnect_max: float = 30.0,
         connect_timeout: float = 10.0,
+        trunk: str = "",
     ) -> None:
+        #: The trunk this link serves, named at the end of its log lines.
+        self.trunk = trunk
         self.host = host
         self.port = port
         self.server_name = server_name
@@ -74,6 +77,9 @@ class ProviderLink:
     @property
     def up(self) -> bool:
         return self.connection is not None and not self.connection.closed
+
+    def _named(self) -> str:
+        return f" [trunk {self.trunk}]" if self.trunk else ""
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="provider-link")
@@ -107,7 +113,7 @@ class ProviderLink:
             except Exception as exc:  # every failure is reported, then retried
                 self.failures += 1
                 self.last_error = _describe(exc)
-                log.error("provider connection failed: %s", self.last_error)
+                log.error("provider connection failed: %s%s", self.last_error, self._named())
                 self._on_state(False, self.last_error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.reconnect_max)
@@ -172,7 +178,13 @@ class ProviderLink:
                 if context is not None
                 else "INSECURE plaintext TCP"
             )
-            log.info("provider connected: %s:%d (%s)", target.address, target.port, detail)
+            log.info(
+                "provider connected: %s:%d (%s)%s",
+                target.address,
+                target.port,
+                detail,
+                self._named(),
+            )
             self._on_state(True, detail)
             return
         raise ConnectionError("; ".join(errors) or "no target reachable")

@@ -193,3 +193,40 @@ def test_a_named_extension_goes_to_the_provider_as_dialled() -> None:
     b = core(policy=True)
     [invite] = call(b, "sip:reception@127.0.0.20").requests(PRIMARY)
     assert str(invite.uri) == "sip:reception@primary.example"
+
+
+def register(b: B2bua, now: float, cseq: int = 1) -> Sent:
+    raw = (
+        "REGISTER sip:127.0.0.20 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {PHONE.address[0]}:5062;branch=z9hG4bKreg{cseq};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        "From: <sip:1001@127.0.0.20>;tag=r1\r\nTo: <sip:1001@127.0.0.20>\r\n"
+        f"Call-ID: reg-1@phone\r\nCSeq: {cseq} REGISTER\r\n"
+        f"Contact: <sip:1001@{PHONE.address[0]}:5062>\r\nExpires: 120\r\n"
+        "Content-Length: 0\r\n\r\n"
+    )
+    b.receive_datagram(PHONE, raw.encode(), now, WALL)
+    return Sent(b)
+
+
+def test_registrations_follow_the_first_trunk_that_is_up() -> None:
+    """Phones register through the first trunk; while it is away they register through the
+    next one (at once: the gateway re-registers every phone there), and back when it returns."""
+    b = core()
+    [upstream] = register(b, 0.0).requests(PRIMARY)
+    assert str(upstream.uri) == "sip:primary.example"
+    ok = respond(upstream, 200)
+    ok.add("Expires", "120")
+    b.receive_message(PRIMARY, parse_message(bytes(ok)), 0.1, WALL)
+    Sent(b)
+    b.wan_connection_state(False, "connection lost", 1.0, WALL, "primary")
+    [moved] = Sent(b).requests(BACKUP)
+    assert moved.method == "REGISTER" and str(moved.uri) == "sip:backup.example"
+    assert moved.to.uri.host == "backup.example"  # type: ignore[union-attr]
+    b.receive_message(BACKUP, parse_message(bytes(respond(moved, 200))), 1.1, WALL)
+    Sent(b)
+    [refresh] = register(b, 2.0, cseq=2).requests(BACKUP)  # the phone's own refresh
+    assert refresh.method == "REGISTER"
+    b.wan_connection_state(True, "TLSv1.3 verified", 3.0, WALL, "primary")
+    [back] = Sent(b).requests(PRIMARY)
+    assert back.method == "REGISTER"
