@@ -9,7 +9,7 @@ Two halves:
   ``tests/interop/.matrix-results.json`` with the date and the commit it ran on. Tests not run
   in a session keep their last result, so running one test file updates only its cells.
 - A command, ``python -m tests.interop.matrix [--results FILE] [--output FILE]``, that writes
-  docs/interop.md from that file: a table peer x scenario -> pass / FAIL / skip / known gap /
+  docs/interop.md from that file: a table scenario x peer -> pass / FAIL / skip / known gap /
   not run, then one section per peer with the hand-written notes of tests/interop/quirks.md
   (headless recipe, quirks the gateway absorbs) and the tests behind each cell.
 
@@ -107,6 +107,10 @@ class MatrixRecorder:
 
     def __init__(self, results: Path = RESULTS) -> None:
         self.results = results
+        # Stamped when the session starts: the commit the tests ran on, not whatever HEAD is
+        # when they finish (other work may be committed meanwhile).
+        self.date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        self.commit = commit_id()
         self.cells: dict[str, list[tuple[str, str]]] = {}
         self.reports: dict[str, list[pytest.TestReport]] = {}
 
@@ -130,16 +134,14 @@ class MatrixRecorder:
         """Merge this session's outcomes into the results file (only if any ran)."""
         if not self.reports:
             return
-        when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        commit = commit_id()
         fresh = [
             {
                 "test": nodeid,
                 "peer": peer,
                 "scenario": scenario,
                 "outcome": outcome_of(reports),
-                "date": when,
-                "commit": commit,
+                "date": self.date,
+                "commit": self.commit,
             }
             for nodeid, reports in self.reports.items()
             for peer, scenario in self.cells[nodeid]
@@ -228,14 +230,15 @@ def render(rows: list[dict[str, str]], quirks: str) -> str:
         if rows
         else ""
     )
-    out += ["", "| peer | " + " | ".join(scenarios) + " |"]
-    out.append("|---|" + "---|" * len(scenarios))
-    for peer in peers:
+    # Scenarios down, peers across: there are many more scenarios than peers.
+    out += ["", "| scenario | " + " | ".join(peers) + " |"]
+    out.append("|---|" + "---|" * len(peers))
+    for scenario in scenarios:
         cells = []
-        for scenario in scenarios:
+        for peer in peers:
             outcome = cell_outcome(r["outcome"] for r in by_cell.get((peer, scenario), []))
             cells.append(LABELS.get(outcome, "·"))
-        out.append(f"| {peer} | " + " | ".join(cells) + " |")
+        out.append(f"| {scenario} | " + " | ".join(cells) + " |")
     out += [
         "",
         "`·` not run (no test for it, or never recorded); `known gap`: a test asserts the "

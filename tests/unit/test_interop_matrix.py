@@ -62,11 +62,11 @@ def test_page_has_a_row_per_peer_a_column_per_scenario_and_the_notes() -> None:
     lines = page.splitlines()
     assert "Last run: 2026-12-04 10:00 UTC, commit `abc1234`." in lines
     assert "Some cells come from earlier runs: 2026-12-03 09:00 UTC (`abc1234`)." in lines
-    header = next(line for line in lines if line.startswith("| peer |"))
-    assert header == "| peer | register | call in | call in (UDP/TLS) |"
-    assert "| linphone-udp | pass | pass | · |" in lines
-    assert "| kamailio-tls | · | FAIL | · |" in lines
-    assert "| rtpengine-edge | · | · | known gap |" in lines
+    header = next(line for line in lines if line.startswith("| scenario |"))
+    assert header == "| scenario | linphone-udp | kamailio-tls | rtpengine-edge |"
+    assert "| register | pass | · | · |" in lines
+    assert "| call in | pass | FAIL | · |" in lines
+    assert "| call in (UDP/TLS) | · | · | known gap |" in lines
     assert "## linphone-udp: linphonec as the plain phone" in lines
     assert "Needs a terminal on stdin." in lines
     assert "- call in (UDP/TLS): `t.py::d` — known gap" in lines
