@@ -11,18 +11,34 @@
  * Everything else goes back to Python untouched: sockets without an active lane (control,
  * RTCP, streams not yet latched or keyed, IPv6) are returned as (fd, mask) events, and a packet
  * the fast path declines before changing any state (wrong source IP, malformed header, RTCP
- * muxed on the WAN RTP port) is returned as (fd, data, source) for the full Python rules. A
- * lane is active only with SRTP keys (fail closed: it never sends plaintext to the WAN).
+ * muxed on an RTP port, an SSRC that may be admitted) is returned as (fd, data, source) for
+ * the full Python rules. A lane is active only with SRTP keys (fail closed: it never sends
+ * plaintext to the WAN).
+ *
+ * SSRCs: a lane serves the SSRCs its stream keeps (relay.SsrcGate, at most SSRC_SLOTS) and
+ * drops, counted, a new one that may not take a slot; one that may (a free slot, or a kept SSRC
+ * silent long enough) goes to Python, which alone admits SSRCs and removes libsrtp streams.
+ *
+ * libsrtp: the lanes call srtp_protect / srtp_unprotect with libsrtp 2's signature (context,
+ * buffer, int *length). libsrtp_version() reads the version of the very library those function
+ * pointers live in (dladdr, then dlsym on the already-loaded object), so that the worker can
+ * refuse the fast path with another major version instead of calling it with wrong arguments.
+ *
+ * The GIL is released around the blocking epoll_wait only: a round that finds packets at once
+ * keeps it (see Engine_poll), and Python threads and signal handlers are never held up by a
+ * worker that waits for packets.
  */
 #define _GNU_SOURCE /* pthread_setname_np */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -43,6 +59,7 @@ typedef int (*srtp_fn)(void *ctx, void *buf, int *len);
 #define MAX_DROPOUT 3000
 #define MAX_MISORDER 100
 #define N_REASONS 64
+#define SSRC_SLOTS 2 /* relay.SSRC_SLOTS */
 
 enum { KIND_PROTECT = 0, KIND_UNPROTECT = 1 };
 enum { REASON_MALFORMED = 0, REASON_AUTH = 1, REASON_REPLAY = 2 };
@@ -63,7 +80,14 @@ typedef struct {
     unsigned char reasons[N_REASONS];
     /* counter deltas since the last take() */
     long long in_packets, in_bytes, out_packets, drop_malformed, drop_auth, drop_replay;
+    long long drop_ssrc;
     double last_packet;
+    /* relay.SsrcGate as the lane sees it (authoritative for `heard` while active) */
+    uint32_t ssrcs[SSRC_SLOTS];
+    double heard[SSRC_SLOTS];
+    int n_ssrcs;
+    int can_retire;
+    double ssrc_idle;
     /* RFC 3550 A.3 / A.8 state (authoritative while active) */
     long long max_seq, base, cycles, received, lost_before, transit, jitter16;
     long long clock_rate;
@@ -107,15 +131,36 @@ static void lane_reception(Lane *l, const unsigned char *d, double now) {
     }
 }
 
+/* SsrcGate.slot and SsrcGate.admissible (less the retired set, which Python checks): 1 when
+ * ssrc is kept (its index in *slot), -1 when it is refused, 0 when Python must decide. */
+static int lane_ssrc(const Lane *l, uint32_t ssrc, double now, int *slot) {
+    for (int i = 0; i < l->n_ssrcs; i++) {
+        if (l->ssrcs[i] == ssrc) {
+            *slot = i;
+            return 1;
+        }
+    }
+    if (l->n_ssrcs < SSRC_SLOTS) return 0;
+    if (!l->can_retire) return -1;
+    double oldest = l->heard[0];
+    for (int i = 1; i < l->n_ssrcs; i++)
+        if (l->heard[i] < oldest) oldest = l->heard[i];
+    return now - oldest >= l->ssrc_idle ? 0 : -1;
+}
+
 static int Lane_init(Lane *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"kind", "reasons", "clock_rate", NULL};
+    static char *kwlist[] = {"kind", "reasons", "clock_rate", "ssrc_idle", NULL};
     int kind;
     const char *reasons;
     Py_ssize_t n_reasons;
     long long clock_rate = 8000;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iy#|L", kwlist, &kind, &reasons, &n_reasons,
-                                     &clock_rate))
+    double ssrc_idle = 1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iy#|Ld", kwlist, &kind, &reasons, &n_reasons,
+                                     &clock_rate, &ssrc_idle))
         return -1;
+    self->ssrc_idle = ssrc_idle;
+    self->n_ssrcs = 0;
+    self->can_retire = 1;
     if (kind != KIND_PROTECT && kind != KIND_UNPROTECT) {
         PyErr_SetString(PyExc_ValueError, "kind must be 0 (protect) or 1 (unprotect)");
         return -1;
@@ -174,12 +219,12 @@ static PyObject *Lane_disable(Lane *self, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *Lane_take(Lane *self, PyObject *Py_UNUSED(ignored)) {
-    PyObject *out = Py_BuildValue("(LLLLLLd)", self->in_packets, self->in_bytes,
+    PyObject *out = Py_BuildValue("(LLLLLLLd)", self->in_packets, self->in_bytes,
                                   self->out_packets, self->drop_malformed, self->drop_auth,
-                                  self->drop_replay, self->last_packet);
+                                  self->drop_replay, self->drop_ssrc, self->last_packet);
     if (out == NULL) return NULL;
     self->in_packets = self->in_bytes = self->out_packets = 0;
-    self->drop_malformed = self->drop_auth = self->drop_replay = 0;
+    self->drop_malformed = self->drop_auth = self->drop_replay = self->drop_ssrc = 0;
     self->last_packet = 0.0;
     return out;
 }
@@ -200,6 +245,47 @@ static PyObject *Lane_set_reception(Lane *self, PyObject *args) {
     self->lost_before = v[4];
     self->transit = v[5];
     self->jitter16 = v[6];
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lane_get_ssrcs(Lane *self, PyObject *Py_UNUSED(ignored)) {
+    PyObject *out = PyTuple_New(self->n_ssrcs);
+    if (out == NULL) return NULL;
+    for (int i = 0; i < self->n_ssrcs; i++) {
+        PyObject *item = Py_BuildValue("(kd)", (unsigned long)self->ssrcs[i], self->heard[i]);
+        if (item == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, i, item);
+    }
+    return out;
+}
+
+static PyObject *Lane_set_ssrcs(Lane *self, PyObject *args) {
+    PyObject *kept;
+    int can_retire;
+    if (!PyArg_ParseTuple(args, "O!p", &PyTuple_Type, &kept, &can_retire)) return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(kept);
+    if (n > SSRC_SLOTS) {
+        PyErr_SetString(PyExc_ValueError, "more SSRCs than the lane has slots");
+        return NULL;
+    }
+    uint32_t ssrcs[SSRC_SLOTS];
+    double heard[SSRC_SLOTS];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long ssrc;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(kept, i), "kd", &ssrc, &heard[i])) return NULL;
+        if (ssrc > 0xFFFFFFFFUL) {
+            PyErr_SetString(PyExc_ValueError, "SSRC out of range");
+            return NULL;
+        }
+        ssrcs[i] = (uint32_t)ssrc;
+    }
+    memcpy(self->ssrcs, ssrcs, sizeof ssrcs);
+    memcpy(self->heard, heard, sizeof heard);
+    self->n_ssrcs = (int)n;
+    self->can_retire = can_retire;
     Py_RETURN_NONE;
 }
 
@@ -234,6 +320,10 @@ static PyMethodDef Lane_methods[] = {
     {"take", (PyCFunction)Lane_take, METH_NOARGS, "Counter deltas since the last take()."},
     {"get_reception", (PyCFunction)Lane_get_reception, METH_NOARGS, "Reception state."},
     {"set_reception", (PyCFunction)Lane_set_reception, METH_VARARGS, "Set reception state."},
+    {"get_ssrcs", (PyCFunction)Lane_get_ssrcs, METH_NOARGS,
+     "((ssrc, last heard), ...) of the kept SSRCs."},
+    {"set_ssrcs", (PyCFunction)Lane_set_ssrcs, METH_VARARGS,
+     "set_ssrcs(((ssrc, last heard), ...), can_retire): the stream's SsrcGate."},
     {"reception_packet", (PyCFunction)Lane_reception_packet, METH_VARARGS,
      "Account one RTP header (for tests)."},
     {NULL, NULL, 0, NULL},
@@ -322,7 +412,14 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
         return -1;
     self->gap_avg = 1.0; /* start cold: no spinning until packets come close together */
     if (keep_awake && !self->has_keeper) {
+        /* Created with every signal blocked: a process-directed signal must go to the
+         * packet loop's thread, whose epoll_wait it interrupts so that Python's handler runs
+         * at once; taken by the keeper, it would wait for the loop's next return. */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &old);
         int err = pthread_create(&self->keeper, NULL, keeper_main, self);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
         if (err) {
             errno = err;
             PyErr_SetFromErrno(PyExc_OSError);
@@ -395,10 +492,20 @@ static PyObject *source_tuple(const struct sockaddr_in *src) {
  * changed: the caller gives it to Python). */
 static int lane_packet(Lane *l, unsigned char *d, ssize_t n, uint32_t source_ip, double now) {
     if (source_ip != l->src_ip || n > MAX_DATAGRAM) return 0;
+    int slot = 0;
     if (l->kind == KIND_PROTECT) {
         if (n < 12 || (d[0] & 0xC0) != 0x80) return 0;
+        if (d[1] >= 200 && d[1] <= 204) return 0; /* RTCP muxed by the phone (RFC 5761 §4) */
+        uint32_t ssrc = (uint32_t)d[8] << 24 | (uint32_t)d[9] << 16 | (uint32_t)d[10] << 8 | d[11];
+        int verdict = lane_ssrc(l, ssrc, now, &slot);
+        if (verdict == 0) return 0;
         l->in_packets++;
         l->in_bytes += n;
+        if (verdict < 0) {
+            l->drop_ssrc++;
+            return 1;
+        }
+        l->heard[slot] = now;
         l->last_packet = now;
         lane_reception(l, d, now);
         if (n > l->max_len) {
@@ -420,8 +527,15 @@ static int lane_packet(Lane *l, unsigned char *d, ssize_t n, uint32_t source_ip,
     if (n < 12 || (d[0] & 0xC0) != 0x80) return 0;
     unsigned pt = d[1] & 0x7F;
     if (pt >= 64 && pt <= 95) return 0;
+    uint32_t ssrc = (uint32_t)d[8] << 24 | (uint32_t)d[9] << 16 | (uint32_t)d[10] << 8 | d[11];
+    int verdict = lane_ssrc(l, ssrc, now, &slot);
+    if (verdict == 0) return 0; /* a new SSRC is kept only after it authenticates: Python */
     l->in_packets++;
     l->in_bytes += n;
+    if (verdict < 0) {
+        l->drop_ssrc++;
+        return 1;
+    }
     if (n > l->max_len) {
         l->drop_malformed++;
         return 1;
@@ -439,6 +553,7 @@ static int lane_packet(Lane *l, unsigned char *d, ssize_t n, uint32_t source_ip,
             l->drop_malformed++;
         return 1;
     }
+    l->heard[slot] = now;
     l->last_packet = now;
     lane_reception(l, d, now); /* the RTP header is not encrypted (RFC 3711 §3.1) */
     l->out_packets++;
@@ -468,11 +583,21 @@ static PyObject *Engine_poll(Engine *self, PyObject *args) {
             double left = (deadline - now) * 1e3;
             wait_ms = left > 0 ? (int)left + (left > (int)left) : 0; /* ceil: never early */
         }
-        /* The GIL stays held: the worker runs no other Python thread (the keeper is plain C),
-         * and releasing and taking it back cost two atomic operations per round. */
-        int n = epoll_wait(self->epfd, self->events, MAX_EVENTS, wait_ms);
+        /* Under load a round finds packets at once: that look keeps the GIL (its release and
+         * re-take cost per round). Only a wait that may block lets go of it, so that other
+         * Python threads (a worker run in a thread, tests) and the main thread's signal
+         * handlers are not held up for the whole wait. */
+        int n = epoll_wait(self->epfd, self->events, MAX_EVENTS, 0);
+        int err = errno;
+        if (n == 0 && wait_ms != 0) {
+            Py_BEGIN_ALLOW_THREADS
+            n = epoll_wait(self->epfd, self->events, MAX_EVENTS, wait_ms);
+            err = errno;
+            Py_END_ALLOW_THREADS
+        }
         if (n < 0) {
-            if (errno != EINTR) {
+            if (err != EINTR) {
+                errno = err;
                 PyErr_SetFromErrno(PyExc_OSError);
                 goto fail;
             }
@@ -530,6 +655,39 @@ fail:
     return NULL;
 }
 
+static PyObject *fastpath_libsrtp_version(PyObject *Py_UNUSED(module), PyObject *args) {
+    unsigned long long fn;
+    if (!PyArg_ParseTuple(args, "K", &fn)) return NULL;
+    Dl_info info;
+    if (!fn || !dladdr((void *)(uintptr_t)fn, &info) || info.dli_fname == NULL) {
+        PyErr_SetString(PyExc_OSError, "no loaded library holds that function");
+        return NULL;
+    }
+    /* RTLD_NOLOAD: the object pylibsrtp loaded, never another copy. */
+    void *lib = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD);
+    if (lib == NULL) {
+        const char *why = dlerror();
+        PyErr_Format(PyExc_OSError, "%s: %s", info.dli_fname, why ? why : "not loaded");
+        return NULL;
+    }
+    unsigned int (*get_version)(void) = (unsigned int (*)(void))dlsym(lib, "srtp_get_version");
+    const char *(*get_text)(void) = (const char *(*)(void))dlsym(lib, "srtp_get_version_string");
+    PyObject *out;
+    if (get_version == NULL)
+        out = PyErr_Format(PyExc_OSError, "%s has no srtp_get_version", info.dli_fname);
+    else
+        out = Py_BuildValue("(Is)", get_version(), get_text ? get_text() : "");
+    dlclose(lib);
+    return out;
+}
+
+static PyMethodDef fastpath_functions[] = {
+    {"libsrtp_version", fastpath_libsrtp_version, METH_VARARGS,
+     "libsrtp_version(fn) -> (srtp_get_version(), srtp_get_version_string()) of the library "
+     "holding the function at address fn"},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyObject *Engine_get_keeper(Engine *self, void *Py_UNUSED(closure)) {
     return PyBool_FromLong(self->has_keeper);
 }
@@ -565,6 +723,7 @@ static struct PyModuleDef fastpath_module = {
     .m_name = "gateway.media._fastpath",
     .m_doc = "C fast path for the media worker's steady-state RTP relay.",
     .m_size = -1,
+    .m_methods = fastpath_functions,
 };
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
@@ -577,7 +736,8 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     if (PyModule_AddObject(m, "Engine", (PyObject *)&EngineType) < 0) goto fail;
     if (PyModule_AddIntConstant(m, "PROTECT", KIND_PROTECT) < 0 ||
         PyModule_AddIntConstant(m, "UNPROTECT", KIND_UNPROTECT) < 0 ||
-        PyModule_AddIntConstant(m, "MAX_EVENTS", MAX_EVENTS) < 0)
+        PyModule_AddIntConstant(m, "MAX_EVENTS", MAX_EVENTS) < 0 ||
+        PyModule_AddIntConstant(m, "SSRC_SLOTS", SSRC_SLOTS) < 0)
         goto fail;
     return m;
 fail:

@@ -105,6 +105,9 @@ class StreamCounters(msgspec.Struct):
     drop_plain_rtcp: int = 0
     drop_no_peer: int = 0
     drop_malformed: int = 0
+    #: RTP from an SSRC beyond the few a direction keeps at a time (an SSRC flood, a source
+    #: given up earlier under the same keys): see gateway/media/relay.py ``SsrcGate``.
+    drop_ssrc: int = 0
     last_lan_packet: float = 0.0
     last_wan_packet: float = 0.0
     #: Reception statistics measured by the gateway on the accepted RTP it relays (RFC 3550

@@ -18,6 +18,18 @@ Rules enforced here (DESIGN.md invariants 1–3):
 - LAN packets are accepted only from the phone's signalled IP (no RTP bleed); WAN packets only
   from the provider's signalled IP. The source port is latched from the first accepted packet
   (symmetric RTP), on the WAN only after the packet authenticated, and replies go there.
+- Each direction accepts RTP from at most :data:`SSRC_SLOTS` SSRCs at a time (an
+  :class:`SsrcGate`; others are counted ``drop_ssrc``). libsrtp keeps a stream (ROC, replay
+  window) per SSRC and looks streams up linearly (RFC 3711 §3.2.3): a phone's address sending
+  a new SSRC per packet made every packet of every call on the worker slower and its memory grow
+  for the rest of the call. A kept SSRC silent for :data:`SSRC_IDLE_S` may give its slot to a
+  new one (a phone changes SSRC after a re-INVITE or a restart, a provider when it switches
+  media sources); the one given up is removed from libsrtp and never accepted again under the
+  same keys, since a re-created stream would start from ROC 0 and reuse indices (RFC 3711
+  §9.1) or accept old packets again.
+- RTCP that a phone multiplexes on its RTP port (second byte 200-204, RFC 5761 §4) is relayed
+  as RTCP, never counted in the RTP reception statistics or handed to libsrtp as RTP (it would
+  be taken for a new SSRC each time).
 
 Direction attributes (hold, ``inactive``) are deliberately not enforced: phones keep sending
 comfort noise or RTCP while on hold, and dropping it would only make the stream look dead to the
@@ -61,6 +73,7 @@ __all__ = [
     "Forward",
     "ReceptionStats",
     "RelayStream",
+    "SsrcGate",
     "is_plain_rtcp",
     "read_receiver_report",
 ]
@@ -92,6 +105,15 @@ RTP_CLOCK_RATE = 8000
 #: misorder) starts a new sequence (new SSRC, a restarted sender) instead of counting as loss.
 _MAX_DROPOUT = 3000
 _MAX_MISORDER = 100
+
+#: SSRCs one direction of a stream accepts at a time: the current and the previous.
+SSRC_SLOTS = 2
+#: A kept SSRC silent for this long may give its slot to a new SSRC. Longer than any packet
+#: interval (ptime) and short against the time between two SSRC changes of a real peer.
+SSRC_IDLE_S = 1.0
+#: SSRCs given up are remembered, under one key, up to this many (a few KiB); after that no
+#: slot is given up any more until the keys change: the kept SSRCs go on, new ones are dropped.
+SSRC_RETIRED_MAX = 256
 
 
 class ReceptionStats:
@@ -189,6 +211,71 @@ class ReceptionStats:
         ) = state
 
 
+class SsrcGate:
+    """Which RTP SSRCs one direction of a stream accepts (RFC 3550 §8.2, RFC 3711 §3.2.3).
+
+    At most :data:`SSRC_SLOTS` SSRCs are kept, each with the time it was last heard. A packet
+    of a kept SSRC passes (:meth:`slot`, then :meth:`heard`). A new SSRC may take a free slot,
+    or the slot of the kept SSRC silent longest once it has been silent for ``idle`` seconds
+    (:meth:`admissible`, :meth:`admit`); the SSRC it replaces is retired for good (the caller
+    removes its libsrtp stream). The C fast path applies the same rule to the state it gets
+    from :meth:`state` and hands back through :meth:`set_state`.
+    """
+
+    __slots__ = ("_heard", "_retired", "idle", "ssrcs")
+
+    def __init__(self, idle: float = SSRC_IDLE_S) -> None:
+        self.idle = idle
+        #: The kept SSRCs and when each was last heard (``now`` values), index for index.
+        self.ssrcs: list[int] = []
+        self._heard: list[float] = []
+        self._retired: set[int] = set()
+
+    def slot(self, ssrc: int) -> int:
+        """The kept SSRC's index, or -1."""
+        ssrcs = self.ssrcs
+        return ssrcs.index(ssrc) if ssrc in ssrcs else -1
+
+    def heard(self, index: int, now: float) -> None:
+        self._heard[index] = now
+
+    @property
+    def can_retire(self) -> bool:
+        """False once :data:`SSRC_RETIRED_MAX` SSRCs were given up: slots stay as they are."""
+        return len(self._retired) < SSRC_RETIRED_MAX
+
+    def admissible(self, ssrc: int, now: float) -> bool:
+        """True when a new (not kept) ``ssrc`` may be admitted at ``now``."""
+        if ssrc in self._retired:
+            return False
+        if len(self.ssrcs) < SSRC_SLOTS:
+            return True
+        return self.can_retire and now - min(self._heard) >= self.idle
+
+    def admit(self, ssrc: int, now: float) -> int | None:
+        """Keep ``ssrc`` (after :meth:`admissible`); returns the SSRC it retired, if any."""
+        retired = None
+        if len(self.ssrcs) >= SSRC_SLOTS:
+            oldest = self._heard.index(min(self._heard))
+            retired = self.ssrcs.pop(oldest)
+            del self._heard[oldest]
+            self._retired.add(retired)
+        self.ssrcs.append(ssrc)
+        self._heard.append(now)
+        return retired
+
+    def state(self) -> tuple[tuple[tuple[int, float], ...], bool]:
+        """((ssrc, last heard) per kept SSRC, whether a slot may still be given up)."""
+        return tuple(zip(self.ssrcs, self._heard, strict=True)), self.can_retire
+
+    def set_state(self, kept: tuple[tuple[int, float], ...]) -> None:
+        """Take back the last-heard times the fast path kept (it never changes which SSRCs
+        are kept: a new one always comes back to Python)."""
+        for ssrc, heard in kept:
+            if ssrc in self.ssrcs:
+                self._heard[self.ssrcs.index(ssrc)] = heard
+
+
 def read_receiver_report(data: bytes) -> tuple[int, int] | None:
     """(cumulative packets lost, interarrival jitter) of the first report block of a plain
     compound RTCP packet's leading SR or RR (RFC 3550 §6.4.1, §6.4.2), or None."""
@@ -231,6 +318,7 @@ class RelayStream:
 
     __slots__ = (
         "_lan_reception",
+        "_lan_ssrcs",
         "_phone_ip",
         "_phone_rtcp",
         "_phone_rtcp_latched",
@@ -244,17 +332,22 @@ class RelayStream:
         "_provider_rtp_latched",
         "_rx",
         "_spec",
+        "_ssrc_idle",
         "_to_phone_rtcp",
         "_to_provider_rtcp",
         "_to_provider_rtcp_via",
         "_tx",
         "_wan_reception",
+        "_wan_ssrcs",
         "counters",
         "on_change",
     )
 
-    def __init__(self, spec: StreamSpec) -> None:
-        """Build from a spec; raises ValueError for an unknown/NULL suite or a bad key length."""
+    def __init__(self, spec: StreamSpec, *, ssrc_idle: float = SSRC_IDLE_S) -> None:
+        """Build from a spec; raises ValueError for an unknown/NULL suite or a bad key length.
+
+        ``ssrc_idle``: how long a kept SSRC must be silent before a new one may take its slot
+        (:class:`SsrcGate`; tests shorten it)."""
         #: Counters by direction and drop reason; ``last_*_packet`` hold the ``now`` values of
         #: the last accepted packet (0.0 = none yet).
         self.counters = StreamCounters()
@@ -276,6 +369,9 @@ class RelayStream:
         self._plain = False
         self._lan_reception = ReceptionStats()
         self._wan_reception = ReceptionStats()
+        self._ssrc_idle = ssrc_idle
+        self._lan_ssrcs = SsrcGate(ssrc_idle)
+        self._wan_ssrcs = SsrcGate(ssrc_idle)
         self._spec = StreamSpec(lan_port=spec.lan_port, wan_port=spec.wan_port)
         #: Called after anything :meth:`fast_lan` / :meth:`fast_wan` depend on changed
         #: (update, latch, close): the worker's C fast path reconfigures itself then.
@@ -296,6 +392,16 @@ class RelayStream:
     def wan_reception(self) -> ReceptionStats:
         """Reception statistics of the (authenticated) RTP from the provider."""
         return self._wan_reception
+
+    @property
+    def lan_ssrcs(self) -> SsrcGate:
+        """The SSRCs accepted from the phone."""
+        return self._lan_ssrcs
+
+    @property
+    def wan_ssrcs(self) -> SsrcGate:
+        """The SSRCs accepted from the provider (each admitted after it authenticated)."""
+        return self._wan_ssrcs
 
     def fast_lan(self) -> tuple[str, Address, SrtpProtector] | None:
         """The LAN RTP → WAN RTP steady state, or None while it is not reached.
@@ -359,6 +465,11 @@ class RelayStream:
             tx = SrtpProtector(spec.wan_tx) if spec.wan_tx is not None else None
         if not same_keying(spec.wan_rx, rx.keying if rx else None):
             rx = SrtpUnprotector(spec.wan_rx) if spec.wan_rx is not None else None
+        # SSRCs are kept and retired per crypto context: new keys, a clean slate.
+        if tx is not self._tx:
+            self._lan_ssrcs = SsrcGate(self._ssrc_idle)
+        if rx is not self._rx:
+            self._wan_ssrcs = SsrcGate(self._ssrc_idle)
         self._tx = tx
         self._rx = rx
         self._plain = spec.wan_plaintext
@@ -411,15 +522,34 @@ class RelayStream:
         """A datagram on the LAN RTP port: plain RTP from the phone, protected to the WAN."""
         c = self.counters
         c.lan_in_packets += 1
-        c.lan_in_bytes += len(data)
+        n = len(data)
+        c.lan_in_bytes += n
         if source[0] != self._phone_ip:
             if self._phone_ip is None:
                 c.drop_no_peer += 1
             else:
                 c.drop_wrong_source += 1
             return None
-        if not _RTP_MIN <= len(data) <= MAX_DATAGRAM or data[0] & 0xC0 != 0x80:
+        if not _RTCP_MIN <= n <= MAX_DATAGRAM or data[0] & 0xC0 != 0x80:
             c.drop_malformed += 1
+            return None
+        # RFC 5761 §4: a phone that multiplexes anyway sends RTCP SR, RR, SDES, BYE or APP here.
+        if 200 <= data[1] <= 204:
+            return self._lan_rtcp(data, source, now, True)
+        if n < _RTP_MIN:
+            c.drop_malformed += 1
+            return None
+        gate = self._lan_ssrcs
+        ssrc = data[8] << 24 | data[9] << 16 | data[10] << 8 | data[11]
+        index = gate.slot(ssrc)
+        if index >= 0:
+            gate.heard(index, now)
+        elif gate.admissible(ssrc, now):
+            retired = gate.admit(ssrc, now)
+            if retired is not None and self._tx is not None:
+                self._tx.forget(retired)
+        else:
+            c.drop_ssrc += 1
             return None
         c.last_lan_packet = now
         # Before the latch: the latch hands the reception state to the C fast path, which must
@@ -430,6 +560,8 @@ class RelayStream:
             self._phone_rtp_latched = True
             self._refresh_rtcp_destinations()
             self._changed()
+        elif index < 0:
+            self._changed()  # the fast path serves the kept SSRCs only
         dest = self._provider_rtp
         if dest is None:
             c.drop_no_peer += 1
@@ -465,7 +597,12 @@ class RelayStream:
         if not _RTCP_MIN <= len(data) <= MAX_DATAGRAM or data[0] & 0xC0 != 0x80:
             c.drop_malformed += 1
             return None
-        if not self._phone_rtcp_latched:
+        return self._lan_rtcp(data, source, now, False)
+
+    def _lan_rtcp(self, data: bytes, source: Address, now: float, muxed: bool) -> Forward | None:
+        c = self.counters
+        # RTCP muxed on the RTP port says nothing about where the phone wants RTCP sent.
+        if not muxed and not self._phone_rtcp_latched:
             self._phone_rtcp = source
             self._phone_rtcp_latched = True
             self._refresh_rtcp_destinations()
@@ -516,6 +653,14 @@ class RelayStream:
         if n < _RTP_MIN:
             c.drop_malformed += 1
             return None
+        # Checked before libsrtp: a refused SSRC costs no authentication. A new one is kept
+        # only once it authenticated (only the key holder can take a slot).
+        gate = self._wan_ssrcs
+        ssrc = data[8] << 24 | data[9] << 16 | data[10] << 8 | data[11]
+        index = gate.slot(ssrc)
+        if index < 0 and not gate.admissible(ssrc, now):
+            c.drop_ssrc += 1
+            return None
         rx = self._rx
         if rx is not None:
             try:
@@ -534,6 +679,12 @@ class RelayStream:
         else:
             c.drop_no_peer += 1  # no keys yet: nothing from the WAN can be verified
             return None
+        if index >= 0:
+            gate.heard(index, now)
+        else:
+            retired = gate.admit(ssrc, now)
+            if retired is not None and rx is not None:
+                rx.forget(retired)
         c.last_wan_packet = now
         self._wan_reception.packet(data, now)  # the RTP header is not encrypted (RFC 3711 §3.1)
         if not self._provider_rtp_latched:
@@ -543,6 +694,8 @@ class RelayStream:
             self._provider_rtp_latched = True
             self._refresh_rtcp_destinations()
             self._changed()
+        elif index < 0:
+            self._changed()  # the fast path serves the kept SSRCs only
         dest = self._phone_rtp
         if dest is None:
             c.drop_no_peer += 1

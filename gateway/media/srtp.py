@@ -13,11 +13,18 @@ means a new crypto context.
 
 libsrtp reports failures as :class:`pylibsrtp.Error` carrying a message; they are mapped here to
 :class:`SrtpAuthError` (authentication or cipher failure) and :class:`SrtpReplayError` (replay
-window) so the packet path can count them apart (docs/design.md §3.2).
+window) so the packet path can count them apart (docs/design.md §3.2). A ``TypeError`` from the
+binding (a pylibsrtp whose libsrtp functions take other arguments) becomes a
+:class:`SrtpBindingError`, counted like any refused packet instead of ending the worker.
+
+Each SSRC seen by a session is a libsrtp stream; :meth:`SrtpProtector.forget` and
+:meth:`SrtpUnprotector.forget` remove one (``srtp_remove_stream``) when the relay gives its slot
+to another SSRC (see :class:`~gateway.media.relay.SsrcGate`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pylibsrtp
@@ -47,10 +54,12 @@ __all__ = [
     "NATIVE_REASONS",
     "NativeHandle",
     "SrtpAuthError",
+    "SrtpBindingError",
     "SrtpError",
     "SrtpProtector",
     "SrtpReplayError",
     "SrtpUnprotector",
+    "native_function",
     "same_keying",
 ]
 
@@ -67,6 +76,14 @@ class SrtpReplayError(SrtpError):
     """The packet's index was already seen or is behind the replay window."""
 
 
+class SrtpBindingError(SrtpError):
+    """pylibsrtp's binding refused the call itself (``TypeError``: another libsrtp API)."""
+
+
+#: What pylibsrtp may raise for one packet: libsrtp's status, its buffer limit, its binding.
+_FAILURES = (pylibsrtp.Error, ValueError, TypeError)
+
+
 # Messages from pylibsrtp's table of libsrtp status codes. A GCM tag mismatch surfaces as a
 # cipher failure, so it counts as an authentication failure too (RFC 7714 §9.1).
 _AUTH_MESSAGES = frozenset({"authentication failure", "cipher failure"})
@@ -81,6 +98,8 @@ _REPLAY_MESSAGES = frozenset(
 
 def _mapped(exc: Exception) -> SrtpError:
     """Turn a pylibsrtp failure into the matching SrtpError subclass."""
+    if isinstance(exc, TypeError):
+        return SrtpBindingError(f"libsrtp binding refused the call: {exc}")
     message = str(exc)
     if message in _AUTH_MESSAGES:
         return SrtpAuthError(message)
@@ -157,7 +176,10 @@ class _Direct:
         buf[0:n] = packet
         length = self._length
         length[0] = n
-        status = function(self._handle, self._cdata, length)
+        try:
+            status = function(self._handle, self._cdata, length)
+        except TypeError as exc:  # free unless raised (zero-cost try in CPython 3.11)
+            raise _mapped(exc) from None
         if status:
             raise _status_error(status)
         return buf[0 : length[0]]
@@ -173,14 +195,32 @@ def _address(pointer: Any) -> int:
     return int(_ffi.cast("uintptr_t", pointer))
 
 
+def native_function(name: str) -> int | None:
+    """The address of libsrtp's ``name`` in the library pylibsrtp loaded, or None."""
+    if not _FAST:
+        return None
+    try:
+        return _address(_ffi.addressof(_lib, name))
+    except (AttributeError, TypeError):  # pragma: no cover - pylibsrtp changed
+        return None
+
+
 def _native(direct: _Direct | None, function: str, trailer: int) -> NativeHandle | None:
     if direct is None:
         return None
-    try:
-        fn = _address(_ffi.addressof(_lib, function))
-        return _address(direct._handle), fn, _BUFFER - trailer, direct
-    except (AttributeError, TypeError):  # pragma: no cover - pylibsrtp changed
+    fn = native_function(function)
+    if fn is None:  # pragma: no cover - pylibsrtp changed
         return None
+    try:
+        return _address(direct._handle), fn, _BUFFER - trailer, direct
+    except TypeError:  # pragma: no cover - pylibsrtp changed
+        return None
+
+
+def _forget(session: pylibsrtp.Session, ssrc: int) -> None:
+    # No stream for it (never protected, or never authenticated): nothing to free.
+    with contextlib.suppress(*_FAILURES):
+        session.remove_stream(ssrc)
 
 
 def _native_reasons() -> bytes:
@@ -214,10 +254,11 @@ class SrtpProtector:
     length. libsrtp accepts any outbound SSRC and keeps a ROC per SSRC.
     """
 
-    __slots__ = ("_direct", "_protect", "_protect_rtcp", "keying")
+    __slots__ = ("_direct", "_protect", "_protect_rtcp", "_session", "keying")
 
     def __init__(self, keying: SrtpKeying) -> None:
         session = _session(keying, pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+        self._session = session
         #: The keying this context was built from (compared on update, never logged).
         self.keying = keying
         # Bound methods looked up once: the packet path calls them per packet.
@@ -229,6 +270,10 @@ class SrtpProtector:
         """libsrtp handle and ``srtp_protect`` for the C fast path (None without the fast path)."""
         return _native(self._direct, "srtp_protect", _RTP_TRAILER)
 
+    def forget(self, ssrc: int) -> None:
+        """Drop the stream (ROC, sequence state) libsrtp keeps for ``ssrc``, if any."""
+        _forget(self._session, ssrc)
+
     def protect(self, packet: bytes) -> bytes:
         """RTP → SRTP. Raises SrtpError (SrtpReplayError for a repeated sequence number)."""
         direct = self._direct
@@ -236,14 +281,14 @@ class SrtpProtector:
             return direct.run(_lib.srtp_protect, packet, _RTP_TRAILER)
         try:
             return self._protect(packet)
-        except (pylibsrtp.Error, ValueError) as exc:
+        except _FAILURES as exc:
             raise _mapped(exc) from None
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         """RTCP → SRTCP (RFC 3711 §3.4, always encrypted with the E flag set)."""
         try:
             return self._protect_rtcp(packet)
-        except (pylibsrtp.Error, ValueError) as exc:
+        except _FAILURES as exc:
             raise _mapped(exc) from None
 
 
@@ -254,10 +299,11 @@ class SrtpUnprotector:
     authenticates, so a provider that changes SSRC mid-call keeps working under the same key.
     """
 
-    __slots__ = ("_direct", "_unprotect", "_unprotect_rtcp", "keying")
+    __slots__ = ("_direct", "_session", "_unprotect", "_unprotect_rtcp", "keying")
 
     def __init__(self, keying: SrtpKeying) -> None:
         session = _session(keying, pylibsrtp.Policy.SSRC_ANY_INBOUND)
+        self._session = session
         #: The keying this context was built from (compared on update, never logged).
         self.keying = keying
         self._unprotect = session.unprotect
@@ -268,6 +314,10 @@ class SrtpUnprotector:
         """libsrtp handle and ``srtp_unprotect`` for the C fast path (None without it)."""
         return _native(self._direct, "srtp_unprotect", 0)
 
+    def forget(self, ssrc: int) -> None:
+        """Drop the stream (ROC, replay window) libsrtp keeps for ``ssrc``, if any."""
+        _forget(self._session, ssrc)
+
     def unprotect(self, packet: bytes) -> bytes:
         """SRTP → RTP. Raises SrtpAuthError, SrtpReplayError or SrtpError."""
         direct = self._direct
@@ -275,14 +325,14 @@ class SrtpUnprotector:
             return direct.run(_lib.srtp_unprotect, packet, 0)
         try:
             return self._unprotect(packet)
-        except (pylibsrtp.Error, ValueError) as exc:
+        except _FAILURES as exc:
             raise _mapped(exc) from None
 
     def unprotect_rtcp(self, packet: bytes) -> bytes:
         """SRTCP → RTCP. Raises SrtpAuthError, SrtpReplayError or SrtpError."""
         try:
             return self._unprotect_rtcp(packet)
-        except (pylibsrtp.Error, ValueError) as exc:
+        except _FAILURES as exc:
             raise _mapped(exc) from None
 
 

@@ -20,6 +20,11 @@ latched, peer known, SRTP keys present) is read, checked, protected or unprotect
 pylibsrtp's own libsrtp, and sent without entering Python. Everything else (control, RTCP,
 packets it declines: wrong source, malformed, RTCP muxed on the WAN RTP port) comes back to the
 Python path below, which stays the reference. ``GATEWAY_MEDIA_FASTPATH=0`` turns it off.
+The C lanes call libsrtp with libsrtp 2's signatures: at start-up the worker reads the version
+of the libsrtp pylibsrtp loaded and, with another major version, runs the Python loop and says
+so once on stderr (:func:`fastpath_refusal`). Packets the C loop hands back are decided by the
+Python rules with the stream's C state (reception statistics, kept SSRCs) taken back first and
+handed over again after.
 The C loop returns to Python only with something for it or at the loop's next timer, and
 with ``--keep-core-awake`` a SCHED_IDLE thread keeps the core out of idle while media is
 dense (a vCPU's wake-up from idle cost 1-3 ms of latency). ``--cpu`` pins the worker.
@@ -40,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import gc
 import math
 import os
@@ -67,15 +73,23 @@ from gateway.media.control import (
     UpdateStream,
     WorkerStats,
 )
-from gateway.media.relay import LAN_RTP, MAX_DATAGRAM, WAN_RTP, Address, Forward, RelayStream
-from gateway.media.srtp import NATIVE_REASONS
+from gateway.media.relay import (
+    LAN_RTP,
+    MAX_DATAGRAM,
+    SSRC_IDLE_S,
+    WAN_RTP,
+    Address,
+    Forward,
+    RelayStream,
+)
+from gateway.media.srtp import NATIVE_REASONS, native_function
 
 try:
     from gateway.media import _fastpath
 except ImportError:  # not built (no C compiler at install time): the Python path does it all
     _fastpath = None  # type: ignore[assignment]
 
-__all__ = ["main", "media_socket", "run_worker"]
+__all__ = ["LIBSRTP_MAJOR", "fastpath_refusal", "main", "media_socket", "run_worker"]
 
 #: Receive size: one byte more than the relay accepts, so that a longer datagram, which the
 #: kernel cuts to this size without a word, still shows as too long (relay.MAX_DATAGRAM).
@@ -88,6 +102,9 @@ MAX_CONTROL_MESSAGE = 16 << 20
 #: those rounds: a pass over 1000 calls is spread over ~16 ms instead of one pause.
 IDLE_CHECK_BATCH = 64
 IDLE_CHECK_STEP_S = 0.001
+#: The libsrtp major version whose ``srtp_protect`` / ``srtp_unprotect`` signatures (context,
+#: buffer, int *length) the C lanes call. With another, the worker runs the Python loop.
+LIBSRTP_MAJOR = 2
 
 _Handler = Callable[[bytes, Address, float], Forward | None]
 
@@ -95,6 +112,34 @@ _Handler = Callable[[bytes, Address, float], Forward | None]
 def fastpath_enabled() -> bool:
     """True when the C fast path is built and not turned off by ``GATEWAY_MEDIA_FASTPATH=0``."""
     return _fastpath is not None and os.environ.get("GATEWAY_MEDIA_FASTPATH", "1") != "0"
+
+
+@functools.cache
+def _libsrtp_version() -> tuple[int, str] | str:
+    """(srtp_get_version(), its text) of the libsrtp whose srtp_protect the lanes would call,
+    or why it cannot be read."""
+    fn = native_function("srtp_protect")
+    if fn is None or _fastpath is None:
+        return "pylibsrtp's binding does not expose srtp_protect"
+    try:
+        return _fastpath.libsrtp_version(fn)
+    except OSError as exc:
+        return str(exc)
+
+
+def fastpath_refusal() -> str | None:
+    """Why the C fast path must not call the libsrtp that pylibsrtp loaded, or None."""
+    found = _libsrtp_version()
+    if isinstance(found, str):
+        return f"libsrtp's version cannot be read ({found})"
+    version, text = found
+    major = version >> 24
+    if major != LIBSRTP_MAJOR:
+        return (
+            f"{text or 'libsrtp'} (major version {major}) is loaded and the C lanes call"
+            f" libsrtp {LIBSRTP_MAJOR}'s functions"
+        )
+    return None
 
 
 def _ipv4(ip: str) -> bytes | None:
@@ -135,32 +180,38 @@ class _Stream:
     """A relay and the four sockets it uses, indexed like ``relay.LAN_RTP`` … ``WAN_RTCP``,
     and its two C fast-path lanes (LAN RTP → WAN, WAN RTP → LAN) when there is a fast path."""
 
-    __slots__ = ("key", "lanes", "relay", "sockets")
+    __slots__ = ("_python_turn", "key", "lanes", "relay", "sockets")
 
     def __init__(self, key: str, relay: RelayStream, sockets: tuple[socket.socket, ...]) -> None:
         self.key = key
         self.relay = relay
         self.sockets = sockets
         self.lanes: tuple[_fastpath.Lane, _fastpath.Lane] | None = None
+        #: True while the Python rules handle a packet of an active lane: the relay's state
+        #: is then the one that counts (see :meth:`python_turn`).
+        self._python_turn = False
 
     def sync(self) -> None:
-        """Fold what the fast path counted into the relay's counters and reception stats."""
+        """Fold what the fast path counted into the relay's counters, and (outside a Python
+        turn) take back its reception statistics and SSRC last-heard times."""
         lanes = self.lanes
         if lanes is None:
             return
         relay = self.relay
         c = relay.counters
         lan, wan = lanes
-        inp, inb, out, malformed, auth, replay, last = lan.take()
+        inp, inb, out, malformed, auth, replay, ssrc, last = lan.take()
         if inp or malformed:
             c.lan_in_packets += inp
             c.lan_in_bytes += inb
             c.wan_out_packets += out
             c.drop_malformed += malformed  # protect failures only: no auth/replay here
+            c.drop_ssrc += ssrc
             c.last_lan_packet = max(c.last_lan_packet, last)
-        if lan.active:
+        if lan.active and not self._python_turn:
             relay.lan_reception.set_state(lan.get_reception())
-        inp, inb, out, malformed, auth, replay, last = wan.take()
+            relay.lan_ssrcs.set_state(lan.get_ssrcs())
+        inp, inb, out, malformed, auth, replay, ssrc, last = wan.take()
         if inp:
             c.wan_in_packets += inp
             c.wan_in_bytes += inb
@@ -168,9 +219,42 @@ class _Stream:
             c.drop_malformed += malformed
             c.drop_auth += auth
             c.drop_replay += replay
+            c.drop_ssrc += ssrc
             c.last_wan_packet = max(c.last_wan_packet, last)
-        if wan.active:
+        if wan.active and not self._python_turn:
             relay.wan_reception.set_state(wan.get_reception())
+            relay.wan_ssrcs.set_state(wan.get_ssrcs())
+
+    def _hand_over(self) -> None:
+        """Give the active lanes the relay's reception statistics and kept SSRCs."""
+        lanes = self.lanes
+        if lanes is None:
+            return
+        relay = self.relay
+        for lane, reception, gate in (
+            (lanes[0], relay.lan_reception, relay.lan_ssrcs),
+            (lanes[1], relay.wan_reception, relay.wan_ssrcs),
+        ):
+            if lane.active:
+                lane.set_reception(reception.state())
+                lane.set_ssrcs(*gate.state())
+
+    def python_turn(
+        self, handler: _Handler, data: bytes, source: Address, now: float
+    ) -> Forward | None:
+        """Run the Python rules on a packet of this stream's RTP sockets while the fast path
+        may hold the stream's state: take it back, decide, hand it over again (a packet the
+        C loop declined may admit a new SSRC and is counted in the reception statistics)."""
+        lanes = self.lanes
+        if lanes is None or not (lanes[0].active or lanes[1].active):
+            return handler(data, source, now)  # Python holds it all (a latch hands it over)
+        self.sync()
+        self._python_turn = True
+        try:
+            return handler(data, source, now)
+        finally:
+            self._python_turn = False
+            self._hand_over()
 
     def refresh(self) -> None:
         """Hand each direction to the fast path while it is in its steady state, take it back
@@ -181,10 +265,10 @@ class _Stream:
         relay = self.relay
         self.sync()
         wants = (
-            (lanes[0], relay.fast_lan(), self.sockets[WAN_RTP], relay.lan_reception),
-            (lanes[1], relay.fast_wan(), self.sockets[LAN_RTP], relay.wan_reception),
+            (lanes[0], relay.fast_lan(), self.sockets[WAN_RTP]),
+            (lanes[1], relay.fast_wan(), self.sockets[LAN_RTP]),
         )
-        for lane, want, out, reception in wants:
+        for lane, want, out in wants:
             config = None
             if want is not None:
                 ip, dest, context = want
@@ -194,10 +278,9 @@ class _Stream:
                     config = (out.fileno(), src, dst, dest[1], *native)
             if config is None:
                 lane.disable()
-                continue
-            if not lane.active:
-                lane.set_reception(reception.state())
-            lane.configure(*config)
+            else:
+                lane.configure(*config)
+        self._hand_over()
 
     def release(self) -> None:
         """Stop the fast path for this stream (before its sockets close)."""
@@ -247,10 +330,12 @@ class _Worker:
         keep_core_awake: bool = False,
         fast_path: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ssrc_idle: float = SSRC_IDLE_S,
     ) -> None:
         """``fast_path`` None follows :func:`fastpath_enabled`; ``clock`` is the Python loop's
         time source (tests hand both loops the same times; the C loop reads CLOCK_MONOTONIC,
-        which is what ``time.monotonic`` reads too)."""
+        which is what ``time.monotonic`` reads too); ``ssrc_idle`` is how long a kept SSRC
+        must be silent before a new one may take its slot (relay.SsrcGate; tests shorten it)."""
         self._control = control
         self._clock = clock
         self._lan_address = lan_address
@@ -261,15 +346,25 @@ class _Worker:
         self._dscp = dscp
         self._epoll = select.epoll()
         self._calls: dict[str, _Call] = {}
-        # fd → (socket, relay handler, the stream's sockets to send from)
-        self._handlers: dict[int, tuple[socket.socket, _Handler, tuple[socket.socket, ...]]] = {}
+        self._ssrc_idle = ssrc_idle
+        # fd → (socket, relay handler, the stream's sockets to send from, and for an RTP
+        # socket the C loop serves, its stream)
+        self._handlers: dict[
+            int, tuple[socket.socket, _Handler, tuple[socket.socket, ...], _Stream | None]
+        ] = {}
         self._in = bytearray()
         self._out = bytearray()
         self._running = True
         self._warned: set[str] = set()
+        fast = fastpath_enabled() if fast_path is None else fast_path and _fastpath is not None
+        if fast:
+            refusal = fastpath_refusal()
+            if refusal is not None:
+                self._warn(f"C fast path off: {refusal}; the Python loop relays every packet")
+                fast = False
         self._engine: _fastpath.Engine | None = (
             _fastpath.Engine(self._epoll.fileno(), keep_core_awake=keep_core_awake)
-            if (fastpath_enabled() if fast_path is None else fast_path and _fastpath is not None)
+            if fast
             else None
         )
 
@@ -369,7 +464,7 @@ class _Worker:
         if call is not None and index in call.streams:
             return f"stream {call_id}/{index} is already open"
         try:
-            relay = RelayStream(spec)
+            relay = RelayStream(spec, ssrc_idle=self._ssrc_idle)
         except ValueError as exc:
             return f"invalid stream spec: {exc}"
         sockets: list[socket.socket] = []
@@ -400,20 +495,22 @@ class _Worker:
             relay.from_wan_rtp,
             relay.from_wan_rtcp,
         )
-        for sock, handler in zip(stream.sockets, handlers, strict=True):
-            self._handlers[sock.fileno()] = (sock, handler, stream.sockets)
-            self._epoll.register(sock.fileno(), select.EPOLLIN)
         engine = self._engine
         if engine is not None and all(s.family == socket.AF_INET for s in stream.sockets):
             assert _fastpath is not None
+            idle = self._ssrc_idle
             stream.lanes = (
-                _fastpath.Lane(_fastpath.PROTECT, NATIVE_REASONS),
-                _fastpath.Lane(_fastpath.UNPROTECT, NATIVE_REASONS),
+                _fastpath.Lane(_fastpath.PROTECT, NATIVE_REASONS, ssrc_idle=idle),
+                _fastpath.Lane(_fastpath.UNPROTECT, NATIVE_REASONS, ssrc_idle=idle),
             )
             engine.attach(stream.sockets[LAN_RTP].fileno(), stream.lanes[0])
             engine.attach(stream.sockets[WAN_RTP].fileno(), stream.lanes[1])
             relay.on_change = stream.refresh
             stream.refresh()
+        for i, (sock, handler) in enumerate(zip(stream.sockets, handlers, strict=True)):
+            served = stream if stream.lanes is not None and i in (LAN_RTP, WAN_RTP) else None
+            self._handlers[sock.fileno()] = (sock, handler, stream.sockets, served)
+            self._epoll.register(sock.fileno(), select.EPOLLIN)
         return None
 
     def _close_stream(self, stream: _Stream) -> None:
@@ -514,7 +611,11 @@ class _Worker:
             entry = handlers.get(fd)
             if entry is None:
                 continue
-            forward = entry[1](data, source, now)
+            served = entry[3]
+            if served is not None:
+                forward = served.python_turn(entry[1], data, source, now)
+            else:  # only lane sockets hand packets back; kept for safety
+                forward = entry[1](data, source, now)
             if forward is not None:
                 try:  # noqa: SIM105 - suppress() builds a context manager per packet
                     entry[2][forward[2]].sendto(forward[0], forward[1])
@@ -530,7 +631,11 @@ class _Worker:
                 data, source = entry[0].recvfrom(RECV_SIZE)
             except OSError:
                 continue
-            forward = entry[1](data, source, now)
+            served = entry[3]
+            if served is not None:  # an RTP socket whose lane may be active after all
+                forward = served.python_turn(entry[1], data, source, now)
+            else:
+                forward = entry[1](data, source, now)
             if forward is not None:
                 try:  # noqa: SIM105
                     entry[2][forward[2]].sendto(forward[0], forward[1])
