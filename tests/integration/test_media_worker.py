@@ -442,3 +442,112 @@ def test_worker_ignores_invalid_control_messages() -> None:
     finally:
         ours.close()
         worker.join(TIMEOUT)
+
+
+def test_fast_path_refused_with_another_libsrtp_major_version(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The C lanes call srtp_protect/srtp_unprotect with libsrtp 2's arguments: the worker
+    reads the version of the libsrtp pylibsrtp loaded and, with another major version, runs
+    the Python loop and says so once on stderr."""
+    require_fastpath()
+    assert worker_module.fastpath_refusal() is None  # the libsrtp 2 that is installed
+    found = worker_module._libsrtp_version()
+    assert isinstance(found, tuple)
+    version, text = found
+    assert version >> 24 == 2 and text.startswith("libsrtp2 2.")
+    monkeypatch.setattr(worker_module, "LIBSRTP_MAJOR", 3)
+    ours, theirs = socket.socketpair()
+    phone, provider = udp(PHONE_IP), udp(PROVIDER_IP)
+    worker = worker_module._Worker(
+        theirs, lan_address=LAN, wan_address=WAN, inactivity_timeout=60.0, dscp=0, fast_path=True
+    )
+    try:
+        assert worker._engine is None
+        keys = SrtpKeying(suite=SUITE.value, master=os.urandom(SUITE.master_length))
+        with free_ports() as (lan_port, wan_port):
+            spec = StreamSpec(
+                lan_port=lan_port,
+                wan_port=wan_port,
+                phone_addr=phone.getsockname(),
+                provider_addr=provider.getsockname(),
+                wan_tx=keys,
+                wan_rx=keys,
+            )
+            assert worker._open("refused", 0, spec, 0.0) is None
+        assert worker._calls["refused"].streams[0].lanes is None
+        for seq in (1, 2):
+            phone.sendto(rtp(seq), (LAN, lan_port))
+            worker._python_round(TIMEOUT, -1)
+            data, _ = provider.recvfrom(2048)
+            assert session(keys, pylibsrtp.Policy.SSRC_ANY_INBOUND).unprotect(data) == rtp(seq)
+    finally:
+        worker._close_call("refused")
+        worker._epoll.close()
+        for sock in (ours, theirs, phone, provider):
+            sock.close()
+    err = capsys.readouterr().err
+    assert err.count("C fast path off") == 1
+    assert "libsrtp2 2." in err and "libsrtp 3" in err
+
+
+def test_fast_path_wait_lets_other_python_threads_run() -> None:
+    """Engine.poll releases the GIL while epoll waits: a thread in a long poll no longer holds
+    up the interpreter's other threads (nor with them the main thread's signal handlers)."""
+    require_fastpath()
+    fastpath = worker_module._fastpath
+    assert fastpath is not None
+    epoll = select.epoll()
+    waker = udp("127.0.6.1")
+    target = udp("127.0.6.2")
+    epoll.register(target.fileno(), select.EPOLLIN)
+    engine = fastpath.Engine(epoll.fileno())
+    entered = threading.Event()
+    result: list[list[tuple[int, int]]] = []
+
+    def wait() -> None:
+        entered.set()
+        _, events, _ = engine.poll(int(TIMEOUT * 1000))
+        result.append(events)
+
+    thread = threading.Thread(target=wait)
+    try:
+        thread.start()
+        entered.wait(TIMEOUT)
+        # Runs only if the waiting thread let go of the GIL; its datagram then ends the wait
+        # (with the GIL held, this ran after the poll had timed out, with no event).
+        waker.sendto(b"wake", target.getsockname())
+        thread.join(2 * TIMEOUT)
+        assert result == [[(target.fileno(), select.EPOLLIN)]]
+    finally:
+        thread.join(2 * TIMEOUT)
+        epoll.close()
+        waker.close()
+        target.close()
+
+
+def test_core_keeper_blocks_every_signal() -> None:
+    """A process-directed signal must reach the packet loop's thread (its epoll_wait returns
+    EINTR and Python's handler runs at once), never the keeper, where it waited for the loop's
+    next return."""
+    require_fastpath()
+    fastpath = worker_module._fastpath
+    assert fastpath is not None
+    epoll = select.epoll()
+    try:
+        engine = fastpath.Engine(epoll.fileno(), keep_core_awake=True)
+        assert engine.keeps_core_awake
+        keepers = []
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/comm") as comm:
+                if comm.read().strip() == "core-keeper":
+                    keepers.append(tid)
+        (keeper,) = keepers
+        with open(f"/proc/self/task/{keeper}/status") as status:
+            fields = dict(line.split(":\t", 1) for line in status if ":\t" in line)
+        blocked = int(fields["SigBlk"], 16)
+        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGALRM):
+            assert blocked & (1 << (number - 1)), signal.Signals(number).name
+        del engine
+    finally:
+        epoll.close()

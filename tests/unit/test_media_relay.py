@@ -12,7 +12,16 @@ import pylibsrtp
 import pytest
 
 from gateway.media.control import SrtpKeying, StreamSpec
-from gateway.media.relay import LAN_RTCP, LAN_RTP, WAN_RTCP, WAN_RTP, RelayStream, is_plain_rtcp
+from gateway.media.relay import (
+    LAN_RTCP,
+    LAN_RTP,
+    SSRC_IDLE_S,
+    SSRC_RETIRED_MAX,
+    WAN_RTCP,
+    WAN_RTP,
+    RelayStream,
+    is_plain_rtcp,
+)
 from gateway.media.suites import SrtpSuite
 
 PHONE = ("127.0.0.10", 4000)
@@ -312,3 +321,155 @@ def test_rtcp_to_phone_defaults_to_rtp_port_plus_one() -> None:
     relay, provider = make()
     back = relay.from_wan_rtcp(provider.tx.protect_rtcp(rtcp_rr()), PROVIDER_RTCP, 0.0)
     assert back == (rtcp_rr(), (PHONE[0], PHONE[1] + 1), LAN_RTCP)
+
+
+# -- SSRCs: a bounded set per direction (RFC 3711 §3.2.3, §9.1) -----------------------------
+
+
+def rtp_from(ssrc: int, seq: int) -> bytes:
+    return struct.pack("!BBHII", 0x80, 0, seq & 0xFFFF, seq * 160, ssrc) + b"\xd5" * 160
+
+
+def has_stream(session: pylibsrtp.Session, ssrc: int) -> bool:
+    """Whether libsrtp keeps a stream for ``ssrc`` (removing one is the only way to ask)."""
+    try:
+        session.remove_stream(ssrc)
+    except pylibsrtp.Error:
+        return False
+    return True
+
+
+def test_ssrc_flood_from_the_phone_is_dropped_and_counted() -> None:
+    """20,000 SSRCs from the phone's own address: the call's packets still go through, the
+    flood is dropped (one SSRC takes the free second slot) and no libsrtp stream is made for
+    it; before, libsrtp grew a stream per SSRC and every packet of the worker got slower."""
+    relay, provider = make()
+    tick = 2.0**-14  # about 16,000 packets a second, one in 20 the call's (exact in binary)
+    for seq in range(1, 20001):
+        now = seq * tick
+        if seq % 20 == 1:
+            out = relay.from_lan_rtp(rtp(seq), PHONE, now)
+            assert out is not None and provider.rx.unprotect(out[0]) == rtp(seq)
+        else:
+            relay.from_lan_rtp(rtp_from(0x10000000 + seq, seq), PHONE, now)
+    # Packet 2 took the free slot; once it had been silent for a second (packet 2 + 2**14),
+    # the flood's packet then took its place: one more SSRC a second, no more.
+    c = relay.counters
+    assert c.drop_ssrc == 19000 - 2
+    assert c.wan_out_packets == 1000 + 2
+    assert relay.lan_ssrcs.ssrcs == [SSRC, 0x10000000 + 16386]
+    tx = relay._tx
+    assert tx is not None
+    assert has_stream(tx._session, 0x10000000 + 16386)
+    assert not has_stream(tx._session, 0x10000000 + 2)  # retired: freed
+    assert not has_stream(tx._session, 0x10000000 + 3)  # refused: never made
+
+
+def test_new_ssrc_takes_the_slot_of_one_silent_for_a_second_and_never_comes_back() -> None:
+    relay, provider = make()
+    a, b, c_, d = 0xA, 0xB, 0xC, 0xD
+    assert relay.from_lan_rtp(rtp_from(a, 1), PHONE, 10.0) is not None
+    assert relay.from_lan_rtp(rtp_from(b, 1), PHONE, 10.02) is not None  # the free slot
+    assert relay.from_lan_rtp(rtp_from(a, 2), PHONE, 10.5) is not None  # both kept
+    # Both kept SSRCs were heard less than SSRC_IDLE_S ago: a third one is refused.
+    assert relay.from_lan_rtp(rtp_from(c_, 1), PHONE, 11.0) is None
+    assert relay.counters.drop_ssrc == 1
+    # b has been silent for a second: c takes its slot, b is retired and its stream freed.
+    out = relay.from_lan_rtp(rtp_from(c_, 2), PHONE, 11.02)
+    assert out is not None and provider.rx.unprotect(out[0]) == rtp_from(c_, 2)
+    assert relay.lan_ssrcs.ssrcs == [a, c_]
+    tx = relay._tx
+    assert tx is not None and not has_stream(tx._session, b)
+    # A retired SSRC is never accepted again under these keys (its ROC went with its stream:
+    # a new one would reuse indices), however long the others are silent.
+    assert relay.from_lan_rtp(rtp_from(b, 2), PHONE, 50.0) is None
+    assert relay.counters.drop_ssrc == 2
+    assert relay.from_lan_rtp(rtp_from(d, 1), PHONE, 50.0) is not None
+    assert relay.lan_ssrcs.ssrcs == [c_, d]
+    # New keys (a re-key): a clean slate.
+    relay.update(msgspec.structs.replace(relay.spec, wan_tx=keying()))
+    assert relay.from_lan_rtp(rtp_from(b, 3), PHONE, 50.1) is not None
+    assert relay.lan_ssrcs.ssrcs == [b]
+
+
+def test_retired_ssrcs_are_bounded_then_slots_stay() -> None:
+    relay, _ = make()
+    now = 0.0
+    for ssrc in range(1, SSRC_RETIRED_MAX + 3):
+        now += 2 * SSRC_IDLE_S
+        relay.from_lan_rtp(rtp_from(ssrc, 1), PHONE, now)
+    gate = relay.lan_ssrcs
+    assert not gate.can_retire
+    kept = list(gate.ssrcs)
+    assert relay.from_lan_rtp(rtp_from(0xFFFF, 1), PHONE, now + 100) is None
+    assert gate.ssrcs == kept
+    assert relay.from_lan_rtp(rtp_from(kept[0], 2), PHONE, now + 100) is not None
+
+
+def test_new_provider_ssrc_takes_a_slot_only_once_it_authenticates() -> None:
+    relay, provider = make()
+    for ssrc in (0xA, 0xB):
+        assert relay.from_wan_rtp(provider.tx.protect(rtp_from(ssrc, 1)), PROVIDER, 1.0)
+    assert relay.wan_ssrcs.ssrcs == [0xA, 0xB]
+    # Within a second of both: refused before libsrtp, counted apart from auth failures.
+    assert relay.from_wan_rtp(provider.tx.protect(rtp_from(0xC, 1)), PROVIDER, 1.5) is None
+    assert relay.counters.drop_ssrc == 1
+    # Later, a forged packet with a new SSRC fails authentication and takes nothing.
+    forged = bytearray(provider.tx.protect(rtp_from(0xD, 1)))
+    forged[-1] ^= 1
+    assert relay.from_wan_rtp(bytes(forged), PROVIDER, 5.0) is None
+    assert relay.counters.drop_auth == 1
+    assert relay.wan_ssrcs.ssrcs == [0xA, 0xB]
+    # A genuine one does, and the SSRC it replaces is gone from libsrtp.
+    assert relay.from_wan_rtp(provider.tx.protect(rtp_from(0xD, 2)), PROVIDER, 5.0)
+    assert relay.wan_ssrcs.ssrcs == [0xB, 0xD]
+    rx = relay._rx
+    assert rx is not None
+    assert not has_stream(rx._session, 0xA) and has_stream(rx._session, 0xB)
+
+
+def test_rtcp_muxed_by_the_phone_is_relayed_as_rtcp_not_counted_as_rtp() -> None:
+    """RFC 5761 §4: second byte 200-204 on the LAN RTP port is RTCP. It used to go through
+    the RTP reception statistics (a sequence restart each time) and into libsrtp as RTP, where
+    its bytes 8-11 made a new SSRC (stream) per report."""
+    relay, provider = make()
+    for seq in (1, 2, 3):
+        assert relay.from_lan_rtp(rtp(seq), PHONE, seq * 0.02) is not None
+    before = relay.lan_reception.state()
+    for packet_type in (200, 201, 202, 203, 204):
+        report = struct.pack("!BBHI", 0x80, packet_type, 1, SSRC)
+        out = relay.from_lan_rtp(report, PHONE, 0.07)
+        assert out is not None and out[1:] == (PROVIDER_RTCP, WAN_RTCP)
+        assert provider.rx.unprotect_rtcp(out[0]) == report
+    assert relay.lan_reception.state() == before
+    assert relay.lan_ssrcs.ssrcs == [SSRC]
+    # A receiver report read from it, as on the RTCP port.
+    block = struct.pack("!IIIIII", 0x99, 7, 1000, 80, 0, 0)
+    out = relay.from_lan_rtp(struct.pack("!BBHI", 0x81, 201, 7, SSRC) + block, PHONE, 0.08)
+    assert out is not None and relay.counters.phone_reported_lost == 7
+    assert relay.from_lan_rtp(rtp(4), PHONE, 0.08) is not None
+    assert relay.lan_reception.lost == 0
+    assert relay.counters.wan_out_packets == 4 + 5 + 1
+    # RTP with those payload types but no marker bit, and marker-bit RTP, stays RTP.
+    assert relay.from_lan_rtp(rtp(5, pt=72), PHONE, 0.1) is not None
+    assert relay.from_lan_rtp(rtp(6, pt=8, marker=True), PHONE, 0.12) is not None
+    assert relay.lan_reception.state()[3] == 6  # received
+
+
+def test_binding_type_error_is_counted_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pylibsrtp whose libsrtp functions take other arguments raises TypeError from cffi:
+    the packet is dropped and counted, the worker's loop goes on."""
+    from gateway.media import srtp as srtp_module
+
+    relay, provider = make()
+
+    def wrong_signature(*args: object) -> int:
+        raise TypeError(f"expected 5 arguments, got {len(args)}")
+
+    class Binding:
+        srtp_protect = srtp_unprotect = staticmethod(wrong_signature)
+
+    monkeypatch.setattr(srtp_module, "_lib", Binding)
+    assert relay.from_lan_rtp(rtp(1), PHONE, 0.0) is None
+    assert relay.from_wan_rtp(provider.tx.protect(rtp(1)), PROVIDER, 0.0) is None
+    assert relay.counters.drop_malformed == 2

@@ -14,6 +14,7 @@ from gateway.media.control import SrtpKeying, StreamSpec
 from gateway.media.relay import RelayStream
 from gateway.media.srtp import (
     SrtpAuthError,
+    SrtpBindingError,
     SrtpProtector,
     SrtpReplayError,
     SrtpUnprotector,
@@ -170,3 +171,38 @@ def test_new_generation_builds_new_context() -> None:
     with pytest.raises(pylibsrtp.Error):
         old_rx.unprotect(out[0])
     assert peer(rekeyed, inbound=True).unprotect(out[0]) == rtp(10)
+
+
+def test_forget_frees_the_stream_of_one_ssrc() -> None:
+    """``forget`` removes libsrtp's stream for an SSRC (RelayStream retires SSRCs with it): a
+    later packet of that SSRC starts from a fresh stream, which is why the relay never takes a
+    retired SSRC back under the same keys."""
+    k = keying(SrtpSuite.AES_CM_128_HMAC_SHA1_80)
+    tx = SrtpProtector(k)
+    tx.protect(rtp(5, ssrc=1))
+    tx.protect(rtp(5, ssrc=2))
+    tx.forget(1)
+    tx.forget(1)  # nothing left to free: no error
+    tx.forget(3)  # never seen
+    with pytest.raises(SrtpReplayError):
+        tx.protect(rtp(5, ssrc=2))  # kept: its sequence state refuses the repeat
+    assert tx.protect(rtp(5, ssrc=1))  # forgotten: a fresh stream takes the index again
+    rx = SrtpUnprotector(k)
+    first = SrtpProtector(k).protect(rtp(9, ssrc=7))
+    rx.unprotect(first)
+    rx.forget(7)
+    assert rx.unprotect(first) == rtp(9, ssrc=7)  # a fresh replay window
+
+
+def test_type_error_from_the_binding_is_an_srtp_error() -> None:
+    """pylibsrtp's public API raising TypeError (another libsrtp's arguments) is mapped too."""
+    tx = SrtpProtector(keying(SrtpSuite.AES_CM_128_HMAC_SHA1_80))
+
+    def refused(packet: bytes) -> bytes:
+        raise TypeError("initializer for ctype 'srtp_t' must be a pointer")
+
+    tx._direct = None
+    tx._protect = tx._protect_rtcp = refused
+    for call in (tx.protect, tx.protect_rtcp):
+        with pytest.raises(SrtpBindingError, match="binding refused"):
+            call(rtp(1))
