@@ -378,7 +378,8 @@ class Gateway:
             # The providers' own addresses are always allowed on the WAN and never banned.
             self.policy.set_provider_peers(self.trunk_links.provider_addresses())
         if not up and self.trunk_states.get(trunk) != (up, reason):
-            log.error("provider unavailable (trunk %s): %s", trunk, reason)
+            named = f" [trunk {trunk}]" if len(self.trunk_links.links) > 1 else ""
+            log.error("provider unavailable: %s%s", reason, named)
         self.trunk_states[trunk] = (up, reason)
         if trunk == self.trunk_links.first.trunk.name:
             self.wan_state = (up, reason)
