@@ -93,6 +93,10 @@ _DEFAULT_SUITES = (
 _RELAYED_MEDIA = frozenset({"audio", "video"})
 _PLAIN_TO_SECURE = {"RTP/AVP": "RTP/SAVP", "RTP/AVPF": "RTP/SAVPF"}
 _SECURE_TO_PLAIN = {v: k for k, v in _PLAIN_TO_SECURE.items()}
+#: DTLS-SRTP profiles (RFC 5764 §8) that providers' media edges (rtpengine by default) offer
+#: with SDES crypto lines beside the fingerprint: keyed here by those lines, answered as the
+#: SDES profile, the fingerprint left unanswered (DTLS is not negotiated).
+_DTLS_TO_SDES = {"UDP/TLS/RTP/SAVP": "RTP/SAVP", "UDP/TLS/RTP/SAVPF": "RTP/SAVPF"}
 
 #: Warning text of the 488 to an offer that only a T.38 (image/udptl) stream would carry.
 FAX_REFUSAL = "T.38 fax (image/udptl) is not carried; G.711 pass-through in the audio is used"
@@ -368,7 +372,7 @@ class CallMedia:
                     continue
                 self._ensure_ports(slot, fresh)
                 assert slot.lan_port is not None
-                lan_proto = _SECURE_TO_PLAIN.get(md.proto, md.proto)
+                lan_proto = _SECURE_TO_PLAIN.get(provider.proto, provider.proto)
                 anchor(md, slot.lan_port, lan_proto, self.policy.lan_address)
                 if md.direction != provider.direction:
                     md.direction = provider.direction
@@ -629,7 +633,13 @@ class CallMedia:
         """The provider side of one offered m-line, or None and why it is refused."""
         rx: CryptoAttribute | None = None
         plaintext = False
-        if md.proto in _SECURE_TO_PLAIN:
+        proto = _DTLS_TO_SDES.get(md.proto, md.proto)
+        if proto != md.proto and not md.get_attributes("crypto"):
+            return None, (
+                f"{md.proto} offered for m={md.media} with DTLS keying only; this trunk keys "
+                "media with SDES (a=crypto)"
+            )
+        if proto in _SECURE_TO_PLAIN:
             problems: list[str] = []
             candidates: list[tuple[int, int, CryptoAttribute]] = []
             for position, value in enumerate(md.get_attributes("crypto")):
@@ -664,7 +674,7 @@ class CallMedia:
             return None, f"unsupported profile {md.proto} for m={md.media}"
         addr, rtcp_addr, direction = peer_transport(md, "provider offer")
         return (
-            _ProviderSide(addr, rtcp_addr, md.rtcp_mux, rx, plaintext, direction, md.proto),
+            _ProviderSide(addr, rtcp_addr, md.rtcp_mux, rx, plaintext, direction, proto),
             None,
         )
 

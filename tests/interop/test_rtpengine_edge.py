@@ -256,18 +256,7 @@ class PlainParty:
         ),
         pytest.param(
             "UDP/TLS/RTP/SAVP",
-            marks=[
-                pytest.mark.matrix(peer="rtpengine-edge", scenario="call in (UDP/TLS/RTP/SAVP)"),
-                pytest.mark.xfail(
-                    strict=True,
-                    reason=(
-                        "gateway/sdp/negotiation.py _check_wan_offer refuses any profile but "
-                        "RTP/SAVP(F) ('unsupported profile UDP/TLS/RTP/SAVP'): an offer that "
-                        "carries SDES lines next to its fingerprint gets a 488 instead of an "
-                        "RTP/SAVP SDES answer"
-                    ),
-                ),
-            ],
+            marks=pytest.mark.matrix(peer="rtpengine-edge", scenario="call in (UDP/TLS/RTP/SAVP)"),
         ),
     ],
 )

@@ -494,6 +494,38 @@ def test_phone_answer_becomes_provider_answer_with_same_tag() -> None:
     ]
 
 
+def test_a_dtls_profile_offer_with_sdes_lines_is_keyed_by_sdes_and_answered_rtp_savp() -> None:
+    """rtpengine's default offer: UDP/TLS/RTP/SAVP with a fingerprint, NULL suites and SDES
+    lines. The gateway keys by SDES (never NULL), answers RTP/SAVP, and sends no fingerprint."""
+    offer = PROVIDER_OFFER.replace(b"RTP/SAVP 8 0", b"UDP/TLS/RTP/SAVP 8 0").replace(
+        b"a=sendrecv", b"a=setup:actpass\r\na=fingerprint:sha-256 AB:CD:EF\r\na=sendrecv"
+    )
+    call, _, _ = make_call()
+    to_phone = call.offer_from_wan(offer)
+    assert b"m=audio 10000 RTP/AVP 8 0" in to_phone
+    assert b"fingerprint" not in to_phone and b"setup" not in to_phone
+    out = call.answer_from_lan(PHONE_ANSWER)
+    assert b"m=audio 20000 RTP/SAVP 8" in out
+    assert b"a=crypto:3 AES_CM_128_HMAC_SHA1_80 " in out and b"NULL" not in out
+    assert b"fingerprint" not in out and b"setup" not in out
+
+
+def test_a_dtls_only_offer_is_refused_with_the_reason() -> None:
+    offer = crlf(
+        "v=0",
+        f"o=prov 5 5 IN IP4 {PROVIDER}",
+        "s=-",
+        f"c=IN IP4 {PROVIDER}",
+        "t=0 0",
+        "m=audio 31000 UDP/TLS/RTP/SAVP 0",
+        "a=setup:actpass",
+        "a=fingerprint:sha-256 AB:CD:EF",
+    )
+    call, _, _ = make_call()
+    with pytest.raises(MediaRefused, match="DTLS keying only"):
+        call.offer_from_wan(offer)
+
+
 def test_provider_offer_follows_policy_order() -> None:
     call, _, _ = make_call(suites=(GCM256, CM80))
     call.offer_from_wan(PROVIDER_OFFER)
