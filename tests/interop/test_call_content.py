@@ -108,6 +108,8 @@ def plain_rtp(packets: list[Packet], src: str, dst: str) -> list[bytes]:
     return [p.payload for p in flows(packets, src, dst) if p.is_rtp_like()]
 
 
+@pytest.mark.matrix(peer="baresip-udp", scenario="DTMF (RFC 4733)")
+@pytest.mark.matrix(peer="baresip-tls-srtp", scenario="DTMF (RFC 4733)")
 def test_rfc4733_dtmf_crosses_the_gateway_both_ways(site: Site) -> None:
     """The legacy phone calls the SRTP phone; each sends digits with ``sndcode``. Each phone
     logs the other's digits in order; the capture shows them as plain telephone-events on the
@@ -150,6 +152,8 @@ def test_rfc4733_dtmf_crosses_the_gateway_both_ways(site: Site) -> None:
     assert events([c for c in clear if c is not None], pt) == [EVENT_CODES[d] for d in "159*"]
 
 
+@pytest.mark.matrix(peer="baresip-udp", scenario="G.722")
+@pytest.mark.matrix(peer="baresip-tls-srtp", scenario="G.722")
 def test_g722_call_through_the_gateway(site: Site) -> None:
     """Both phones offer only G.722 (payload type 9, clock 8000 in SDP, 16 kHz audio): the
     call is set up with it end to end, the tone gets through both ways, the LAN capture
