@@ -29,8 +29,10 @@ so that how often the C counters are folded into Python cannot hide or cause a d
 
 Sequences run for both directions (LAN RTP → WAN SRTP, WAN SRTP → LAN RTP) and every suite:
 in order, loss (right after latching too), reordering, duplicates, the 16-bit sequence wrap
-(ROC), SSRC change, wrong source address and port, truncated and malformed headers, bad tags,
-RTCP muxed on the RTP port, datagrams of 0 to 65507 bytes; then a seeded random corpus of
+(ROC), SSRC change, SSRC floods (the SSRCs a direction keeps, the ones it drops, slots given
+up and SSRCs retired, with a shortened idle time too), wrong source address and port, truncated
+and malformed headers, bad tags, RTCP muxed on the RTP port (by the provider and by a phone),
+datagrams of 0 to 65507 bytes; then a seeded random corpus of
 mutated packets (bit flips, truncation, splicing, replays), whose seed and packet index a
 failure names (``MEDIA_RULES_SEED`` picks another seed), and the stored seed corpus under
 tests/data/rtp_corpus (``python -m tests.integration.test_media_rules_agree --write-corpus``
@@ -59,7 +61,16 @@ import pytest
 
 from gateway.media import worker as worker_module
 from gateway.media.control import SrtpKeying, StreamSpec
-from gateway.media.relay import LAN_RTCP, LAN_RTP, MAX_DATAGRAM, WAN_RTCP, WAN_RTP, Address
+from gateway.media.relay import (
+    LAN_RTCP,
+    LAN_RTP,
+    MAX_DATAGRAM,
+    SSRC_IDLE_S,
+    SSRC_RETIRED_MAX,
+    WAN_RTCP,
+    WAN_RTP,
+    Address,
+)
 from gateway.media.suites import SrtpSuite
 from gateway.media.worker import _snapshot, _Stream, _Worker
 from tests.integration.test_media_worker import (
@@ -216,6 +227,26 @@ class Sequence:
     steps: list[Step]
     mux: bool = False
     plaintext: bool = False
+    #: How long a kept SSRC must be silent before a new one may take its slot; 0 lets every
+    #: new SSRC take the slot of the one heard longest ago (slots given up at every change).
+    ssrc_idle: float = SSRC_IDLE_S
+
+
+FLOOD_SSRC = 0x20000000
+
+
+def rtcp_types() -> list[tuple[str, bytes]]:
+    """RTCP packets a phone that multiplexes may send on its RTP port (RFC 5761 §4)."""
+    sender_info = struct.pack("!IIIII", 0xE0000000, 0, 1600, 10, 1600)
+    return [
+        ("SR", struct.pack("!BBHI", 0x80, 200, 6, SSRC) + sender_info),
+        ("RR", rtcp_rr(lost=5)),
+        ("SDES", struct.pack("!BBHI", 0x81, 202, 2, SSRC) + b"\x01\x02ab\x00\x00"),
+        ("BYE", struct.pack("!BBHI", 0x81, 203, 1, SSRC)),
+        ("APP", struct.pack("!BBHI", 0x80, 204, 2, SSRC) + b"name"),
+        ("8-byte RR", struct.pack("!BBHI", 0x80, 201, 1, SSRC)),
+        ("RR cut to 6", rtcp_rr()[:6]),
+    ]
 
 
 def phone(data: bytes, note: str = "", sender: str = "phone", port: int = LAN_RTP) -> Step:
@@ -333,8 +364,47 @@ def lan_sequences() -> list[Sequence]:
             [phone(rtp(1, payload=n - 12), f"{n} bytes") for n in (172, *BIG, 1500)],
             plaintext=True,
         ),
+        Sequence(
+            "RTCP muxed by the phone",
+            [phone(rtp(1)), phone(rtp(2))]
+            + [s for note, data in rtcp_types() for s in (phone(data, note), phone(rtp(3)))]
+            + [phone(rtp(s)) for s in (4, 5, 7)],
+        ),
+        Sequence(
+            "RTCP muxed by the phone before latching",
+            [phone(rtcp_rr()), phone(rtp(1)), phone(rtcp_rr(lost=2)), phone(rtp(2))],
+        ),
+        Sequence("SSRC flood", lan_flood(150)),
+        Sequence("SSRC flood before latching", lan_flood(40, first=False)),
+        Sequence("SSRC slots given up at every change", ssrc_churn(phone), ssrc_idle=0.0),
+        Sequence(
+            "SSRC flood past the retired limit",
+            lan_flood(SSRC_RETIRED_MAX + 20),
+            ssrc_idle=0.0,
+        ),
     ]
     return seqs
+
+
+def lan_flood(count: int, first: bool = True) -> list[Step]:
+    """The call's RTP with ``count`` packets of new SSRCs from the phone among it."""
+    steps = [phone(rtp(1))] if first else []
+    for i in range(count):
+        steps.append(phone(rtp(i, ssrc=FLOOD_SSRC + i), "flood"))
+        if i % 10 == 9:
+            steps.append(phone(rtp(2 + i // 10)))
+    return steps
+
+
+def ssrc_churn(
+    sender: Callable[[bytes, str], Step], protect: Callable[[bytes], bytes] = bytes
+) -> list[Step]:
+    """SSRCs coming and going (with a shortened idle time): each new one takes a slot, the
+    one heard longest ago is retired, and a retired one that comes back is dropped."""
+    a, b, c, d = 0xA0, 0xB0, 0xC0, 0xD0
+    order = [(a, 1), (a, 2), (b, 1), (a, 3), (b, 2), (c, 1), (a, 4), (b, 3), (c, 2), (d, 1)]
+    order += [(c, 3), (a, 5), (d, 2), (b, 4), (d, 3), (c, 4)]
+    return [sender(protect(rtp(seq, ssrc=ssrc)), f"SSRC {ssrc:#x}") for ssrc, seq in order]
 
 
 def wan_sequences(suite: SrtpSuite) -> list[Sequence]:
@@ -452,6 +522,22 @@ def wan_sequences(suite: SrtpSuite) -> list[Sequence]:
     steps += [provider(rekeyed.srtp(rtp(s)), sender="provider_alt") for s in (20, 22)]
     steps += [change("keys withdrawn"), provider(rekeyed.srtp(rtp(23)))]
     out.append(Sequence("re-INVITEs mid-stream", steps))
+    p = Provider(suite)
+    steps = [provider(p.srtp(rtp(1)))]
+    for i in range(120):
+        flood = p.srtp(rtp(i, ssrc=FLOOD_SSRC + i))
+        if i % 3 == 0:  # forged: a bad tag
+            flood = flood[:-1] + bytes([flood[-1] ^ 1])
+        steps.append(provider(flood, "flood"))
+        if i % 10 == 9:
+            steps.append(provider(p.srtp(rtp(2 + i // 10))))
+    out.append(Sequence("SSRC flood", steps))
+    p = Provider(suite)
+    churn = ssrc_churn(provider, p.srtp)
+    forged = bytearray(p.srtp(rtp(9, ssrc=0xE0)))
+    forged[-1] ^= 1
+    churn += [provider(bytes(forged), "new SSRC, bad tag"), provider(p.srtp(rtp(6, ssrc=0xC0)))]
+    out.append(Sequence("SSRC slots given up at every change", churn, ssrc_idle=0.0))
     return out
 
 
@@ -682,6 +768,8 @@ class Observation:
     outputs: list[Output]
     counters: dict[str, Any]
     reception: tuple[tuple[int, ...], tuple[int, ...]]
+    #: Each direction's kept SSRCs with their last-heard times, and whether it may retire more.
+    ssrcs: tuple[Any, Any]
 
 
 @dataclass
@@ -706,6 +794,7 @@ class Rig:
             dscp=0,
             fast_path=self.fast,
             clock=lambda: self.now,
+            ssrc_idle=self.sequence.ssrc_idle,
         )
         for name, ip in PEER_IPS.items():
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -788,7 +877,10 @@ class Rig:
         counters = msgspec.structs.asdict(_snapshot(self.stream))
         relay = self.stream.relay
         return Observation(
-            outputs, counters, (relay.lan_reception.state(), relay.wan_reception.state())
+            outputs,
+            counters,
+            (relay.lan_reception.state(), relay.wan_reception.state()),
+            (relay.lan_ssrcs.state(), relay.wan_ssrcs.state()),
         )
 
     def run(self, times: list[float] | None, every: bool) -> tuple[list[float], list[Observation]]:
@@ -844,6 +936,8 @@ def compare(sequence: Sequence, suite: SrtpSuite, *, every: bool = True, seed: s
                 )
         if c_obs.reception != py_obs.reception:
             lines.append(f"  reception: C {c_obs.reception}, Python {py_obs.reception}")
+        if c_obs.ssrcs != py_obs.ssrcs:
+            lines.append(f"  kept SSRCs: C {c_obs.ssrcs}, Python {py_obs.ssrcs}")
         if c_obs.outputs != py_obs.outputs:
             lines.append(f"  sent: C {short(c_obs.outputs)}, Python {short(py_obs.outputs)}")
         pytest.fail("\n".join(lines))
@@ -940,6 +1034,52 @@ def test_loss_right_after_latching_is_counted(direction: str, fast: bool) -> Non
             (2, 0) if direction == "lan" else (0, 2)
         )
         rig.collect(3)
+    finally:
+        rig.close()
+
+
+@pytest.mark.parametrize("direction", ["lan", "wan"])
+@pytest.mark.parametrize("fast", [True, False], ids=["c-fast-path", "python-loop"])
+def test_ssrc_flood_is_dropped_and_counted(direction: str, fast: bool) -> None:
+    """RTP with a new SSRC per packet from the peer's own address: the call's packets go
+    through, one flood SSRC takes the free second slot, the rest are dropped and counted
+    (by the C lane itself on the fast path); libsrtp makes no stream for them."""
+    suite = SrtpSuite.AES_CM_128_HMAC_SHA1_80
+    p = Provider(suite)
+    wrap = p.srtp if direction == "wan" else bytes
+    send = provider if direction == "wan" else phone
+    steps = [send(wrap(rtp(s)), "call") for s in (1, 2)]
+    steps += [send(wrap(rtp(3 + i, ssrc=FLOOD_SSRC + i)), "flood") for i in range(200)]
+    steps += [send(wrap(rtp(s)), "call") for s in (3, 4)]
+    rig = Rig(fast, Sequence("flood", steps), suite)
+    # Count what reaches the Python rules on that socket.
+    fd = rig.stream.sockets[LAN_RTP if direction == "lan" else WAN_RTP].fileno()
+    sock, handler, sockets, served = rig.worker._handlers[fd]
+    in_python: list[bytes] = []
+
+    def counted(data: bytes, source: Address, now: float) -> Any:
+        in_python.append(data)
+        return handler(data, source, now)
+
+    rig.worker._handlers[fd] = (sock, counted, sockets, served)
+    try:
+        for i, step in enumerate(steps):
+            rig.deliver(step, float(i + 1) / 1000)
+        # On the fast path Python saw the latching packet and the SSRC it admitted, only.
+        assert len(in_python) == (2 if fast else len(steps))
+        counters = _snapshot(rig.stream)
+        assert counters.drop_ssrc == 199
+        assert (counters.wan_out_packets, counters.lan_out_packets) == (
+            (5, 0) if direction == "lan" else (0, 5)
+        )
+        relay = rig.stream.relay
+        gate = relay.lan_ssrcs if direction == "lan" else relay.wan_ssrcs
+        assert gate.ssrcs == [SSRC, FLOOD_SSRC]
+        context = relay._tx if direction == "lan" else relay._rx
+        assert context is not None
+        with pytest.raises(pylibsrtp.Error):
+            context._session.remove_stream(FLOOD_SSRC + 1)  # no stream was made for it
+        rig.collect(5)
     finally:
         rig.close()
 
