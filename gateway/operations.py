@@ -70,6 +70,7 @@ DROP_FIELDS = {
     "drop_no_peer": "no_session",
     "drop_plain_rtcp": "plain_rtcp",
     "drop_malformed": "malformed",
+    "drop_ssrc": "ssrc",
 }
 
 
