@@ -29,7 +29,8 @@ Rules enforced here (DESIGN.md invariants 1–3):
   §9.1) or accept old packets again.
 - RTCP that a phone multiplexes on its RTP port (second byte 200-204, RFC 5761 §4) is relayed
   as RTCP, never counted in the RTP reception statistics or handed to libsrtp as RTP (it would
-  be taken for a new SSRC each time).
+  be taken for a new SSRC each time). The phone's RTCP goes through the same SSRC gate as its
+  RTP (by its sender SSRC): SRTCP and SRTP share libsrtp's streams.
 
 Direction attributes (hold, ``inactive``) are deliberately not enforced: phones keep sending
 comfort noise or RTCP while on hold, and dropping it would only make the stream look dead to the
@@ -601,6 +602,21 @@ class RelayStream:
 
     def _lan_rtcp(self, data: bytes, source: Address, now: float, muxed: bool) -> Forward | None:
         c = self.counters
+        # SRTCP shares libsrtp's per-SSRC streams with SRTP: the sender's SSRC (RFC 3550 §6.4)
+        # goes through the same gate as RTP's, or an RTCP flood would grow them as well.
+        gate = self._lan_ssrcs
+        ssrc = data[4] << 24 | data[5] << 16 | data[6] << 8 | data[7]
+        index = gate.slot(ssrc)
+        if index >= 0:
+            gate.heard(index, now)
+        elif gate.admissible(ssrc, now):
+            retired = gate.admit(ssrc, now)
+            if retired is not None and self._tx is not None:
+                self._tx.forget(retired)
+            self._changed()  # the fast path serves the kept SSRCs only
+        else:
+            c.drop_ssrc += 1
+            return None
         # RTCP muxed on the RTP port says nothing about where the phone wants RTCP sent.
         if not muxed and not self._phone_rtcp_latched:
             self._phone_rtcp = source

@@ -242,9 +242,9 @@ class _Stream:
     def python_turn(
         self, handler: _Handler, data: bytes, source: Address, now: float
     ) -> Forward | None:
-        """Run the Python rules on a packet of this stream's RTP sockets while the fast path
-        may hold the stream's state: take it back, decide, hand it over again (a packet the
-        C loop declined may admit a new SSRC and is counted in the reception statistics)."""
+        """Run the Python rules on a packet of this stream while the fast path may hold the
+        stream's state: take it back, decide, hand it over again (a packet the C loop declined,
+        or RTCP from the phone, may admit an SSRC; RTP is counted in the reception stats)."""
         lanes = self.lanes
         if lanes is None or not (lanes[0].active or lanes[1].active):
             return handler(data, source, now)  # Python holds it all (a latch hands it over)
@@ -347,8 +347,8 @@ class _Worker:
         self._epoll = select.epoll()
         self._calls: dict[str, _Call] = {}
         self._ssrc_idle = ssrc_idle
-        # fd → (socket, relay handler, the stream's sockets to send from, and for an RTP
-        # socket the C loop serves, its stream)
+        # fd → (socket, relay handler, the stream's sockets to send from, and the stream when
+        # the C loop serves some of it)
         self._handlers: dict[
             int, tuple[socket.socket, _Handler, tuple[socket.socket, ...], _Stream | None]
         ] = {}
@@ -507,8 +507,10 @@ class _Worker:
             engine.attach(stream.sockets[WAN_RTP].fileno(), stream.lanes[1])
             relay.on_change = stream.refresh
             stream.refresh()
-        for i, (sock, handler) in enumerate(zip(stream.sockets, handlers, strict=True)):
-            served = stream if stream.lanes is not None and i in (LAN_RTP, WAN_RTP) else None
+        # Every socket of a stream with lanes: RTCP from the phone goes through the same SSRC
+        # gate, whose last-heard times the C lanes hold.
+        served = stream if stream.lanes is not None else None
+        for sock, handler in zip(stream.sockets, handlers, strict=True):
             self._handlers[sock.fileno()] = (sock, handler, stream.sockets, served)
             self._epoll.register(sock.fileno(), select.EPOLLIN)
         return None
@@ -632,7 +634,7 @@ class _Worker:
             except OSError:
                 continue
             served = entry[3]
-            if served is not None:  # an RTP socket whose lane may be active after all
+            if served is not None:  # the C lanes may hold state these rules read
                 forward = served.python_turn(entry[1], data, source, now)
             else:
                 forward = entry[1](data, source, now)

@@ -375,6 +375,18 @@ def lan_sequences() -> list[Sequence]:
             [phone(rtcp_rr()), phone(rtp(1)), phone(rtcp_rr(lost=2)), phone(rtp(2))],
         ),
         Sequence("SSRC flood", lan_flood(150)),
+        Sequence(
+            "SSRC flood on the RTCP port",
+            [phone(rtp(1))]
+            + [
+                step
+                for i in range(60)
+                for step in (
+                    phone(rtcp_rr(ssrc=FLOOD_SSRC + i), port=LAN_RTCP, sender="phone_rtcp"),
+                    phone(rtp(2 + i)),
+                )
+            ],
+        ),
         Sequence("SSRC flood before latching", lan_flood(40, first=False)),
         Sequence("SSRC slots given up at every change", ssrc_churn(phone), ssrc_idle=0.0),
         Sequence(

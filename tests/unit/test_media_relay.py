@@ -456,6 +456,22 @@ def test_rtcp_muxed_by_the_phone_is_relayed_as_rtcp_not_counted_as_rtp() -> None
     assert relay.lan_reception.state()[3] == 6  # received
 
 
+def test_rtcp_from_the_phone_goes_through_the_same_ssrc_gate() -> None:
+    """SRTCP shares libsrtp's per-SSRC streams: RTCP with a new sender SSRC in every packet on
+    the phone's RTCP port is dropped and counted like an RTP flood."""
+    relay, provider = make()
+    assert relay.from_lan_rtp(rtp(1), PHONE, 0.0) is not None
+    for i in range(1000):
+        report = struct.pack("!BBHI", 0x80, 201, 1, 0x30000000 + i)
+        relay.from_lan_rtcp(report, PHONE_RTCP, 0.001 * i)
+    assert relay.counters.drop_ssrc == 999
+    assert relay.lan_ssrcs.ssrcs == [SSRC, 0x30000000]
+    out = relay.from_lan_rtcp(rtcp_rr(), PHONE_RTCP, 1.0)
+    assert out is not None and provider.rx.unprotect_rtcp(out[0]) == rtcp_rr()
+    tx = relay._tx
+    assert tx is not None and not has_stream(tx._session, 0x30000001)
+
+
 def test_binding_type_error_is_counted_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
     """A pylibsrtp whose libsrtp functions take other arguments raises TypeError from cffi:
     the packet is dropped and counted, the worker's loop goes on."""
