@@ -93,7 +93,7 @@ def parse_params(text: str, what: str = "parameter") -> dict[str, str | None]:
         if lowered in seen:
             _check_repeat(seen[lowered], value if sep else None, name, what)
             continue
-        seen[lowered] = value.lower() if sep else None
+        seen[lowered] = value if sep else None
         params[name] = value if sep else None
     return params
 
@@ -108,7 +108,7 @@ def _check_repeat(first: str | None, again: str | None, name: str, what: str) ->
     """
     if first is None and again is None:
         return
-    if first is not None and again is not None and first == again.lower():
+    if first is not None and again is not None and first.lower() == again.lower():
         return
     raise SipParseError(f"conflicting duplicate URI {what} {name!r}")
 

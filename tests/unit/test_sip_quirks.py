@@ -20,6 +20,7 @@ from gateway.sip.actions import SendMessage
 from gateway.sip.b2bua import B2bua, EdgeSettings
 from gateway.sip.call_events import PhoneRegistered
 from gateway.sip.errors import SipParseError
+from gateway.sip.keepalive import is_keepalive_notify
 from gateway.sip.message import SipRequest, SipResponse, make_response, parse_message
 from gateway.sip.peer import Peer, Side
 from gateway.sip.transaction import TimerSettings
@@ -731,3 +732,103 @@ Content-Length: 0
     (answer,) = site.answers()
     assert answer.status == 400 and reason in answer.reason, answer.reason
     assert reason in (answer.get("Warning") or "")
+
+
+def test_via_without_branch_rfc2543_ata() -> None:
+    """An RFC 2543 ATA: no branch in the Via, no Max-Forwards. It registers (the transaction is
+    matched the RFC 2543 way, §17.2.3) and its retransmission is absorbed, not relayed again."""
+    site = Site()
+    register = f"""REGISTER sip:{GW} SIP/2.0
+Via: SIP/2.0/UDP 127.0.4.19:5060
+From: <sip:1009@{GW}>;tag=old1
+To: <sip:1009@{GW}>
+Call-ID: 2543-1@127.0.4.19
+CSeq: 1 REGISTER
+Contact: <sip:1009@127.0.4.19:5060>
+Expires: 600
+Content-Length: 0
+
+"""
+    site.from_phone(register, ("127.0.4.19", 5060))
+    upstream = site.upstream()
+    site.from_phone(register, ("127.0.4.19", 5060))  # retransmitted before the answer
+    assert not site.take_wan()
+    ok = make_response(upstream, 200, to_tag="p")
+    ok.add("Contact", upstream.get("Contact") or "")
+    site.from_provider(ok)
+    assert [m.status for m in site.answers()] == [200]
+
+
+def test_register_request_uri_with_a_user_part() -> None:
+    """§10.2 says the REGISTER Request-URI names the domain only; many ATAs put the user in it
+    too. The binding is the To's, so it registers just the same."""
+    site = Site()
+    upstream, answer = site.register(
+        f"""REGISTER sip:1009@{GW} SIP/2.0
+Via: SIP/2.0/UDP 127.0.4.19:5060;branch=z9hG4bK.ruser1;rport
+From: <sip:1009@{GW}>;tag=ru1
+To: <sip:1009@{GW}>
+Call-ID: ruser-1@127.0.4.19
+CSeq: 1 REGISTER
+Contact: <sip:1009@127.0.4.19:5060>;expires=600
+Max-Forwards: 70
+Content-Length: 0
+
+""",
+        ("127.0.4.19", 5060),
+    )
+    assert answer.status == 200 and str(upstream.uri) == "sip:provider.example"
+
+
+# ---------------------------------------------------------------------------------------------
+# keep-alives
+
+SPA_KEEPALIVE = f"""NOTIFY sip:{GW} SIP/2.0
+Via: SIP/2.0/UDP 127.0.4.11:5060;branch=z9hG4bK-ka{{n}}
+From: <sip:1001@{GW}>;tag=ka{{n}}
+To: <sip:{GW}>
+Call-ID: ka-{{n}}@127.0.4.11
+CSeq: {{n}} NOTIFY
+Max-Forwards: 70
+Event: {{event}}
+User-Agent: Linksys/SPA941-5.1.8
+Content-Length: 0
+
+"""
+
+
+@pytest.mark.parametrize(
+    ("event", "to_tag", "expected"),
+    [
+        ("keep-alive", None, True),
+        ("Keep-Alive;id=1", None, True),
+        ("keep-alive", "t1", False),  # inside a dialog: not a keep-alive, relayed as usual
+        ("dialog", None, False),
+        (None, None, False),
+    ],
+)
+def test_keepalive_notify_is_recognised(
+    event: str | None, to_tag: str | None, expected: bool
+) -> None:
+    text = SPA_KEEPALIVE.format(n=1, event=event or "x").replace("\n", "\r\n")
+    if event is None:
+        text = text.replace("Event: x\r\n", "")
+    if to_tag is not None:
+        text = text.replace(f"To: <sip:{GW}>", f"To: <sip:{GW}>;tag={to_tag}")
+    request = parse_message(text.encode())
+    assert isinstance(request, SipRequest)
+    assert is_keepalive_notify(request) is expected
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the is_keepalive_notify call in B2bua._on_request (task F report); "
+    "today the keep-alive is relayed to the provider",
+)
+def test_keepalive_notify_is_answered_by_the_gateway() -> None:
+    """A Linksys/Cisco SPA with NAT keep-alive on (``$NOTIFY``) sends one every 15 s: the
+    gateway answers it 200 itself and the provider never sees it."""
+    site = Site()
+    site.from_phone(SPA_KEEPALIVE.format(n=1, event="keep-alive"), ("127.0.4.11", 5060))
+    assert not site.take_wan()
+    assert [m.status for m in site.answers()] == [200]
