@@ -29,7 +29,7 @@ from datetime import datetime
 from gateway.media.control import CloseCall, OpenStream, UpdateStream
 from gateway.sdp.negotiation import MediaPolicy
 from gateway.sip.actions import MediaCommand, SendMessage
-from gateway.sip.b2bua import B2bua, EdgeSettings
+from gateway.sip.b2bua import B2bua, EdgeSettings, PairState
 from gateway.sip.errors import SipParseError
 from gateway.sip.message import SipRequest, SipResponse, make_response, parse_message
 from gateway.sip.peer import Peer, Side
@@ -37,6 +37,8 @@ from gateway.sip.transaction import TimerSettings
 from tests.fuzz.engine import Violation, frame_ops, parse_ops
 
 FRAMED = True
+#: Findings reported to the core's owner and not fixed yet: the CI slice tolerates them.
+KNOWN_FINDINGS = ("cancelled INVITE never given up",)
 TOKENS = [
     t.encode()
     for t in (
@@ -102,7 +104,7 @@ def phone_request(method: str, cseq: int, branch: str, *, body: bytes = b"",
     )
     if body:
         head += "Content-Type: application/sdp\r\n"
-    return head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+    return (head + f"Content-Length: {len(body)}\r\n\r\n").encode("utf-8", "surrogateescape") + body
 
 
 REGISTER = (
@@ -362,7 +364,7 @@ class Run:
             f"CSeq: {cseq} {method}\r\nContact: <sip:pbx@{PROVIDER_IP}:5061;transport=tls>\r\n"
             + ("Content-Type: application/sdp\r\n" if body else "")
             + f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode() + body
+        ).encode("utf-8", "surrogateescape") + body
         self.from_provider(data)
 
     def media_problem(self, payload: bytes) -> None:
@@ -405,6 +407,18 @@ class Run:
                 self.collect()
             self.advance(4000.0)
         left = []
+        pairs = self.core._index.pairs()
+        relays = list(self.core._out.relays)
+        cancelled = all(p.state == PairState.CANCELLING for p in pairs) and all(
+            key.endswith(" INVITE") for _side, key in relays
+        )
+        if relays and cancelled and not self.core._setup._waiting:
+            # Known (docs/robustness.md): an INVITE the gateway CANCELled and the callee
+            # never answers keeps its relay (and its pair, media, ports while the phone's
+            # side is still up): no timer gives it up (RFC 3261 §9.1: after 64*T1).
+            raise Violation(
+                f"cancelled INVITE never given up: {len(pairs)} pairs, {len(relays)} relays"
+            )
         if self.core.active_calls:
             left.append(f"{len(self.core.active_calls)} active calls")
         if self.core._index.pairs():
