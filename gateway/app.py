@@ -33,7 +33,7 @@ from gateway.policy import PolicyEngine, encode_line
 from gateway.sdp.negotiation import MediaPolicy
 from gateway.sip.actions import CallEvent, MediaCommand, SecurityNotice, SendMessage
 from gateway.sip.b2bua import B2bua, EdgeSettings
-from gateway.sip.call_events import CallRefused, PlaintextDowngrade
+from gateway.sip.call_events import CallRefused, MalformedMessage, PlaintextDowngrade
 from gateway.sip.errors import SipParseError
 from gateway.sip.message import SipRequest, SipResponse
 from gateway.sip.peer import Peer, Side
@@ -551,7 +551,7 @@ class Gateway:
             "call_id": event.call_id,
             **event.fields(),
         }
-        loud = isinstance(event, CallRefused | PlaintextDowngrade)
+        loud = isinstance(event, CallRefused | PlaintextDowngrade | MalformedMessage)
         events_log.log(logging.WARNING if loud else logging.INFO, json.dumps(record, default=str))
         self.observatory.call_event(event, wall)
         self.cdr.on_event(event, wall)

@@ -40,7 +40,7 @@ from gateway.sdp.errors import SdpError
 from gateway.sip.actions import Action, SecurityNotice, SendMessage
 from gateway.sip.admission import Admission
 from gateway.sip.call_endings import CallEndings
-from gateway.sip.call_events import AckMissing, BadResponse, MediaEnded
+from gateway.sip.call_events import AckMissing, BadResponse, MalformedMessage, MediaEnded
 from gateway.sip.call_setup import CallSetup
 from gateway.sip.dialog_index import DialogIndex
 from gateway.sip.edge import (
@@ -59,6 +59,7 @@ from gateway.sip.events import (
     TransactionTimedOut,
 )
 from gateway.sip.in_dialog import InDialog
+from gateway.sip.keepalive import is_keepalive_notify
 from gateway.sip.message import SipRequest, SipResponse, make_response, parse_message
 from gateway.sip.outgoing import Outgoing, Relay, refusal_response
 from gateway.sip.pair import DialogPair, PairState
@@ -126,8 +127,9 @@ class B2bua:
         self._out.count(f"sip_malformed_{peer.side.value}")
         if self._admission.check_malformed(peer, now) is not None:
             self._out.count(f"policy_refused_{peer.side.value}")
-            return
+            return  # a refused (banned, flooding) source gets no log line per message either
         partial = error.partial
+        status: int | None = None
         if (
             isinstance(partial, SipRequest)
             and partial.method != "ACK"
@@ -136,9 +138,13 @@ class B2bua:
             try:
                 response = make_response(partial, error.status_hint, reason_phrase(error.reason))
                 response.add("Warning", gateway_warning(error.reason))
+                self._out.send_stateless(peer, response)
+                status = error.status_hint
             except SipError:
-                return  # not even Via/CSeq to answer with: dropped and counted
-            self._out.send_stateless(peer, response)
+                pass  # not even Via/CSeq to answer with: dropped and counted
+        call_id = (partial.get("Call-ID") if partial is not None else None) or ""
+        source = f"{peer.address[0]}:{peer.address[1]}"
+        self._out.emit(MalformedMessage(call_id, peer.side.value, source, status, error.reason))
 
     def receive_message(
         self, peer: Peer, message: SipRequest | SipResponse, now: float, wall: datetime
@@ -348,6 +354,10 @@ class B2bua:
                 ("Supported", "100rel, timer, replaces"),
             ]
             self._out.reply(side, event.key, request, 200, now, headers=headers)
+            return
+        if side == Side.LAN and is_keepalive_notify(request):
+            # An ATA's keep-alive NOTIFY is for its outbound proxy: answered here, not relayed.
+            self._out.reply(side, event.key, request, 200, now)
             return
         if method in _DIALOG_CREATING:
             if not self.accepting_calls:

@@ -158,6 +158,19 @@ class PhoneRegistered(_Event):
 
 
 @dataclass(frozen=True, slots=True)
+class MalformedMessage(_Event):
+    """A message that could not be parsed: answered with a 4xx (``status``) or dropped (None),
+    one log line each with where it came from. ``call_id`` is "" when none could be read."""
+
+    kind: ClassVar[str] = "malformed"
+    side: str
+    #: "address:port" of the sender.
+    source: str
+    status: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class BadResponse(_Event):
     """A response that could not be relayed (unusable SDP, a broken header): dropped."""
 
@@ -177,6 +190,7 @@ CallEvent = (
     | PlaintextDowngrade
     | TrunkFailover
     | PhoneRegistered
+    | MalformedMessage
     | BadResponse
 )
 """Every call event the core emits."""

@@ -128,7 +128,7 @@ class Registrar:
                 user, aor, str(phone_contact.uri), phone_peer(phone_contact, source)
             )
             binding.user_agent = request.get("User-Agent")
-            expires = phone_contact.params.get("expires") or request.get("Expires")
+            expires = phone_contact.param("expires") or request.get("Expires")
             binding.last_expires = int_or(expires, self._settings.default_expires)
             contact_value = (
                 f"{self._edge.wan_contact(binding.token)};expires={binding.last_expires}"

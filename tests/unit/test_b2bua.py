@@ -26,6 +26,7 @@ from gateway.sip.call_events import (
     CallEnded,
     CallEvent,
     CallRefused,
+    MalformedMessage,
     MediaEnded,
     PlaintextDowngrade,
 )
@@ -556,6 +557,10 @@ def test_garbage_is_dropped_and_counted_without_disturbing_a_call() -> None:
     for junk in (b"\x00\xff" * 100, b"SIP/2.0 200\r\n\r\n", b"INVITE\r\n\r\n", b"A" * 70000):
         h.from_phone(junk)
     assert h.core.counters.get("sip_malformed_lan", 0) >= 3
+    # One event per refused message, naming the source (the log line an operator reads).
+    malformed = [e for e in h.events if isinstance(e, MalformedMessage)]
+    assert len(malformed) >= 3
+    assert all(e.source == f"{PHONE_IP}:5062" and e.side == "lan" for e in malformed)
     h.from_phone(phone_request("ACK", cseq=1, to_tag=ok.to.tag))
     h.from_phone(phone_request("BYE", cseq=2, to_tag=ok.to.tag))
     assert 200 in [m.status for m in only(h.take_lan(), SipResponse)]
@@ -1076,3 +1081,16 @@ def test_a_call_ended_by_the_core_is_charged_at_the_time_given() -> None:
     policy = h.core.policy
     assert policy is not None
     assert policy.minutes_today("1001", h.now) == pytest.approx(10.0)
+
+
+def test_a_malformed_request_gets_a_400_saying_why_and_an_event_with_its_call_id() -> None:
+    h = Harness()
+    bad = phone_request("OPTIONS", call_id="bad-1@phone").replace(
+        "Max-Forwards: 70", "Max-Forwards: seventy"
+    )
+    h.from_phone(bad)
+    [answer] = only(h.take_lan(), SipResponse)
+    assert answer.status == 400 and "Max-Forwards" in (answer.get("Warning") or "")
+    [event] = [e for e in h.events if isinstance(e, MalformedMessage)]
+    assert (event.call_id, event.status) == ("bad-1@phone", 400)
+    assert "Max-Forwards" in event.reason

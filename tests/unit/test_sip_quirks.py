@@ -820,11 +820,6 @@ def test_keepalive_notify_is_recognised(
     assert is_keepalive_notify(request) is expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the is_keepalive_notify call in B2bua._on_request (task F report); "
-    "today the keep-alive is relayed to the provider",
-)
 def test_keepalive_notify_is_answered_by_the_gateway() -> None:
     """A Linksys/Cisco SPA with NAT keep-alive on (``$NOTIFY``) sends one every 15 s: the
     gateway answers it 200 itself and the provider never sees it."""
