@@ -105,6 +105,7 @@ def registered_at_provider(kam: Kamailio, user: str) -> bool:
 # registrations
 
 
+@pytest.mark.matrix(peer="sipp-udp", scenario="register (ATA quirks)")
 @pytest.mark.parametrize(
     ("scenario", "host", "user"),
     [
@@ -126,6 +127,7 @@ def test_quirky_register_reaches_the_provider(
     assert contact.startswith(f"<sip:{user}@{host}:{reg.port}>;expires="), contact
 
 
+@pytest.mark.matrix(peer="sipp-udp", scenario="malformed input")
 def test_route_with_two_transports_is_refused_by_name(site: Site) -> None:
     """Two values for one URI parameter could route two ways: 400, the reason phrase (and the
     Warning) name the parameter, and the REGISTER never reaches the provider."""
@@ -150,6 +152,7 @@ def reception(site: Site) -> Baresip:
     return site.provider_phone(RECEPTION)
 
 
+@pytest.mark.matrix(peer="sipp-udp", scenario="named extension")
 def test_ata_with_compact_headers_calls_a_named_extension(site: Site) -> None:
     """Compact headers, no rport, no Max-Forwards and a ``;lr;lr`` Route on every request:
     the call is answered by ``reception`` at the provider, which hears the
@@ -175,6 +178,9 @@ def test_ata_with_compact_headers_calls_a_named_extension(site: Site) -> None:
     assert "failed to decrypt" not in answerer.output()
 
 
+@pytest.mark.matrix(peer="baresip-udp", scenario="register")
+@pytest.mark.matrix(peer="baresip-udp", scenario="named extension")
+@pytest.mark.matrix(peer="baresip-tls-srtp", scenario="call in")
 def test_baresip_with_outbound_proxy_registers_and_calls_reception(site: Site) -> None:
     """baresip 1.0 with ``outbound="sip:GATEWAY;lr"`` sends ``Route: <sip:GATEWAY;lr;lr>``:
     the gateway takes the Route as naming itself, registers the phone at kamailio and carries
