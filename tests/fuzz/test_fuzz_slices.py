@@ -25,3 +25,14 @@ def test_fuzz_slice_finds_nothing_new(name: str, tmp_path: Path) -> None:
     new = {sig: n for sig, n in result.signatures.items() if not any(k in sig for k in known)}
     saved = sorted(p.name for p in tmp_path.iterdir())
     assert not new, f"{name}: {new}; inputs and tracebacks in {tmp_path}: {saved}"
+
+
+def test_fuzz_slice_of_the_c_lanes(tmp_path: Path) -> None:
+    """The lanes over loopback with the normal build (the ASan build runs in campaigns)."""
+    from gateway.media import worker
+
+    if worker._fastpath is None:
+        pytest.skip("the C fast path is not built here (setup.py build_ext --inplace)")
+    result = run_builtin("lanes", 300, seed=20260101, crash_dir=tmp_path, coverage=False)
+    assert result.inputs == 300
+    assert not result.signatures, f"lanes: {result.signatures}; see {tmp_path}"
