@@ -57,6 +57,9 @@ class CallEndings:
             self._out.send_request(
                 pair.callee_side, build_cancel(pair.outgoing), pair.callee.peer, now
             )
+            if pair.client_key is not None:
+                # A callee that never answers the CANCEL must not keep the call forever.
+                self._out.tx[pair.callee_side].invite_cancelled(pair.client_key, now)
 
     def end(self, pair: DialogPair, now: float, *, reason: str, send_bye_to: Side | None) -> None:
         """The call is over: BYE to ``send_bye_to`` (a side that has not said BYE itself;
@@ -80,6 +83,10 @@ class CallEndings:
                 )
             elif before in RINGING and pair.state == PairState.CANCELLING:
                 self.send_cancel(pair, now)
+        if pair.state == PairState.CANCELLING and pair.client_key is not None:
+            # However the set-up was abandoned (a CANCEL, or the callee's own BYE on its
+            # early dialog), a final response that never comes must not keep the call (§9.1).
+            self._out.tx[pair.callee_side].invite_cancelled(pair.client_key, now)
         self._out.stop_retransmitting(pair)
         self.forget(pair, now)
 

@@ -204,8 +204,17 @@ class InviteClientTransaction(Transaction):
         elif name == "B" and self.state is TransactionState.CALLING:
             out.emit(TransactionTimedOut(self.key, self.request))
             self._terminate()
+        elif name == "Cancelled" and self.state is TransactionState.PROCEEDING:
+            # §9.1: CANCELled, and no final response within 64*T1: the request is over.
+            out.emit(TransactionTimedOut(self.key, self.request))
+            self._terminate()
         elif name in ("D", "M"):
             self._terminate()
+
+    def cancelled(self, now: float) -> None:
+        """A CANCEL for this INVITE went out (§9.1): wait 64*T1 for the final response."""
+        if self.state in (TransactionState.CALLING, TransactionState.PROCEEDING):
+            self.timers["Cancelled"] = now + 64 * self.settings.t1
 
     def on_response(self, response: SipResponse, now: float, out: Outbox) -> None:
         status = response.status
@@ -215,10 +224,12 @@ class InviteClientTransaction(Transaction):
             if status < 200:
                 self.state = TransactionState.PROCEEDING
             elif status < 300:
+                self._cancel("Cancelled")
                 self.state = TransactionState.ACCEPTED
                 self.timers["M"] = now + 64 * self.settings.t1
                 self._release_request()  # Accepted only passes 2xx up and never resends
             else:
+                self._cancel("Cancelled")
                 self.state = TransactionState.COMPLETED
                 self.ack = build_ack(self.request, response)
                 out.send(self.peer, self.ack)
@@ -363,7 +374,7 @@ class NonInviteServerTransaction(Transaction):
             self._terminate()
 
 
-_TIMER_NAMES = ("A", "B", "D", "M", "E", "F", "K", "Trying", "G", "H", "I", "L", "J")
+_TIMER_NAMES = ("A", "B", "D", "M", "E", "F", "K", "Trying", "G", "H", "I", "L", "J", "Cancelled")
 
 ClientTransaction = InviteClientTransaction | NonInviteClientTransaction
 ServerTransaction = InviteServerTransaction | NonInviteServerTransaction
@@ -509,6 +520,14 @@ class TransactionLayer:
             raise TransactionStateError(f"no server transaction {key}")
         transaction.send_response(response, now, self._out)
         self._settle(transaction)
+
+    def invite_cancelled(self, key: str, now: float) -> None:
+        """The TU sent a CANCEL for the INVITE client transaction ``key`` (RFC 3261 §9.1):
+        without a final response within 64*T1 it times out (``TransactionTimedOut``)."""
+        transaction = self._transactions.get(key)
+        if isinstance(transaction, InviteClientTransaction):
+            transaction.cancelled(now)
+            self._settle(transaction)
 
     # -- time and output -----------------------------------------------------------------
 

@@ -36,3 +36,10 @@ def test_fuzz_slice_of_the_c_lanes(tmp_path: Path) -> None:
     result = run_builtin("lanes", 300, seed=20260101, crash_dir=tmp_path, coverage=False)
     assert result.inputs == 300
     assert not result.signatures, f"lanes: {result.signatures}; see {tmp_path}"
+
+
+def test_saved_b2bua_finding_replays_cleanly() -> None:
+    from tests.fuzz.target_b2bua import check
+
+    check((Path(__file__).parent / "findings" / "b2bua-cancelled-invite-never-given-up")
+          .read_bytes())

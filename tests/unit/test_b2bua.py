@@ -1094,3 +1094,21 @@ def test_a_malformed_request_gets_a_400_saying_why_and_an_event_with_its_call_id
     [event] = [e for e in h.events if isinstance(e, MalformedMessage)]
     assert (event.call_id, event.status) == ("bad-1@phone", 400)
     assert "Max-Forwards" in event.reason
+
+
+def test_a_cancelled_call_whose_callee_never_answers_is_given_up_after_64_t1() -> None:
+    """RFC 3261 §9.1: the CANCEL went after a provisional, and the provider never sends the
+    final response: after 64*T1 the INVITE is over and the call leaves no state behind
+    (found by the B2BUA fuzzer: such a call was kept forever)."""
+    h = Harness()
+    branch = "z9hG4bKsilent"
+    h.from_phone(phone_request("INVITE", body=phone_sdp(), branch=branch))
+    [invite] = only(h.take_wan(), SipRequest)
+    h.from_provider(respond(invite, 180))
+    h.from_phone(phone_request("CANCEL", cseq=1, branch=branch))
+    assert [m.method for m in only(h.take_wan(), SipRequest)] == ["CANCEL"]
+    h.from_provider(respond(invite, 183))  # more ringing does not restart the wait
+    assert h.core.active_calls != []
+    h.advance(64 * 0.5 + 1)
+    assert h.core.active_calls == []
+    assert h.core.get_timer() is None or h.core.get_timer() > h.now  # nothing left due
