@@ -1,7 +1,16 @@
-"""The ``gateway`` command: run, demo, check-config, certs …
+"""The ``gateway`` command: run, demo, check-config, audit, bans, certs, bench.
 
 Each sub-command returns an exit status; errors are printed as one clear line per problem,
 never as a traceback, because operators read them at a console during an install.
+
+One layout and one convention for every command (documented in ``gateway --help``):
+
+- ``--config FILE``, else ``$GATEWAY_CONFIG``, else /etc/sip-media-gateway/gateway.toml
+  (``gateway.config.default_config_path``), so that on an installed box every command reads
+  the same file the service runs with. ``check-config FILE`` keeps its positional form.
+- Exit status 0 success; 1 what was checked failed, or the command failed; 2 usage or
+  configuration error. The ``certs`` commands keep their documented scale (1: expiring soon,
+  2: refused or unusable; docs/certificates.md), which already fits it.
 """
 
 from __future__ import annotations
@@ -12,39 +21,122 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from gateway.certs.commands import add_certs_commands
 from gateway.certs.errors import CertificateError
-from gateway.config import ConfigError, GatewayConfig, insecure_settings, load_config
+from gateway.config import (
+    CONFIG_PATH_ENV,
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    GatewayConfig,
+    default_config_path,
+    insecure_settings,
+    load_config,
+)
+from gateway.policy.allowlist import normalise_address
 from gateway.policy.audit import AuditView, audit, format_report
 from gateway.policy.audit import exit_status as audit_exit_status
 from gateway.policy.bans_store import BanStoreError, format_bans, lift_ban, list_bans
 
+EXIT_OK = 0
+#: What was checked failed (check-config, audit), or the command could not do its job.
+EXIT_FAILED = 1
+#: Bad arguments, or a configuration that is missing or invalid (argparse also exits with 2).
+EXIT_USAGE = 2
+
+DISTRIBUTION = "sip-media-gateway"
+
+EPILOG = f"""\
+configuration:
+  Every command that reads a configuration takes --config FILE; without it, ${CONFIG_PATH_ENV}
+  names the file, else {DEFAULT_CONFIG_PATH}.
+  `gateway check-config FILE` and `gateway check-config --config FILE` are the same.
+
+exit status:
+  0  success
+  1  what was checked failed (check-config: the file has problems; audit: a check failed),
+     or the command failed (run could not start; bans lift: the address is not banned)
+  2  usage or configuration error: bad arguments, a configuration file missing or invalid
+  The certs commands: 0 ok, 1 something expires within the warning window, 2 refused or
+  unusable (docs/certificates.md).
+"""
+
+
+def package_version() -> str:
+    """The installed distribution's version (a source tree that is not installed has none)."""
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+def _config_path(args: argparse.Namespace) -> str:
+    return getattr(args, "config", None) or default_config_path()
+
+
+def _print_problems(exc: ConfigError) -> None:
+    for problem in exc.problems:
+        print(f"error: {problem}", file=sys.stderr)
+
+
+def _load_or_report(args: argparse.Namespace) -> GatewayConfig | None:
+    """The configuration the command should use, or None after printing why it cannot."""
+    path = _config_path(args)
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        _print_problems(exc)
+        _hint_default(args, path)
+        return None
+
+
+def _hint_default(args: argparse.Namespace, path: str) -> None:
+    """The commonest first-run mistake is no file at the default: say where it came from."""
+    given = getattr(args, "config", None) or getattr(args, "file", None)
+    if given is None and not Path(path).exists():
+        print(
+            f"error: no configuration at {path} (the default): give --config FILE "
+            f"or set {CONFIG_PATH_ENV}",
+            file=sys.stderr,
+        )
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    if args.file and args.config and args.file != args.config:
+        print(
+            f"error: two files given ({args.file} and --config {args.config}): give one",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    path = args.file or _config_path(args)
     try:
-        config = load_config(args.file)
+        config = load_config(path)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        print(f"{args.file}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        return 1
+        _print_problems(exc)
+        _hint_default(args, path)
+        print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        # The file is what is being checked: its failing is a result (1), not a usage error.
+        return EXIT_FAILED
     for name in insecure_settings(config):
-        print(f"warning: {args.file}: {name} is on: INSECURE downgrade", file=sys.stderr)
-    print(f"{args.file}: configuration is valid")
-    return 0
+        print(f"warning: {path}: {name} is on: INSECURE downgrade", file=sys.stderr)
+    print(f"{path}: configuration is valid")
+    return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.app import Gateway, configure_logging
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return 1
+    config = _load_or_report(args)
+    if config is None:
+        return EXIT_USAGE
     configure_logging(config.log.level, config.log.format)
 
     async def main() -> None:
@@ -55,62 +147,60 @@ def cmd_run(args: argparse.Namespace) -> int:
         _run_loop(main())
     except CertificateError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except OSError as exc:
         print(f"error: cannot start: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _load_or_report(path: str) -> GatewayConfig | None:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return None
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _bans_file(args: argparse.Namespace) -> Path | None:
-    if args.config is None:
-        return Path("state") / "bans.json"
-    config = _load_or_report(args.config)
-    return None if config is None else Path(config.state.directory) / "bans.json"
+    """The ban file of the configuration's state folder; says on stderr which file it is, so
+    an operator never reads an empty list from the wrong place."""
+    config = _load_or_report(args)
+    if config is None:
+        return None
+    path = Path(config.state.directory) / "bans.json"
+    print(f"bans file: {path} (state folder of {_config_path(args)})", file=sys.stderr)
+    return path
 
 
 def cmd_bans_list(args: argparse.Namespace) -> int:
     path = _bans_file(args)
     if path is None:
-        return 1
+        return EXIT_USAGE
     try:
         print(format_bans(list_bans(path, time.time()), time.time()))
     except BanStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def cmd_bans_lift(args: argparse.Namespace) -> int:
+    if normalise_address(args.address) is None:
+        print(f"error: {args.address!r} is not an IP address", file=sys.stderr)
+        return EXIT_USAGE
     path = _bans_file(args)
     if path is None:
-        return 1
+        return EXIT_USAGE
     try:
         lifted = lift_ban(path, args.address)
     except BanStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     if not lifted:
         print(f"{args.address} is not banned", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     # A running gateway watches the file and lifts the ban within a few seconds.
     print(f"lifted the ban on {args.address}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    config = _load_or_report(args.config)
+    config = _load_or_report(args)
     if config is None:
-        return 2
+        return EXIT_USAGE
     wan = config.wan
     secrets: list[str] = []
     if config.audit.sip_secrets_file:
@@ -118,7 +208,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             text = config.path(config.audit.sip_secrets_file).read_text(encoding="utf-8")
         except OSError as exc:
             print(f"error: {config.audit.sip_secrets_file}: {exc.strerror}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         secrets = [line.strip() for line in text.splitlines() if line.strip()]
     view = AuditView(
         tls_verify=not wan.insecure_skip_verify,
@@ -151,16 +241,29 @@ def _run_loop(coro):  # type: ignore[no-untyped-def]
     return uvloop.run(coro)
 
 
+def _add_config(p: argparse.ArgumentParser, what: str = "configuration file (TOML)") -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"{what}; default ${CONFIG_PATH_ENV}, else {DEFAULT_CONFIG_PATH}",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway",
         description="Media encryption enforcement gateway: legacy SIP/RTP phones on the LAN, "
         "SIP over verified TLS and SRTP toward the provider.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"{DISTRIBUTION} {package_version()}"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the gateway in the foreground")
-    p.add_argument("--config", required=True, help="configuration file (TOML)")
+    _add_config(p)
     p.add_argument(
         "--drain",
         type=float,
@@ -169,8 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("check-config", help="check a configuration file and list every problem")
-    p.add_argument("file")
+    p = sub.add_parser(
+        "check-config",
+        help="check a configuration file and list every problem (exit 1 if it has any)",
+    )
+    p.add_argument("file", nargs="?", help="the file to check (same as --config FILE)")
+    _add_config(p)
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("demo", help="a self-contained call: phone -> gateway -> TLS/SRTP provider")
@@ -179,17 +286,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("audit", help="security posture report of a deployment")
-    p.add_argument("--config", required=True, help="configuration file (TOML)")
+    _add_config(p)
     p.set_defaults(func=cmd_audit)
 
     bans = sub.add_parser("bans", help="list or lift bans of scanners and brute-forcers")
     bans_sub = bans.add_subparsers(dest="bans_command", required=True)
+    state_help = "configuration file (its [state] folder holds the bans)"
     p = bans_sub.add_parser("list", help="bans in force")
-    p.add_argument("--config", help="configuration file (its [state] folder holds the bans)")
+    _add_config(p, state_help)
     p.set_defaults(func=cmd_bans_list)
     p = bans_sub.add_parser("lift", help="lift the ban on an address")
     p.add_argument("address")
-    p.add_argument("--config", help="configuration file (its [state] folder holds the bans)")
+    _add_config(p, state_help)
     p.set_defaults(func=cmd_bans_lift)
 
     from gateway.bench.command import add_bench_arguments, cmd_bench
@@ -202,11 +310,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _default_certs_config(args: argparse.Namespace) -> None:
+    """The certs commands work without a configuration (a box being set up); on an installed
+    box, or with $GATEWAY_CONFIG, they read the default one like every other command."""
+    if args.command != "certs" or not hasattr(args, "config") or args.config is not None:
+        return
+    path = default_config_path()
+    if os.environ.get(CONFIG_PATH_ENV) or Path(path).exists():
+        args.config = path
+        print(f"configuration: {path}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _default_certs_config(args)
     try:
         return int(args.func(args) or 0)
+    except ConfigError as exc:
+        # A handler that loads the configuration itself (the certs commands): same report.
+        _print_problems(exc)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 

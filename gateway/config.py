@@ -293,6 +293,17 @@ _TABLES: dict[str, Any] = {
     if name not in ("base_dir", "source_file")
 }
 
+#: The configuration the ``gateway`` commands read when ``--config`` is not given: the layout
+#: of deploy/gateway.service (state and certificates under /var/lib/sip-media-gateway/).
+DEFAULT_CONFIG_PATH = "/etc/sip-media-gateway/gateway.toml"
+#: Environment variable naming another default (a second instance, a lab, a container).
+CONFIG_PATH_ENV = "GATEWAY_CONFIG"
+
+
+def default_config_path() -> str:
+    """``$GATEWAY_CONFIG`` when set and not empty, else DEFAULT_CONFIG_PATH."""
+    return os.environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH
+
 
 def load_config(path: str | Path) -> GatewayConfig:
     """Read, decode and check a configuration file; raise ConfigError listing every problem."""
