@@ -112,12 +112,12 @@ def _add_results(path: Path, result: Result, seed: int) -> None:
         data = json.loads(path.read_text())
     data.setdefault("machine", f"{platform.machine()} {os.cpu_count()} cpus")
     data.setdefault("python", platform.python_version())
-    targets = data.setdefault("targets", {})
-    assert isinstance(targets, dict)
+    campaigns = data.setdefault("campaigns", [])
+    assert isinstance(campaigns, list)
     entry = result.as_dict()
     entry["seed"] = seed
     entry["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    targets[result.target] = entry
+    campaigns.append(entry)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
 
