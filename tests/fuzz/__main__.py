@@ -123,7 +123,9 @@ def _add_results(path: Path, result: Result, seed: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.fuzz", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fuzz", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("target", choices=TARGETS)
     parser.add_argument("--inputs", type=int, default=100_000, help="inputs to run")
     parser.add_argument("--seed", type=int, default=1, help="random seed (>= 1)")

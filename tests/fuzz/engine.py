@@ -399,7 +399,9 @@ def run_builtin(
         seconds=time.perf_counter() - started,
         crashes=crashes.found,
         signatures=crashes.by_signature,
-        saved=[str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in crashes.saved],
+        saved=[
+            str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in crashes.saved
+        ],
         corpus=len(corpus),
         coverage=len(cover.lines) if cover is not None else None,
         hangs=hangs,

@@ -87,13 +87,20 @@ def sip_messages() -> list[bytes]:
     seeds = [path.read_bytes() for path in sorted(RFC4475_DIR.glob("*.dat"))]
     for method in ("INVITE", "REGISTER", "OPTIONS", "BYE", "CANCEL", "ACK", "INFO", "REFER"):
         body = tb.phone_sdp() if method == "INVITE" else ""
-        seeds.append(tb.phone_request(method, body=body, to_tag="t1" if method == "BYE" else None)
-                     .encode())
-    seeds.append(tq.invite_with_sdp(
-        "INVITE sip:2001@127.0.4.20 SIP/2.0\nVia: SIP/2.0/UDP 127.0.4.14:5060;branch=z9hG4bK.a\n"
-        "From: <sip:1001@127.0.4.20>;tag=a\nTo: <sip:2001@127.0.4.20>\nCall-ID: a@x\n"
-        "CSeq: 1 INVITE\nContact: <sip:1001@127.0.4.14>\nContent-Type: application/sdp\n"
-        "Content-Length: @LENGTH@\n", "127.0.4.14").replace("\n", "\r\n").encode())
+        seeds.append(
+            tb.phone_request(method, body=body, to_tag="t1" if method == "BYE" else None).encode()
+        )
+    seeds.append(
+        tq.invite_with_sdp(
+            "INVITE sip:2001@127.0.4.20 SIP/2.0\nVia: SIP/2.0/UDP 127.0.4.14:5060;branch=z9hG4bK.a\n"
+            "From: <sip:1001@127.0.4.20>;tag=a\nTo: <sip:2001@127.0.4.20>\nCall-ID: a@x\n"
+            "CSeq: 1 INVITE\nContact: <sip:1001@127.0.4.14>\nContent-Type: application/sdp\n"
+            "Content-Length: @LENGTH@\n",
+            "127.0.4.14",
+        )
+        .replace("\n", "\r\n")
+        .encode()
+    )
     for module in (tb, tq):
         for text in _module_strings(module):
             if b"SIP/2.0" in text:

@@ -42,10 +42,30 @@ KNOWN_FINDINGS: tuple[str, ...] = ("INVITE never given up without a final respon
 TOKENS = [
     t.encode()
     for t in (
-        "INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "PRACK", "UPDATE", "REFER",
-        "SUBSCRIBE", "NOTIFY", "INFO", "MESSAGE", ";tag=", ";branch=z9hG4bK", "Require: 100rel\r\n",
-        "Replaces: ", "Refer-To: ", "Expires: 0\r\n", "Contact: *\r\n", "Max-Forwards: 0\r\n",
-        "Route: <sip:127.0.7.20;lr>\r\n", "Session-Expires: 90\r\n", "RSeq: 1\r\n",
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "REGISTER",
+        "OPTIONS",
+        "PRACK",
+        "UPDATE",
+        "REFER",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "INFO",
+        "MESSAGE",
+        ";tag=",
+        ";branch=z9hG4bK",
+        "Require: 100rel\r\n",
+        "Replaces: ",
+        "Refer-To: ",
+        "Expires: 0\r\n",
+        "Contact: *\r\n",
+        "Max-Forwards: 0\r\n",
+        "Route: <sip:127.0.7.20;lr>\r\n",
+        "Session-Expires: 90\r\n",
+        "RSeq: 1\r\n",
     )
 ]
 
@@ -55,12 +75,39 @@ PROVIDER = Peer(Side.WAN, "tls", (PROVIDER_IP, 5061))
 WALL = datetime(2026, 11, 25, 10, 0)
 
 (
-    PHONE_RAW, WAN_RAW, ADVANCE, WAN_RESPOND, LAN_RESPOND, PHONE_IN_DIALOG, WAN_IN_DIALOG,
-    MEDIA_PROBLEM, LINK, HANG_UP_ALL, POLICY,
+    PHONE_RAW,
+    WAN_RAW,
+    ADVANCE,
+    WAN_RESPOND,
+    LAN_RESPOND,
+    PHONE_IN_DIALOG,
+    WAN_IN_DIALOG,
+    MEDIA_PROBLEM,
+    LINK,
+    HANG_UP_ALL,
+    POLICY,
 ) = range(11)
 
-STATUSES = (100, 180, 183, 200, 202, 302, 401, 403, 404, 407, 408, 480, 486, 487, 488, 500, 503,
-            603)
+STATUSES = (
+    100,
+    180,
+    183,
+    200,
+    202,
+    302,
+    401,
+    403,
+    404,
+    407,
+    408,
+    480,
+    486,
+    487,
+    488,
+    500,
+    503,
+    603,
+)
 METHODS = ("ACK", "BYE", "INVITE", "INFO", "CANCEL", "UPDATE", "OPTIONS", "REFER", "PRACK")
 
 
@@ -76,8 +123,10 @@ def provider_sdp(offer: bytes, flags: int) -> bytes:
     """The provider's answer to our offer (or its own offer when ``offer`` is empty)."""
     crypto = ""
     if not flags & 2:
-        line = next((x for x in offer.decode(errors="replace").split("\r\n")
-                     if x.startswith("a=crypto:")), "a=crypto:1 AES_CM_128_HMAC_SHA1_80 x")
+        line = next(
+            (x for x in offer.decode(errors="replace").split("\r\n") if x.startswith("a=crypto:")),
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 x",
+        )
         tag, suite = line[9:].split()[:2]
         key = base64.b64encode(hashlib.sha256(offer).digest()[:30]).decode()
         if suite.startswith("AEAD_AES_256"):
@@ -93,13 +142,20 @@ def provider_sdp(offer: bytes, flags: int) -> bytes:
     ).encode()
 
 
-def phone_request(method: str, cseq: int, branch: str, *, body: bytes = b"",
-                  call_id: str = "c1@phone", to_tag: str | None = None,
-                  ruri: str = "sip:+15551234567@127.0.7.20") -> bytes:
+def phone_request(
+    method: str,
+    cseq: int,
+    branch: str,
+    *,
+    body: bytes = b"",
+    call_id: str = "c1@phone",
+    to_tag: str | None = None,
+    ruri: str = "sip:+15551234567@127.0.7.20",
+) -> bytes:
     to = "<sip:+15551234567@127.0.7.20>" + (f";tag={to_tag}" if to_tag else "")
     head = (
         f"{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE_IP}:5062;branch={branch};rport\r\n"
-        f"Max-Forwards: 70\r\nFrom: \"Desk\" <sip:1001@{LAN_IP}>;tag=ph1\r\nTo: {to}\r\n"
+        f'Max-Forwards: 70\r\nFrom: "Desk" <sip:1001@{LAN_IP}>;tag=ph1\r\nTo: {to}\r\n'
         f"Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContact: <sip:1001@{PHONE_IP}:5062>\r\n"
     )
     if body:
@@ -134,43 +190,75 @@ def seeds() -> list[bytes]:
     invite = phone_request("INVITE", 1, "z9hG4bKi1", body=phone_sdp())
     ok = STATUSES.index(200)
     outbound = [
-        (PHONE_RAW, invite), (WAN_RESPOND, _status(STATUSES.index(180), 0)),
-        (WAN_RESPOND, _status(ok, 1)), (PHONE_IN_DIALOG, bytes([0, 0, 1])),
-        (ADVANCE, b"\x08"), (PHONE_IN_DIALOG, bytes([0, 1, 2])), (WAN_RESPOND, _status(ok, 0)),
+        (PHONE_RAW, invite),
+        (WAN_RESPOND, _status(STATUSES.index(180), 0)),
+        (WAN_RESPOND, _status(ok, 1)),
+        (PHONE_IN_DIALOG, bytes([0, 0, 1])),
+        (ADVANCE, b"\x08"),
+        (PHONE_IN_DIALOG, bytes([0, 1, 2])),
+        (WAN_RESPOND, _status(ok, 0)),
     ]
     inbound = [
-        (PHONE_RAW, REGISTER), (WAN_RESPOND, _status(ok, 0)),
+        (PHONE_RAW, REGISTER),
+        (WAN_RESPOND, _status(ok, 0)),
         (WAN_RAW, provider_invite(provider_sdp(b"", 0))),
-        (LAN_RESPOND, _status(STATUSES.index(180), 0)), (LAN_RESPOND, _status(ok, 1)),
-        (WAN_IN_DIALOG, bytes([0x80, 0, 1])), (ADVANCE, b"\x04"),
-        (WAN_IN_DIALOG, bytes([0x80, 1, 2])), (LAN_RESPOND, _status(ok, 0)),
+        (LAN_RESPOND, _status(STATUSES.index(180), 0)),
+        (LAN_RESPOND, _status(ok, 1)),
+        (WAN_IN_DIALOG, bytes([0x80, 0, 1])),
+        (ADVANCE, b"\x04"),
+        (WAN_IN_DIALOG, bytes([0x80, 1, 2])),
+        (LAN_RESPOND, _status(ok, 0)),
     ]
     cancel = [
-        (PHONE_RAW, invite), (WAN_RESPOND, _status(STATUSES.index(180), 0)),
-        (PHONE_IN_DIALOG, bytes([0x80, 4, 1])), (WAN_RESPOND, _status(ok, 0)),
-        (WAN_RESPOND, bytes([1, STATUSES.index(487), 0])), (ADVANCE, b"\x40"),
+        (PHONE_RAW, invite),
+        (WAN_RESPOND, _status(STATUSES.index(180), 0)),
+        (PHONE_IN_DIALOG, bytes([0x80, 4, 1])),
+        (WAN_RESPOND, _status(ok, 0)),
+        (WAN_RESPOND, bytes([1, STATUSES.index(487), 0])),
+        (ADVANCE, b"\x40"),
     ]
     challenge = [
-        (PHONE_RAW, REGISTER), (WAN_RESPOND, _status(STATUSES.index(401), 0)),
+        (PHONE_RAW, REGISTER),
+        (WAN_RESPOND, _status(STATUSES.index(401), 0)),
         (PHONE_RAW, REGISTER.replace(b"reg1", b"reg2").replace(b"1 REGISTER", b"2 REGISTER")),
-        (WAN_RESPOND, _status(ok, 0)), (LINK, b"\x00"), (LINK, b"\x01"),
+        (WAN_RESPOND, _status(ok, 0)),
+        (LINK, b"\x00"),
+        (LINK, b"\x01"),
     ]
     reinvite = [
-        *outbound[:5], (PHONE_IN_DIALOG, bytes([0, 2, 2])), (WAN_RESPOND, _status(ok, 1)),
-        (PHONE_IN_DIALOG, bytes([0, 0, 2])), (WAN_IN_DIALOG, bytes([0, 1, 1])),
+        *outbound[:5],
+        (PHONE_IN_DIALOG, bytes([0, 2, 2])),
+        (WAN_RESPOND, _status(ok, 1)),
+        (PHONE_IN_DIALOG, bytes([0, 0, 2])),
+        (WAN_IN_DIALOG, bytes([0, 1, 1])),
         (MEDIA_PROBLEM, b"\x00"),
     ]
     refused = [
-        (POLICY, b"\x00"), (PHONE_RAW, invite), (WAN_RESPOND, _status(ok, 2)),
-        (WAN_RESPOND, _status(ok, 4)), (ADVANCE, b"\xff"),
+        (POLICY, b"\x00"),
+        (PHONE_RAW, invite),
+        (WAN_RESPOND, _status(ok, 2)),
+        (WAN_RESPOND, _status(ok, 4)),
+        (ADVANCE, b"\xff"),
     ]
-    garbage = [(PHONE_RAW, b"\x00\xff" * 50), (WAN_RAW, b"SIP/2.0 200\r\n\r\n"),
-               (PHONE_RAW, b"INVITE\r\n\r\n"), (HANG_UP_ALL, b"")]
+    garbage = [
+        (PHONE_RAW, b"\x00\xff" * 50),
+        (WAN_RAW, b"SIP/2.0 200\r\n\r\n"),
+        (PHONE_RAW, b"INVITE\r\n\r\n"),
+        (HANG_UP_ALL, b""),
+    ]
     flows = [outbound, inbound, cancel, challenge, reinvite, refused, garbage]
     out = [frame_ops(flow) for flow in flows]
     out.append(frame_ops([(POLICY, b"\x01"), *outbound[1:]]))
-    out.append(frame_ops([(POLICY, b"\x01"), (PHONE_RAW, invite), (WAN_RESPOND, _status(ok, 6)),
-                          (PHONE_IN_DIALOG, bytes([0, 0, 1]))]))
+    out.append(
+        frame_ops(
+            [
+                (POLICY, b"\x01"),
+                (PHONE_RAW, invite),
+                (WAN_RESPOND, _status(ok, 6)),
+                (PHONE_IN_DIALOG, bytes([0, 0, 1])),
+            ]
+        )
+    )
     return out
 
 
@@ -179,14 +267,22 @@ class Run:
 
     def __init__(self, allow_plaintext: bool) -> None:
         self.allow_plaintext = allow_plaintext
-        self.core = B2bua(EdgeSettings(
-            lan_address=LAN_IP, lan_port=5060, wan_address=WAN_IP, wan_port=5061,
-            provider=PROVIDER, domain="provider.example",
-            media=MediaPolicy(lan_address=LAN_IP, wan_address=WAN_IP,
-                              allow_plaintext=allow_plaintext),
-            lan_media_ports=(40000, 40099), wan_media_ports=(41000, 41099),
-            timers=TimerSettings(t1=0.5, t2=4.0, t4=5.0),
-        ))
+        self.core = B2bua(
+            EdgeSettings(
+                lan_address=LAN_IP,
+                lan_port=5060,
+                wan_address=WAN_IP,
+                wan_port=5061,
+                provider=PROVIDER,
+                domain="provider.example",
+                media=MediaPolicy(
+                    lan_address=LAN_IP, wan_address=WAN_IP, allow_plaintext=allow_plaintext
+                ),
+                lan_media_ports=(40000, 40099),
+                wan_media_ports=(41000, 41099),
+                timers=TimerSettings(t1=0.5, t2=4.0, t4=5.0),
+            )
+        )
         self.now = 0.0
         self.wan_requests: list[SipRequest] = []
         self.wan_responses: list[SipResponse] = []
@@ -229,8 +325,9 @@ class Run:
         if peer.side == Side.WAN:
             if peer.transport != "tls" or peer.address != PROVIDER.address:
                 raise Violation(f"SIP to the WAN other than over the trunk's TLS: {peer}")
-            bucket: list = self.wan_requests if isinstance(message, SipRequest) \
-                else self.wan_responses
+            bucket: list = (
+                self.wan_requests if isinstance(message, SipRequest) else self.wan_responses
+            )
         else:
             bucket = self.lan_requests if isinstance(message, SipRequest) else self.lan_responses
         if len(bucket) < 64:
@@ -284,8 +381,11 @@ class Run:
         tag = ("provtag" if side == Side.WAN else "phtag") + str(flags >> 4 & 1)
         response = make_response(request, status, to_tag=tag if status > 100 else None)
         if 100 < status < 300:
-            contact = (f"<sip:pbx@{PROVIDER_IP}:5061;transport=tls>" if side == Side.WAN
-                       else f"<sip:1001@{PHONE_IP}:5062>")
+            contact = (
+                f"<sip:pbx@{PROVIDER_IP}:5061;transport=tls>"
+                if side == Side.WAN
+                else f"<sip:1001@{PHONE_IP}:5062>"
+            )
             response.add("Contact", contact)
         if status in (401, 407):
             name = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
@@ -312,9 +412,15 @@ class Run:
                 return
             request = invites[-1 - payload[0] % len(invites)].copy()
             if method == "CANCEL":
-                cancel = SipRequest("CANCEL", request.uri, [
-                    (n, v) for n, v in request.headers
-                    if n in ("Via", "From", "To", "Call-ID", "Max-Forwards")])
+                cancel = SipRequest(
+                    "CANCEL",
+                    request.uri,
+                    [
+                        (n, v)
+                        for n, v in request.headers
+                        if n in ("Via", "From", "To", "Call-ID", "Max-Forwards")
+                    ],
+                )
                 cancel.add("CSeq", f"{request.cseq.seq} CANCEL")
                 cancel.add("Content-Length", "0")
                 self.core.receive_datagram(PHONE, bytes(cancel), self.now, WALL)
@@ -325,11 +431,11 @@ class Run:
         if not responses:
             return
         response = responses[-1 - payload[0] % len(responses)]
-        cseq = response.cseq.seq if method in ("ACK", "CANCEL") else response.cseq.seq \
-            + payload[2]
+        cseq = response.cseq.seq if method in ("ACK", "CANCEL") else response.cseq.seq + payload[2]
         body = phone_sdp(8000 + 2 * payload[2]) if method == "INVITE" else b""
-        data = phone_request(method, cseq, self.branch(), body=body,
-                             call_id=response.call_id, to_tag=response.to.tag)
+        data = phone_request(
+            method, cseq, self.branch(), body=body, call_id=response.call_id, to_tag=response.to.tag
+        )
         self.core.receive_datagram(PHONE, data, self.now, WALL)
 
     def wan_in_dialog(self, payload: bytes) -> None:

@@ -86,8 +86,14 @@ def setup() -> None:
         raise RuntimeError("the C fast path is not built: bash tests/fuzz/build_asan.sh")
     control, _other = socket.socketpair()
     _worker = worker_module._Worker(
-        control, lan_address=LAN_IP, wan_address=WAN_IP, inactivity_timeout=60.0, dscp=0,
-        fast_path=True, clock=lambda: 0.0, ssrc_idle=0.5,
+        control,
+        lan_address=LAN_IP,
+        wan_address=WAN_IP,
+        inactivity_timeout=60.0,
+        dscp=0,
+        fast_path=True,
+        clock=lambda: 0.0,
+        ssrc_idle=0.5,
     )
     _worker._fuzz_keep = _other  # type: ignore[attr-defined]
     for name, ip in PEERS.items():
@@ -136,8 +142,13 @@ def check(data: bytes) -> None:
     for attempt in range(64):
         lan_port = 46000 + (base - 46000 + 4 * attempt) % 3200
         spec = StreamSpec(
-            lan_port=lan_port, wan_port=lan_port + 2, phone_addr=phone, provider_addr=provider,
-            wan_rtcp_mux=bool(setup_bytes[1] & 1), wan_tx=tx, wan_rx=rx,
+            lan_port=lan_port,
+            wan_port=lan_port + 2,
+            phone_addr=phone,
+            provider_addr=provider,
+            wan_rtcp_mux=bool(setup_bytes[1] & 1),
+            wan_tx=tx,
+            wan_rx=rx,
             wan_plaintext=mode == 1,
         )
         error = worker._open("fuzz", 0, spec, 0.0)
@@ -164,8 +175,9 @@ def check(data: bytes) -> None:
                 if sender is not None and 12 <= len(body) <= 1400:
                     body = bytes([0x80 | body[0] & 0x3F]) + body[1:]
                     try:
-                        body = sender.protect_rtcp(body) if kind == WAN_SRTCP else \
-                            sender.protect(body)
+                        body = (
+                            sender.protect_rtcp(body) if kind == WAN_SRTCP else sender.protect(body)
+                        )
                     except (pylibsrtp.Error, ValueError):
                         continue
             target = stream.sockets[port].getsockname()

@@ -29,7 +29,16 @@ from tests.fuzz.engine import Violation, frame_ops, parse_ops
 from tests.fuzz.seeds import CORPUS_SUITES, rtp_packets
 
 FRAMED = True
-TOKENS = [b"\x80\x00", b"\x80\xc8", b"\x80\xc9", b"\x81\xc9", b"\xa0", b"\x90", b"\x8f", b"\xbe\xde"]
+TOKENS = [
+    b"\x80\x00",
+    b"\x80\xc8",
+    b"\x80\xc9",
+    b"\x81\xc9",
+    b"\xa0",
+    b"\x90",
+    b"\x8f",
+    b"\xbe\xde",
+]
 
 SUITES = list(SrtpSuite)
 PHONE = ("127.0.7.10", 8000)
@@ -43,9 +52,7 @@ _DROPS = tuple(f for f in StreamCounters.__struct_fields__ if f.startswith("drop
 
 
 def _keying(suite: SrtpSuite, salt: int) -> SrtpKeying:
-    return SrtpKeying(
-        suite.value, bytes((salt + 7 * i) % 256 for i in range(suite.master_length))
-    )
+    return SrtpKeying(suite.value, bytes((salt + 7 * i) % 256 for i in range(suite.master_length)))
 
 
 def _session(keying: SrtpKeying, inbound: bool) -> pylibsrtp.Session:
@@ -71,8 +78,15 @@ def seeds() -> list[bytes]:
             ops += [(WAN_RAW, bytes([2]) + p) for p in wan]
             ops += [(TICK, b"\x10"), (UPDATE, b"\x01"), (LAN_RAW, bytes([0]) + lan[0])]
             out.append(frame_ops(ops))
-    out.append(frame_ops([(SETUP, b"\x00\x00\x01"), *[(LAN_RAW, b"\x00" + p) for p in lan[:4]],
-                          (WAN_RAW, b"\x02" + lan[0])]))
+    out.append(
+        frame_ops(
+            [
+                (SETUP, b"\x00\x00\x01"),
+                *[(LAN_RAW, b"\x00" + p) for p in lan[:4]],
+                (WAN_RAW, b"\x02" + lan[0]),
+            ]
+        )
+    )
     out.append(frame_ops([(SETUP, b"\x00\x00\x02"), *[(LAN_RAW, b"\x00" + p) for p in lan[:4]]]))
     return out
 
@@ -85,8 +99,13 @@ class Run:
         self.tx = _keying(self.suite, 1) if mode == 0 else None
         self.rx = _keying(self.suite, 0xD2) if mode == 0 else None
         self.spec = StreamSpec(
-            lan_port=40000, wan_port=41000, phone_addr=PHONE, provider_addr=PROVIDER,
-            wan_rtcp_mux=bool(setup[1] & 1), wan_tx=self.tx, wan_rx=self.rx,
+            lan_port=40000,
+            wan_port=41000,
+            phone_addr=PHONE,
+            provider_addr=PROVIDER,
+            wan_rtcp_mux=bool(setup[1] & 1),
+            wan_tx=self.tx,
+            wan_rx=self.rx,
             wan_plaintext=mode == 1,
         )
         self.stream = RelayStream(self.spec, ssrc_idle=0.5)
@@ -99,11 +118,14 @@ class Run:
 
     def deliver(self, port: int, data: bytes, source: tuple[str, int]) -> None:
         stream = self.stream
-        before = StreamCounters(**{f: getattr(stream.counters, f) for f in
-                                   StreamCounters.__struct_fields__})
+        before = StreamCounters(
+            **{f: getattr(stream.counters, f) for f in StreamCounters.__struct_fields__}
+        )
         method = {
-            LAN_RTP: stream.from_lan_rtp, LAN_RTCP: stream.from_lan_rtcp,
-            WAN_RTP: stream.from_wan_rtp, WAN_RTCP: stream.from_wan_rtcp,
+            LAN_RTP: stream.from_lan_rtp,
+            LAN_RTCP: stream.from_lan_rtcp,
+            WAN_RTP: stream.from_wan_rtp,
+            WAN_RTCP: stream.from_wan_rtcp,
         }[port]
         result = method(data, source, self.now)
         after = stream.counters
@@ -112,8 +134,10 @@ class Run:
         if getattr(after, inbound) != getattr(before, inbound) + 1:
             raise Violation(f"{inbound} not counted once")
         drops = sum(getattr(after, f) - getattr(before, f) for f in _DROPS)
-        outs = (after.wan_out_packets - before.wan_out_packets,
-                after.lan_out_packets - before.lan_out_packets)
+        outs = (
+            after.wan_out_packets - before.wan_out_packets,
+            after.lan_out_packets - before.lan_out_packets,
+        )
         if result is None:
             if drops != 1 or outs != (0, 0):
                 raise Violation(f"drop counted {drops} times, outputs {outs}")
@@ -141,11 +165,13 @@ class Run:
         if payload == sent:
             raise Violation("plaintext out of a WAN socket")
         try:
-            clear = self.checker.unprotect_rtcp(payload) if rtcp else \
-                self.checker.unprotect(payload)
+            clear = (
+                self.checker.unprotect_rtcp(payload) if rtcp else self.checker.unprotect(payload)
+            )
         except pylibsrtp.Error as error:
-            raise Violation(f"WAN payload does not unprotect with the stream's key: {error}") \
-                from error
+            raise Violation(
+                f"WAN payload does not unprotect with the stream's key: {error}"
+            ) from error
         if clear != sent:
             raise Violation("WAN payload unprotects to something else than the phone sent")
 
@@ -170,14 +196,20 @@ class Run:
                 # A re-key of both directions (RFC 4568 §7.1.4): new contexts, new checkers.
                 gen = self.spec.wan_tx.generation + 1 if self.spec.wan_tx else 1
                 self.tx = SrtpKeying(self.tx.suite, self.tx.master, gen)
-                self.spec = StreamSpec(**{**{f: getattr(self.spec, f) for f in
-                                             StreamSpec.__struct_fields__},
-                                          "wan_tx": self.tx})
+                self.spec = StreamSpec(
+                    **{
+                        **{f: getattr(self.spec, f) for f in StreamSpec.__struct_fields__},
+                        "wan_tx": self.tx,
+                    }
+                )
                 self.checker = _session(self.tx, True)
             elif flag & 2:
-                self.spec = StreamSpec(**{**{f: getattr(self.spec, f) for f in
-                                             StreamSpec.__struct_fields__},
-                                          "wan_rtcp_mux": not self.spec.wan_rtcp_mux})
+                self.spec = StreamSpec(
+                    **{
+                        **{f: getattr(self.spec, f) for f in StreamSpec.__struct_fields__},
+                        "wan_rtcp_mux": not self.spec.wan_rtcp_mux,
+                    }
+                )
             self.stream.update(self.spec)
             return
         if not payload:
@@ -192,8 +224,9 @@ class Run:
         elif kind in (WAN_SRTP, WAN_SRTCP):
             protected = self._protect(data, kind == WAN_SRTCP)
             if protected is not None:
-                self.deliver(WAN_RTCP if port_hint and kind == WAN_SRTCP else WAN_RTP,
-                             protected, source)
+                self.deliver(
+                    WAN_RTCP if port_hint and kind == WAN_SRTCP else WAN_RTP, protected, source
+                )
 
     def _protect(self, data: bytes, rtcp: bool) -> bytes | None:
         if self.provider is None:
@@ -218,5 +251,3 @@ def check(data: bytes) -> None:
     for kind, payload in ops[:96]:
         if kind != SETUP:
             run.apply(kind, payload)
-
-

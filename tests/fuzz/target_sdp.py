@@ -32,13 +32,36 @@ FRAMED = True
 TOKENS = [
     t.encode()
     for t in (
-        "\r\nm=audio 4000 RTP/AVP 0\r\n", "\r\nm=video 0 RTP/AVP 96\r\n", "RTP/SAVP", "RTP/AVPF",
-        "RTP/SAVPF", "UDP/TLS/RTP/SAVP", "udptl t38", "m=image 5000 udptl t38\r\n",
-        "\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:", "NULL_HMAC_SHA1_80", "AEAD_AES_256_GCM",
-        "|2^31|1:1", "|2^20", " UNENCRYPTED_SRTP", " KDR=1", "\r\na=rtcp-mux", "\r\na=rtcp:",
-        "\r\na=sendonly", "\r\na=inactive", "\r\nc=IN IP4 0.0.0.0", "\r\nc=IN IP6 ::1",
-        "\r\na=fingerprint:sha-256 AB", "\r\na=setup:actpass", "IN IP4 ", "\r\nb=AS:64",
-        "\r\nt=0 0", "\r\no=- 1 1 IN IP4 1.2.3.4", "=", "/", "\r\na=rtpmap:101 telephone-event/8000",
+        "\r\nm=audio 4000 RTP/AVP 0\r\n",
+        "\r\nm=video 0 RTP/AVP 96\r\n",
+        "RTP/SAVP",
+        "RTP/AVPF",
+        "RTP/SAVPF",
+        "UDP/TLS/RTP/SAVP",
+        "udptl t38",
+        "m=image 5000 udptl t38\r\n",
+        "\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:",
+        "NULL_HMAC_SHA1_80",
+        "AEAD_AES_256_GCM",
+        "|2^31|1:1",
+        "|2^20",
+        " UNENCRYPTED_SRTP",
+        " KDR=1",
+        "\r\na=rtcp-mux",
+        "\r\na=rtcp:",
+        "\r\na=sendonly",
+        "\r\na=inactive",
+        "\r\nc=IN IP4 0.0.0.0",
+        "\r\nc=IN IP6 ::1",
+        "\r\na=fingerprint:sha-256 AB",
+        "\r\na=setup:actpass",
+        "IN IP4 ",
+        "\r\nb=AS:64",
+        "\r\nt=0 0",
+        "\r\no=- 1 1 IN IP4 1.2.3.4",
+        "=",
+        "/",
+        "\r\na=rtpmap:101 telephone-event/8000",
     )
 ]
 
@@ -64,15 +87,32 @@ def seeds() -> list[bytes]:
         for answer in phone[:3]:
             out.append(frame_ops([(OFFER_WAN, offer), (ANSWER_LAN, answer)]))
     if phone and provider:
-        out.append(frame_ops([
-            (POLICY, b"\x03"), (OFFER_LAN, phone[0]), (ANSWER_WAN, provider[0]),
-            (REKEY, b""), (OFFER_LAN, phone[-1]), (ANSWER_WAN, provider[-1]),
-            (OFFER_WAN, provider[0]), (ANSWER_LAN, phone[0]), (REJECT, b""),
-        ]))
-        out.append(frame_ops([
-            (OFFER_LAN, phone[0]), (ANSWER_WAN, provider[0]), (CONFIRM, b"a"),
-            (ANSWER_WAN, provider[1 % len(provider)]), (CONFIRM, b"b"),
-        ]))
+        out.append(
+            frame_ops(
+                [
+                    (POLICY, b"\x03"),
+                    (OFFER_LAN, phone[0]),
+                    (ANSWER_WAN, provider[0]),
+                    (REKEY, b""),
+                    (OFFER_LAN, phone[-1]),
+                    (ANSWER_WAN, provider[-1]),
+                    (OFFER_WAN, provider[0]),
+                    (ANSWER_LAN, phone[0]),
+                    (REJECT, b""),
+                ]
+            )
+        )
+        out.append(
+            frame_ops(
+                [
+                    (OFFER_LAN, phone[0]),
+                    (ANSWER_WAN, provider[0]),
+                    (CONFIRM, b"a"),
+                    (ANSWER_WAN, provider[1 % len(provider)]),
+                    (CONFIRM, b"b"),
+                ]
+            )
+        )
     return out
 
 

@@ -41,8 +41,9 @@ def test_fuzz_slice_of_the_c_lanes(tmp_path: Path) -> None:
 def test_saved_b2bua_finding_replays_cleanly() -> None:
     from tests.fuzz.target_b2bua import check
 
-    check((Path(__file__).parent / "findings" / "b2bua-cancelled-invite-never-given-up")
-          .read_bytes())
+    check(
+        (Path(__file__).parent / "findings" / "b2bua-cancelled-invite-never-given-up").read_bytes()
+    )
 
 
 @pytest.mark.xfail(
@@ -53,5 +54,6 @@ def test_saved_b2bua_finding_replays_cleanly() -> None:
 def test_saved_b2bua_reinvite_finding_replays_cleanly() -> None:
     from tests.fuzz.target_b2bua import check
 
-    check((Path(__file__).parent / "findings" / "b2bua-reinvite-without-final-response")
-          .read_bytes())
+    check(
+        (Path(__file__).parent / "findings" / "b2bua-reinvite-without-final-response").read_bytes()
+    )
