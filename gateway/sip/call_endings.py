@@ -93,6 +93,10 @@ class CallEndings:
     def forget(self, pair: DialogPair, now: float) -> None:
         """Unfile the pair; its media and caps are settled. Its state is left as it is: a
         pair winding down still takes the callee's final response through its relay."""
+        for side, key in pair.reinvites:
+            # A re-INVITE still unanswered when the call ended must not wait forever (§9.1).
+            self._out.tx[side].invite_cancelled(key, now)
+        pair.reinvites.clear()
         self._index.forget(pair)
         self._out.stop_retransmitting(pair)
         self._admission.call_ended(pair.key, now)

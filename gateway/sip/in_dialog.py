@@ -15,6 +15,8 @@ its Request-URI names, as a call would.
 
 from __future__ import annotations
 
+import contextlib
+
 from gateway.sdp.errors import MediaRefused
 from gateway.sip.actions import CallEvent, MediaCommand
 from gateway.sip.call_endings import CallEndings
@@ -22,6 +24,7 @@ from gateway.sip.call_events import CallRefused
 from gateway.sip.call_setup import REQUEST_COPY
 from gateway.sip.dialog import copy_headers
 from gateway.sip.edge import Edge, gateway_warning, other_side, request_user, user_of
+from gateway.sip.errors import SipError
 from gateway.sip.events import RequestReceived
 from gateway.sip.headers import NameAddr
 from gateway.sip.message import SipRequest, SipResponse, make_response, new_tag
@@ -106,9 +109,11 @@ class InDialog:
         if method == "PRACK":
             _map_rack(pair, request, outgoing)
         self._transfer.carry_refer_to(request, outgoing, to_side)
-        self._out.relay_request(
+        key = self._out.relay_request(
             to_side, outgoing, other.peer, now, Relay(pair, side, event.key, request)
         )
+        if method == "INVITE":
+            pair.reinvites.add((to_side, key))
 
     def _ack(self, side: Side, pair: DialogPair, ack: SipRequest, now: float) -> None:
         self._out.acknowledged(pair, side)
@@ -173,11 +178,13 @@ class InDialog:
     ) -> None:
         """A response to a request relayed in a dialog (or outside one), back to its sender."""
         status = response.status
+        pair = relay.pair
         if status >= 200:
             self._out.relays.pop((side, key), None)
+            if pair is not None:
+                pair.reinvites.discard((side, key))
         if relay.internal or status == 100:
             return
-        pair = relay.pair
         original = relay.original()
         method = original.method
         reply = make_response(original, status, response.reason)
@@ -253,7 +260,8 @@ class InDialog:
             if pair.state in WINDING_DOWN:
                 self._endings.forget(pair, now)
             return
-        self._out.reply(relay.from_side, relay.server_key, relay.original(), 408, now)
+        with contextlib.suppress(SipError):  # the sender's transaction may be gone with the call
+            self._out.reply(relay.from_side, relay.server_key, relay.original(), 408, now)
 
     # ---------------------------------------------------------------- media
 

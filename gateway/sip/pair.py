@@ -170,6 +170,9 @@ class DialogPair:
     #: Callee legs given up for a trunk that never answered, by their client transaction:
     #: a late 2xx on one is ACKed and ended.
     abandoned: dict[str, Leg] = field(default_factory=dict)
+    #: In-dialog INVITEs relayed and not finally answered yet: (side, client transaction).
+    #: When the call ends they are given up after 64*T1, answered or not (RFC 3261 §9.1).
+    reinvites: set[tuple[Side, str]] = field(default_factory=set)
 
     def advance(self, event: PairInput) -> PairState:
         """Move the pair by the table; returns the state it was in before."""

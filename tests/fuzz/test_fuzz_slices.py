@@ -46,11 +46,6 @@ def test_saved_b2bua_finding_replays_cleanly() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: a re-INVITE answered only with a 1xx keeps its relay after the call ends"
-    " (docs/robustness.md); when fixed, drop this mark and target_b2bua.KNOWN_FINDINGS",
-)
 def test_saved_b2bua_reinvite_finding_replays_cleanly() -> None:
     from tests.fuzz.target_b2bua import check
 

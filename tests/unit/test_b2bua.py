@@ -1112,3 +1112,19 @@ def test_a_cancelled_call_whose_callee_never_answers_is_given_up_after_64_t1() -
     h.advance(64 * 0.5 + 1)
     assert h.core.active_calls == []
     assert h.core.get_timer() is None or h.core.get_timer() > h.now  # nothing left due
+
+
+def test_a_reinvite_left_unanswered_when_the_call_ends_leaves_no_state() -> None:
+    """The provider answers a re-INVITE with 100 only, and the phone hangs up: the re-INVITE's
+    transaction is given up after 64*T1 like a cancelled INVITE (found by the B2BUA fuzzer:
+    its relay stayed forever)."""
+    h = Harness()
+    _, ok = confirmed_call(h)
+    hold = phone_sdp().replace("a=sendrecv", "a=sendonly")
+    h.from_phone(phone_request("INVITE", cseq=2, body=hold, to_tag=ok.to.tag))
+    [reinvite] = only(h.take_wan(), SipRequest)
+    h.from_provider(respond(reinvite, 100))
+    h.from_phone(phone_request("BYE", cseq=3, to_tag=ok.to.tag))
+    assert h.core.active_calls == []
+    h.advance(64 * 0.5 + 1)
+    assert h.core._out.relays == {}
