@@ -545,7 +545,11 @@ def test_compact_sipvicious_caught_by_behaviour(
     # that the REGISTER flood limit bans instead: either way a bounded number of requests.
     assert svcrack.rule in ("auth.failures", "flood.register"), svcrack
     bans = security_events(gw, action="ban", source=SIPVICIOUS_DEFAULT_SOURCE)
-    assert len(bans) == 2 and bans[1]["rule"] == svcrack.rule, bans
+    # svwar's ban, then svcrack's; on a loaded machine a late burst of svcrack's requests can
+    # be banned by the other of its two rules as well, never by anything else.
+    assert bans[0]["rule"] == "scan.enumeration", bans
+    assert 2 <= len(bans) <= 3 and bans[-1]["rule"] in ("auth.failures", "flood.register"), bans
+    assert svcrack.rule in {b["rule"] for b in bans[1:]}, bans
     reached = [
         m
         for m in sipp_messages(registrar)[seen_before:]
