@@ -114,7 +114,7 @@ class TrunkSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     caller_id_format: NumberFormat = "as-dialled"
     #: Seconds for the trunk's first response to a call before the next trunk is tried.
     answer_timeout: float = 10.0
-    #: Seconds a trunk that failed a call (503, 408, no response) is skipped for new calls.
+    #: Seconds a trunk that failed a call (503, 408, no response) is tried last for new calls.
     down_for: float = 30.0
     #: DOWNGRADES, for this trunk only. Logged at start-up and at every call.
     insecure_plaintext_media: bool = False

@@ -5,9 +5,11 @@ A site may have several trunks: a primary and a backup provider, or one provider
 international calls and another for the rest. Each trunk is one verified TLS link (the glue
 reports it up or down, with the reason), a SIP domain, how it wants numbers written, and the
 time it gets to answer. Routes choose an ordered list of trunks by destination; a trunk is
-skipped for new calls while its link is down, and for ``down_for`` seconds after it failed a
-call with 503, 408 or no answer at all. Emergency calls go out on whichever trunk is up first,
-whatever the routes say: a route is a cost decision, an emergency call is not.
+skipped for new calls while its link is down, and goes last for ``down_for`` seconds after
+it failed a call with 503, 408 or no answer at all (last, not away: a site's only trunk
+that refused one call must not refuse the next ones). Emergency calls go out on whichever
+trunk is up first, whatever the routes say: a route is a cost decision, an emergency call
+is not.
 
 Nothing here reads a clock: ``now`` comes with every question.
 """
@@ -39,7 +41,7 @@ class Trunk:
     caller_id_format: NumberFormat = "e164"
     #: Seconds for the first response (provisional or final) before the next trunk is tried.
     answer_timeout: float = 10.0
-    #: Seconds a trunk that failed a call (503, 408, no answer) is skipped for new calls.
+    #: Seconds a trunk that failed a call (503, 408, no answer) is tried last for new calls.
     down_for: float = 30.0
     #: Media keying and suites toward this trunk (None: the site's).
     media: MediaPolicy | None = None
@@ -134,7 +136,11 @@ class TrunkTable:
         key = number.number if number is not None else dialled
         names = next((r.trunks for r in self.routes if r.matches(key)), None)
         chosen = [self._by_name[n] for n in names] if names is not None else list(self.trunks)
-        return [t for t in chosen if self.usable(t.name, now)]
+        # A trunk that failed a call recently goes last, not away: with no other trunk up
+        # (a site with one provider) it still takes the call rather than the phone a 503.
+        usable = [t for t in chosen if self.usable(t.name, now)]
+        skipped = [t for t in chosen if self._state[t.name].up and t not in usable]
+        return usable + skipped
 
     def why_none(self, number: DialledNumber | None, dialled: str) -> str:
         """Why ``candidates`` came back empty, for the 503's Warning."""

@@ -230,3 +230,14 @@ def test_registrations_follow_the_first_trunk_that_is_up() -> None:
     b.wan_connection_state(True, "TLSv1.3 verified", 3.0, WALL, "primary")
     [back] = Sent(b).requests(PRIMARY)
     assert back.method == "REGISTER"
+
+
+def test_a_sites_only_trunk_that_refused_a_call_still_takes_the_next() -> None:
+    """A trunk that failed a call goes last for new calls, not away: with one provider, a
+    503 for one destination must not turn every following call into a 503 from the gateway."""
+    b = core(routes=(Route(("*",), ("primary",)),))
+    [first] = call(b).requests(PRIMARY)
+    b.receive_message(PRIMARY, parse_message(bytes(respond(first, 503))), 0.1, WALL)
+    assert [m.status for m in Sent(b).to_phone() if m.status >= 300] == [503]  # relayed
+    [again] = call(b, now=1.0).requests(PRIMARY)
+    assert again.method == "INVITE"
