@@ -53,9 +53,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 _SDP_OFFER = (
     "v=0\r\n"
-    "o=- 20518 0 IN IP4 192.168.10.41\r\n"
+    "o=- 20518 0 IN IP4 192.0.2.41\r\n"
     "s=SDP data\r\n"
-    "c=IN IP4 192.168.10.41\r\n"
+    "c=IN IP4 192.0.2.41\r\n"
     "t=0 0\r\n"
     "m=audio 11780 RTP/AVP 0 8 18 9 101\r\n"
     "a=rtpmap:0 PCMU/8000\r\n"
@@ -93,16 +93,16 @@ def _message(lines: list[str], body: str = "") -> bytes:
 
 INVITE = _message(
     [
-        "INVITE sip:+442079460123@192.168.10.1:5060 SIP/2.0",
-        "Via: SIP/2.0/UDP 192.168.10.41:5060;branch=z9hG4bK1466498512;rport",
-        'From: "Reception 41" <sip:241@192.168.10.1:5060>;tag=1893520941',
-        "To: <sip:+442079460123@192.168.10.1:5060>",
-        "Call-ID: 1208407937@192.168.10.41",
+        "INVITE sip:+442079460123@192.0.2.1:5060 SIP/2.0",
+        "Via: SIP/2.0/UDP 192.0.2.41:5060;branch=z9hG4bK1466498512;rport",
+        'From: "Reception 41" <sip:241@192.0.2.1:5060>;tag=1893520941',
+        "To: <sip:+442079460123@192.0.2.1:5060>",
+        "Call-ID: 1208407937@192.0.2.41",
         "CSeq: 2 INVITE",
-        'Contact: <sip:241@192.168.10.41:5060>;+sip.instance="<urn:uuid:00000000-0000-1000-8000'
+        'Contact: <sip:241@192.0.2.41:5060>;+sip.instance="<urn:uuid:00000000-0000-1000-8000'
         '-805EC0A80A29>"',
         'Authorization: Digest username="241", realm="gateway", '
-        'nonce="5f0c2f4e8a1b3c9d", uri="sip:+442079460123@192.168.10.1:5060", '
+        'nonce="5f0c2f4e8a1b3c9d", uri="sip:+442079460123@192.0.2.1:5060", '
         'response="8f2b1c7d6e5a4b3c2d1e0f9a8b7c6d5e", algorithm=MD5',
         "Content-Type: application/sdp",
         "Allow: INVITE, INFO, PRACK, ACK, BYE, CANCEL, OPTIONS, NOTIFY, REGISTER, SUBSCRIBE, "
@@ -138,16 +138,16 @@ OK_200 = _message(
 
 REGISTER = _message(
     [
-        "REGISTER sip:192.168.10.1:5060 SIP/2.0",
-        "Via: SIP/2.0/UDP 192.168.10.41:5060;branch=z9hG4bK1932763461;rport",
-        'From: "Reception 41" <sip:241@192.168.10.1:5060>;tag=2084710493',
-        'To: "Reception 41" <sip:241@192.168.10.1:5060>',
-        "Call-ID: 0_3270913546@192.168.10.41",
+        "REGISTER sip:192.0.2.1:5060 SIP/2.0",
+        "Via: SIP/2.0/UDP 192.0.2.41:5060;branch=z9hG4bK1932763461;rport",
+        'From: "Reception 41" <sip:241@192.0.2.1:5060>;tag=2084710493',
+        'To: "Reception 41" <sip:241@192.0.2.1:5060>',
+        "Call-ID: 0_3270913546@192.0.2.41",
         "CSeq: 3 REGISTER",
-        'Contact: <sip:241@192.168.10.41:5060>;reg-id=1;+sip.instance="<urn:uuid:00000000-0000-'
+        'Contact: <sip:241@192.0.2.41:5060>;reg-id=1;+sip.instance="<urn:uuid:00000000-0000-'
         '1000-8000-805EC0A80A29>"',
         'Authorization: Digest username="241", realm="gateway", nonce="6a1d2e3f4b5c6d7e", '
-        'uri="sip:192.168.10.1:5060", response="0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d", '
+        'uri="sip:192.0.2.1:5060", response="0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d", '
         "algorithm=MD5",
         "Max-Forwards: 70",
         "User-Agent: Yealink SIP-T46S 66.86.0.15",

@@ -42,8 +42,8 @@ def test_phone_target_is_rehomed_to_the_provider_domain() -> None:
 
 def test_q_and_expires_are_kept_other_parameters_dropped() -> None:
     response = moved(
-        '"Office" <sip:2002@10.1.1.1:5060;user=phone?Subject=x>;q=0.7;expires=60;+sip.instance="<urn:x>"',
-        "<sip:2003@10.1.1.1>;q=0.3",
+        '"Office" <sip:2002@198.51.100.11:5060;user=phone?Subject=x>;q=0.7;expires=60;+sip.instance="<urn:x>"',
+        "<sip:2003@198.51.100.11>;q=0.3",
     )
     assert redirect_contacts(response, EDGE, Side.LAN) == [
         "<sip:2002@127.0.0.20:5060>;q=0.7;expires=60",
@@ -73,7 +73,7 @@ def test_targets_without_a_plain_number_or_extension_are_left_out(contact: str) 
 
 
 def test_only_the_user_part_is_kept() -> None:
-    response = moved("<sip:1001:secret@host.example:5070;maddr=10.0.0.1?Route=%3Csip:x%3E>")
+    response = moved("<sip:1001:secret@host.example:5070;maddr=198.51.100.12?Route=%3Csip:x%3E>")
     assert redirect_contacts(response, EDGE, Side.LAN) == ["<sip:1001@127.0.0.20:5060>"]
 
 
