@@ -28,6 +28,7 @@ from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.ladder import CallLadder
 from gateway.media.control import StreamCounters
 from gateway.media.controller import MediaError
+from gateway.media.loop import MediaLoop, probe_media_loop
 from gateway.operations import (
     BanLift,
     BanStatus,
@@ -140,6 +141,7 @@ class CoreView(Protocol):
     def counters(self) -> Mapping[str, int]: ...
     @property
     def accepting_calls(self) -> bool: ...
+    def sizes(self) -> Mapping[str, int]: ...
 
 
 def _address(peer: _PeerView) -> str:
@@ -200,6 +202,7 @@ class OperatorConsole:
         self._after_change = after_change
         self._wall = wall
         self._started_at = wall()
+        self._media_loop: MediaLoop | None = None
         self._events: deque[CallEvent] = deque(maxlen=keep_events)
         #: Both legs' SIP messages per call; the composition root feeds it every message it
         #: receives or sends and every call event (``sent``, ``received``, ``event``).
@@ -371,6 +374,13 @@ class OperatorConsole:
     def media_workers(self) -> list[int | None]:
         return list(self._media.worker_pids())
 
+    def media_loop(self) -> MediaLoop:
+        # Decided once: the workers decide at their start, with the environment they
+        # inherit from this process, and [media] changes only with a restart.
+        if self._media_loop is None:
+            self._media_loop = probe_media_loop(self._config.media.keep_core_awake)
+        return self._media_loop
+
     async def media_streams(self) -> MediaReading:
         try:
             streams = await asyncio.wait_for(self._media.stats(), MEDIA_STATS_TIMEOUT)
@@ -388,6 +398,9 @@ class OperatorConsole:
 
     def policy_counters(self) -> dict[str, int]:
         return self._policy.counters()
+
+    def core_sizes(self) -> dict[str, int]:
+        return dict(self._core.sizes())
 
     def call_record_stats(self) -> CallRecordStats:
         cdr = self._cdr

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.media.control import StreamCounters
+from gateway.media.loop import MediaLoop
 from gateway.sip.call_events import CallEvent
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "ConfigReload",
     "LadderCall",
     "LadderMessage",
+    "MediaLoop",
     "MediaReading",
     "Operations",
     "ProviderStatus",
@@ -376,6 +378,10 @@ class StatusView(Protocol):
         """The pid of each media worker slot (None: the slot's worker is down)."""
         ...
 
+    def media_loop(self) -> MediaLoop:
+        """Which packet loop the media workers run (C fast path or Python) and why."""
+        ...
+
     async def media_streams(self) -> MediaReading:
         """The live streams' counters; never raises (a failure is in ``error``)."""
         ...
@@ -392,6 +398,11 @@ class StatusView(Protocol):
 
     def policy_counters(self) -> dict[str, int]:
         """Policy events, "<action>.<rule>" -> n."""
+        ...
+
+    def core_sizes(self) -> dict[str, int]:
+        """State the signalling core holds now, by kind (dialog pairs, transactions, relays,
+        armed timers, registrations, media port pairs in use): flat under steady churn."""
         ...
 
     def call_record_stats(self) -> CallRecordStats: ...

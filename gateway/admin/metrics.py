@@ -85,8 +85,15 @@ async def render_metrics(
         1 if status.accepting_calls() else 0,
     )
     _calls(out, status, observatory)
+    out.family(
+        "gateway_core_state",
+        "gauge",
+        "State held by the signalling core now, by kind (pairs, transactions, timers, ports).",
+        [({"kind": k}, v) for k, v in sorted(status.core_sizes().items())],
+    )
     _policy(out, status)
     _media(out, sample, sampler)
+    _media_loop(out, status)
     _tls(out, status)
     return out.render()
 
@@ -248,6 +255,19 @@ def _media(out: Exposition, sample: MediaSample, sampler: MediaSampler) -> None:
             for w in workers
             if w["cpu_ratio"] is not None
         ],
+    )
+
+
+def _media_loop(out: Exposition, status: StatusView) -> None:
+    loop = status.media_loop()
+    labels = {"engine": loop.engine, "reason": loop.reason}
+    # media.keep_core_awake needs the C loop; set on the Python loop it does nothing.
+    labels["keep_core_awake_ignored"] = "true" if loop.keep_core_awake_ignored else "false"
+    out.family(
+        "gateway_media_loop_info",
+        "gauge",
+        "The media workers' packet loop (engine c or python) and why it was chosen (value 1).",
+        [(labels, 1)],
     )
 
 

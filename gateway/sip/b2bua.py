@@ -90,13 +90,16 @@ class B2bua:
         self._transfer = TransferMapping(self._edge, self._index)
         self._endings = CallEndings(self._index, self._out, self._admission)
         self._trunks = TrunkTable(settings.trunks, settings.routes)
+        self._media_links = MediaLinks(
+            settings.media, settings.lan_media_ports, settings.wan_media_ports
+        )
         self._setup = CallSetup(
             self._edge,
             self._index,
             self._out,
             self._admission,
             self.registrations,
-            MediaLinks(settings.media, settings.lan_media_ports, settings.wan_media_ports),
+            self._media_links,
             self._transfer,
             self._endings,
             self._trunks,
@@ -248,6 +251,23 @@ class B2bua:
     @property
     def counters(self) -> dict[str, int]:
         return self._out.counters
+
+    def sizes(self) -> dict[str, int]:
+        """How much state the core holds now, by kind: what a soak watches stay flat."""
+        lan_ports, wan_ports = self._media_links.ports_in_use
+        lan_timers, lan_heap = self._out.tx[Side.LAN].timers_pending
+        wan_timers, wan_heap = self._out.tx[Side.WAN].timers_pending
+        return {
+            "dialog_pairs": len(self._index),
+            "transactions_lan": len(self._out.tx[Side.LAN]),
+            "transactions_wan": len(self._out.tx[Side.WAN]),
+            "relays": len(self._out.relays),
+            "timers": lan_timers + wan_timers,
+            "timer_heap": lan_heap + wan_heap,
+            "registrations": len(self.registrations),
+            "lan_port_pairs": lan_ports,
+            "wan_port_pairs": wan_ports,
+        }
 
     @property
     def policy(self) -> PolicyEngine | None:

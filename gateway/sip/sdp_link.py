@@ -104,6 +104,11 @@ class MediaLinks:
         self._lan_ports = PortAllocator(*lan_ports)
         self._wan_ports = PortAllocator(*wan_ports)
 
+    @property
+    def ports_in_use(self) -> tuple[int, int]:
+        """RTP/RTCP port pairs handed out now on the LAN and the WAN side."""
+        return self._lan_ports.in_use, self._wan_ports.in_use
+
     def new(self, key: str, policy: MediaPolicy | None = None) -> MediaLink:
         """A call's media; ``policy`` is its trunk's, when the trunk has its own."""
         call = CallMedia(key, policy or self.policy, self._lan_ports, self._wan_ports)

@@ -582,6 +582,12 @@ class TransactionLayer:
     def __len__(self) -> int:
         return len(self._transactions)
 
+    @property
+    def timers_pending(self) -> tuple[int, int]:
+        """Armed transaction timers and heap entries (armed plus stale ones not yet popped):
+        a soak watches both stay flat."""
+        return len(self._armed), len(self._heap)
+
     def _settle(self, transaction: Transaction) -> None:
         """Arm the transaction's new timers, or forget it once it terminated."""
         key = transaction.key
