@@ -68,6 +68,7 @@ from gateway.sip.precheck import ALLOW, precheck
 from gateway.sip.registrar import Registrar
 from gateway.sip.registrations import RegistrationTable
 from gateway.sip.sdp_link import MediaLinks
+from gateway.sip.shield import Shield, ShieldSettings
 from gateway.sip.transfer import TransferMapping
 from gateway.sip.trunks import TrunkTable
 
@@ -80,7 +81,13 @@ _DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 class B2bua:
     """The sans-IO signalling core of the gateway."""
 
-    def __init__(self, settings: EdgeSettings, *, policy: PolicyEngine | None = None) -> None:
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        *,
+        policy: PolicyEngine | None = None,
+        shield: ShieldSettings | None = None,
+    ) -> None:
         self.settings = settings
         self.registrations = RegistrationTable()
         self._edge = Edge(settings)
@@ -111,6 +118,8 @@ class B2bua:
             self._edge, self.registrations, self._out, self._admission, self._trunks
         )
         self.accepting_calls = True
+        #: The credential shield ([shield]): None = credentials pass through (the default).
+        self.shield = Shield(shield, self._out, self._admission) if shield is not None else None
 
     # ----------------------------------------------------------------- inputs
 
@@ -360,6 +369,15 @@ class B2bua:
             return
         if method == "ACK":
             return  # an ACK outside any dialog: nothing to acknowledge (§17.2.3)
+        if (
+            side == Side.LAN
+            and self.shield is not None
+            and not (method == "OPTIONS" and self._edge.is_for_gateway(request))
+            and not is_keepalive_notify(request)
+            and method not in ("BYE", "PRACK", "UPDATE", "INFO")
+            and not self.shield.admit(event, now)
+        ):
+            return  # challenged or refused by the credential shield
         if method == "REGISTER":
             if side == Side.WAN:
                 self._out.reply(side, event.key, request, 405, now, headers=[("Allow", ALLOW)])
@@ -407,6 +425,12 @@ class B2bua:
         if relay is None:
             return
         response = event.response
+        if (
+            side == Side.WAN
+            and self.shield is not None
+            and self.shield.answer_provider(event.key, relay, response, now)
+        ):
+            return  # the gateway answered the provider's challenge itself
         try:
             if relay.binding is not None:
                 if response.status >= 200:

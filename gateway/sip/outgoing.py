@@ -44,6 +44,11 @@ class Relay:
     internal: bool = False
     #: Where the original request came from (for brute-force accounting).
     source: Peer | None = None
+    #: The credential shield (``gateway.sip.shield``): what went to the WAN side and where,
+    #: so a provider's challenge can be answered, and how many answers it was given.
+    sent: SipRequest | None = None
+    sent_to: Peer | None = None
+    shield_answers: int = 0
 
     def original(self) -> SipRequest:
         """The relayed request (any but a pair's dialog-creating one, see ``request``)."""
@@ -72,6 +77,9 @@ class Outgoing:
         self.relays: dict[tuple[Side, str], Relay] = {}
         self.actions: list[Action] = []
         self.counters: dict[str, int] = {}
+        #: Keep each request relayed from the LAN to the WAN on its relay (the credential
+        #: shield answers the provider's challenges to it).
+        self.keep_sent = False
         #: 2xx being retransmitted toward UDP callers, by pair (the only calls that need a
         #: timer of the core's own; the rest cost nothing per timer tick).
         self._retransmitting: dict[str, tuple[DialogPair, _Retransmission]] = {}
@@ -96,6 +104,8 @@ class Outgoing:
         """Send a request whose responses ``relay`` says what to do with."""
         key = self.send_request(side, request, peer, now)
         self.relays[(side, key)] = relay
+        if self.keep_sent and side == Side.WAN and relay.from_side == Side.LAN:
+            relay.sent, relay.sent_to = request, peer
         return key
 
     def send_ack(
