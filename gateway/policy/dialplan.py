@@ -21,12 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, time
 from zoneinfo import ZoneInfo
 
-from gateway.policy.numbering import (
-    PREMIUM_PATTERNS,
-    PREMIUM_PREFIXES,
-    SATELLITE_PREFIXES,
-    DialledNumber,
-)
+from gateway.policy.numbering import SATELLITE_PREFIXES, DialledNumber, is_premium
 from gateway.policy.settings import (
     DialPlanSettings,
     DialRuleSettings,
@@ -126,19 +121,24 @@ class _International:
         return number.kind == "e164" and number.international
 
 
-def _template(name: str) -> DialPlanRule | _International:
+@dataclass(frozen=True, slots=True)
+class _Premium:
+    """The "no-premium" template: premium-rate and shared-cost numbers as phonenumbers
+    classifies them per region, never toll-free ones (``numbering.is_premium``)."""
+
+    rule: str = "dialplan.no-premium"
+    allow: bool = False
+    message: str = "premium-rate and shared-cost numbers are not allowed"
+
+    def matches(self, number: DialledNumber, wall: datetime) -> bool:
+        return number.kind == "e164" and is_premium(number.number)
+
+
+def _template(name: str) -> DialPlanRule | _International | _Premium:
     if name == "no-international":
         return _International()
     if name == "no-premium":
-        return DialPlanRule(
-            rule="dialplan.no-premium",
-            allow=False,
-            e164_prefixes=PREMIUM_PREFIXES,
-            short_prefixes=(),
-            pattern=re.compile("|".join(PREMIUM_PATTERNS)),
-            window=None,
-            message="premium-rate numbers are not allowed",
-        )
+        return _Premium()
     if name == "no-satellite":
         return DialPlanRule(
             rule="dialplan.no-satellite",
@@ -162,7 +162,7 @@ def _template(name: str) -> DialPlanRule | _International:
     raise ValueError(f"unknown dial-plan template {name!r}")
 
 
-_AnyRule = DialPlanRule | _International
+_AnyRule = DialPlanRule | _International | _Premium
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
 """Dialled numbers: normalisation to E.164 (ITU-T E.164, E.123 visual separators), emergency
-numbers, and the number ranges behind the dial-plan templates.
+numbers, and the number ranges behind the dial-plan templates (premium-rate, shared-cost and
+toll-free per region from phonenumbers, the port of Google's libphonenumber metadata).
 
 A phone dials what its user types: "9 011 44 20 7946 0000", "(212) 555-0100", "0207 946 0000",
 "*97", "112". The dial plan only reasons about one form, so everything is first turned into a
@@ -15,9 +16,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Literal
 
 import msgspec
+import phonenumbers
+from phonenumbers import PhoneNumberType
 
 from gateway.policy.settings import DialPlanSettings
 
@@ -82,25 +86,31 @@ NANP_FOREIGN_AREA_CODES = frozenset(
     }
 )  # fmt: skip
 
-#: Premium-rate and revenue-share ranges ("no-premium" template), E.164 prefixes.
-PREMIUM_PREFIXES: tuple[str, ...] = (
+#: Premium-rate and revenue-share numbers ("no-premium" template) are classified with
+#: phonenumbers (Google's libphonenumber metadata, per region): PREMIUM_RATE and SHARED_COST are
+#: refused, TOLL_FREE never. The two hand-kept tables below are fallbacks for what that
+#: metadata misses, and only for that.
+#:
+#: Blocks consulted when phonenumbers cannot classify a number at all (UNKNOWN: a wrong length,
+#: an unassigned range, or a range its metadata does not type). A switch that routes on the
+#: leading digits may still connect "+49 900 1234567 8" to a premium line, so a number of the
+#: wrong length inside a country's premium block is refused as the block. E.164 prefixes.
+PREMIUM_BLOCKS: tuple[str, ...] = (
     "+1900",  # NANP premium
     "+449",  # UK 09
     "+4487",  # UK 087 revenue share
-    "+4470",  # UK 070 "personal numbers", a classic fraud range
-    "+44118",  # UK directory enquiries
     "+3389",  # France 089
     "+3308",  # France 08 with the trunk 0 kept (seen from some PBXs)
     "+49900",  # Germany 0900
     "+49137",  # Germany 0137 televoting
-    "+49118",  # Germany directory enquiries
+    "+49118",  # Germany directory enquiries (phonenumbers types none of 118xx)
     "+39899",  # Italy
     "+39892",
     "+39895",
     "+34803",  # Spain
     "+34806",
     "+34807",
-    "+34905",
+    "+34905",  # Spain televoting (phonenumbers types none of it)
     "+31900",  # Netherlands
     "+31906",
     "+31909",
@@ -112,7 +122,7 @@ PREMIUM_PREFIXES: tuple[str, ...] = (
     "+41900",  # Switzerland
     "+41901",
     "+41906",
-    "+35315",  # Ireland 15xx
+    "+35315",  # Ireland 15xx (valid Dublin numbers +353 1 5xx are FIXED_LINE: not touched)
     "+46900",  # Sweden
     "+46939",
     "+46944",
@@ -121,8 +131,53 @@ PREMIUM_PREFIXES: tuple[str, ...] = (
     "+979",  # International Premium Rate Service
     "+808",  # International Shared Cost Service
 )
-#: NANP "976" exchanges (premium in most area codes), matched as a pattern.
+#: Ranges phonenumbers classifies as something ordinary that are revenue-share in practice,
+#: refused whatever their type (except toll-free). E.164 prefixes.
+PREMIUM_OVERRIDES: tuple[str, ...] = (
+    "+4470",  # UK 070 "personal numbers": PERSONAL_NUMBER there, a classic fraud range
+)
+#: NANP "976" exchanges (premium in most area codes; FIXED_LINE_OR_MOBILE in phonenumbers).
 PREMIUM_PATTERNS: tuple[str, ...] = (r"\+1[2-9]\d{2}976\d{4}",)
+_PREMIUM_PATTERN = re.compile("|".join(PREMIUM_PATTERNS))
+
+#: What the "no-premium" template asks of a number.
+NumberRate = Literal["premium", "shared-cost", "toll-free", "other", "unknown"]
+_RATES: dict[int, NumberRate] = {
+    PhoneNumberType.PREMIUM_RATE: "premium",
+    PhoneNumberType.SHARED_COST: "shared-cost",
+    PhoneNumberType.TOLL_FREE: "toll-free",
+    PhoneNumberType.UNKNOWN: "unknown",
+}
+
+
+@lru_cache(maxsize=4096)
+def number_rate(e164: str) -> NumberRate:
+    """How phonenumbers' metadata classifies an E.164 number ("+<digits>").
+
+    phonenumbers loads a region's metadata once, on first use, and keeps it; the bounded cache
+    spares parsing again the numbers a site dials over and over.
+    """
+    try:
+        parsed = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return "unknown"
+    return _RATES.get(phonenumbers.number_type(parsed), "other")
+
+
+@lru_cache(maxsize=4096)
+def is_premium(e164: str) -> bool:
+    """Whether the "no-premium" template refuses ``e164``: premium-rate and shared-cost
+    numbers (both revenue-share: the caller pays more and part of it goes to the holder),
+    never a toll-free one, with the hand-kept fallbacks above where phonenumbers is blind."""
+    rate = number_rate(e164)
+    if rate in ("premium", "shared-cost"):
+        return True
+    if rate == "toll-free":
+        return False
+    if e164.startswith(PREMIUM_OVERRIDES) or _PREMIUM_PATTERN.fullmatch(e164) is not None:
+        return True
+    return rate == "unknown" and e164.startswith(PREMIUM_BLOCKS)
+
 
 #: Satellite and "international networks" codes ("no-satellite" template): expensive, rarely
 #: dialled by a business, a favourite of toll fraud.
