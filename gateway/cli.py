@@ -32,9 +32,9 @@ from gateway.config import (
     ConfigError,
     GatewayConfig,
     default_config_path,
-    insecure_settings,
     load_config,
 )
+from gateway.config_files import check_config_file
 from gateway.policy.allowlist import normalise_address
 from gateway.policy.audit import AuditView, audit, format_report
 from gateway.policy.audit import exit_status as audit_exit_status
@@ -117,25 +117,33 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     path = args.file or _config_path(args)
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        _print_problems(exc)
+    # Like `nginx -t`: the text, then every file and folder it names (gateway.config_files).
+    report = check_config_file(path, files=not args.no_files)
+    for line in report.lines():
+        print(line, file=sys.stderr)
+    if not report.ok:
         _hint_default(args, path)
-        print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        print(report.summary(), file=sys.stderr)
         # The file is what is being checked: its failing is a result (1), not a usage error.
         return EXIT_FAILED
-    for name in insecure_settings(config):
-        print(f"warning: {path}: {name} is on: INSECURE downgrade", file=sys.stderr)
-    print(f"{path}: configuration is valid")
+    print(report.summary())
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.app import Gateway, configure_logging
 
-    config = _load_or_report(args)
+    # The checks of `check-config`, files included: a gateway that would fail on a missing
+    # certificate or an unwritable state folder says so, every problem at once, before it
+    # opens anything.
+    path = _config_path(args)
+    report = check_config_file(path)
+    for line in report.lines():
+        print(line, file=sys.stderr)
+    config = report.config
     if config is None:
+        _hint_default(args, path)
+        print(report.summary(), file=sys.stderr)
         return EXIT_USAGE
     configure_logging(config.log.level, config.log.format)
 
@@ -278,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("file", nargs="?", help="the file to check (same as --config FILE)")
     _add_config(p)
+    p.add_argument(
+        "--no-files",
+        action="store_true",
+        help="check the text only, not the files and folders it names (a configuration "
+        "written for another machine)",
+    )
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("demo", help="a self-contained call: phone -> gateway -> TLS/SRTP provider")

@@ -27,6 +27,7 @@ from gateway.certs.settings import (
     ProviderTrustSettings,
     TlsIdentitySettings,
 )
+from gateway.config_check import LineLocator, check_document
 from gateway.media.suites import NULL_SUITE_NAMES, SrtpSuite
 from gateway.policy.numbering import NumberFormat
 from gateway.policy.settings import PolicySettings
@@ -282,8 +283,11 @@ class ConfigProblem:
 class ConfigError(Exception):
     """A configuration that cannot be used; ``problems`` lists every reason."""
 
-    def __init__(self, problems: list[ConfigProblem]):
+    def __init__(self, problems: list[ConfigProblem], config: GatewayConfig | None = None):
         self.problems = problems
+        #: What could be decoded, each wrong value at its default (``check-config`` still
+        #: opens the files it names); None when nothing could be.
+        self.config = config
         super().__init__("\n".join(str(p) for p in problems))
 
 
@@ -326,31 +330,47 @@ def parse_config(text: str, name: str = "<config>", *, base_dir: str = ".") -> G
         found = re.search(r"at line (\d+)", str(exc))
         line = int(found.group(1)) if found else None
         raise ConfigError([ConfigProblem(name, line, "(syntax)", str(exc))]) from None
-    locate = _LineLocator(text)
-    problems: list[ConfigProblem] = []
-    tables: dict[str, Any] = {}
-    for key, value in raw.items():
-        table_type = _TABLES.get(key)
-        if table_type is None:
-            known = ", ".join(sorted(_TABLES))
-            problems.append(
-                ConfigProblem(name, locate(key), key, f"unknown table (expected one of: {known})")
-            )
-            continue
-        try:
-            tables[key] = msgspec.convert(value, table_type, strict=True)
-        except msgspec.ValidationError as exc:
-            field, message = _split_validation_error(str(exc), key)
-            problems.append(ConfigProblem(name, locate(field), field, message))
-    if problems:
-        raise ConfigError(problems)
-    config = _resolve_paths(GatewayConfig(**tables, base_dir=base_dir))
-    problems = [
-        ConfigProblem(name, locate(field), field, message) for field, message in check(config)
+    locate = LineLocator(text)
+    # Every key on its own, then the cross-field checks on what was right (wrong values fall
+    # back to their defaults), so one run lists every problem of the file.
+    tables, pairs = check_document(raw, GatewayConfig, hidden=("base_dir", "source_file"))
+    config = _resolve_paths(
+        msgspec.convert({**tables, "base_dir": base_dir}, GatewayConfig, strict=True)
+    )
+    wrong = [field for field, _ in pairs]
+    if len(config.trunks) != len(raw.get("trunks") or ()):
+        wrong.append("routes")  # a trunk left out: routes naming it are not wrong
+    pairs += [
+        (field, message)
+        for field, message in check(config)
+        if not any(_overlaps(field, bad) for bad in wrong)
     ]
+    problems = [ConfigProblem(name, locate(field), field, message) for field, message in pairs]
     if problems:
-        raise ConfigError(problems)
+        problems.sort(key=lambda p: p.line or 0)
+        raise ConfigError(problems, config)
     return config
+
+
+def _overlaps(field: str, wrong: str) -> bool:
+    """A cross-field problem about a value already reported wrong (and replaced by its
+    default) would only repeat it, or judge the default."""
+    return field == wrong or field.startswith(wrong + ".") or wrong.startswith(field + ".")
+
+
+#: The system configuration's folder, and where its relative ``[state] directory`` and
+#: ``[certs] store`` (the defaults "state" and "certs" included) go: /etc is read-only under
+#: deploy/gateway.service, /var/lib/sip-media-gateway the one folder it lets the gateway write.
+SYSTEM_CONFIG_DIR = "/etc/sip-media-gateway"
+SYSTEM_DATA_DIR = "/var/lib/sip-media-gateway"
+
+
+def data_dir(base_dir: str) -> str:
+    """The folder relative state and certificate-store paths are resolved against: the data
+    folder for the system configuration, the configuration's own folder for any other (a
+    checkout, a test, the demo), so a configuration file means the same wherever it is run
+    from and whoever runs it (no environment variable takes part)."""
+    return SYSTEM_DATA_DIR if os.path.normpath(base_dir) == SYSTEM_CONFIG_DIR else base_dir
 
 
 def _resolve_paths(config: GatewayConfig) -> GatewayConfig:
@@ -580,54 +600,3 @@ def insecure_settings(config: GatewayConfig) -> list[str]:
             if getattr(trunk, name):
                 found.append(f"trunks.{trunk.name}.{name}")
     return found
-
-
-_ERROR_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
-
-
-def _split_validation_error(text: str, table: str) -> tuple[str, str]:
-    """Turn msgspec's "Expected `int`, got `str` - at `$.x.y`" into ("table.x.y", message)."""
-    m = _ERROR_PATH.match(text)
-    message, path = (m.group("msg"), m.group("path") or "") if m else (text, "")
-    path = re.sub(r"\[(\d+)\]", r".\1", path)
-    field = table + path
-    unknown = re.match(r"Object contains unknown field `([^`]+)`", message)
-    if unknown:
-        field = f"{field}.{unknown.group(1)}"
-        message = "unknown option"
-    return field, message
-
-
-class _LineLocator:
-    """Finds the line of a dotted field path in TOML text, for error messages.
-
-    A light scan of table headers and ``key =`` lines is enough here: the file has already been
-    parsed by tomllib, so only the position is sought, not the meaning.
-    """
-
-    _HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?")
-    _KEY = re.compile(r"^\s*([A-Za-z0-9_.\-\"']+)\s*=")
-
-    def __init__(self, text: str):
-        self._lines: dict[str, int] = {}
-        table = ""
-        for number, line in enumerate(text.splitlines(), start=1):
-            header = self._HEADER.match(line)
-            if header:
-                table = header.group(1).replace('"', "").replace(" ", "")
-                self._lines.setdefault(table, number)
-                continue
-            key = self._KEY.match(line)
-            if key:
-                name = key.group(1).replace('"', "").replace("'", "")
-                full = f"{table}.{name}" if table else name
-                self._lines.setdefault(full, number)
-
-    def __call__(self, field: str) -> int | None:
-        parts = field.split(".")
-        while parts:
-            line = self._lines.get(".".join(parts))
-            if line is not None:
-                return line
-            parts.pop()
-        return None

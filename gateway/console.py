@@ -24,7 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.cdr import CallRecorder, read_records
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import GatewayConfig
+from gateway.config_files import check_config_file
 from gateway.ladder import CallLadder
 from gateway.media.control import StreamCounters
 from gateway.media.controller import MediaError
@@ -468,10 +469,11 @@ class OperatorConsole:
         if path is None:
             problem = "the gateway was not started from a file: nothing to check"
             return None, ConfigCheck(None, False, (problem,))
-        try:
-            new = load_config(path)
-        except ConfigError as exc:
-            return None, ConfigCheck(path, False, tuple(str(p) for p in exc.problems))
+        # The checks of `gateway check-config` and of start-up, the files it names included.
+        report = check_config_file(path)
+        if report.config is None:
+            return None, ConfigCheck(path, False, tuple(str(p) for p in report.errors))
+        new = report.config
         return new, ConfigCheck(path, True, (), restart_needed(self._config, new))
 
 

@@ -60,8 +60,9 @@ def test_the_link_runs_the_installed_gateway(link: Path, tmp_path: Path) -> None
     assert res.returncode == 0, res.stderr
     assert res.stdout == f"sip-media-gateway {version('sip-media-gateway')}\n"
     example = REPO / "deploy" / "gateway.example.toml"
-    # The unit's ExecStartPre, with the example configuration in place of the installed one.
-    res = run(link, "check-config", "--config", example, cwd=tmp_path)
+    # The unit's ExecStartPre, with the example configuration in place of the installed one
+    # (its text only: the certificates it names live on the box it is installed on).
+    res = run(link, "check-config", "--no-files", "--config", example, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stdout == f"{example}: configuration is valid\n"
 

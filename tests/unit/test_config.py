@@ -38,7 +38,7 @@ def test_type_error_names_file_line_and_field() -> None:
 
 def test_unknown_option_and_unknown_table_are_errors() -> None:
     found = problems("[wan]\nprovider = 1\n\n[wam]\nx = 1\n")
-    assert "site.toml:2: wan.provider: unknown option" in found
+    assert "site.toml:2: wan.provider: unknown option; did you mean provider_host or provider_port?" in found
     assert any(p.startswith("site.toml:4: wam: unknown table") for p in found)
 
 
