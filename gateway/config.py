@@ -375,8 +375,13 @@ def data_dir(base_dir: str) -> str:
 
 def _resolve_paths(config: GatewayConfig) -> GatewayConfig:
     """Make every file path absolute against the configuration file's own folder, so the
-    gateway behaves the same whatever directory it is started from."""
+    gateway behaves the same whatever directory it is started from; the state folder and the
+    certificate store against :func:`data_dir`."""
     rel = config.path
+
+    def data(value: str) -> str:
+        return os.path.normpath(Path(data_dir(config.base_dir)) / value)
+
     wan = config.wan
     identity = wan.identity
     if identity is not None:
@@ -403,8 +408,8 @@ def _resolve_paths(config: GatewayConfig) -> GatewayConfig:
         config,
         trunks=trunks,
         wan=msgspec.structs.replace(wan, identity=identity, trust=trust),
-        certs=msgspec.structs.replace(config.certs, store=str(rel(config.certs.store))),
-        state=msgspec.structs.replace(config.state, directory=str(rel(config.state.directory))),
+        certs=msgspec.structs.replace(config.certs, store=data(config.certs.store)),
+        state=msgspec.structs.replace(config.state, directory=data(config.state.directory)),
         admin=msgspec.structs.replace(
             config.admin,
             **{
