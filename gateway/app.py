@@ -9,6 +9,7 @@ for, re-arm the single timer the core reports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -31,6 +32,7 @@ from gateway.media.controller import MediaController, MediaError
 from gateway.operations import TrunkStatus
 from gateway.policy import PolicyEngine, encode_line
 from gateway.sdp.negotiation import MediaPolicy
+from gateway.service import ServiceNotifier
 from gateway.sip.actions import CallEvent, MediaCommand, SecurityNotice, SendMessage
 from gateway.sip.b2bua import B2bua, EdgeSettings
 from gateway.sip.call_events import CallRefused, MalformedMessage, PlaintextDowngrade
@@ -49,6 +51,11 @@ __all__ = ["Counters", "Gateway", "configure_logging"]
 log = logging.getLogger("gateway")
 events_log = logging.getLogger("gateway.events")
 security_log = logging.getLogger("gateway.security")
+
+#: How long readiness waits for every trunk's first connection attempt to end (up or failed):
+#: a site whose provider is down at boot is still ready, for registrations and to answer its
+#: phones 503 with the reason, while the link keeps retrying by itself.
+PROVIDER_FIRST_TRY_S = 15.0
 
 
 @dataclass
@@ -124,6 +131,8 @@ class Gateway:
         self.wan_state = (False, "not connected yet")
         #: Each trunk's link: (up, reason).
         self.trunk_states: dict[str, tuple[bool, str]] = {}
+        #: Set once every trunk's link has reported its first attempt (readiness waits on it).
+        self._trunks_tried = asyncio.Event()
         self.tls = self.trunk_links.first.tls
         self._background: list[asyncio.Task[None]] = []
         # Operator surface: recent security events and call counts, call detail records.
@@ -165,6 +174,12 @@ class Gateway:
         # A stats round trip proves every worker's loop is up before the first call.
         await self.media.wait_running()
         await self.media.stats()
+        media_loop = self.console.media_loop()
+        log.log(
+            logging.INFO if media_loop.engine == "c" else logging.WARNING,
+            "media loop: %s",
+            media_loop.describe(),
+        )
         lan = self.config.lan
         if "udp" in lan.transports:
             self._udp = await open_udp(
@@ -268,16 +283,44 @@ class Gateway:
             await self.admin.stop()
 
     async def run_forever(self, drain: float = 5.0) -> None:
-        """Run until SIGTERM or SIGINT, then stop gracefully."""
+        """Run until SIGTERM or SIGINT, then stop gracefully; under systemd, say when the
+        gateway is ready, reloading and stopping, and feed the watchdog (gateway.service)."""
+        # Before start(): the media workers inherit the environment and must not see it.
+        service = ServiceNotifier.from_environment()
         await self.start()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_certificates, "SIGHUP")
+        loop.add_signal_handler(signal.SIGHUP, self._reload_for_manager, service)
+        watchdog = loop.create_task(service.watchdog())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._trunks_tried.wait(), PROVIDER_FIRST_TRY_S)
+        service.ready(self._service_status())
         await stop.wait()
         log.info("stopping: draining active calls for up to %.0f s", drain)
+        service.stopping(f"stopping: draining active calls for up to {drain:.0f} s")
         await self.stop(drain)
+        watchdog.cancel()
+        service.close()
+
+    def _reload_for_manager(self, service: ServiceNotifier) -> None:
+        service.reloading("reloading certificates (SIGHUP)")
+        error = self.reload_certificates("SIGHUP")
+        note = f"; certificate reload failed, previous ones in service: {error}" if error else ""
+        service.ready(self._service_status() + note)
+
+    def _service_status(self) -> str:
+        """One line for `systemctl status`: the LAN side, the trunks, the media loop."""
+        lan = self.config.lan
+        trunks = ", ".join(
+            f"{name} {'up' if up else 'down: ' + why}"
+            for name, (up, why) in self.trunk_states.items()
+        )
+        return (
+            f"LAN {lan.sip_address}:{lan.sip_port}; trunks: {trunks or 'still connecting'}; "
+            f"media loop: {self.console.media_loop().engine}"
+        )
 
     # ---------------------------------------------------------------- inputs
 
@@ -381,6 +424,8 @@ class Gateway:
             named = f" [trunk {trunk}]" if len(self.trunk_links.links) > 1 else ""
             log.error("provider unavailable: %s%s", reason, named)
         self.trunk_states[trunk] = (up, reason)
+        if len(self.trunk_states) >= len(self.trunk_links.links):
+            self._trunks_tried.set()
         if trunk == self.trunk_links.first.trunk.name:
             self.wan_state = (up, reason)
         self.core.wan_connection_state(up, reason, self._now(), self._wall(), trunk)

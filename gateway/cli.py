@@ -36,7 +36,7 @@ from gateway.config import (
 )
 from gateway.config_files import check_config_file
 from gateway.policy.allowlist import normalise_address
-from gateway.policy.audit import AuditView, audit, format_report
+from gateway.policy.audit import audit, format_report
 from gateway.policy.audit import exit_status as audit_exit_status
 from gateway.policy.bans_store import BanStoreError, format_bans, lift_ban, list_bans
 
@@ -209,26 +209,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     config = _load_or_report(args)
     if config is None:
         return EXIT_USAGE
-    wan = config.wan
-    secrets: list[str] = []
-    if config.audit.sip_secrets_file:
-        try:
-            text = config.path(config.audit.sip_secrets_file).read_text(encoding="utf-8")
-        except OSError as exc:
-            print(f"error: {config.audit.sip_secrets_file}: {exc.strerror}", file=sys.stderr)
-            return EXIT_USAGE
-        secrets = [line.strip() for line in text.splitlines() if line.strip()]
-    view = AuditView(
-        tls_verify=not wan.insecure_skip_verify,
-        wan_transport="tcp" if wan.insecure_plaintext_signalling else "tls",
-        srtp_required=not wan.insecure_plaintext_media,
-        plaintext_downgrade=wan.insecure_plaintext_media,
-        admin_token=os.environ.get(config.admin.token_env),
-        sip_secrets=secrets,
-        personal_words=(*config.audit.personal_words, wan.sip_domain),
-        policy=config.policy,
-        admin_enabled=config.admin.enabled,
-    )
+    from gateway.audit_facts import AuditInputError, audit_view
+
+    try:
+        view = audit_view(config)  # loads the files the configuration names
+    except AuditInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     findings = audit(view)
     print(format_report(findings))
     return audit_exit_status(findings)

@@ -22,6 +22,7 @@ from gateway.operations import (
     CallRecordStats,
     CallStatus,
     LadderCall,
+    MediaLoop,
     MediaReading,
     ProviderStatus,
     RegistrationStatus,
@@ -327,6 +328,9 @@ class LadderStatusView:
 
     def media_workers(self) -> list[int | None]:
         return []
+
+    def media_loop(self) -> MediaLoop:
+        return MediaLoop("c", "fast path built", "libsrtp 2")
 
     async def media_streams(self) -> MediaReading:
         return MediaReading({})

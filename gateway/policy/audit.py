@@ -1,15 +1,22 @@
-"""``gateway audit``: the deployment's security posture, one finding per practice.
+"""``gateway audit``: the deployment's security posture, findings grouped by practice.
 
-The audit reads a small view of the configuration (:class:`AuditView`) rather than the whole
-config, so it stays independent of how the config is laid out; ``gateway.config`` adapts to it.
-Each finding is pass, warn or fail with the fix in one line. Findings never contain a secret,
-only what is wrong with it.
+The audit reads a small view of the deployment (:class:`AuditView`) rather than the whole
+config, so it stays independent of how the config is laid out, and reads no file itself: the
+glue (``gateway.audit_facts``) loads the files the configuration names (trust anchors, the
+gateway's certificate and key, the SIP secrets) and hands in what it found (:class:`FileCheck`)
+along with which media loop would run. Each finding is pass, warn, fail or n/a with the fix in
+one line; n/a means there was nothing to check (no secrets file, the admin API off) and is
+never counted as a pass or a failure. A claim is made only about what was checked: "verified
+provider certificate" needs the trust anchors loaded, not just verification switched on.
+Findings never contain a secret, only what is wrong with it.
 
-The practices are those of docs/design.md §4 ("Practices enforced"): signalling over verified
-TLS, SRTP required, no plaintext downgrade, allowlists not open to the world, international and
-premium-rate rules, caps and the spike lock, flood and scanner defence, and strong, distinct
-admin and SIP secrets (at least 12 characters, three character classes, no dictionary word,
-default password or personal data).
+The practices are the seed checklist's (docs/design.md §4, "Practices enforced"), named in the
+report (:data:`CHECKLIST`): voice separated from other traffic; signalling over verified TLS,
+SRTP required, no plaintext downgrade, certificate files that load; allowlists not open to the
+world; caps and the spike lock; international and premium-rate rules; flood and scanner
+defence; strong, distinct admin and SIP secrets (at least 12 characters, three character
+classes, no dictionary word, default password or personal data); up-to-date phones. The media
+loop finding is outside the checklist: it says whether the packet path runs as built.
 """
 
 from __future__ import annotations
@@ -24,7 +31,27 @@ from typing import Literal
 from gateway.policy.allowlist import parse_networks
 from gateway.policy.settings import CapLimits, PolicySettings
 
-Status = Literal["pass", "warn", "fail"]
+Status = Literal["pass", "warn", "fail", "n/a"]
+
+#: The seed checklist's practices, in its order, with the checks that report on each.
+CHECKLIST: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("firewall the phone system; separate voice from other traffic", ("separation",)),
+    (
+        "encrypt signalling and media (TLS, SRTP)",
+        ("tls", "provider-trust", "gateway-certificate", "srtp", "downgrade"),
+    ),
+    ("allow calls only from known addresses", ("lan-allowlist", "wan-allowlist")),
+    ("credit caps, block unnatural spikes", ("caps", "spike-lock")),
+    ("disable international calling when not needed", ("international", "premium")),
+    ("monitor for suspicious activity", ("flood-defence",)),
+    (
+        "change default passwords; strong, unique credentials; different admin and SIP secrets",
+        ("admin-secret", "admin-secret-distinct", "sip-secrets", "phone-secrets"),
+    ),
+    ("keep systems up to date", ("firmware",)),
+    ("outside the checklist: the packet path", ("media-loop",)),
+)
+_PRACTICE_OF = {check: practice for practice, checks in CHECKLIST for check in checks}
 
 MIN_SECRET_LENGTH = 12
 #: Substrings shorter than this are only weak as the whole secret ("sip" inside a long random
@@ -37,12 +64,29 @@ _LEET = {"0": "o", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "
 class AuditFinding:
     """One line of the report."""
 
-    #: Short name of the practice, e.g. "tls", "admin-secret".
+    #: Short name of the check, e.g. "tls", "admin-secret" (see :data:`CHECKLIST`).
     practice: str
     status: Status
     message: str
     #: What to change; empty on a pass.
     fix: str = ""
+
+    @property
+    def checklist_practice(self) -> str:
+        """The seed checklist's practice this check reports on."""
+        return _PRACTICE_OF.get(self.practice, "other")
+
+
+@dataclass(frozen=True, slots=True)
+class FileCheck:
+    """What the glue found when it loaded a file the configuration names."""
+
+    #: What was loaded, e.g. "trunk provider: CA bundle /etc/sip-media-gateway/ca.pem".
+    subject: str
+    #: Why it is unusable, naming the file; None when it loaded.
+    problem: str | None = None
+    #: What was found, e.g. "3 trust anchors", "CN=gw.example, 87 days left".
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +101,27 @@ class AuditView:
     #: Any trunk with the explicit plaintext downgrade set.
     plaintext_downgrade: bool
     admin_token: str | None
-    sip_secrets: Sequence[str] = ()
+    #: The phones' SIP secrets from the secrets file; None: no file configured (n/a).
+    sip_secrets: Sequence[str] | None = None
     #: Site name, domain, user names, street...: words a secret must not contain.
     personal_words: Sequence[str] = ()
     policy: PolicySettings = field(default_factory=PolicySettings)
     #: Whether the admin API is enabled at all (no token is then fine).
     admin_enabled: bool = True
+    #: The admin API accepts client certificates (mutual TLS) in place of the token.
+    admin_client_certificates: bool = False
+    #: Each trunk's trust anchors as loaded; None: not loaded (no claim of verification).
+    provider_trust: Sequence[FileCheck] | None = None
+    #: The gateway's own certificate and key as loaded; None: none configured.
+    identity: FileCheck | None = None
+    #: The LAN and WAN sides bind to different addresses; None: not known.
+    sides_separate: bool | None = None
+    #: "c" or "python": the media loop a worker would run; None: not known.
+    media_loop: str | None = None
+    #: Why that loop (gateway.media.loop.REASONS), with details.
+    media_loop_reason: str = ""
+    #: media.keep_core_awake is set but the loop cannot honour it.
+    keep_core_awake_ignored: bool = False
 
 
 @cache
@@ -111,28 +170,42 @@ def secret_weaknesses(secret: str, personal_words: Sequence[str] = ()) -> list[s
 
 
 def audit(view: AuditView) -> list[AuditFinding]:
-    """All findings, in a stable order."""
-    findings = [_tls(view), _srtp(view), _downgrade(view)]
+    """All findings, in the checklist's order (:data:`CHECKLIST`)."""
+    findings = [_separation(view)]
+    findings += [_tls(view), _provider_trust(view), _identity(view), _srtp(view)]
+    findings += [_downgrade(view)]
     findings += [_lan_allowlist(view.policy), _wan_allowlist(view.policy)]
+    findings += [_caps(view.policy), _spike(view.policy)]
     findings += [_international(view.policy), _premium(view.policy)]
-    findings += [_caps(view.policy), _spike(view.policy), _flood(view.policy)]
+    findings += [_flood(view.policy)]
     findings += [_admin_secret(view), _admin_distinct(view), _sip_secrets(view)]
+    findings += [_firmware(), _media_loop(view)]
     return findings
 
 
 def format_report(findings: Sequence[AuditFinding]) -> str:
+    """The findings under the name of the checklist practice each reports on."""
     lines = []
-    for f in findings:
-        lines.append(f"{f.status.upper():<5} {f.practice:<22} {f.message}")
+    practice = None
+    order = {check: i for i, check in enumerate(_PRACTICE_OF)}
+    # Grouped in the checklist's order, whatever order the findings came in (sorted is stable).
+    for f in sorted(findings, key=lambda f: order.get(f.practice, len(order))):
+        if f.checklist_practice != practice:
+            practice = f.checklist_practice
+            lines.append(practice)
+        lines.append(f"  {f.status.upper():<5} {f.practice:<22} {f.message}")
         if f.fix:
-            lines.append(f"{'':<28}fix: {f.fix}")
-    counts = {s: sum(1 for f in findings if f.status == s) for s in ("pass", "warn", "fail")}
-    lines.append(f"{counts['pass']} pass, {counts['warn']} warn, {counts['fail']} fail")
+            lines.append(f"{'':<30}fix: {f.fix}")
+    counts = {s: sum(1 for f in findings if f.status == s) for s in ("pass", "warn", "fail", "n/a")}
+    lines.append(
+        f"{counts['pass']} pass, {counts['warn']} warn, {counts['fail']} fail, "
+        f"{counts['n/a']} n/a (nothing to check)"
+    )
     return "\n".join(lines)
 
 
 def exit_status(findings: Sequence[AuditFinding]) -> int:
-    """1 when anything fails (so CI and deploy scripts stop), else 0."""
+    """1 when anything fails (so CI and deploy scripts stop), else 0; n/a never fails."""
     return 1 if any(f.status == "fail" for f in findings) else 0
 
 
@@ -154,7 +227,55 @@ def _tls(view: AuditView) -> AuditFinding:
             "the provider's certificate is not verified",
             "turn certificate verification on; pin or add the provider's CA",
         )
-    return AuditFinding("tls", "pass", "SIP over TLS with a verified provider certificate")
+    return AuditFinding("tls", "pass", "SIP over TLS with certificate verification on")
+
+
+def _provider_trust(view: AuditView) -> AuditFinding:
+    if not view.tls_verify or view.wan_transport.lower() != "tls":
+        return AuditFinding(
+            "provider-trust", "n/a", "no provider certificate is verified (see tls above)"
+        )
+    if view.provider_trust is None:
+        return AuditFinding(
+            "provider-trust", "n/a", "trust anchors not loaded by this audit: not verified"
+        )
+    broken = [c for c in view.provider_trust if c.problem is not None]
+    if broken:
+        return AuditFinding(
+            "provider-trust",
+            "fail",
+            "; ".join(str(c.problem) for c in broken),
+            "fix the CA bundle path or file ([wan.trust] / [trunks.trust] ca_bundle)",
+        )
+    loaded = "; ".join(
+        f"{c.subject} ({c.detail})" if c.detail else c.subject for c in view.provider_trust
+    )
+    return AuditFinding(
+        "provider-trust", "pass", f"provider certificates verified against {loaded}"
+    )
+
+
+def _identity(view: AuditView) -> AuditFinding:
+    found = view.identity
+    if found is None:
+        return AuditFinding(
+            "gateway-certificate",
+            "n/a",
+            "no gateway certificate configured ([wan.identity]): none presented to the provider",
+        )
+    if found.problem is not None:
+        return AuditFinding(
+            "gateway-certificate",
+            "fail",
+            str(found.problem),
+            "re-import the pair (gateway certs import) or fix the key file's mode (0600)",
+        )
+    detail = f" ({found.detail})" if found.detail else ""
+    return AuditFinding(
+        "gateway-certificate",
+        "pass",
+        f"{found.subject}: present, parsed, key matches, key not readable by others{detail}",
+    )
 
 
 def _srtp(view: AuditView) -> AuditFinding:
@@ -352,10 +473,52 @@ def _flood(policy: PolicySettings) -> AuditFinding:
     return AuditFinding("flood-defence", "pass", "rate limits, scanner and brute-force bans on")
 
 
+def _separation(view: AuditView) -> AuditFinding:
+    if view.sides_separate is None:
+        return AuditFinding("separation", "n/a", "the LAN and WAN addresses were not given")
+    if not view.sides_separate:
+        return AuditFinding(
+            "separation",
+            "warn",
+            "the LAN and WAN sides share an address",
+            "bind [lan] and [wan] to the voice VLAN's and the uplink's own addresses",
+        )
+    return AuditFinding("separation", "pass", "LAN and WAN sides on separate addresses")
+
+
+def _firmware() -> AuditFinding:
+    return AuditFinding(
+        "firmware",
+        "n/a",
+        "minimum phone firmware versions are not checked (not implemented); "
+        "/api/registrations lists each phone's User-Agent",
+    )
+
+
+def _media_loop(view: AuditView) -> AuditFinding:
+    if view.media_loop is None:
+        return AuditFinding("media-loop", "n/a", "which media loop runs was not determined")
+    if view.media_loop == "c":
+        return AuditFinding("media-loop", "pass", f"C fast path ({view.media_loop_reason})")
+    ignored = "; media.keep_core_awake is ignored" if view.keep_core_awake_ignored else ""
+    return AuditFinding(
+        "media-loop",
+        "warn",
+        f"media runs on the Python loop ({view.media_loop_reason}){ignored}: "
+        "fewer calls per core, more latency",
+        "install with a C compiler and libsrtp2-dev so the _fastpath extension builds, "
+        "and leave GATEWAY_MEDIA_FASTPATH unset",
+    )
+
+
 def _admin_secret(view: AuditView) -> AuditFinding:
+    if not view.admin_enabled:
+        return AuditFinding("admin-secret", "n/a", "admin API disabled ([admin] enabled)")
     if view.admin_token is None:
-        if not view.admin_enabled:
-            return AuditFinding("admin-secret", "pass", "admin API disabled")
+        if view.admin_client_certificates:
+            return AuditFinding(
+                "admin-secret", "pass", "no admin token: admin API by client certificate only"
+            )
         return AuditFinding(
             "admin-secret",
             "fail",
@@ -375,8 +538,14 @@ def _admin_secret(view: AuditView) -> AuditFinding:
 
 def _admin_distinct(view: AuditView) -> AuditFinding:
     token = view.admin_token
-    if token is None:
-        return AuditFinding("admin-secret-distinct", "pass", "no admin secret to compare")
+    if not view.admin_enabled or token is None:
+        return AuditFinding("admin-secret-distinct", "n/a", "no admin secret to compare")
+    if view.sip_secrets is None:
+        return AuditFinding(
+            "admin-secret-distinct",
+            "n/a",
+            "no SIP secrets to compare with ([audit] sip_secrets_file)",
+        )
     folded = token.casefold()
     reused = [
         i + 1
@@ -398,10 +567,20 @@ def _admin_distinct(view: AuditView) -> AuditFinding:
 
 
 def _sip_secrets(view: AuditView) -> AuditFinding:
-    weak = [
-        i + 1 for i, s in enumerate(view.sip_secrets) if secret_weaknesses(s, view.personal_words)
-    ]
-    duplicates = len(view.sip_secrets) - len(set(view.sip_secrets))
+    secrets = view.sip_secrets
+    if secrets is None:
+        return AuditFinding(
+            "sip-secrets", "n/a", "no secrets file configured ([audit] sip_secrets_file)"
+        )
+    if not secrets:
+        return AuditFinding(
+            "sip-secrets",
+            "warn",
+            "the SIP secrets file lists no secret: nothing was checked",
+            "list the phones' SIP passwords in it, one per line",
+        )
+    weak = [i + 1 for i, s in enumerate(secrets) if secret_weaknesses(s, view.personal_words)]
+    duplicates = len(secrets) - len(set(secrets))
     if weak:
         return AuditFinding(
             "sip-secrets",
@@ -416,4 +595,4 @@ def _sip_secrets(view: AuditView) -> AuditFinding:
             "some phones share a SIP secret",
             "give every phone its own SIP password",
         )
-    return AuditFinding("sip-secrets", "pass", f"{len(view.sip_secrets)} SIP secrets strong")
+    return AuditFinding("sip-secrets", "pass", f"{len(secrets)} SIP secrets strong")
