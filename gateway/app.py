@@ -32,8 +32,6 @@ from gateway.media.controller import MediaController, MediaError
 from gateway.operations import TrunkStatus
 from gateway.policy import PolicyEngine, encode_line
 from gateway.sdp.negotiation import MediaPolicy
-from gateway.shield_store import build_settings as shield_settings
-from gateway.shield_store import save_last_used
 from gateway.service import ServiceNotifier
 from gateway.sip.actions import CallEvent, MediaCommand, SecurityNotice, SendMessage
 from gateway.sip.b2bua import B2bua, EdgeSettings
@@ -104,9 +102,7 @@ class Gateway:
         #: One verified link per trunk; the first trunk's TLS material is the gateway's.
         self.trunk_links = TrunkLinks(config, trunks)
         self.policy = PolicyEngine(config.policy)
-        # [shield] on: its files are loaded now, and a problem with them stops the start.
-        self.core = B2bua(self.settings, policy=self.policy, shield=shield_settings(config))
-        self._shield_saved: dict[str, float] = {}
+        self.core = B2bua(self.settings, policy=self.policy)
         self.ban_file = BanFileSync(Path(config.state.directory) / "bans.json")
         self.counters = Counters()
         self.media = MediaController(
@@ -253,25 +249,11 @@ class Gateway:
         while True:
             await asyncio.sleep(2.0)
             self.trunk_links.poll()
-            self._save_shield_use()
             if self.ban_file.follow(self.policy, self._now()):
                 self._flush()  # the lifts' security events
             if ticks % 1800 == 0:  # hourly is plenty for day-granular warnings
                 self.trunk_links.check_expiry()
             ticks += 1
-
-    def _save_shield_use(self) -> None:
-        """When each phone last proved its shield secret, for ``gateway shield list``."""
-        shield = self.core.shield
-        if shield is None or shield.last_used == self._shield_saved:
-            return
-        self._shield_saved = dict(shield.last_used)
-        offset = time.time() - self._now()
-        used = {user: at + offset for user, at in self._shield_saved.items()}
-        try:
-            save_last_used(Path(self.config.state.directory), used)
-        except OSError as exc:
-            log.warning("cannot record shield use: %s", exc)
 
     async def stop(self, drain: float = 0.0) -> None:
         """Stop taking calls, let active ones finish for ``drain`` seconds, then end them."""

@@ -18,7 +18,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import msgspec
 
@@ -140,7 +140,8 @@ class SipSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True)
     t1: float = 0.5
     t2: float = 4.0
     t4: float = 5.0
-    max_message_bytes: int = 65535
+    #: DEPRECATED: [limits] max_message_bytes. Still read when [limits] does not set it.
+    max_message_bytes: int | None = None
     #: Registration expiry the gateway asks for when a phone gives none.
     default_expires: int = 3600
     #: Header value the gateway puts in User-Agent/Server toward both sides.
@@ -207,26 +208,6 @@ class AuditSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     personal_words: tuple[str, ...] = ()
 
 
-class CredentialShieldSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """The credential shield (gateway/sip/shield.py): phones authenticate to the gateway with
-    LAN-only secrets it generates, and the gateway answers the provider's challenges with the
-    trunk credentials it keeps. Off: credentials pass through untouched."""
-
-    enabled: bool = False
-    #: The phones' LAN secrets, written by ``gateway shield add-phone`` (TOML, mode 0600);
-    #: None: ``shield-phones.toml`` in the [state] folder.
-    phones_file: str | None = None
-    #: Provider credentials per extension or for the whole trunk (``*``), written by the
-    #: operator (TOML, mode 0600; passwords inline or named environment variables).
-    credentials_file: str | None = None
-    #: The realm of the gateway's challenges to the phones.
-    realm: str = "sip-media-gateway"
-    #: Digest algorithm of those challenges (legacy phones speak MD5 only).
-    algorithm: Literal["MD5", "SHA-256"] = "MD5"
-    #: Seconds a nonce is good for; an older one earns stale=true.
-    nonce_lifetime: Annotated[float, msgspec.Meta(gt=0)] = 300.0
-
-
 class LogSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
     level: str = "info"
     #: "auto" (human on a terminal, JSON otherwise), "json" or "text".
@@ -236,6 +217,33 @@ class LogSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True)
 class StateSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: Folder for state that survives a restart (bans, call records).
     directory: str = "state"
+
+
+class LimitsSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Limits a review should not have to find (docs/robustness.md "Limits"): each is hit only
+    under abuse or a fault at a small site, and each hit is counted (``limit_*`` on /metrics)."""
+
+    #: Open connections from one address on each stream listener (LAN TCP, WAN TLS); more
+    #: are closed at accept, before any TLS work.
+    connections_per_source: int = 16
+    #: Open connections on each stream listener, whoever opens them.
+    connections_total: int = 1024
+    #: Seconds a client of the WAN TLS listener has to finish its handshake.
+    tls_handshake_timeout: float = 5.0
+    #: Seconds an accepted connection may stay open without carrying a SIP message, and a
+    #: message may stay incomplete on any stream connection.
+    idle_timeout: float = 30.0
+    #: Largest SIP message (start line, headers, body) on any transport, in bytes.
+    max_message_bytes: int = 65535
+    #: Largest start line and header section, in bytes.
+    max_header_bytes: int = 16384
+    #: Most header fields in one SIP message.
+    max_headers: int = 256
+    #: Most dialog pairs (calls, subscriptions, transfers) at once; new ones get 503 with
+    #: Retry-After. Emergency calls are admitted whatever the count.
+    max_calls: int = 10000
+    #: Most registration bindings at once; new ones get 503, refreshes always pass.
+    max_registrations: int = 10000
 
 
 class GatewayConfig(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -249,9 +257,9 @@ class GatewayConfig(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     certs: CertWatchSettings = CertWatchSettings()
     admin: AdminSettings = AdminSettings()
     audit: AuditSettings = AuditSettings()
-    shield: CredentialShieldSettings = CredentialShieldSettings()
     log: LogSettings = LogSettings()
     state: StateSettings = StateSettings()
+    limits: LimitsSettings = LimitsSettings()
     #: Several provider trunks; empty: one trunk made of [wan]'s provider settings.
     trunks: tuple[TrunkSettings, ...] = ()
     #: Routes choosing trunks by destination; empty: every trunk, in order, for every call.
@@ -260,6 +268,14 @@ class GatewayConfig(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     base_dir: str = "."
     #: The file this came from (set by ``load_config``), for the admin API's check and reload.
     source_file: str = ""
+
+    def __post_init__(self) -> None:
+        # [sip] max_message_bytes is the deprecated spelling of [limits] max_message_bytes:
+        # an old file keeps its value unless [limits] sets one (a conflict is a problem).
+        old = self.sip.max_message_bytes
+        if old is not None and self.limits.max_message_bytes == _DEFAULT_MAX_MESSAGE_BYTES:
+            limits = msgspec.structs.replace(self.limits, max_message_bytes=old)
+            msgspec.structs.force_setattr(self, "limits", limits)
 
     def effective_trunks(self) -> tuple[TrunkSettings, ...]:
         """The trunks in force: [[trunks]], or the one [wan] describes."""
@@ -531,6 +547,7 @@ def check(config: GatewayConfig) -> list[tuple[str, str]]:
     if not 0 <= config.media.dscp <= 63:
         problems.append(("media.dscp", f"expected 0..63, got {config.media.dscp}"))
     problems += _check_admin(config.admin)
+    problems += _check_limits(config)
     problems += _check_trunks(config)
     return problems
 
@@ -573,6 +590,54 @@ def _check_trunks(config: GatewayConfig) -> list[tuple[str, str]]:
             if name not in known:
                 choices = ", ".join(sorted(known))
                 problems.append((f"routes.{index}.trunks", f"no trunk {name!r} (known: {choices})"))
+    return problems
+
+
+_DEFAULT_MAX_MESSAGE_BYTES = LimitsSettings().max_message_bytes
+
+
+def _check_limits(config: GatewayConfig) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    limits = config.limits
+    for field, value, low, high in (
+        ("connections_per_source", limits.connections_per_source, 1, 100_000),
+        ("connections_total", limits.connections_total, 1, 1_000_000),
+        ("max_message_bytes", limits.max_message_bytes, 1024, 1_048_576),
+        ("max_header_bytes", limits.max_header_bytes, 1024, 1_048_576),
+        ("max_headers", limits.max_headers, 16, 10_000),
+        ("max_calls", limits.max_calls, 1, 1_000_000),
+        ("max_registrations", limits.max_registrations, 1, 1_000_000),
+    ):
+        if not low <= value <= high:
+            where = f"limits.{field}"
+            if field == "max_message_bytes" and config.sip.max_message_bytes == value:
+                where = "sip.max_message_bytes"  # the deprecated spelling the file used
+            problems.append((where, f"expected {low}..{high}, got {value}"))
+    if limits.connections_total < limits.connections_per_source:
+        problems.append(
+            (
+                "limits.connections_total",
+                f"expected at least connections_per_source ({limits.connections_per_source}),"
+                f" got {limits.connections_total}",
+            )
+        )
+    for field, seconds in (
+        ("tls_handshake_timeout", limits.tls_handshake_timeout),
+        ("idle_timeout", limits.idle_timeout),
+    ):
+        if not 0 < seconds <= 3600:
+            problems.append(
+                (f"limits.{field}", f"expected seconds, 0 < seconds <= 3600, got {seconds}")
+            )
+    old = config.sip.max_message_bytes
+    if old is not None and old != limits.max_message_bytes:
+        problems.append(
+            (
+                "sip.max_message_bytes",
+                f"deprecated, and [limits] max_message_bytes says {limits.max_message_bytes}:"
+                " keep only [limits] max_message_bytes",
+            )
+        )
     return problems
 
 

@@ -59,7 +59,9 @@ if TYPE_CHECKING:
 __all__ = ["CoreView", "OperatorConsole"]
 
 #: Configuration tables that take effect only at start-up; a change to them needs a restart.
-RESTART_TABLES = ("lan", "wan", "sip", "media", "policy", "admin", "log", "state", "certs")
+RESTART_TABLES = (
+    "lan", "wan", "sip", "media", "policy", "admin", "log", "state", "certs", "limits",
+)  # fmt: skip
 #: How long the media workers may take to report their counters.
 MEDIA_STATS_TIMEOUT = 3.0
 
@@ -189,8 +191,11 @@ class OperatorConsole:
         keep_events: int = 1000,
         keep_ladders: int = 50,
         trunks: Callable[[], list[TrunkStatus]] | None = None,
+        limit_counters: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         self._config = config
+        #: The glue's limit counters (listeners, connections), shown with the core's counters.
+        self._limit_counters = limit_counters
         self._core = core
         self._policy = policy
         self._media = media
@@ -395,7 +400,10 @@ class OperatorConsole:
         self._cdr.media_listeners.append(listener)
 
     def sip_counters(self) -> dict[str, int]:
-        return dict(self._core.counters)
+        counters = dict(self._core.counters)
+        if self._limit_counters is not None:
+            counters.update(self._limit_counters())
+        return counters
 
     def policy_counters(self) -> dict[str, int]:
         return self._policy.counters()

@@ -24,12 +24,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gateway.limits import ALL_LIMITS
 from gateway.media.control import StreamCounters
 from gateway.media.loop import MediaLoop
 from gateway.sip.call_events import CallEvent
 
 __all__ = [
     "DROP_FIELDS",
+    "LIMIT_COUNTERS",
     "PACKET_FIELDS",
     "BanLift",
     "BanStatus",
@@ -52,6 +54,10 @@ __all__ = [
     "TlsStatus",
     "stream_totals",
 ]
+
+#: The counters of the [limits] limits, as ``StatusView.sip_counters`` reports them (a limit
+#: never hit is absent there, and shown as 0 on /metrics).
+LIMIT_COUNTERS: tuple[str, ...] = ALL_LIMITS
 
 # --------------------------------------------------------------------------- media counters
 

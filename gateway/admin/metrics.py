@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from gateway.admin.observe import Observatory
 from gateway.admin.views import MediaSample, MediaSampler
-from gateway.operations import DROP_FIELDS, StatusView
+from gateway.operations import DROP_FIELDS, LIMIT_COUNTERS, StatusView
 
 __all__ = ["CONTENT_TYPE", "render_metrics"]
 
@@ -146,6 +146,14 @@ def _calls(out: Exposition, status: StatusView, seen: Observatory) -> None:
         "counter",
         "Signalling events counted by the core (malformed, rejected, refusals …).",
         [({"event": k}, v) for k, v in sorted(status.sip_counters().items())],
+    )
+    hits = status.sip_counters()
+    out.family(
+        "gateway_limit_hits_total",
+        "counter",
+        "Times each [limits] limit was hit (a connection refused or closed, a message or "
+        "request refused).",
+        [({"limit": name.removeprefix("limit_")}, hits.get(name, 0)) for name in LIMIT_COUNTERS],
     )
     records = status.call_record_stats()
     out.one(

@@ -105,6 +105,11 @@ class Admission:
             return CallAdmitted(verdict.number)
         return Refusal(verdict.status or 403, verdict.warning, verdict.rule)
 
+    def is_emergency(self, dialled: str) -> bool:
+        """Whether a dialled number is an emergency number: admitted over every count limit
+        (docs/design.md §3.5). Without a policy engine no number is known to be one."""
+        return self.policy is not None and self.policy.is_emergency(dialled)
+
     # ------------------------------------------------------------- numbers
 
     def format_number(self, number: DialledNumber, style: NumberFormat) -> str:

@@ -127,8 +127,14 @@ class B2bua:
         """A UDP datagram: one SIP message (§18.3); trailing octets are ignored."""
         if not data.strip(b"\r\n"):
             return  # a CRLF keep-alive (RFC 5626 §4.4.2) on UDP: nothing to answer
+        limits = self.settings.limits
         try:
-            message = parse_message(data)
+            message = parse_message(
+                data,
+                max_size=limits.max_message_bytes,
+                max_header_bytes=limits.max_header_bytes,
+                max_headers=limits.max_headers,
+            )
         except SipParseError as exc:
             self.receive_invalid(peer, exc, now)
             return
@@ -137,6 +143,8 @@ class B2bua:
     def receive_invalid(self, peer: Peer, error: SipParseError, now: float) -> None:
         """A message that failed parsing: answer requests with the hint, drop responses."""
         self._out.count(f"sip_malformed_{peer.side.value}")
+        if error.limit:
+            self._out.count(error.limit)
         if self._admission.check_malformed(peer, now) is not None:
             self._out.count(f"policy_refused_{peer.side.value}")
             return  # a refused (banned, flooding) source gets no log line per message either

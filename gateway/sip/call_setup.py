@@ -48,6 +48,7 @@ from gateway.sip.edge import (
 from gateway.sip.events import RequestReceived
 from gateway.sip.headers import NameAddr
 from gateway.sip.legs import LegBuilder
+from gateway.sip.limits import MAX_CALLS, RETRY_AFTER
 from gateway.sip.message import SipRequest, SipResponse, make_response, new_tag
 from gateway.sip.outgoing import Outgoing, Relay
 from gateway.sip.pair import RINGING, WINDING_DOWN, DialogPair, PairInput, PairState
@@ -153,6 +154,8 @@ class CallSetup:
             elif existing.last_final is not None:
                 self._out.emit(SendMessage(source, existing.last_final))
             return
+        if self._over_call_limit(side, event, now):
+            return
         number = None
         candidates: list[Trunk] = []
         if side == Side.LAN:
@@ -244,6 +247,36 @@ class CallSetup:
                 callee.call_id,
             )
         )
+
+    def _over_call_limit(self, side: Side, event: RequestReceived, now: float) -> bool:
+        """[limits] max_calls: a new pair beyond it gets 503 with Retry-After, unless it is an
+        emergency call (docs/design.md §3.5), which is admitted whatever the count."""
+        request = event.request
+        limit = self._settings.limits.max_calls
+        if len(self._index) < limit:
+            return False
+        if (
+            side == Side.LAN
+            and request.method == "INVITE"
+            and self._admission.is_emergency(request_user(request) or "")
+        ):
+            return False
+        self._out.count(MAX_CALLS)
+        reason = f"too many calls through the gateway (limit {limit})"
+        headers = [("Warning", gateway_warning(reason)), ("Retry-After", str(RETRY_AFTER))]
+        self._out.reply(side, event.key, request, 503, now, headers=headers)
+        if request.method == "INVITE":
+            self._emit(
+                CallRefused(
+                    request.call_id,
+                    reason,
+                    503,
+                    rule="limits.max-calls",
+                    caller=user_of(request.from_),
+                    callee=request_user(request),
+                )
+            )
+        return True
 
     def _send_to_callee(
         self, pair: DialogPair, request: SipRequest, body: bytes, now: float

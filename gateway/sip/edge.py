@@ -14,6 +14,7 @@ from gateway.sdp.negotiation import MediaPolicy
 from gateway.sip.dialog import Leg
 from gateway.sip.errors import SipError
 from gateway.sip.headers import NameAddr, Via
+from gateway.sip.limits import SipLimits
 from gateway.sip.message import SipRequest, SipResponse, new_call_id
 from gateway.sip.peer import Peer, Side
 from gateway.sip.transaction import TimerSettings
@@ -44,6 +45,8 @@ class EdgeSettings:
     trunks: tuple[Trunk, ...] = ()
     #: Routes choosing trunks by destination; empty: every trunk in order for every call.
     routes: tuple[Route, ...] = ()
+    #: Message sizes and call and registration counts the core enforces ([limits]).
+    limits: SipLimits = field(default_factory=SipLimits)
 
     def __post_init__(self) -> None:
         if not self.trunks:

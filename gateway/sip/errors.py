@@ -27,6 +27,9 @@ class SipParseError(SipError):
     holds enough headers to build the response; a response's error means the response is dropped.
     """
 
+    #: The counter of the limit the message exceeded (``gateway.sip.limits``), "" for bad input.
+    limit: str = ""
+
     def __init__(
         self,
         reason: str,

@@ -40,11 +40,20 @@ class StreamFramer:
     after it completes the ping.
     """
 
-    def __init__(self, *, max_header_bytes: int = 16384, max_body_bytes: int = 65536) -> None:
+    def __init__(
+        self,
+        *,
+        max_header_bytes: int = 16384,
+        max_body_bytes: int = 65536,
+        max_headers: int | None = None,
+    ) -> None:
         #: Limit on the start line and headers, CRLFCRLF included.
         self.max_header_bytes = max_header_bytes
         #: Limit on Content-Length.
         self.max_body_bytes = max_body_bytes
+        #: Limit on the number of header fields; a message over it is a 513 item, and the
+        #: stream goes on (its framing is intact).
+        self.max_headers = max_headers
         self._buffer = bytearray()
         self._lone_crlf = False
         self._lost: str | None = None
@@ -90,13 +99,17 @@ class StreamFramer:
                     f"headers longer than {self.max_header_bytes} bytes",
                     513,
                     min(len(buffer), self.max_header_bytes),
+                    limit="limit_max_header_bytes",
                 )
             return False
         head_length = end + 4
         length = self._content_length(head_length)
         if length > self.max_body_bytes:
             raise self._error(
-                f"Content-Length {length} exceeds {self.max_body_bytes}", 513, head_length
+                f"Content-Length {length} exceeds {self.max_body_bytes}",
+                513,
+                head_length,
+                limit="limit_max_message_bytes",
             )
         total = head_length + length
         if len(buffer) < total:
@@ -104,7 +117,7 @@ class StreamFramer:
         chunk = bytes(buffer[:total])
         del buffer[:total]
         try:
-            items.append(parse_message(chunk, max_size=total))
+            items.append(parse_message(chunk, max_size=total, max_headers=self.max_headers))
         except SipParseError as error:
             items.append(error)
         return True
@@ -137,7 +150,11 @@ class StreamFramer:
             )
         return int(text)
 
-    def _error(self, reason: str, status: int, head_length: int) -> SipFramingError:
+    def _error(
+        self, reason: str, status: int, head_length: int, *, limit: str = ""
+    ) -> SipFramingError:
         split = split_message(bytes(self._buffer[:head_length]))
         partial, looks_like_response = build_partial(split, b"")
-        return SipFramingError(reason, status, partial, looks_like_response=looks_like_response)
+        error = SipFramingError(reason, status, partial, looks_like_response=looks_like_response)
+        error.limit = limit
+        return error

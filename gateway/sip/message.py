@@ -650,13 +650,20 @@ def _content_length(message: SipMessage) -> int | None:
     return int(text)
 
 
-def parse_message(data: bytes, *, max_size: int = 65535) -> SipRequest | SipResponse:
+def parse_message(
+    data: bytes,
+    *,
+    max_size: int = 65535,
+    max_header_bytes: int | None = None,
+    max_headers: int | None = None,
+) -> SipRequest | SipResponse:
     """Parse and validate one datagram (§7, §18.3).
 
     The body is Content-Length octets after the empty line; octets beyond it are ignored
     (RFC 4475 §3.1.1.8). Without Content-Length the body is the rest of the datagram
     (RFC 4475 §3.4.1). Raises SipParseError, with ``partial`` set whenever the header lines
-    could be split.
+    could be split; one over ``max_size``, ``max_header_bytes`` or ``max_headers`` (header
+    fields) is a 513 naming the limit in ``limit`` ([limits], ``gateway.sip.limits``).
     """
     start = _skip_leading_crlf(data)
     split = split_message(data, start)
@@ -669,7 +676,16 @@ def parse_message(data: bytes, *, max_size: int = 65535) -> SipRequest | SipResp
         )
 
     if len(data) > max_size:
-        raise fail(SipParseError(f"message of {len(data)} bytes exceeds {max_size}", 513))
+        raise _over_limit(
+            fail(SipParseError(f"message of {len(data)} bytes exceeds {max_size}", 513)),
+            "limit_max_message_bytes",
+        )
+    if max_header_bytes is not None and split.body_offset - start > max_header_bytes:
+        reason = f"header section longer than {max_header_bytes} bytes"
+        raise _over_limit(fail(SipParseError(reason, 513)), "limit_max_header_bytes")
+    if max_headers is not None and len(split.headers) > max_headers:
+        reason = f"more than {max_headers} header fields"
+        raise _over_limit(fail(SipParseError(reason, 513)), "limit_max_headers")
     if partial is None:
         if looks_like_response:
             raise fail(SipParseError("malformed Status-Line (status code must be 3 digits)"))
@@ -691,6 +707,11 @@ def parse_message(data: bytes, *, max_size: int = 65535) -> SipRequest | SipResp
             )
         partial.body = available[:length]
     return partial
+
+
+def _over_limit(error: SipParseError, limit: str) -> SipParseError:
+    error.limit = limit
+    return error
 
 
 # -- building ------------------------------------------------------------------------------

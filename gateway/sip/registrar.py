@@ -19,9 +19,10 @@ from gateway.sip.actions import CallEvent
 from gateway.sip.admission import Admission
 from gateway.sip.call_events import PhoneRegistered
 from gateway.sip.dialog import Leg, copy_headers
-from gateway.sip.edge import Edge, int_or, phone_peer, user_of
+from gateway.sip.edge import Edge, gateway_warning, int_or, phone_peer, user_of
 from gateway.sip.events import RequestReceived
 from gateway.sip.headers import NameAddr
+from gateway.sip.limits import MAX_REGISTRATIONS, RETRY_AFTER
 from gateway.sip.message import SipRequest, SipResponse, make_response, new_tag
 from gateway.sip.outgoing import Outgoing, Relay
 from gateway.sip.peer import Peer, Side
@@ -124,8 +125,10 @@ class Registrar:
             return
         else:
             phone_contact = contacts[0]
+            if self._over_limit(aor, str(phone_contact.uri), event, now):
+                return
             binding = self.registrations.binding_for(
-                user, aor, str(phone_contact.uri), phone_peer(phone_contact, source)
+                user, aor, str(phone_contact.uri), phone_peer(phone_contact, source), now
             )
             binding.user_agent = request.get("User-Agent")
             expires = phone_contact.param("expires") or request.get("Expires")
@@ -141,6 +144,18 @@ class Registrar:
         relay = Relay(None, Side.LAN, event.key, request, binding=binding, source=source)
         self._out.relay_request(Side.WAN, upstream, self._trunks.registrar.peer, now, relay)
         self._pending[aor] = self._pending.get(aor, 0) + 1
+
+    def _over_limit(self, aor: str, phone_contact: str, event: RequestReceived, now: float) -> bool:
+        """[limits] max_registrations: a new binding beyond it gets 503 with Retry-After; a
+        refresh of a binding the gateway holds always passes."""
+        limit = self._settings.limits.max_registrations
+        if len(self.registrations) < limit or self.registrations.get(aor, phone_contact):
+            return False
+        self._out.count(MAX_REGISTRATIONS)
+        reason = f"too many registrations through the gateway (limit {limit})"
+        headers = [("Warning", gateway_warning(reason)), ("Retry-After", str(RETRY_AFTER))]
+        self._out.reply(Side.LAN, event.key, event.request, 503, now, headers=headers)
+        return True
 
     def refresh_all(self, now: float) -> None:
         """After a reconnect, re-register every binding the provider knew through the old

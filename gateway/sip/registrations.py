@@ -43,9 +43,17 @@ class Binding:
     #: The last REGISTER's Authorization headers, replayed after a reconnect.
     last_authorization: list[tuple[str, str]] = field(default_factory=list)
     last_expires: int = 3600
+    #: When the binding was made (the core's clock): one the provider never granted is
+    #: forgotten a while later, so unanswered or refused REGISTERs cannot pile up.
+    created_at: float = 0.0
 
     def active(self, now: float) -> bool:
         return self.expires_at > now
+
+
+#: Seconds a binding the provider never granted is kept: a REGISTER transaction's 64*T1
+#: and the phone's retry with credentials fit well within it.
+UNGRANTED_LIFETIME = 120.0
 
 
 class RegistrationTable:
@@ -58,13 +66,15 @@ class RegistrationTable:
         self._by_user: dict[str, dict[str, Binding]] = {}
         self._by_aor: dict[str, dict[str, Binding]] = {}
 
-    def binding_for(self, user: str, aor: str, phone_contact: str, peer: Peer) -> Binding:
+    def binding_for(
+        self, user: str, aor: str, phone_contact: str, peer: Peer, now: float = 0.0
+    ) -> Binding:
         """The binding for this phone contact, created with a fresh token if new."""
         key = (aor, phone_contact)
         binding = self._by_contact.get(key)
         if binding is None:
             token = "gw" + secrets.token_hex(8)
-            binding = Binding(token, user, aor, phone_contact, peer)
+            binding = Binding(token, user, aor, phone_contact, peer, created_at=now)
             self._by_contact[key] = binding
             self._by_token[token] = binding
             self._by_user.setdefault(user, {})[token] = binding
@@ -72,6 +82,10 @@ class RegistrationTable:
         else:
             binding.phone_peer = peer
         return binding
+
+    def get(self, aor: str, phone_contact: str) -> Binding | None:
+        """The binding of this phone contact, if the gateway holds one."""
+        return self._by_contact.get((aor, phone_contact))
 
     def find(self, user: str, now: float) -> Binding | None:
         """The phone a Request-URI user names: a binding's token, else the extension's
@@ -113,7 +127,12 @@ class RegistrationTable:
 
     def expire(self, now: float) -> list[Binding]:
         """Drop bindings that lapsed (with a grace period for late refreshes)."""
-        gone = [b for b in self._by_token.values() if b.expires_at and b.expires_at + 32 < now]
+        gone = [
+            b
+            for b in self._by_token.values()
+            if (b.expires_at and b.expires_at + 32 < now)
+            or (not b.expires_at and b.created_at and b.created_at + UNGRANTED_LIFETIME < now)
+        ]
         for binding in gone:
             self.remove(binding)
         return gone

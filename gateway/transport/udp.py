@@ -17,9 +17,16 @@ DatagramHandler = Callable[[bytes, tuple[str, int]], None]
 class SipUdpEndpoint(asyncio.DatagramProtocol):
     """One bound UDP socket that hands every datagram to the core."""
 
-    def __init__(self, on_datagram: DatagramHandler, max_size: int = 65535) -> None:
+    def __init__(
+        self,
+        on_datagram: DatagramHandler,
+        max_size: int = 65535,
+        on_oversize: Callable[[], None] | None = None,
+    ) -> None:
         self._on_datagram = on_datagram
         self._max_size = max_size
+        #: Told of each datagram over ``max_size`` ([limits] max_message_bytes), dropped unread.
+        self._on_oversize = on_oversize
         self.transport: asyncio.DatagramTransport | None = None
         self.dropped_oversize = 0
 
@@ -30,6 +37,8 @@ class SipUdpEndpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if len(data) > self._max_size:
             self.dropped_oversize += 1
+            if self._on_oversize is not None:
+                self._on_oversize()
             return
         self._on_datagram(data, (addr[0], addr[1]))
 
@@ -43,10 +52,14 @@ class SipUdpEndpoint(asyncio.DatagramProtocol):
 
 
 async def open_udp(
-    host: str, port: int, on_datagram: DatagramHandler, max_size: int
+    host: str,
+    port: int,
+    on_datagram: DatagramHandler,
+    max_size: int,
+    on_oversize: Callable[[], None] | None = None,
 ) -> SipUdpEndpoint:
     loop = asyncio.get_running_loop()
     _, protocol = await loop.create_datagram_endpoint(
-        lambda: SipUdpEndpoint(on_datagram, max_size), local_addr=(host, port)
+        lambda: SipUdpEndpoint(on_datagram, max_size, on_oversize), local_addr=(host, port)
     )
     return protocol
