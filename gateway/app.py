@@ -14,6 +14,7 @@ import ipaddress
 import json
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -26,20 +27,26 @@ from gateway.ban_file import BanFileSync
 from gateway.cdr import CallRecorder, RecordFile
 from gateway.config import GatewayConfig, insecure_settings
 from gateway.console import OperatorConsole
+from gateway.limits import MAX_MESSAGE_BYTES, ConnectionLimiter, LimitCounters
 from gateway.logsetup import configure_logging
 from gateway.media.control import CloseCall, OpenStream, StreamCounters, UpdateStream
 from gateway.media.controller import MediaController, MediaError
 from gateway.operations import TrunkStatus
 from gateway.policy import PolicyEngine, encode_line
+from gateway.policy.events import SecurityEvent
 from gateway.sdp.negotiation import MediaPolicy
+from gateway.shield_store import build_settings as shield_settings
+from gateway.shield_store import save_last_used
 from gateway.service import ServiceNotifier
 from gateway.sip.actions import CallEvent, MediaCommand, SecurityNotice, SendMessage
 from gateway.sip.b2bua import B2bua, EdgeSettings
 from gateway.sip.call_events import CallRefused, MalformedMessage, PlaintextDowngrade
 from gateway.sip.errors import SipParseError
+from gateway.sip.limits import SipLimits
 from gateway.sip.message import SipRequest, SipResponse
 from gateway.sip.peer import Peer, Side
 from gateway.sip.transaction import TimerSettings
+from gateway.transport.listener import StreamListener
 from gateway.transport.provider import ProviderLink
 from gateway.transport.stream import SipStreamConnection
 from gateway.transport.tls_listener import rotating_server_context
@@ -98,11 +105,22 @@ class Gateway:
             default_expires=config.sip.default_expires,
             trunks=trunks,
             routes=routes,
+            limits=SipLimits(
+                max_message_bytes=config.limits.max_message_bytes,
+                max_header_bytes=config.limits.max_header_bytes,
+                max_headers=config.limits.max_headers,
+                max_calls=config.limits.max_calls,
+                max_registrations=config.limits.max_registrations,
+            ),
         )
+        #: How often each [limits] limit enforced here in the glue was hit.
+        self.limit_counters = LimitCounters()
         #: One verified link per trunk; the first trunk's TLS material is the gateway's.
         self.trunk_links = TrunkLinks(config, trunks)
         self.policy = PolicyEngine(config.policy)
-        self.core = B2bua(self.settings, policy=self.policy)
+        # [shield] on: its files are loaded now, and a problem with them stops the start.
+        self.core = B2bua(self.settings, policy=self.policy, shield=shield_settings(config))
+        self._shield_saved: dict[str, float] = {}
         self.ban_file = BanFileSync(Path(config.state.directory) / "bans.json")
         self.counters = Counters()
         self.media = MediaController(
@@ -119,6 +137,7 @@ class Gateway:
         )
         self._udp: SipUdpEndpoint | None = None
         self._servers: list[asyncio.Server] = []
+        self._listeners: list[StreamListener] = []
         self._lan_streams: dict[int, SipStreamConnection] = {}
         self._wan_streams: dict[int, SipStreamConnection] = {}
         self.provider: ProviderLink | None = None
@@ -157,6 +176,7 @@ class Gateway:
             after_change=self._flush,
             keep_ladders=config.admin.ladder_calls,
             trunks=self._trunk_status,
+            limit_counters=self.limit_counters.snapshot,
         )
         #: Both legs' SIP of recent calls, redacted, for the operator (TLS hides the WAN leg).
         self.ladder = self.console.ladder
@@ -186,23 +206,15 @@ class Gateway:
                 lan.sip_address,
                 lan.sip_port,
                 self._on_lan_datagram,
-                self.config.sip.max_message_bytes,
+                self.config.limits.max_message_bytes,
+                lambda: self.limit_counters.hit(MAX_MESSAGE_BYTES),
             )
         if "tcp" in lan.transports:
-            server = await self._loop.create_server(
-                lambda: self._new_stream(Side.LAN), lan.sip_address, lan.sip_port
-            )
-            self._servers.append(server)
+            await self._listen("lan-tcp", Side.LAN, lan.sip_address, lan.sip_port, None)
         wan = self.config.wan
         if wan.listen_port is not None:
-            server = await self._loop.create_server(
-                lambda: self._new_stream(Side.WAN, accepted=True),
-                wan.sip_address,
-                wan.listen_port,
-                ssl=rotating_server_context(lambda: self.tls.server_context),
-                ssl_handshake_timeout=10.0,
-            )
-            self._servers.append(server)
+            context = rotating_server_context(lambda: self.tls.server_context)
+            await self._listen("wan-tls", Side.WAN, wan.sip_address, wan.listen_port, context)
         self.trunk_links.start(lambda: self._new_stream(Side.WAN), self._on_provider_state)
         self.provider = self.trunk_links.first.link
         self._background.append(self._loop.create_task(self._watch_certificates()))
@@ -249,11 +261,25 @@ class Gateway:
         while True:
             await asyncio.sleep(2.0)
             self.trunk_links.poll()
+            self._save_shield_use()
             if self.ban_file.follow(self.policy, self._now()):
                 self._flush()  # the lifts' security events
             if ticks % 1800 == 0:  # hourly is plenty for day-granular warnings
                 self.trunk_links.check_expiry()
             ticks += 1
+
+    def _save_shield_use(self) -> None:
+        """When each phone last proved its shield secret, for ``gateway shield list``."""
+        shield = self.core.shield
+        if shield is None or shield.last_used == self._shield_saved:
+            return
+        self._shield_saved = dict(shield.last_used)
+        offset = time.time() - self._now()
+        used = {user: at + offset for user, at in self._shield_saved.items()}
+        try:
+            save_last_used(Path(self.config.state.directory), used)
+        except OSError as exc:
+            log.warning("cannot record shield use: %s", exc)
 
     async def stop(self, drain: float = 0.0) -> None:
         """Stop taking calls, let active ones finish for ``drain`` seconds, then end them."""
@@ -270,6 +296,8 @@ class Gateway:
             task.cancel()
         for server in self._servers:
             server.close()
+        for listener in self._listeners:
+            listener.close()
         await self.trunk_links.stop()
         if self._udp is not None and self._udp.transport is not None:
             self._udp.transport.close()
@@ -349,12 +377,50 @@ class Gateway:
         self.core.receive_datagram(peer, data, self._now(), self._wall())
         self._flush()
 
+    async def _listen(
+        self,
+        name: str,
+        side: Side,
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None,
+    ) -> None:
+        """A stream listener whose connection limits apply at accept ([limits])."""
+        limits = self.config.limits
+        limiter = ConnectionLimiter(
+            name,
+            side.value,
+            per_source=limits.connections_per_source,
+            total=limits.connections_total,
+            counters=self.limit_counters,
+        )
+        listener = StreamListener(
+            limiter,
+            lambda: self._new_stream(side, accepted=True),
+            self.limit_counters,
+            tls=tls,
+            tls_handshake_timeout=limits.tls_handshake_timeout,
+            on_security=self._security_event,
+        )
+        await listener.start(host, port)
+        self._listeners.append(listener)
+
+    def _security_event(self, event: SecurityEvent) -> None:
+        security_log.warning(encode_line(event, time.time() - self._now()).decode().rstrip())
+        self.observatory.security_event(event, time.time() - self._now())
+
     def _new_stream(self, side: Side, *, accepted: bool = False) -> SipStreamConnection:
+        limits = self.config.limits
         conn = SipStreamConnection(
             on_message=lambda c, m: self._on_stream_message(side, c, m),
             on_error=lambda c, e: self._on_stream_error(side, c, e),
             on_close=lambda c, r: self._on_stream_close(side, c, r),
-            max_message_bytes=self.config.sip.max_message_bytes,
+            idle_timeout=limits.idle_timeout,
+            max_message_bytes=limits.max_message_bytes,
+            max_header_bytes=limits.max_header_bytes,
+            max_headers=limits.max_headers,
+            close_if_unused=accepted,
+            on_limit=self.limit_counters.hit,
         )
         registry = self._lan_streams if side == Side.LAN else self._wan_streams
         registry[conn.id] = conn

@@ -39,6 +39,7 @@ from gateway.policy.allowlist import normalise_address
 from gateway.policy.audit import audit, format_report
 from gateway.policy.audit import exit_status as audit_exit_status
 from gateway.policy.bans_store import BanStoreError, format_bans, lift_ban, list_bans
+from gateway.shield_store import add_shield_commands, phone_secrets_finding
 
 EXIT_OK = 0
 #: What was checked failed (check-config, audit), or the command could not do its job.
@@ -216,7 +217,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     except AuditInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    findings = audit(view)
+    findings = [*audit(view), phone_secrets_finding(config)]
     print(format_report(findings))
     return audit_exit_status(findings)
 
@@ -308,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     add_certs_commands(sub)
+    add_shield_commands(sub)
     return parser
 
 

@@ -18,7 +18,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -208,6 +208,26 @@ class AuditSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     personal_words: tuple[str, ...] = ()
 
 
+class CredentialShieldSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The credential shield (gateway/sip/shield.py): phones authenticate to the gateway with
+    LAN-only secrets it generates, and the gateway answers the provider's challenges with the
+    trunk credentials it keeps. Off: credentials pass through untouched."""
+
+    enabled: bool = False
+    #: The phones' LAN secrets, written by ``gateway shield add-phone`` (TOML, mode 0600);
+    #: None: ``shield-phones.toml`` in the [state] folder.
+    phones_file: str | None = None
+    #: Provider credentials per extension or for the whole trunk (``*``), written by the
+    #: operator (TOML, mode 0600; passwords inline or named environment variables).
+    credentials_file: str | None = None
+    #: The realm of the gateway's challenges to the phones.
+    realm: str = "sip-media-gateway"
+    #: Digest algorithm of those challenges (legacy phones speak MD5 only).
+    algorithm: Literal["MD5", "SHA-256"] = "MD5"
+    #: Seconds a nonce is good for; an older one earns stale=true.
+    nonce_lifetime: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+
+
 class LogSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
     level: str = "info"
     #: "auto" (human on a terminal, JSON otherwise), "json" or "text".
@@ -257,6 +277,7 @@ class GatewayConfig(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     certs: CertWatchSettings = CertWatchSettings()
     admin: AdminSettings = AdminSettings()
     audit: AuditSettings = AuditSettings()
+    shield: CredentialShieldSettings = CredentialShieldSettings()
     log: LogSettings = LogSettings()
     state: StateSettings = StateSettings()
     limits: LimitsSettings = LimitsSettings()
