@@ -181,6 +181,7 @@ class Gateway:
         #: Both legs' SIP of recent calls, redacted, for the operator (TLS hides the WAN leg).
         self.ladder = self.console.ladder
         self.admin: Any = None  # gateway.admin.server.AdminServer when [admin] is enabled
+        self.control: Any = None  # gateway.control.ControlServer: the local control socket
 
     # ------------------------------------------------------------- lifecycle
 
@@ -228,6 +229,15 @@ class Gateway:
                 observatory=self.observatory,
             )
             await self.admin.start()
+        from gateway.control import ControlServer
+
+        self.control = ControlServer(
+            self.config,
+            status=self.console,
+            operations=self.console,
+            sampler=self.admin.sampler if self.admin is not None else None,
+        )
+        await self.control.start()
         log.info(
             "gateway started: LAN %s:%d (%s), trunks %s over %s",
             lan.sip_address,
@@ -307,6 +317,8 @@ class Gateway:
             self._timer.cancel()
         await self.media.stop()
         self.cdr.flush(time.time())
+        if self.control is not None:  # last, with admin: operators watch the drain
+            await self.control.stop()
         if self.admin is not None:  # last: operators watch the drain through it
             await self.admin.stop()
 

@@ -239,6 +239,19 @@ class StateSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     directory: str = "state"
 
 
+class ControlSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The local control socket of ``gateway status``, ``calls``, ``bans`` ... (no token: the
+    socket's file permissions decide who may use it; see gateway/control.py)."""
+
+    enabled: bool = True
+    #: The UNIX socket; a relative path is taken from this file's folder. At the default, a
+    #: gateway that cannot create /run/sip-media-gateway/ listens on ``control.sock`` in the
+    #: state folder instead, and says so at start-up.
+    socket: str = "/run/sip-media-gateway/control.sock"
+    #: Group that may use the socket (mode 0660); None: the gateway's own group.
+    group: str | None = None
+
+
 class LimitsSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Limits a review should not have to find (docs/robustness.md "Limits"): each is hit only
     under abuse or a fault at a small site, and each hit is counted (``limit_*`` on /metrics)."""
@@ -280,6 +293,7 @@ class GatewayConfig(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     shield: CredentialShieldSettings = CredentialShieldSettings()
     log: LogSettings = LogSettings()
     state: StateSettings = StateSettings()
+    control: ControlSettings = ControlSettings()
     limits: LimitsSettings = LimitsSettings()
     #: Several provider trunks; empty: one trunk made of [wan]'s provider settings.
     trunks: tuple[TrunkSettings, ...] = ()

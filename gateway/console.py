@@ -60,7 +60,7 @@ __all__ = ["CoreView", "OperatorConsole"]
 
 #: Configuration tables that take effect only at start-up; a change to them needs a restart.
 RESTART_TABLES = (
-    "lan", "wan", "sip", "media", "policy", "admin", "log", "state", "certs", "limits",
+    "lan", "wan", "sip", "media", "policy", "admin", "log", "state", "certs", "control", "limits",
 )  # fmt: skip
 #: How long the media workers may take to report their counters.
 MEDIA_STATS_TIMEOUT = 3.0

@@ -496,6 +496,10 @@ lan = ["{PHONE_ADDRESS}/32"]
 
 [state]
 directory = "state"
+
+[control]
+# The demo's own socket: the default one belongs to a gateway service on this box.
+socket = "control.sock"
 """
 
 

@@ -102,6 +102,10 @@ def gateway_toml(settings: Mapping[str, Any]) -> str:
 def write_gateway_config(path: Path, settings: Mapping[str, Any]) -> Path:
     """Write ``settings`` to ``path`` (``gateway run --config`` reads it) and return the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if "control" not in settings:
+        # Each test gateway its own control socket beside its file: the default one belongs
+        # to a gateway service, and tests run side by side.
+        settings = {**settings, "control": {"socket": "control.sock"}}
     path.write_text(gateway_toml(settings))
     return path
 
