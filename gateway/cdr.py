@@ -97,6 +97,8 @@ class _Pending:
     status: int | None = None
     finished: float | None = None
     media: dict[str, StreamCounters] | None = None
+    #: A terminal event came; the record waits for the core to let the call go.
+    ended: bool = False
 
 
 class RecordFile:
@@ -221,6 +223,7 @@ class CallRecorder:
         if not isinstance(event, TERMINAL_EVENTS):
             return
         self._dirty = True
+        pending.ended = True
         match event:
             case CallEnded(reason=reason):
                 pending.reason = reason
@@ -302,7 +305,12 @@ class CallRecorder:
         self._dirty = False
         still = set(active())
         for pair, pending in list(self._calls.items()):
-            if pair in still or pending.finished is not None:
+            if pair in still:
+                # Ended while still filed (a cancelled call waits for the ACK of its 487):
+                # look again at the next batch, which may bring no event of its own.
+                self._dirty = self._dirty or pending.ended
+                continue
+            if pending.finished is not None:
                 continue
             pending.finished = wall
             if pair not in self._awaiting_media:
