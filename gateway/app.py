@@ -41,6 +41,7 @@ from gateway.service import ServiceNotifier
 from gateway.sip.actions import CallEvent, MediaCommand, SecurityNotice, SendMessage
 from gateway.sip.b2bua import B2bua, EdgeSettings
 from gateway.sip.call_events import CallRefused, MalformedMessage, PlaintextDowngrade
+from gateway.sip.early_drop import droppable_when_banned
 from gateway.sip.errors import SipParseError
 from gateway.sip.limits import SipLimits
 from gateway.sip.message import SipRequest, SipResponse
@@ -58,6 +59,9 @@ __all__ = ["Counters", "Gateway", "configure_logging"]
 log = logging.getLogger("gateway")
 events_log = logging.getLogger("gateway.events")
 security_log = logging.getLogger("gateway.security")
+
+#: Core counter of datagrams from banned LAN sources dropped before parsing.
+BANNED_UNPARSED = "policy_dropped_unparsed_lan"
 
 #: How long readiness waits for every trunk's first connection attempt to end (up or failed):
 #: a site whose provider is down at boot is still ready, for registrations and to answer its
@@ -384,6 +388,17 @@ class Gateway:
             log.debug(
                 "recv lan:udp:%s:%d: %s", *addr, data.split(b"\r\n", 1)[0].decode(errors="replace")
             )
+        policy = self.core.policy
+        if (
+            policy is not None
+            and policy.banned(addr[0], self._now())
+            and droppable_when_banned(data, policy.is_emergency)
+        ):
+            # Refused after parsing anyway: a banned scanner's flood costs no parse (counted
+            # with the core's counters, as the refusals after parsing are).
+            counters = self.core.counters
+            counters[BANNED_UNPARSED] = counters.get(BANNED_UNPARSED, 0) + 1
+            return
         peer = Peer(Side.LAN, "udp", addr)
         self.ladder.received(peer, data, self._now())
         self.core.receive_datagram(peer, data, self._now(), self._wall())

@@ -144,6 +144,11 @@ def _config_text(
     media_ports: int,
     keep_core_awake: bool,
     realtime_priority: int = 0,
+    *,
+    lan_address: str = GATEWAY_LAN_ADDRESS,
+    wan_address: str = GATEWAY_WAN_ADDRESS,
+    phone_address: str = PHONE_ADDRESS,
+    provider_address: str = PROVIDER_ADDRESS,
 ) -> str:
     """A gateway configuration for the benchmark: the lab layout, policy limits lifted.
 
@@ -152,18 +157,18 @@ def _config_text(
     """
     return f"""\
 [lan]
-sip_address = "{GATEWAY_LAN_ADDRESS}"
+sip_address = "{lan_address}"
 sip_port = {lan_port}
 transports = ["udp"]
-media_address = "{GATEWAY_LAN_ADDRESS}"
+media_address = "{lan_address}"
 media_ports = [20000, {20000 + media_ports - 1}]
 
 [wan]
-provider_host = "{PROVIDER_ADDRESS}"
+provider_host = "{provider_address}"
 provider_port = {provider_port}
 domain = "{PROVIDER_NAME}"
-sip_address = "{GATEWAY_WAN_ADDRESS}"
-media_address = "{GATEWAY_WAN_ADDRESS}"
+sip_address = "{wan_address}"
+media_address = "{wan_address}"
 media_ports = [20000, {20000 + media_ports - 1}]
 srtp_suites = ["{suite.value}"]
 
@@ -182,7 +187,7 @@ keep_core_awake = {"true" if keep_core_awake else "false"}
 realtime_priority = {realtime_priority}
 
 [policy.allowlist]
-lan = ["{PHONE_ADDRESS}/32"]
+lan = ["{phone_address}/32"]
 
 [policy.flood]
 per_source = {{ rate = 0.0, burst = 0.0 }}
@@ -231,12 +236,21 @@ class SipGatewayTarget:
         max_calls: int = 2000,
         keep_core_awake: bool = DEFAULT_KEEP_CORE_AWAKE,
         realtime_priority: int = 0,
+        lan_address: str = GATEWAY_LAN_ADDRESS,
+        wan_address: str = GATEWAY_WAN_ADDRESS,
+        phone_address: str = PHONE_ADDRESS,
+        provider_address: str = PROVIDER_ADDRESS,
     ) -> None:
+        # Addresses of the bench's own: another benchmark (bench/flood.py) runs its own range.
+        self.lan_address = lan_address
+        self.wan_address = wan_address
+        self.phone_address = phone_address
+        self.provider_address = provider_address
         self._suite = suite
         self._keep_core_awake = keep_core_awake
         self._realtime_priority = realtime_priority
         self._phone_port = phone_port
-        self._provider_media = (PROVIDER_ADDRESS, provider_port)
+        self._provider_media = (provider_address, provider_port)
         self._media_cpu = media_cpu
         self._realtime = realtime
         self._other_cpu = other_cpu
@@ -254,24 +268,15 @@ class SipGatewayTarget:
         self._provider = BenchProvider(
             media=self._provider_media,
             suite=self._suite,
-            address=PROVIDER_ADDRESS,
+            address=self.provider_address,
             certificate=certs / "provider.pem",
             private_key=certs / "provider.key",
             client_ca=certs / "ca.pem",
         )
         await self._provider.start()
-        self._lan_port = _free_udp_port(GATEWAY_LAN_ADDRESS)
+        self._lan_port = _free_udp_port(self.lan_address)
         config = self._dir / "gateway.toml"
-        config.write_text(
-            _config_text(
-                self._provider.port,
-                self._lan_port,
-                self._suite,
-                4 * self._max_calls + 8,
-                self._keep_core_awake,
-                self._realtime_priority,
-            )
-        )
+        config.write_text(self.config_text(self._provider.port, self._lan_port))
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
@@ -299,6 +304,21 @@ class SipGatewayTarget:
         await asyncio.sleep(0.2)  # let its LAN listener bind after the provider link
         self._pin()
 
+    def config_text(self, provider_port: int, lan_port: int) -> str:
+        """The gateway's configuration file (a subclass may add to it)."""
+        return _config_text(
+            provider_port,
+            lan_port,
+            self._suite,
+            4 * self._max_calls + 8,
+            self._keep_core_awake,
+            self._realtime_priority,
+            lan_address=self.lan_address,
+            wan_address=self.wan_address,
+            phone_address=self.phone_address,
+            provider_address=self.provider_address,
+        )
+
     def _worker_pids(self) -> list[int]:
         if self._process is None:
             return []
@@ -319,8 +339,8 @@ class SipGatewayTarget:
         for i in range(len(self._phones), n):
             phone = BenchPhone(
                 media_port=self._phone_port,
-                address=PHONE_ADDRESS,
-                proxy=(GATEWAY_LAN_ADDRESS, self._lan_port),
+                address=self.phone_address,
+                proxy=(self.lan_address, self._lan_port),
                 user=str(1000 + i),
                 timeout=10.0,
             )

@@ -405,6 +405,11 @@ class PolicyEngine:
 
     # ------------------------------------------------------------------ bans
 
+    def banned(self, ip: str, now: float) -> bool:
+        """Whether ``ip`` is banned now; counts nothing and emits nothing (the glue's look
+        before parsing, ``gateway.sip.early_drop``)."""
+        return self._bans.get(normalise_address(ip) or ip, now) is not None
+
     def bans(self, now: float) -> list[BanRecord]:
         """Active bans, soonest to expire first."""
         return self._bans.active(now)
