@@ -5,8 +5,7 @@ The install step ``ln -sf <venv>/bin/gateway /usr/local/sbin/sip-media-gateway``
 deploy/gateway.service) is reproduced under tmp_path: the link points at this venv's script,
 and the unit is verified with its ExecStart paths rewritten to that link.
 ``systemd-analyze verify`` checks every directive and that the executables exist; without
-systemd-analyze on the machine the test is skipped (also under CI: the tool comes with systemd,
-which the CI does not install).
+systemd-analyze on the machine the test is skipped (.ci/run installs systemd, which has it).
 """
 
 from __future__ import annotations
