@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from gateway.certs.commands import add_certs_commands
 from gateway.certs.errors import CertificateError
@@ -35,9 +38,18 @@ from gateway.config import (
     load_config,
 )
 from gateway.config_files import check_config_file
+from gateway.control import (
+    ControlError,
+    control_request,
+    format_calls,
+    format_registrations,
+    format_reload,
+    format_status,
+)
 from gateway.policy.allowlist import normalise_address
 from gateway.policy.audit import audit, format_report
 from gateway.policy.audit import exit_status as audit_exit_status
+from gateway.policy.bans import PersistedBan
 from gateway.policy.bans_store import BanStoreError, format_bans, lift_ban, list_bans
 from gateway.shield_store import add_shield_commands, phone_secrets_finding
 
@@ -175,6 +187,17 @@ def _bans_file(args: argparse.Namespace) -> Path | None:
 
 
 def cmd_bans_list(args: argparse.Namespace) -> int:
+    answer = _ask_running(args, "GET", "/bans")
+    if isinstance(answer, int):
+        return answer
+    if answer is not None:
+        now = time.time()
+        bans = [
+            PersistedBan(b["address"], b["rule"], now, now + b["seconds_left"], b["offences"])
+            for b in answer["bans"]
+        ]
+        print(format_bans(bans, now))
+        return EXIT_OK
     path = _bans_file(args)
     if path is None:
         return EXIT_USAGE
@@ -190,6 +213,18 @@ def cmd_bans_lift(args: argparse.Namespace) -> int:
     if normalise_address(args.address) is None:
         print(f"error: {args.address!r} is not an IP address", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        answer = _ask_running(args, "DELETE", "/bans/" + quote(args.address, safe=""))
+    except ControlError as exc:
+        if exc.status != 404:
+            raise
+        print(f"{args.address} is not banned", file=sys.stderr)
+        return EXIT_FAILED
+    if isinstance(answer, int):
+        return answer
+    if answer is not None:
+        print(f"lifted the ban on {args.address}")
+        return EXIT_OK
     path = _bans_file(args)
     if path is None:
         return EXIT_USAGE
@@ -204,6 +239,122 @@ def cmd_bans_lift(args: argparse.Namespace) -> int:
     # A running gateway watches the file and lifts the ban within a few seconds.
     print(f"lifted the ban on {args.address}")
     return EXIT_OK
+
+
+# -- the running gateway, over its control socket (gateway/control.py) ------------------------
+
+
+def _control_target(args: argparse.Namespace) -> GatewayConfig | str | None:
+    """--socket, else the configuration that names the socket; None after saying why not."""
+    return getattr(args, "socket", None) or _load_or_report(args)
+
+
+def _control_failed(exc: ControlError) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _ask_running(args: argparse.Namespace, method: str, path: str) -> dict[str, Any] | int | None:
+    """Ask the running gateway (bans): its answer; None when no gateway runs (the caller
+    falls back to the files, and this says so); an exit status after printing an error.
+    An error answer of the gateway is raised as ControlError for the caller to word."""
+    target = _control_target(args)
+    if target is None:
+        return EXIT_USAGE
+    try:
+        return control_request(target, method, path)
+    except ControlError as exc:
+        if exc.status is not None:
+            raise
+        if not exc.unavailable or getattr(args, "socket", None):
+            return _control_failed(exc)
+        print(f"{exc}: using the files", file=sys.stderr)
+        return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    target = _control_target(args)
+    if target is None:
+        return EXIT_USAGE
+    if args.quiet:  # a health check: the exit status says it all
+        try:
+            control_request(target, "GET", "/ready")
+        except ControlError:
+            return EXIT_FAILED
+        return EXIT_OK
+    try:
+        data = control_request(target, "GET", "/status")
+    except ControlError as exc:
+        return _control_failed(exc)
+    print(json.dumps(data, indent=2) if args.json else format_status(data))
+    return EXIT_OK
+
+
+def cmd_calls(args: argparse.Namespace) -> int:
+    target = _control_target(args)
+    if target is None:
+        return EXIT_USAGE
+    try:
+        data = control_request(target, "GET", "/calls")
+    except ControlError as exc:
+        return _control_failed(exc)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    print(format_calls(data["calls"]))
+    if data.get("media_error"):
+        print(f"warning: no media counters: {data['media_error']}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_registrations(args: argparse.Namespace) -> int:
+    target = _control_target(args)
+    if target is None:
+        return EXIT_USAGE
+    try:
+        data = control_request(target, "GET", "/registrations")
+    except ControlError as exc:
+        return _control_failed(exc)
+    rows = data["registrations"]
+    print(json.dumps(rows, indent=2) if args.json else format_registrations(rows))
+    return EXIT_OK
+
+
+def cmd_spike_lock_lift(args: argparse.Namespace) -> int:
+    target = _control_target(args)
+    if target is None:
+        return EXIT_USAGE
+    try:
+        control_request(target, "POST", "/spike-lock/lift")
+    except ControlError as exc:
+        if exc.status == 404:
+            print("outbound calling is not locked", file=sys.stderr)
+            return EXIT_FAILED
+        return _control_failed(exc)
+    print("lifted the spike lock: outbound calls are allowed again")
+    return EXIT_OK
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    target = _control_target(args)
+    if target is None:
+        return EXIT_USAGE
+    try:
+        data = control_request(target, "POST", "/reload")
+    except ControlError as exc:
+        if exc.status not in (409, 422):
+            return _control_failed(exc)
+        print(format_reload(exc.body), file=sys.stderr)
+        return EXIT_FAILED
+    print(format_reload(data))
+    return EXIT_OK
+
+
+def _add_control(p: argparse.ArgumentParser, *, json_output: bool = False) -> None:
+    _add_config(p, "configuration file (its [control] socket is asked)")
+    p.add_argument("--socket", metavar="PATH", help="the gateway's control socket (no --config)")
+    if json_output:
+        p.add_argument("--json", action="store_true", help="the gateway's answer as JSON")
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -296,11 +447,32 @@ def build_parser() -> argparse.ArgumentParser:
     state_help = "configuration file (its [state] folder holds the bans)"
     p = bans_sub.add_parser("list", help="bans in force")
     _add_config(p, state_help)
+    p.add_argument("--socket", metavar="PATH", help="ask the running gateway on this socket")
     p.set_defaults(func=cmd_bans_list)
     p = bans_sub.add_parser("lift", help="lift the ban on an address")
     p.add_argument("address")
     _add_config(p, state_help)
+    p.add_argument("--socket", metavar="PATH", help="ask the running gateway on this socket")
     p.set_defaults(func=cmd_bans_lift)
+
+    p = sub.add_parser("status", help="what the running gateway is doing (control socket)")
+    _add_control(p, json_output=True)
+    p.add_argument("--quiet", action="store_true", help="print nothing; exit 0 only if it is ready")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("calls", help="active calls: suite, packets, loss, jitter")
+    _add_control(p, json_output=True)
+    p.set_defaults(func=cmd_calls)
+    p = sub.add_parser("registrations", help="phones registered through the running gateway")
+    _add_control(p, json_output=True)
+    p.set_defaults(func=cmd_registrations)
+    spike = sub.add_parser("spike-lock", help="the outbound spike lock of the running gateway")
+    spike_sub = spike.add_subparsers(dest="spike_command", required=True)
+    p = spike_sub.add_parser("lift", help="allow outbound calls again")
+    _add_control(p)
+    p.set_defaults(func=cmd_spike_lock_lift)
+    p = sub.add_parser("reload", help="running gateway: re-read the configuration, certificates")
+    _add_control(p)
+    p.set_defaults(func=cmd_reload)
 
     from gateway.bench.command import add_bench_arguments, cmd_bench
 

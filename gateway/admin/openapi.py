@@ -162,7 +162,7 @@ def openapi_document() -> dict[str, Any]:
             "description": "Status, calls, registrations, bans, security events, certificates, "
             "configuration and call records of one gateway. Every request needs the admin "
             "token as a bearer token (or a client certificate under mutual TLS); every request "
-            "is logged. /metrics (Prometheus text) needs no token.",
+            "is logged. /metrics (Prometheus text), /api/health and /api/ready need no token.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
@@ -177,13 +177,22 @@ def openapi_document() -> dict[str, Any]:
             },
         },
         "paths": {
-            "/api/health": {"get": _op("The process answers", "alive")},
+            "/api/health": {
+                "get": {
+                    **_op("The process answers (no token: says nothing else)", "alive"),
+                    "security": [],
+                }
+            },
             "/api/ready": {
-                "get": _op(
-                    "Taking calls, provider connected over verified TLS, media workers up",
-                    "ready",
-                    extra={"503": _ok("not ready; checks say which part")},
-                )
+                "get": {
+                    **_op(
+                        "Taking calls, provider connected over verified TLS, media workers up "
+                        "(no token: says only ready or not; /api/status has the checks)",
+                        "ready",
+                        extra={"503": _ok("not ready")},
+                    ),
+                    "security": [],
+                }
             },
             "/api/status": {"get": _op("Everything the status page shows", "status")},
             "/api/calls": {

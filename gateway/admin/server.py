@@ -13,6 +13,9 @@ Access:
   other sites cannot make the browser use it).
 - ``/metrics`` is readable without the token (it holds no secrets), on the admin address and,
   with ``admin.metrics_listen``, on an address of its own for the scraper.
+- ``/api/health`` (liveness) and ``/api/ready`` (readiness) need no token either, for load
+  balancers and container health checks; they answer ok / not ready and nothing else (the
+  checks behind readiness are in ``/api/status``, behind the token).
 
 The server binds to ``admin.listen`` (loopback by default); it refuses to start without a
 token unless mutual TLS is configured.
@@ -61,6 +64,8 @@ STATIC = Path(__file__).with_name("static")
 #: Failed authentications from one source within the window before it gets 429.
 MAX_FAILURES = 10
 FAILURE_WINDOW = 60.0
+#: Answered without a token: they say only whether the gateway is alive and ready.
+OPEN_PATHS = frozenset({"/api/health", "/api/ready"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -109,7 +114,7 @@ def _client_identity(request: web.Request) -> str | None:
 async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Token or client certificate on /api/, and one log line per API request."""
     path = request.path
-    if not path.startswith("/api/"):
+    if not path.startswith("/api/") or path in OPEN_PATHS:
         return await handler(request)
     started = time.monotonic()
     source = request.remote or "?"
@@ -209,18 +214,14 @@ def _int_query(request: web.Request, name: str, default: int, top: int) -> int:
 
 
 async def health(request: web.Request) -> web.Response:
-    return _json(
-        {
-            "status": "ok",
-            "uptime_seconds": round(time.time() - _status(request).started_at, 1),
-            "pid": os.getpid(),
-        }
-    )
+    """Liveness, without a token: the process answers; nothing else is said."""
+    return _json({"status": "ok"})
 
 
 async def ready(request: web.Request) -> web.Response:
+    """Readiness, without a token: ready or not, never which check failed (/api/status)."""
     state = readiness(_status(request))
-    return _json(state, 200 if state["ready"] else 503)
+    return _json({"ready": state["ready"]}, 200 if state["ready"] else 503)
 
 
 async def calls(request: web.Request) -> web.Response:

@@ -66,10 +66,13 @@ async def test_refused_without_token_and_with_a_wrong_one(
         assert TOKEN not in caplog.text
         # Guessing is throttled: after ten failures within a minute the source waits, even
         # with the right token (else the throttle would not stop a guess that hits).
-        async with session.get(site.base_url + "/api/health") as answer:
+        async with session.get(site.base_url + "/api/bans") as answer:
             assert answer.status == 401
-        async with session.get(site.base_url + "/api/health", headers=site.auth) as answer:
+        async with session.get(site.base_url + "/api/bans", headers=site.auth) as answer:
             assert answer.status == 429 and answer.headers["Retry-After"] == "60"
+        # Liveness and readiness need no token and are never throttled (they say nothing).
+        async with session.get(site.base_url + "/api/health") as answer:
+            assert answer.status == 200 and await answer.json() == {"status": "ok"}
 
 
 async def test_api_during_a_real_call(tmp_path: Path) -> None:
