@@ -482,6 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_certs_commands(sub)
     add_shield_commands(sub)
+
+    from gateway.install import add_install_command
+
+    add_install_command(sub)
     return parser
 
 
