@@ -151,6 +151,10 @@ class Registrar:
         limit = self._settings.limits.max_registrations
         if len(self.registrations) < limit or self.registrations.get(aor, phone_contact):
             return False
+        # Expiry runs with the core's timers; at the cap, what has lapsed goes first.
+        self.registrations.expire(now)
+        if len(self.registrations) < limit:
+            return False
         self._out.count(MAX_REGISTRATIONS)
         reason = f"too many registrations through the gateway (limit {limit})"
         headers = [("Warning", gateway_warning(reason)), ("Retry-After", str(RETRY_AFTER))]
