@@ -9,7 +9,9 @@ Two jobs, both pure functions of their inputs:
   caller's clock (``now`` is an input; nothing here reads a clock); an older one whose digest
   is right earns ``stale=true`` (RFC 2617 §3.2.1), so the phone retries without counting as a
   guess. ``verify`` recomputes the response from the phone's secret and compares in constant
-  time.
+  time. ``NonceUses`` remembers the last nonce count accepted per nonce (RFC 7616 §3.4: nc
+  must increase with each use), so a captured Authorization cannot be replayed while its
+  nonce is still fresh; it is bounded, and what it had to forget is refused, never replayable.
 - As a client toward the provider: ``answer`` builds the Authorization (or
   Proxy-Authorization) value for a challenge, with qop=auth, a fresh cnonce and nc=00000001
   (each challenge is answered once, so each nonce is used once).
@@ -26,6 +28,10 @@ import hmac
 import secrets
 import struct
 from dataclasses import dataclass
+
+#: Nonces ``NonceUses`` remembers at most (each entry comes from a phone that proved its
+#: secret, so only the gateway's own phones can fill it; a full table forgets its oldest).
+NONCE_USES_CAPACITY = 4096
 
 #: Algorithms understood, by their name in challenges (case-insensitive on input).
 ALGORITHMS: dict[str, str] = {
@@ -251,6 +257,14 @@ class NonceKeeper:
         (at,) = struct.unpack(">d", issued)
         return at <= now <= at + self.lifetime
 
+    def issued_at(self, nonce: str) -> float | None:
+        """When a nonce was issued (its MAC is checked by ``is_fresh``, not here)."""
+        try:
+            raw = base64.urlsafe_b64decode(nonce.encode())
+        except (ValueError, UnicodeEncodeError):
+            return None
+        return struct.unpack(">d", raw[:8])[0] if len(raw) == 26 else None
+
     def challenge(
         self, address: str, now: float, algorithm: str = "MD5", *, stale: bool = False
     ) -> str:
@@ -294,3 +308,57 @@ class NonceKeeper:
         given = credentials.get("response").lower()
         valid = hmac.compare_digest(expected.encode(), given.encode())
         return Verdict(valid, self.is_fresh(nonce, address, now), username)
+
+
+def nonce_count(credentials: DigestParams) -> int | None:
+    """The nc of credentials as a number (RFC 7616 §3.4: 8 hex digits); the RFC 2069 form
+    without qop counts as 1, so such a nonce serves once. None when malformed."""
+    if not credentials.get("qop"):
+        return 1
+    nc = credentials.get("nc")
+    if len(nc) != 8 or any(c not in "0123456789abcdefABCDEF" for c in nc):
+        return None
+    return int(nc, 16)
+
+
+class NonceUses:
+    """The last nonce count accepted for each of the gateway's nonces still alive.
+
+    ``accept`` is asked only for credentials already verified with a fresh nonce. A count not
+    above the last one accepted for its nonce is a replay (or a reordered request: the phone
+    gets ``stale=true`` and retries with a new nonce). When the table is full, expired nonces
+    go first, then the oldest entry; ``_floor`` then rises to that nonce's issue time, and any
+    nonce issued at or before the floor that the table no longer knows is refused as used."""
+
+    def __init__(self, lifetime: float, capacity: int = NONCE_USES_CAPACITY) -> None:
+        self.lifetime = lifetime
+        self.capacity = capacity
+        #: nonce -> (last count accepted, issue time)
+        self._last: dict[str, tuple[int, float]] = {}
+        self._floor = float("-inf")
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def accept(self, nonce: str, issued: float, count: int, now: float) -> bool:
+        """True (and remembered) when ``count`` is above every count seen for ``nonce``."""
+        known = self._last.get(nonce)
+        if known is not None:
+            if count <= known[0]:
+                return False
+        elif issued <= self._floor or count < 1:
+            return False
+        elif len(self._last) >= self.capacity:
+            self._make_room(now)
+        self._last[nonce] = (count, issued)
+        return True
+
+    def _make_room(self, now: float) -> None:
+        oldest = now - self.lifetime
+        for nonce, (_, issued) in list(self._last.items()):
+            if issued < oldest:
+                del self._last[nonce]  # expired: the nonce itself is refused from now on
+        while len(self._last) >= self.capacity:
+            nonce = next(iter(self._last))
+            _, issued = self._last.pop(nonce)
+            self._floor = max(self._floor, issued)

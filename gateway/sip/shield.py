@@ -10,10 +10,11 @@ Without the shield, credentials pass through untouched (``gateway.sip.registrar`
   need no table (``NonceKeeper``). The digest user must be the phone's own extension (To of a
   REGISTER, From of anything else), so one phone's secret never speaks for another. A wrong
   answer gets a fresh challenge and is reported to brute-force detection exactly as a failed
-  401 from the provider was; a right answer with an expired nonce gets ``stale=true`` and
-  counts as nothing. A right answer loses every Authorization and Proxy-Authorization header
-  before anything is relayed, so nothing a phone knows goes upstream or is kept for
-  re-registration.
+  401 from the provider was; a right answer with an expired nonce, or with a nonce count
+  already used for its nonce (RFC 7616 §3.4: a replayed Authorization), gets ``stale=true``
+  and counts as nothing against the phone. A right answer loses every Authorization and
+  Proxy-Authorization header before anything is relayed, so nothing a phone knows goes
+  upstream or is kept for re-registration.
 - A 401/407 from the provider to such a request is answered here (§22.2: the same request
   with a new CSeq, same Call-ID and From tag, a new branch) with the credentials of the
   phone's extension, else the trunk's (``*``). One answer per request: a second challenge
@@ -21,6 +22,10 @@ Without the shield, credentials pass through untouched (``gateway.sip.registrar`
   gateway's credentials; the phone then gets the provider's status without the provider's
   challenge (it has nothing it could answer with), a Warning saying why, and the refusal is
   counted (``shield_provider_refused``), not held against the phone.
+- Inside a call the same holds (§22.2, §12.2.1.1): a provider challenging a re-INVITE, UPDATE,
+  INFO or BYE on the WAN leg, the one a phone asked for or the gateway's own BYE, gets that
+  request again with the leg's next CSeq and the trunk credentials; nothing reaches the phone
+  but the final answer.
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ from gateway.sip.digest import (
     DigestError,
     DigestParams,
     NonceKeeper,
+    NonceUses,
     answer,
     choose_challenge,
+    nonce_count,
     parse,
 )
 from gateway.sip.edge import gateway_warning, user_of
@@ -80,6 +87,8 @@ class Shield:
     def __init__(self, settings: ShieldSettings, out: Outgoing, admission: Admission) -> None:
         self.settings = settings
         self._nonces = NonceKeeper(settings.nonce_key, settings.realm, settings.nonce_lifetime)
+        #: The last nc accepted per live nonce: a captured Authorization is not replayable.
+        self._uses = NonceUses(settings.nonce_lifetime)
         self._out = out
         self._admission = admission
         #: Extension -> when it last authenticated (the core's clock), for ``shield list``.
@@ -111,12 +120,18 @@ class Shield:
                 if secret is not None and offered.get("username") == user
                 else None
             )
-            if verdict is not None and verdict.valid and verdict.fresh:
+            fresh = verdict is not None and verdict.valid and verdict.fresh
+            if fresh and self._first_use(offered, now):
                 for name in CREDENTIAL_HEADERS:
                     request.remove(name)
                 self.last_used[user] = now
                 return True
-            if verdict is not None and verdict.valid:
+            if fresh:
+                # Right digest, fresh nonce, but a count already used: a replay (or a phone's
+                # requests reordered); a new nonce costs a real phone one round trip.
+                stale = True
+                self._out.count("shield_nonce_replayed")
+            elif verdict is not None and verdict.valid:
                 stale = True
                 self._out.count("shield_stale_nonce")
             else:
@@ -127,6 +142,15 @@ class Shield:
             # A wrong answer is a failed guess, as a 401 from the provider was before.
             self._admission.auth_result(request, source, status, now)
         return False
+
+    def _first_use(self, credentials: DigestParams, now: float) -> bool:
+        """The nonce count of verified credentials is above any seen for their nonce."""
+        nonce = credentials.get("nonce")
+        issued = self._nonces.issued_at(nonce)
+        count = nonce_count(credentials)
+        if issued is None or count is None:
+            return False
+        return self._uses.accept(nonce, issued, count, now)
 
     def _ours(self, request: SipRequest, name: str) -> DigestParams | None:
         for value in request.get_all(name):
@@ -142,16 +166,24 @@ class Shield:
     # -------------------------------------------------------------- the provider
 
     def answer_provider(self, key: str, relay: Relay, response: SipResponse, now: float) -> bool:
-        """A provider's 401/407 to a request relayed from the LAN: True when the gateway
-        answered it itself (the response goes no further)."""
-        sent = relay.sent
-        if sent is None or relay.sent_to is None or response.status not in (401, 407):
+        """A provider's 401/407 to a request relayed from the LAN, or sent on a call's WAN
+        leg: True when the gateway answered it itself (the response goes no further)."""
+        if response.status not in (401, 407):
             return False
         pair = relay.pair
-        if pair is not None and (
-            relay.request is not None or pair.client_key != key or pair.state not in RINGING
+        in_dialog = pair is not None and relay.request is not None
+        sent, sent_to = relay.sent, relay.sent_to
+        if in_dialog and sent is None and relay.internal:
+            assert pair is not None and relay.request is not None
+            sent, sent_to = relay.request, pair.leg(Side.WAN).peer  # the gateway's own BYE
+        if sent is None or sent_to is None:
+            return False
+        if (
+            pair is not None
+            and not in_dialog
+            and (pair.client_key != key or pair.state not in RINGING)
         ):
-            return False  # in-dialog requests and attempts already given up pass as before
+            return False  # attempts already given up pass as before
         asks = "WWW-Authenticate" if response.status == 401 else "Proxy-Authenticate"
         challenge = choose_challenge(response.get_all(asks))
         stale = challenge is not None and challenge.get("stale").lower() == "true"
@@ -171,7 +203,10 @@ class Shield:
             return False
         retry = sent.copy()
         retry.set("Via", _with_new_branch(sent.get("Via") or ""))
-        if pair is not None:
+        if in_dialog:
+            assert pair is not None
+            seq = pair.leg(Side.WAN).next_cseq()  # §12.2.1.1: the leg's next, whoever asked
+        elif pair is not None:
             seq = pair.callee.next_cseq()
         elif relay.binding is not None:
             relay.binding.upstream_cseq += 1
@@ -196,8 +231,15 @@ class Shield:
         relay.shield_answers += 1
         self._out.count("shield_provider_answered")
         self._out.relays.pop((Side.WAN, key), None)
-        new_key = self._out.relay_request(Side.WAN, retry, relay.sent_to, now, relay)
-        if pair is not None:
+        new_key = self._out.relay_request(Side.WAN, retry, sent_to, now, relay)
+        relay.sent, relay.sent_to = retry, sent_to
+        if in_dialog:
+            assert pair is not None
+            if (Side.WAN, key) in pair.reinvites:
+                # The re-INVITE still unanswered is now the retry (given up with the call).
+                pair.reinvites.discard((Side.WAN, key))
+                pair.reinvites.add((Side.WAN, new_key))
+        elif pair is not None:
             pair.client_key = new_key
             pair.outgoing = retry
             pair.outgoing_cseq = seq
@@ -215,6 +257,10 @@ class Shield:
     def _user_of(relay: Relay, sent: SipRequest) -> str:
         if relay.binding is not None:
             return relay.binding.user
+        if relay.pair is not None and relay.request is not None:
+            # In a call: the phone's extension is the remote party of the LAN leg, whichever
+            # side called (its own From on a call out, the AOR it registered on a call in).
+            return user_of(relay.pair.leg(Side.LAN).remote) or ""
         if relay.pair is not None and relay.pair.request is not None:
             return user_of(relay.pair.request.from_) or ""
         if relay.request is not None:

@@ -239,3 +239,115 @@ def test_per_extension_credentials_win_over_the_trunk_wide_ones() -> None:
         }
     )
     registered_phone(h)
+
+
+# ------------------------------------------------------- nonce counts (RFC 7616 §3.4)
+
+
+def test_a_replayed_authorization_is_refused_while_its_nonce_is_fresh() -> None:
+    h = ShieldHarness()
+    register(h, 1)
+    [challenge] = only(h.take_lan(), SipResponse)
+    credentials = phone_credentials(challenge, SECRET, "REGISTER", "sip:127.0.0.20")
+    register(h, 2, credentials)
+    assert [m.method for m in only(h.take_wan(), SipRequest)] == ["REGISTER"]
+    h.take_lan()
+    # The same Authorization again (a capture replayed, nc 00000001 once more).
+    register(h, 3, credentials)
+    [refused] = only(h.take_lan(), SipResponse)
+    assert refused.status == 401 and "stale=true" in (refused.get("WWW-Authenticate") or "")
+    assert not h.take_wan()
+    assert h.core.counters["shield_nonce_replayed"] == 1
+    assert "shield_phone_auth_failed" not in h.core.counters  # not a guess: a phone retries
+    # The phone itself reuses the nonce with the next count: accepted.
+    params = parse(credentials).params
+    following = response_value(
+        algorithm="MD5",
+        username="1001",
+        realm="gw.lan",
+        password=SECRET,
+        method="REGISTER",
+        uri="sip:127.0.0.20",
+        nonce=params["nonce"],
+        qop="auth",
+        nc="00000002",
+        cnonce=params["cnonce"],
+    )
+    second = credentials.replace(params["response"], following).replace("00000001", "00000002")
+    register(h, 4, second)
+    assert [m.method for m in only(h.take_wan(), SipRequest)] == ["REGISTER"]
+
+
+# ------------------------------------------------ the provider's challenges inside a call
+
+
+def shielded_call(h: ShieldHarness) -> tuple[SipRequest, SipResponse]:
+    """A call out the provider answers without a challenge; returns its WAN INVITE and the
+    phone's 200."""
+    h.from_phone(phone_request("INVITE", body=phone_sdp()))
+    [challenge] = [m for m in only(h.take_lan(), SipResponse) if m.status == 407]
+    credentials = phone_credentials(challenge, SECRET, "INVITE", "sip:+15551234567@127.0.0.20")
+    h.from_phone(
+        phone_request(
+            "INVITE", cseq=2, body=phone_sdp(), extra=f"Proxy-Authorization: {credentials}\r\n"
+        )
+    )
+    [invite] = only(h.take_wan(), SipRequest)
+    h.take_lan()
+    h.from_provider(respond(invite, 200, body=provider_answer(invite.body)))
+    ok = only(h.take_lan(), SipResponse)[-1]
+    assert ok.status == 200
+    h.from_phone(phone_request("ACK", cseq=2, to_tag=ok.to.tag))
+    h.take_wan()
+    return invite, ok
+
+
+def test_a_challenged_reinvite_is_answered_with_the_trunk_credentials() -> None:
+    h = ShieldHarness()
+    invite, ok = shielded_call(h)
+    hold = phone_sdp().replace("a=sendrecv", "a=sendonly")
+    # In-dialog requests are the phone's own dialog: no LAN challenge for them.
+    h.from_phone(phone_request("INVITE", cseq=3, body=hold, to_tag=ok.to.tag))
+    [reinvite] = only(h.take_wan(), SipRequest)
+    assert reinvite.cseq.seq == invite.cseq.seq + 1 and not reinvite.has("Proxy-Authorization")
+    provider_407 = respond(reinvite, 407)
+    provider_407.add("Proxy-Authenticate", PROVIDER_CHALLENGE)
+    h.from_provider(provider_407)
+    assert all(m.status == 100 for m in only(h.take_lan(), SipResponse))
+    wan = only(h.take_wan(), SipRequest)
+    assert [m.method for m in wan] == ["ACK", "INVITE"]
+    retry = wan[1]
+    assert retry.call_id == invite.call_id and retry.to.tag == "provtag"
+    assert retry.cseq.seq == reinvite.cseq.seq + 1 and retry.body == reinvite.body
+    assert retry.top_via.branch != reinvite.top_via.branch
+    assert_trunk_credentials(retry, "Proxy-Authorization")
+    [pair] = h.core.active_calls
+    assert len(pair.reinvites) == 1  # the retry, not the challenged one, is awaited
+    h.from_provider(respond(retry, 200, body=provider_answer(retry.body)))
+    [to_phone] = [m for m in only(h.take_lan(), SipResponse) if m.status >= 200]
+    assert to_phone.status == 200 and to_phone.cseq.seq == 3
+    assert not to_phone.has("Proxy-Authenticate")
+    [ack] = only(h.take_wan(), SipRequest)
+    assert ack.method == "ACK" and ack.cseq.seq == retry.cseq.seq
+    assert h.core.counters["shield_provider_answered"] == 1
+
+
+def test_the_gateways_bye_challenged_by_the_provider_is_sent_again_with_credentials() -> None:
+    h = ShieldHarness()
+    invite, ok = shielded_call(h)
+    h.from_phone(phone_request("BYE", cseq=3, to_tag=ok.to.tag))
+    assert [m.status for m in only(h.take_lan(), SipResponse)] == [200]
+    [bye] = only(h.take_wan(), SipRequest)
+    challenge = make_response(bye, 401)
+    challenge.add("WWW-Authenticate", PROVIDER_CHALLENGE)
+    h.from_provider(challenge)
+    [retry] = only(h.take_wan(), SipRequest)
+    assert retry.method == "BYE" and retry.call_id == invite.call_id
+    assert retry.cseq.seq == bye.cseq.seq + 1
+    assert_trunk_credentials(retry, "Authorization")
+    # Refused again: given up (one answer per request), counted, nothing more sent.
+    again = make_response(retry, 401)
+    again.add("WWW-Authenticate", PROVIDER_CHALLENGE)
+    h.from_provider(again)
+    assert not h.take_wan() and not h.take_lan()
+    assert h.core.counters["shield_provider_refused"] == 1

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.sip.digest import DigestError, NonceKeeper, answer, parse, response_value
+from gateway.sip.digest import (
+    DigestError,
+    NonceKeeper,
+    NonceUses,
+    answer,
+    nonce_count,
+    parse,
+    response_value,
+)
 
 RFC7616_NONCE = "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v"
 RFC7616_CNONCE = "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ"
@@ -158,3 +166,27 @@ def test_nonces_expire_belong_to_one_address_and_one_key() -> None:
     assert not keeper.is_fresh("not base64 !", "127.0.0.10", 1000.0)
     with pytest.raises(ValueError):
         NonceKeeper(b"short", "r")
+
+
+def test_nonce_counts_must_rise_and_a_full_table_forgets_safely() -> None:
+    uses = NonceUses(lifetime=300.0, capacity=3)
+    assert uses.accept("a", 10.0, 1, 20.0)
+    assert not uses.accept("a", 10.0, 1, 21.0)  # the same count again: a replay
+    assert uses.accept("a", 10.0, 3, 22.0)  # counts may skip, never go back
+    assert not uses.accept("a", 10.0, 2, 22.0)
+    assert uses.accept("b", 11.0, 1, 23.0) and uses.accept("c", 12.0, 1, 24.0)
+    # Full: "a" (the oldest) is forgotten, and with it every nonce issued up to its time.
+    assert uses.accept("d", 13.0, 1, 25.0) and len(uses) == 3
+    assert not uses.accept("a", 10.0, 4, 26.0)
+    assert not uses.accept("e", 9.0, 1, 26.0)
+    # Expired nonces are the first to go (the keeper refuses them anyway).
+    assert uses.accept("f", 400.0, 1, 400.0) and len(uses) == 1
+    assert uses.accept("g", 401.0, 1, 401.0) and uses.accept("h", 402.0, 1, 402.0)
+    assert len(uses) == 3
+
+
+def test_nonce_count_reads_hex_and_the_no_qop_form_counts_once() -> None:
+    assert nonce_count(parse('Digest nonce="n", qop=auth, nc=0000000a')) == 10
+    assert nonce_count(parse('Digest nonce="n"')) == 1
+    assert nonce_count(parse('Digest nonce="n", qop=auth, nc=12')) is None
+    assert nonce_count(parse('Digest nonce="n", qop=auth, nc=0000000g')) is None
