@@ -62,9 +62,8 @@ def check_document(
         info = fields.get(key)
         if info is None:
             guess = did_you_mean(key, fields, "[{}]")
-            hint = f"did you mean {guess}? " if guess else ""
-            known = ", ".join(sorted(fields))
-            problems.append((key, f"unknown table; {hint}(known: {known})"))
+            known = f"did you mean {guess}?" if guess else f"known: {', '.join(sorted(fields))}"
+            problems.append((key, f"unknown table; {known}"))
             continue
         cleaned, found = check_value(value, info.type, key)
         problems += found
@@ -273,6 +272,7 @@ class LineLocator:
             if header:
                 name = self._in_arrays(_unquote(header.group(2).replace(" ", "")), arrays)
                 if header.group(1) == "[[":
+                    self._lines.setdefault(name, number)
                     arrays[name] = arrays.get(name, -1) + 1
                     name = f"{name}.{arrays[name]}"
                 table = name

@@ -170,9 +170,8 @@ def check_files(
     if config.admin.enabled:
         _check_admin(config, found, now)
     state = Path(config.state.directory)
-    _check_folder("state.directory", state, found)
     cdr = Path(config.state.directory) / config.admin.cdr_file
-    if cdr.parent != state:
+    if _check_folder("state.directory", state, found) and cdr.parent != state:
         _check_folder("admin.cdr_file", cdr.parent, found)
     secrets = config.audit.sip_secrets_file
     if secrets is not None:
@@ -325,7 +324,7 @@ def _key_mode(where: str, path: Path, found: Findings, *, group_is_error: bool) 
             found.warning(where, f"{message}; chmod 600 unless the group is meant to read it")
 
 
-def _check_folder(where: str, folder: Path, found: Findings) -> None:
+def _check_folder(where: str, folder: Path, found: Findings) -> bool:
     """The folder exists and takes a new file, or its nearest existing parent does (the
     gateway creates the rest)."""
     probe = folder
@@ -335,13 +334,15 @@ def _check_folder(where: str, folder: Path, found: Findings) -> None:
         probe = probe.parent
     if not probe.is_dir():
         found.error(where, f"{folder}: cannot be created: {probe} is not a folder")
-        return
+        return False
     try:
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as exc:
         what = "cannot be written" if probe == folder else f"cannot be created in {probe}"
         found.error(where, f"{folder}: {what} ({exc.strerror})")
+        return False
+    return True
 
 
 __all__ = [
