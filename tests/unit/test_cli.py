@@ -261,9 +261,13 @@ def test_unit_runs_the_documented_link_not_a_guessed_path() -> None:
     unit = (DEPLOY / "gateway.service").read_text()
     execs = re.findall(r"(?m)^ExecStart(?:Pre)?=(\S+)", unit)
     assert execs == ["/usr/local/sbin/sip-media-gateway"] * 2
-    # The install step that creates the link is in the unit's own header and the README.
+    # The install step that creates the link is in the unit's own header; `gateway install`
+    # (what the README runs) makes the same link.
     link = "ln -sf /opt/sip-media-gateway/bin/gateway /usr/local/sbin/sip-media-gateway"
-    assert link in unit and link in (REPO / "README.md").read_text()
+    assert link in unit
+    from gateway.install import LINK
+
+    assert execs[0] == LINK and f"`{LINK}`" in (REPO / "README.md").read_text()
 
 
 # -- packaging --------------------------------------------------------------------------------
