@@ -336,10 +336,14 @@ def flood_argv(
         kind += ["--ssrc", hex(CALL0_WAN_SSRC)]
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
-    seconds = args.warmup + args.seconds + 0.5
+    # The flood begins once the calls' media flows (half-way through the generator's warm-up)
+    # and lasts past its measured window. Starting before a call's first packet is another
+    # attack: docs/robustness.md, "Floods".
+    delay = args.warmup / 2
+    seconds = args.warmup / 2 + args.seconds + 0.5
     return [
         sys.executable, "-m", "bench.flood_senders", *kind,
-        "--seconds", str(seconds), "--cpu", str(LOAD_CPU),
+        "--seconds", str(seconds), "--cpu", str(LOAD_CPU), "--delay", str(delay),
     ]  # fmt: skip
 
 

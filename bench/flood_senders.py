@@ -131,7 +131,7 @@ def flood_sip(args: argparse.Namespace) -> dict[str, Any]:
             code = data[8:11].decode(errors="replace")
             statuses[code] = statuses.get(code, 0) + 1
 
-    print("ready", flush=True)
+    _ready(args.delay)
     start = time.monotonic()
     sent, elapsed = _pace(args.rate, args.seconds, send_one, drain)
     time.sleep(0.2)  # answers still in flight
@@ -236,7 +236,7 @@ def flood_tls(args: argparse.Namespace) -> dict[str, Any]:
         del pending[sock]
         _reset(sock)
 
-    print("ready", flush=True)
+    _ready(args.delay)
     sent, elapsed = _pace(args.rate, args.seconds, send_one, idle)
     for sock in list(pending):
         _drop(sock)
@@ -307,7 +307,7 @@ async def _slowloris(args: argparse.Namespace) -> dict[str, Any]:
                 # A patient attacker: it comes back at its own pace, not in a tight loop.
                 await asyncio.sleep(args.interval)
 
-    print("ready", flush=True)
+    _ready(args.delay)
     await asyncio.gather(*(one(i) for i in range(args.connections)))
     lifetimes.sort()
     return {
@@ -378,7 +378,7 @@ def flood_rtp(args: argparse.Namespace, *, srtp: bool = False) -> dict[str, Any]
         except OSError:
             errors += 1
 
-    print("ready", flush=True)
+    _ready(args.delay)
     sent, elapsed = _pace(args.rate, args.seconds, send_one)
     return {
         "kind": "srtp" if srtp else "rtp",
@@ -388,6 +388,13 @@ def flood_rtp(args: argparse.Namespace, *, srtp: bool = False) -> dict[str, Any]
         "rate": round(sent / elapsed, 1),
         "source": f"{args.source}:{args.spoof_port or 'any'}",
     }
+
+
+def _ready(delay: float) -> None:
+    """Tell the bench the sockets are set up, then wait ``delay`` (the calls' media starts)."""
+    print("ready", flush=True)
+    if delay > 0:
+        time.sleep(delay)
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -407,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=200)
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--cpu", type=int, help="pin to this CPU")
+    parser.add_argument(
+        "--delay", type=float, default=0.0, help="seconds between ready and the first packet"
+    )
     args = parser.parse_args(argv)
     if args.cpu is not None and args.cpu < (os.cpu_count() or 1):
         os.sched_setaffinity(0, {args.cpu})
