@@ -44,6 +44,7 @@ from gateway.admin.views import (
     MediaSampler,
     ban_views,
     call_views,
+    phone_views,
     provider_view,
     readiness,
     registration_views,
@@ -82,6 +83,8 @@ OPERATIONS_KEY: web.AppKey[Operations] = web.AppKey("control-operations")
 SAMPLER_KEY: web.AppKey[MediaSampler] = web.AppKey("control-sampler")
 GROUP_KEY: web.AppKey[int] = web.AppKey("control-group")
 INFO_KEY: web.AppKey[dict[str, Any]] = web.AppKey("control-info")
+#: Who made a request ("user (uid N, pid N)"), for the log lines of what it changed.
+WHO_KEY: web.RequestKey[str] = web.RequestKey("control-who")
 
 
 def socket_paths(config: GatewayConfig) -> list[Path]:
@@ -158,7 +161,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
             )
             _log_request(request, who, response.status, started)
             return response
-    request["who"] = who
+    request[WHO_KEY] = who
     try:
         response = await handler(request)
     except web.HTTPException as exc:
@@ -240,6 +243,10 @@ async def registrations_handler(request: web.Request) -> web.Response:
     return _json({"registrations": registration_views(request.app[STATUS_KEY])})
 
 
+async def phones_handler(request: web.Request) -> web.Response:
+    return _json({"phones": phone_views(request.app[STATUS_KEY])})
+
+
 async def bans_handler(request: web.Request) -> web.Response:
     return _json({"bans": ban_views(request.app[STATUS_KEY])})
 
@@ -249,14 +256,14 @@ async def lift_ban_handler(request: web.Request) -> web.Response:
     if not request.app[OPERATIONS_KEY].lift_ban(address).lifted:
         return _json({"error": f"{address} is not banned"}, 404)
     # The same words as a lift through the ban file, so one search finds both.
-    log.warning("ban on %s lifted by the operator (%s)", address, request["who"])
+    log.warning("ban on %s lifted by the operator (%s)", address, request[WHO_KEY])
     return _json({"lifted": address})
 
 
 async def lift_spike_lock_handler(request: web.Request) -> web.Response:
     if not request.app[OPERATIONS_KEY].lift_spike_lock().lifted:
         return _json({"error": "outbound calling is not locked"}, 404)
-    log.warning("spike lock lifted by the operator (%s)", request["who"])
+    log.warning("spike lock lifted by the operator (%s)", request[WHO_KEY])
     return _json({"lifted": True})
 
 
@@ -294,6 +301,7 @@ def build_control_app(
     app.router.add_get("/ready", ready_handler)
     app.router.add_get("/calls", calls_handler)
     app.router.add_get("/registrations", registrations_handler)
+    app.router.add_get("/phones", phones_handler)
     app.router.add_get("/bans", bans_handler)
     app.router.add_delete("/bans/{address}", lift_ban_handler)
     app.router.add_post("/spike-lock/lift", lift_spike_lock_handler)

@@ -5,29 +5,41 @@ two lab phones run in the test's event loop; every ``gateway …`` command is a 
 too, as an operator at the box's shell would run it, and finds the socket from ``--config``.
 
     phones 127.0.25.10/11 -> gateway LAN 127.0.25.20 | WAN 127.0.25.21 -> provider 127.0.25.30
+
+The socket's own behaviour (modes, one gateway per socket, stale sockets, who may connect) is
+tested on a server over a stand-in for the gateway's status.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import json
 import os
 import pwd
 import re
+import shutil
 import signal
+import socket
 import stat
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import aiohttp
+import pytest
 
 from gateway.certs.lab import make_lab
+from gateway.config import GatewayConfig, parse_config
+from gateway.control import ControlError, ControlServer, ControlStartupError, control_request
 from gateway.lab.phone import LabPhone
 from gateway.lab.provider import LabProvider
+from gateway.operations import ProviderStatus, SpikeLockLift, TlsStatus
 from gateway.policy.bans import PersistedBan
 from gateway.policy.bans_store import save_bans
 from tests.admin_site import free_port_range, free_udp_port, wait_for
@@ -171,9 +183,9 @@ async def running_site(tmp_path: Path) -> AsyncIterator[RunningSite]:
         await provider.stop()
 
 
-async def _dial_until_locked(phone: LabPhone, attempts: int) -> list[int]:
+async def _dial_until_locked(phone: LabPhone, attempts: int) -> list[int | None]:
     """Short calls from ``phone`` until one is refused with 403 (the spike lock)."""
-    statuses = []
+    statuses: list[int | None] = []
     for _ in range(attempts):
         call = await phone.dial("300")
         statuses.append(call.status)
@@ -201,7 +213,7 @@ async def test_status_calls_registrations_spike_lock_bans_and_reload(tmp_path: P
             assert (await other.register()).status == 200
             call = await phone.dial("200")
             assert call.status == 200
-            player = asyncio.create_task(phone.play(30.0))
+            player = asyncio.create_task(phone.play(600.0))  # cancelled at the end
             # Audio has crossed the gateway both ways before the operator looks.
             assert await wait_for(lambda: len(phone.received.arrived) > 5, 10)
             (far_end,) = site.provider.calls.values()
@@ -343,3 +355,144 @@ def _lan_port(site: RunningSite) -> int:
     found = re.search(r"(?m)^sip_port = (\d+)$", text)
     assert found is not None
     return int(found.group(1))
+
+
+# --------------------------------------------------------------------------- the socket itself
+
+
+class _QuietGateway:
+    """Just enough of a StatusView and Operations for the socket's own tests."""
+
+    started_at = 0.0
+
+    def __init__(self) -> None:
+        self.locked = True
+
+    def accepting_calls(self) -> bool:
+        return True
+
+    def media_workers(self) -> list[int | None]:
+        workers: list[int | None] = [os.getpid()]
+        return workers
+
+    def on_media_closed(self, listener: object) -> None:
+        return None
+
+    def tls(self) -> TlsStatus:
+        return TlsStatus((), False, False, 0, None)
+
+    def provider(self) -> ProviderStatus:
+        return ProviderStatus(True, "connected", PROVIDER, 5061, "TLSv1.3", None, None, 1, False)
+
+    def lift_spike_lock(self) -> SpikeLockLift:
+        was, self.locked = self.locked, False
+        return SpikeLockLift(was)
+
+
+def _control_server(config: GatewayConfig) -> ControlServer:
+    quiet = cast(Any, _QuietGateway())
+    return ControlServer(config, status=quiet, operations=quiet)
+
+
+async def test_socket_mode_folder_one_gateway_per_socket_and_stale_sockets(tmp_path: Path) -> None:
+    config = parse_config("[control]\nsocket = 'run/gw/control.sock'\n", base_dir=str(tmp_path))
+    path = tmp_path / "run" / "gw" / "control.sock"
+    server = _control_server(config)
+    await server.start()
+    try:
+        assert server.path == path
+        assert stat.S_IMODE(path.stat().st_mode) == 0o660
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o750
+        answer = await asyncio.to_thread(control_request, config, "GET", "/ready")
+        assert answer["ready"] is True
+        lifted = await asyncio.to_thread(control_request, path, "POST", "/spike-lock/lift")
+        assert lifted == {"lifted": True}
+        with pytest.raises(ControlError) as again:
+            await asyncio.to_thread(control_request, path, "POST", "/spike-lock/lift")
+        assert again.value.status == 404 and not again.value.unavailable
+        # A second gateway on the same socket is refused, and the first keeps it.
+        with pytest.raises(ControlStartupError, match="another process answers on it"):
+            await _control_server(config).start()
+        assert (await asyncio.to_thread(control_request, path, "GET", "/ready"))["ready"]
+    finally:
+        await server.stop()
+    assert not path.exists()
+
+    # A socket left by a gateway that died is taken over.
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    left.bind(str(path))
+    left.close()
+    with pytest.raises(ControlError, match="nothing answers on") as stale:
+        await asyncio.to_thread(control_request, path, "GET", "/ready")
+    assert stale.value.unavailable
+    server = _control_server(config)
+    await server.start()
+    try:
+        assert (await asyncio.to_thread(control_request, path, "GET", "/ready"))["ready"]
+    finally:
+        await server.stop()
+
+    too_long = parse_config(f"[control]\nsocket = '{'x' * 120}.sock'\n", base_dir=str(tmp_path))
+    with pytest.raises(ControlStartupError, match="longer than the 107 bytes"):
+        await _control_server(too_long).start()
+    off = parse_config("[control]\nenabled = false\n", base_dir=str(tmp_path))
+    with pytest.raises(ControlError, match=r"control socket is off .*enabled = false"):
+        control_request(off, "GET", "/status")
+
+
+def _as_user(uid: int, gid: int, path: Path) -> str:
+    """In a child process running as uid/gid: ask the socket; what happened, in one line."""
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to the user, ask, report, leave without cleanup
+        os.close(reader)
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            try:
+                outcome = json.dumps(control_request(path, "GET", "/ready", timeout=10))
+            except ControlError as exc:
+                outcome = f"{exc.status} {exc}"
+            os.write(writer, outcome.encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        text = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as other users")
+async def test_only_root_the_gateway_user_and_its_group_may_use_the_socket() -> None:
+    nogroup = grp.getgrnam("nogroup").gr_gid
+    nobody, daemon = pwd.getpwnam("nobody"), pwd.getpwnam("daemon")
+    top = Path(tempfile.mkdtemp(prefix="gw-ctl-", dir="/tmp"))
+    try:
+        top.chmod(0o755)
+        path = top / "run" / "control.sock"
+        config = parse_config(
+            f"[control]\nsocket = '{path}'\ngroup = 'nogroup'\n", base_dir=str(top)
+        )
+        server = _control_server(config)
+        await server.start()
+        try:
+            assert path.stat().st_gid == nogroup and path.parent.stat().st_gid == nogroup
+            # A member of the group may ask.
+            member = await asyncio.to_thread(_as_user, nobody.pw_uid, nogroup, path)
+            assert json.loads(member)["ready"] is True
+            # Anyone else is stopped by the file system, and told what would let them in.
+            other = await asyncio.to_thread(_as_user, daemon.pw_uid, daemon.pw_gid, path)
+            assert other == (
+                f"None permission denied on {path}: run as root or a member of group nogroup"
+            )
+            # Even past loosened file modes, the peer's credentials are checked and refused.
+            path.parent.chmod(0o755)
+            path.chmod(0o666)
+            loosened = await asyncio.to_thread(_as_user, daemon.pw_uid, daemon.pw_gid, path)
+            assert loosened.startswith("403 neither root, the gateway's user nor a member")
+        finally:
+            await server.stop()
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
