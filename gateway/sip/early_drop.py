@@ -56,7 +56,7 @@ def _uri_user(uri: bytes) -> str | None:
         raw = rest.split(b";", 1)[0]
     else:
         return ""  # the core knows users of sip, sips and tel URIs only
-    if not raw or any(c in raw for c in b"%;:?<>\\\""):
+    if not raw or any(c in raw for c in b'%;:?<>\\"'):
         return None  # escapes, parameters or a password: leave it to the parser
     try:
         return raw.decode("ascii")
