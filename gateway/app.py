@@ -428,6 +428,8 @@ class Gateway:
             tls=tls,
             tls_handshake_timeout=limits.tls_handshake_timeout,
             on_security=self._security_event,
+            allow=self._address_allowed if side == Side.WAN else None,
+            on_refused=self._count_listener_refused,
         )
         await listener.start(host, port)
         self._listeners.append(listener)
@@ -482,10 +484,20 @@ class Gateway:
         self.core.receive_message(peer, message, self._now(), self._wall())
         self._flush()
 
+    def _count_listener_refused(self) -> None:
+        self.counters.listener_refused += 1
+
     def _listener_allowed(self, conn: SipStreamConnection) -> bool:
-        """The WAN listener serves only the configured provider (by address or allowlist)."""
+        return self._address_allowed(conn.peer[0])
+
+    def _address_allowed(self, source: str) -> bool:
+        """The WAN listener serves only the configured provider (by address or allowlist):
+        checked at accept, before any TLS, and again at the first message."""
         allow = self.config.wan.listener_allow
-        address = ipaddress.ip_address(conn.peer[0])
+        try:
+            address = ipaddress.ip_address(source)
+        except ValueError:
+            return False
         if allow:
             return any(address in ipaddress.ip_network(c, strict=False) for c in allow)
         hosts = self.trunk_links.provider_addresses() or [

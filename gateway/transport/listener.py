@@ -28,6 +28,8 @@ log = logging.getLogger("gateway.transport")
 
 ConnectionFactory = Callable[[], SipStreamConnection]
 SecurityHandler = Callable[[SecurityEvent], None]
+#: Whether a source address may connect at all (the WAN listener: the provider's addresses).
+SourceFilter = Callable[[str], bool]
 
 #: Pending connections the kernel queues for the accept loop.
 BACKLOG = 511
@@ -45,8 +47,12 @@ class StreamListener:
         tls: ssl.SSLContext | None = None,
         tls_handshake_timeout: float = 5.0,
         on_security: SecurityHandler | None = None,
+        allow: SourceFilter | None = None,
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
         self.limiter = limiter
+        self._allow = allow
+        self._on_refused = on_refused
         self._factory = factory
         self._counters = counters
         self._tls = tls
@@ -98,6 +104,13 @@ class StreamListener:
                 # spin on the same error.
                 log.warning("%s: accept failed: %s", self.limiter.name, exc)
                 await asyncio.sleep(0.1)
+                continue
+            if self._allow is not None and not self._allow(str(address[0])):
+                # Not a source this listener serves (the WAN listener is for the provider):
+                # closed before the TLS handshake, which would cost far more than the accept.
+                sock.close()
+                if self._on_refused is not None:
+                    self._on_refused()
                 continue
             lease = self.limiter.admit(str(address[0]), loop.time())
             self._report()

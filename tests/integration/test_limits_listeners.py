@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,8 @@ async def serve(
     tls: ssl.SSLContext | None = None,
     idle_timeout: float = 30.0,
     handshake_timeout: float = 5.0,
+    allow: Callable[[str], bool] | None = None,
+    refused: list[str] | None = None,
 ) -> AsyncIterator[Server]:
     counters = LimitCounters()
     limiter = ConnectionLimiter(
@@ -103,6 +105,8 @@ async def serve(
         tls=tls,
         tls_handshake_timeout=handshake_timeout,
         on_security=lambda e: server.events.append(e),
+        allow=allow,
+        on_refused=None if refused is None else lambda: refused.append("refused"),
     )
     server = Server(listener, counters)
     await listener.start(LISTEN, 0)
@@ -243,3 +247,45 @@ async def _keepalives_alone_do_not_keep_a_connection(nothing: bytes) -> None:
         assert await asyncio.wait_for(server.closed.get(), 10) == "no SIP message on the connection"
         assert server.counters[IDLE_TIMEOUT] == 1
         writer.close()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_source_the_listener_does_not_serve_is_closed_before_its_tls_handshake(
+    loop: str, tmp_path: Path
+) -> None:
+    run(loop, _a_source_the_listener_does_not_serve_is_closed_before_its_tls_handshake(tmp_path))
+
+
+async def _a_source_the_listener_does_not_serve_is_closed_before_its_tls_handshake(
+    tmp_path: Path,
+) -> None:
+    # The WAN listener serves the provider only: anyone else would cost a TLS handshake each
+    # (the flood benchmark's handshake flood) if the check waited for the first SIP message.
+    pki = make_test_pki(tmp_path, server_ips=(LISTEN,))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.server.cert, pki.server.key)
+    provider = "127.0.21.30"
+    refused: list[str] = []
+    async with serve(
+        tls=context, allow=lambda source: source == provider, refused=refused
+    ) as server:
+        client = ssl.create_default_context(cafile=str(pki.ca_cert))
+        with pytest.raises((ConnectionError, ssl.SSLError)):
+            await asyncio.wait_for(
+                asyncio.open_connection(
+                    LISTEN,
+                    server.port,
+                    ssl=client,
+                    server_hostname=LISTEN,
+                    local_addr=("127.0.21.31", 0),
+                ),
+                10,
+            )
+        assert refused == ["refused"]
+        assert server.listener.limiter.open_connections == 0  # never admitted
+        _, tls_writer = await asyncio.open_connection(
+            LISTEN, server.port, ssl=client, server_hostname=LISTEN, local_addr=(provider, 0)
+        )
+        assert await carries(server, tls_writer)
+        assert refused == ["refused"]
+        tls_writer.close()
