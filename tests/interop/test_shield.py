@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import socket
 import string
 import subprocess
 import sys
@@ -126,11 +127,19 @@ class ShieldSite:
         )
 
     def metric(self, event: str) -> int:
-        """``gateway_sip_events_total{event=...}`` from the gateway's /metrics."""
-        url = f"http://{GATEWAY_LAN}:{self.metrics_port}/metrics"
-        res = self.ns.run(["curl", "-sf", url], timeout=20)
-        assert res.returncode == 0, res.stderr
-        m = re.search(rf'^gateway_sip_events_total\{{event="{event}"\}} (\d+)', res.stdout, re.M)
+        """``gateway_sip_events_total{event=...}`` from the gateway's /metrics (asked from
+        inside the namespace, over a plain socket: no HTTP client needed in it)."""
+        sock = self.ns.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with sock:
+            sock.settimeout(20)
+            sock.connect((GATEWAY_LAN, self.metrics_port))
+            sock.sendall(b"GET /metrics HTTP/1.0\r\nHost: gateway\r\n\r\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        text = b"".join(chunks).decode("utf-8", "replace")
+        assert text.split("\r\n", 1)[0].split()[1] == "200", text[:200]
+        m = re.search(rf'^gateway_sip_events_total\{{event="{event}"\}} (\d+)', text, re.M)
         return int(m.group(1)) if m else 0
 
 
@@ -159,7 +168,7 @@ def site(
     tones: Tones,
     monkeypatch: pytest.MonkeyPatch,
 ) -> ShieldSite:
-    need("kamailio", "sipp", "curl")
+    need("kamailio", "sipp")
     trunk_password = "Trunk-" + secrets.token_urlsafe(18)
     # The gateway (a child of this process) reads the trunk password from its environment.
     monkeypatch.setenv(TRUNK_PASSWORD_ENV, trunk_password)
