@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -46,6 +47,7 @@ from gateway.control import (
     format_reload,
     format_status,
 )
+from gateway.inventory_commands import format_phones, phone_firmware_facts
 from gateway.policy.allowlist import normalise_address
 from gateway.policy.audit import audit, format_report
 from gateway.policy.audit import exit_status as audit_exit_status
@@ -320,6 +322,19 @@ def cmd_registrations(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_phones(args: argparse.Namespace) -> int:
+    target = _control_target(args)
+    if target is None:
+        return EXIT_USAGE
+    try:
+        data = control_request(target, "GET", "/phones")
+    except ControlError as exc:
+        return _control_failed(exc)
+    rows = data["phones"]
+    print(json.dumps(rows, indent=2) if args.json else format_phones(rows, time.time()))
+    return EXIT_OK
+
+
 def cmd_spike_lock_lift(args: argparse.Namespace) -> int:
     target = _control_target(args)
     if target is None:
@@ -368,6 +383,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     except AuditInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    # The phone inventory lives in the running gateway: asked over its control socket.
+    view = dataclasses.replace(view, phone_firmware=phone_firmware_facts(config))
     findings = [*audit(view), phone_secrets_finding(config)]
     print(format_report(findings))
     return audit_exit_status(findings)
@@ -465,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("registrations", help="phones registered through the running gateway")
     _add_control(p, json_output=True)
     p.set_defaults(func=cmd_registrations)
+    p = sub.add_parser("phones", help="phone inventory: vendor, model, firmware, last seen")
+    _add_control(p, json_output=True)
+    p.set_defaults(func=cmd_phones)
     spike = sub.add_parser("spike-lock", help="the outbound spike lock of the running gateway")
     spike_sub = spike.add_subparsers(dest="spike_command", required=True)
     p = spike_sub.add_parser("lift", help="allow outbound calls again")

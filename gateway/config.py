@@ -28,6 +28,7 @@ from gateway.certs.settings import (
     TlsIdentitySettings,
 )
 from gateway.config_check import LineLocator, check_document
+from gateway.inventory import InventorySettings, check_inventory
 from gateway.media.suites import NULL_SUITE_NAMES, SrtpSuite
 from gateway.policy.numbering import NumberFormat
 from gateway.policy.settings import PolicySettings
@@ -295,6 +296,8 @@ class GatewayConfig(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     state: StateSettings = StateSettings()
     control: ControlSettings = ControlSettings()
     limits: LimitsSettings = LimitsSettings()
+    #: The phone inventory and its minimum firmware versions (gateway/inventory.py).
+    inventory: InventorySettings = InventorySettings()
     #: Several provider trunks; empty: one trunk made of [wan]'s provider settings.
     trunks: tuple[TrunkSettings, ...] = ()
     #: Routes choosing trunks by destination; empty: every trunk, in order, for every call.
@@ -584,6 +587,7 @@ def check(config: GatewayConfig) -> list[tuple[str, str]]:
     problems += _check_admin(config.admin)
     problems += _check_limits(config)
     problems += _check_trunks(config)
+    problems += check_inventory(config.inventory)
     return problems
 
 

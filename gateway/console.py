@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from gateway.cdr import CallRecorder, read_records
 from gateway.config import GatewayConfig
 from gateway.config_files import check_config_file
+from gateway.inventory import PhoneInventory
 from gateway.ladder import CallLadder
 from gateway.media.control import StreamCounters
 from gateway.media.controller import MediaError
@@ -42,13 +43,14 @@ from gateway.operations import (
     ConfigReload,
     LadderCall,
     MediaReading,
+    PhoneStatus,
     ProviderStatus,
     RegistrationStatus,
     SpikeLockLift,
     TlsStatus,
     TrunkStatus,
 )
-from gateway.sip.call_events import CallEvent
+from gateway.sip.call_events import CallEvent, CallStarted, PhoneRegistered
 
 if TYPE_CHECKING:
     from gateway.certs.runtime import TlsMaterial
@@ -61,6 +63,7 @@ __all__ = ["CoreView", "OperatorConsole"]
 #: Configuration tables that take effect only at start-up; a change to them needs a restart.
 RESTART_TABLES = (
     "lan", "wan", "sip", "media", "policy", "admin", "log", "state", "certs", "control", "limits",
+    "shield",
 )  # fmt: skip
 #: How long the media workers may take to report their counters.
 MEDIA_STATS_TIMEOUT = 3.0
@@ -213,12 +216,36 @@ class OperatorConsole:
         #: Both legs' SIP messages per call; the composition root feeds it every message it
         #: receives or sends and every call event (``sent``, ``received``, ``event``).
         self.ladder = CallLadder(keep_calls=keep_ladders)
+        #: Called with the new configuration on each good reload; each says what it applied
+        #: (None: nothing). The composition root adds its own (the shield's phone secrets).
+        self.reload_hooks: list[Callable[[GatewayConfig], str | None]] = []
+        #: Phones seen registering or calling; a source banned now never enters it.
+        self._minimums = dict(config.inventory.minimum_firmware)
+        self.inventory = PhoneInventory(
+            capacity=config.inventory.max_phones,
+            minimums=config.inventory.minimum_firmware,
+            banned=lambda ip: self._policy.banned(ip, self._clock()),
+        )
 
     # -- fed by the composition root -----------------------------------------------------
 
     def note_call_event(self, event: CallEvent) -> None:
-        """Keep ``event`` in the bounded window ``recent_call_events`` answers from."""
+        """Keep ``event`` in the bounded window ``recent_call_events`` answers from, and
+        note the phone a registration or a phone's call came from in the inventory."""
         self._events.append(event)
+        match event:
+            case PhoneRegistered(phone=str() as where, transport=str() as transport):
+                self.inventory.observe(
+                    event.user,
+                    where,
+                    transport,
+                    event.user_agent,
+                    self._wall(),
+                    registered_for=event.expires,
+                )
+            case CallStarted(from_side="lan", phone=str() as where, transport=str() as transport):
+                user = event.caller or "?"
+                self.inventory.observe(user, where, transport, event.user_agent, self._wall())
 
     def call_location(self, pair_key: str) -> tuple[str | None, str | None]:
         """The phone's and the provider's signalling addresses of an active call."""
@@ -283,6 +310,27 @@ class OperatorConsole:
             for b in self._core.registrations.all()
         ]
         return sorted(rows, key=lambda r: (r.user, r.address))
+
+    def phones(self) -> list[PhoneStatus]:
+        wall = self._wall()
+        return [
+            PhoneStatus(
+                key=p.key,
+                user=p.user,
+                address=p.address,
+                transport=p.transport,
+                user_agent=p.phone.user_agent,
+                vendor=p.phone.vendor,
+                model=p.phone.model,
+                firmware=p.phone.firmware,
+                first_seen=p.first_seen,
+                last_seen=p.last_seen,
+                registered=p.registered(wall),
+                minimum_firmware=p.minimum,
+                outdated=p.outdated,
+            )
+            for p in self.inventory.phones()
+        ]
 
     def bans(self) -> list[BanStatus]:
         now = self._clock()
@@ -459,8 +507,13 @@ class OperatorConsole:
         new, check = await asyncio.to_thread(self._check_file)
         if new is None:
             return ConfigReload(valid=False, problems=check.problems)
-        applied: list[str] = []
+        applied = [name for hook in self.reload_hooks if (name := hook(new)) is not None]
         error = None
+        if new.inventory.minimum_firmware != self._minimums:
+            # Minimum firmware versions only change what is flagged: applied at once.
+            self._minimums = dict(new.inventory.minimum_firmware)
+            self.inventory.set_minimums(self._minimums)
+            applied.append("inventory minimum_firmware")
         if self._config.wan.identity is not None:
             error = self._tls.reload("configuration reload")
             if error is None:

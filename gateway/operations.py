@@ -47,6 +47,7 @@ __all__ = [
     "MediaLoop",
     "MediaReading",
     "Operations",
+    "PhoneStatus",
     "ProviderStatus",
     "RegistrationStatus",
     "SpikeLockLift",
@@ -144,6 +145,32 @@ class RegistrationStatus:
     active: bool
     #: Seconds until the provider's binding lapses (None: no answer from the provider yet).
     expires_in: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PhoneStatus:
+    """A phone of the inventory (gateway/inventory.py): what its User-Agent says it is, where
+    and when it was seen, and whether its firmware is below the operator's minimum."""
+
+    #: "user@ip": one entry per extension per host.
+    key: str
+    user: str
+    #: "ip:port" it last signalled from, and over which transport.
+    address: str
+    transport: str
+    user_agent: str
+    #: "unknown" when the User-Agent matched no known phone (then model and firmware are None).
+    vendor: str
+    model: str | None
+    firmware: str | None
+    #: Unix times it was first and last seen (a registration or a call).
+    first_seen: float
+    last_seen: float
+    #: The provider holds its registration now.
+    registered: bool
+    #: [inventory] minimum_firmware for its model (None: none set) and whether it is below.
+    minimum_firmware: str | None
+    outdated: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +392,10 @@ class StatusView(Protocol):
         ...
 
     def registrations(self) -> list[RegistrationStatus]: ...
+
+    def phones(self) -> list[PhoneStatus]:
+        """The phone inventory: every phone that registered or called, by user then address."""
+        ...
 
     def bans(self) -> list[BanStatus]:
         """Active bans, soonest to expire first."""

@@ -301,6 +301,9 @@ class LadderStatusView:
     def registrations(self) -> list[RegistrationStatus]:
         return []
 
+    def phones(self) -> list[Any]:
+        return []
+
     def bans(self) -> list[Any]:
         return []
 

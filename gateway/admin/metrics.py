@@ -92,10 +92,29 @@ async def render_metrics(
         [({"kind": k}, v) for k, v in sorted(status.core_sizes().items())],
     )
     _policy(out, status)
+    _phones(out, status)
     _media(out, sample, sampler)
     _media_loop(out, status)
     _tls(out, status)
     return out.render()
+
+
+def _phones(out: Exposition, status: StatusView) -> None:
+    """The phone inventory: bounded by its own size, and scanners never enter it."""
+    phones = status.phones()
+    models = Counter((p.vendor, p.model or "") for p in phones)
+    out.family(
+        "gateway_phones",
+        "gauge",
+        "Phones in the inventory (seen registering or calling), by vendor and model.",
+        [({"vendor": v, "model": m}, n) for (v, m), n in sorted(models.items())],
+    )
+    out.one(
+        "gateway_phones_outdated",
+        "gauge",
+        "Phones whose firmware is below [inventory] minimum_firmware for their model.",
+        sum(1 for p in phones if p.outdated),
+    )
 
 
 def _calls(out: Exposition, status: StatusView, seen: Observatory) -> None:

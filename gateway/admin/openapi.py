@@ -152,6 +152,28 @@ _LADDER_MESSAGE = {
 }
 
 
+_OPT_STRING = {"type": ["string", "null"]}
+_PHONE = {
+    "type": "object",
+    "properties": {
+        "phone": {"type": "string", "description": "user@ip"},
+        "user": {"type": "string"},
+        "address": {"type": "string", "description": "ip:port last signalled from"},
+        "transport": {"type": "string"},
+        "user_agent": {"type": "string"},
+        "vendor": {"type": "string", "description": "unknown when no known phone matched"},
+        "model": _OPT_STRING,
+        "firmware": _OPT_STRING,
+        "first_seen": {"type": "string", "format": "date-time"},
+        "last_seen": {"type": "string", "format": "date-time"},
+        "last_seen_unix": {"type": "number"},
+        "registered": {"type": "boolean"},
+        "minimum_firmware": _OPT_STRING,
+        "outdated": {"type": "boolean"},
+    },
+}
+
+
 def openapi_document() -> dict[str, Any]:
     """The document as a dict (serialised by the handler)."""
     return {
@@ -243,6 +265,18 @@ def openapi_document() -> dict[str, Any]:
             },
             "/api/registrations": {
                 "get": _op("Phones registered through the gateway", "registrations")
+            },
+            "/api/phones": {
+                "get": _op(
+                    "The phone inventory: every phone that registered or called, with vendor, "
+                    "model and firmware from its User-Agent, address, transport, last seen, and "
+                    "whether its firmware is below [inventory] minimum_firmware",
+                    "phones",
+                    schema={
+                        "type": "object",
+                        "properties": {"phones": {"type": "array", "items": _PHONE}},
+                    },
+                )
             },
             "/api/bans": {"get": _op("Active source bans", "bans", tag="security")},
             "/api/bans/{address}": {

@@ -47,6 +47,7 @@ from gateway.admin.views import (
     certificate_views,
     ladder_list,
     ladder_view,
+    phone_views,
     provider_view,
     readiness,
     registration_views,
@@ -246,6 +247,10 @@ async def registrations(request: web.Request) -> web.Response:
     return _json({"registrations": registration_views(_status(request))})
 
 
+async def phones(request: web.Request) -> web.Response:
+    return _json({"phones": phone_views(_status(request))})
+
+
 async def bans(request: web.Request) -> web.Response:
     return _json({"bans": ban_views(_status(request))})
 
@@ -378,6 +383,7 @@ async def status_page(request: web.Request) -> web.Response:
             "certificates": certificate_views(view),
             "ladders": ladder_list(view)[:20],
             "bans": bans,
+            "phones": phone_views(view),
             "timeline": seen.timeline(time.time()),
             "events": seen.recent(limit=20),
         }
@@ -442,6 +448,7 @@ def build_app(
         ("GET", "/api/calls/{ref}/ladder", call_ladder),
         ("GET", "/api/ladders", ladders),
         ("GET", "/api/registrations", registrations),
+        ("GET", "/api/phones", phones),
         ("GET", "/api/bans", bans),
         ("DELETE", "/api/bans/{address}", lift_ban),
         ("POST", "/api/spike-lock/lift", lift_spike_lock),

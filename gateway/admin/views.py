@@ -34,6 +34,7 @@ __all__ = [
     "certificate_views",
     "ladder_list",
     "ladder_view",
+    "phone_views",
     "provider_view",
     "readiness",
     "registration_views",
@@ -321,6 +322,30 @@ def registration_views(status: StatusView) -> list[dict[str, Any]]:
             "expires_in": r.expires_in,
         }
         for r in status.registrations()
+    ]
+
+
+def phone_views(status: StatusView) -> list[dict[str, Any]]:
+    """The phone inventory: vendor, model and firmware from each phone's User-Agent, where and
+    when it was seen, and whether its firmware is below [inventory] minimum_firmware."""
+    return [
+        {
+            "phone": p.key,
+            "user": p.user,
+            "address": p.address,
+            "transport": p.transport,
+            "user_agent": p.user_agent,
+            "vendor": p.vendor,
+            "model": p.model,
+            "firmware": p.firmware,
+            "first_seen": iso(p.first_seen),
+            "last_seen": iso(p.last_seen),
+            "last_seen_unix": round(p.last_seen, 3),
+            "registered": p.registered,
+            "minimum_firmware": p.minimum_firmware,
+            "outdated": p.outdated,
+        }
+        for p in status.phones()
     ]
 
 

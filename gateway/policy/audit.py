@@ -48,7 +48,7 @@ CHECKLIST: tuple[tuple[str, tuple[str, ...]], ...] = (
         "change default passwords; strong, unique credentials; different admin and SIP secrets",
         ("admin-secret", "admin-secret-distinct", "sip-secrets", "phone-secrets"),
     ),
-    ("keep systems up to date", ("firmware",)),
+    ("keep systems up to date", ("phone-firmware",)),
     ("outside the checklist: the packet path", ("media-loop",)),
 )
 _PRACTICE_OF = {check: practice for practice, checks in CHECKLIST for check in checks}
@@ -90,6 +90,21 @@ class FileCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class PhoneFirmwareFacts:
+    """The running gateway's phone inventory held against ``[inventory] minimum_firmware``."""
+
+    #: Minimum versions configured (0: nothing to check).
+    minimums: int
+    #: Phones in the inventory, and how many of them have a minimum for their model.
+    phones: int = 0
+    checked: int = 0
+    #: One line per phone below its minimum ("201@192.0.2.10 (Yealink T46S 66.85.0.5 < ...)").
+    outdated: tuple[str, ...] = ()
+    #: Why the inventory could not be read (no gateway running); None when it was.
+    unavailable: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AuditView:
     """What the audit needs to know about a deployment."""
 
@@ -122,6 +137,8 @@ class AuditView:
     media_loop_reason: str = ""
     #: media.keep_core_awake is set but the loop cannot honour it.
     keep_core_awake_ignored: bool = False
+    #: The phone inventory against the minimum firmware versions; None: not asked.
+    phone_firmware: PhoneFirmwareFacts | None = None
 
 
 @cache
@@ -179,7 +196,7 @@ def audit(view: AuditView) -> list[AuditFinding]:
     findings += [_international(view.policy), _premium(view.policy)]
     findings += [_flood(view.policy)]
     findings += [_admin_secret(view), _admin_distinct(view), _sip_secrets(view)]
-    findings += [_firmware(), _media_loop(view)]
+    findings += [_phone_firmware(view.phone_firmware), _media_loop(view)]
     return findings
 
 
@@ -486,12 +503,39 @@ def _separation(view: AuditView) -> AuditFinding:
     return AuditFinding("separation", "pass", "LAN and WAN sides on separate addresses")
 
 
-def _firmware() -> AuditFinding:
+def _phone_firmware(facts: PhoneFirmwareFacts | None) -> AuditFinding:
+    """Phones below the operator's minimum firmware, as the running gateway saw them."""
+    fix = 'set [inventory] minimum_firmware, e.g. { "Yealink T46S" = "66.86.0.15" }'
+    if facts is None or not facts.minimums:
+        return AuditFinding("phone-firmware", "n/a", "no minimum firmware configured", fix)
+    if facts.unavailable is not None:
+        return AuditFinding(
+            "phone-firmware",
+            "n/a",
+            f"no phone inventory to check: {facts.unavailable}",
+            "run the audit where the gateway runs (it asks its control socket)",
+        )
+    if not facts.phones:
+        return AuditFinding("phone-firmware", "n/a", "no phones seen yet by the running gateway")
+    if facts.outdated:
+        return AuditFinding(
+            "phone-firmware",
+            "warn",
+            f"{len(facts.outdated)} phone(s) below the minimum firmware: "
+            + "; ".join(facts.outdated),
+            "update those phones' firmware (gateway phones lists them)",
+        )
+    if not facts.checked:
+        return AuditFinding(
+            "phone-firmware",
+            "n/a",
+            f"none of the {facts.phones} phone(s) seen has a minimum for its model",
+            "add their models to [inventory] minimum_firmware (gateway phones names them)",
+        )
     return AuditFinding(
-        "firmware",
-        "n/a",
-        "minimum phone firmware versions are not checked (not implemented); "
-        "/api/registrations lists each phone's User-Agent",
+        "phone-firmware",
+        "pass",
+        f"{facts.checked} of {facts.phones} phone(s) checked, none below its minimum firmware",
     )
 
 

@@ -43,6 +43,10 @@ class CallStarted(_Event):
     callee: str | None
     #: The Call-ID of the leg the gateway created on the other side.
     callee_call_id: str
+    #: A phone's call only (the phone inventory): its User-Agent, "ip:port" and transport.
+    user_agent: str | None = None
+    phone: str | None = None
+    transport: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +159,9 @@ class PhoneRegistered(_Event):
     user: str
     expires: int
     user_agent: str | None
+    #: Where the phone registered from ("ip:port") and over which transport.
+    phone: str | None = None
+    transport: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

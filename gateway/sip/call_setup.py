@@ -245,6 +245,7 @@ class CallSetup:
                 user_of(request.from_),
                 request_user(request),
                 callee.call_id,
+                *(phone_of(request, source) if side == Side.LAN else ()),
             )
         )
 
@@ -675,3 +676,10 @@ class CallSetup:
     def _emit_all(self, commands: list[MediaCommand]) -> None:
         for command in commands:
             self._out.emit(command)
+
+
+def phone_of(request: SipRequest, source: Peer) -> tuple[str | None, str, str]:
+    """A phone's User-Agent, "ip:port" and transport, for the phone inventory."""
+    host, port = source.address
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return request.get("User-Agent"), where, source.transport

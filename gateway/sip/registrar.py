@@ -194,8 +194,14 @@ class Registrar:
                     self.registrations.remove(b)
             else:
                 binding.expires_at = now + granted
+            host, port = binding.phone_peer.address
             event: CallEvent = PhoneRegistered(
-                binding.upstream_call_id, binding.user, granted, binding.user_agent
+                binding.upstream_call_id,
+                binding.user,
+                granted,
+                binding.user_agent,
+                f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                binding.phone_peer.transport,
             )
             self._out.emit(event)
         if relay.internal:
