@@ -626,11 +626,6 @@ def format_status(data: Mapping[str, Any]) -> str:
         where = f"{trunk.get('host')}:{trunk.get('port') or 'SRV'}"
         link = "up" if trunk.get("up") else "DOWN"
         lines.append((f"trunk {trunk.get('name')}", f"{link} {where}: {trunk.get('state')}"))
-    if provider.get("up") and provider.get("tls_version"):
-        lines.append(
-            ("provider tls", f"{provider.get('tls_version')} {provider.get('tls_cipher')}, "
-             f"peer {provider.get('peer_certificate_subject')}")
-        )  # fmt: skip
     lines += [
         ("calls", f"{counts.get('calls', 0)} active, {counts.get('encrypted', 0)} with SRTP"),
         (
