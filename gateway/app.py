@@ -35,9 +35,10 @@ from gateway.operations import TrunkStatus
 from gateway.policy import PolicyEngine, encode_line
 from gateway.policy.events import SecurityEvent
 from gateway.sdp.negotiation import MediaPolicy
-from gateway.shield_store import build_settings as shield_settings
-from gateway.shield_store import save_last_used
 from gateway.service import ServiceNotifier
+from gateway.shield_store import ShieldFileError, save_last_used
+from gateway.shield_store import build_settings as shield_settings
+from gateway.shield_store import phone_secrets as shield_phone_secrets
 from gateway.sip.actions import CallEvent, MediaCommand, SecurityNotice, SendMessage
 from gateway.sip.b2bua import B2bua, EdgeSettings
 from gateway.sip.call_events import CallRefused, MalformedMessage, PlaintextDowngrade
@@ -182,6 +183,8 @@ class Gateway:
             trunks=self._trunk_status,
             limit_counters=self.limit_counters.snapshot,
         )
+        # `gateway reload` re-reads the shield's phones file (add-phone/remove take effect).
+        self.console.reload_hooks.append(self._reload_shield_phones)
         #: Both legs' SIP of recent calls, redacted, for the operator (TLS hides the WAN leg).
         self.ladder = self.console.ladder
         self.admin: Any = None  # gateway.admin.server.AdminServer when [admin] is enabled
@@ -281,6 +284,20 @@ class Gateway:
             if ticks % 1800 == 0:  # hourly is plenty for day-granular warnings
                 self.trunk_links.check_expiry()
             ticks += 1
+
+    def _reload_shield_phones(self, new: GatewayConfig) -> str | None:
+        """The phones file as it is now, for the running shield (its [shield] table itself
+        changes only at a restart: the reload says so)."""
+        shield = self.core.shield
+        if shield is None or not new.shield.enabled:
+            return None
+        try:
+            secrets = shield_phone_secrets(self.config)
+        except ShieldFileError as exc:
+            log.warning("shield phones not reloaded, the previous ones stay: %s", exc)
+            return None
+        shield.set_phone_secrets(secrets)
+        return "shield phones"
 
     def _save_shield_use(self) -> None:
         """When each phone last proved its shield secret, for ``gateway shield list``."""

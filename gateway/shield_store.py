@@ -227,7 +227,7 @@ def build_settings(config: GatewayConfig) -> ShieldSettings | None:
     assert path is not None
     shield = config.shield
     return ShieldSettings(
-        phone_secrets={u: p.secret for u, p in load_phones(phones_path(config)).items()},
+        phone_secrets=phone_secrets(config),
         provider_credentials=load_credentials(path),
         # A new key per start: nonces of an earlier run answer stale=true, nothing worse.
         nonce_key=secrets.token_bytes(32),
@@ -235,6 +235,12 @@ def build_settings(config: GatewayConfig) -> ShieldSettings | None:
         algorithm=shield.algorithm,
         nonce_lifetime=shield.nonce_lifetime,
     )
+
+
+def phone_secrets(config: GatewayConfig) -> dict[str, str]:
+    """Extension -> LAN secret, as the phones file says now (``gateway reload`` hands them
+    to the running shield); ShieldFileError names the file when it cannot be used."""
+    return {user: p.secret for user, p in load_phones(phones_path(config)).items()}
 
 
 def save_last_used(state: Path, used: Mapping[str, float]) -> None:
@@ -330,7 +336,7 @@ def cmd_add_phone(args: argparse.Namespace) -> int:
     print(f"{args.user}: {secret}")
     print(
         "Shown once: enter it as the phone's SIP password (its user name stays "
-        f"{args.user}); restart the gateway to use it.",
+        f"{args.user}); run gateway reload (or restart the gateway) to use it.",
         file=sys.stderr,
     )
     return 0
@@ -372,7 +378,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
         print(f"{args.user} has no secret", file=sys.stderr)
         return 1
     save_phones(path, phones)
-    print(f"removed the secret of {args.user} (restart the gateway to refuse it)")
+    print(f"removed the secret of {args.user} (gateway reload, or a restart, refuses it)")
     return 0
 
 

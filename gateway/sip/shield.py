@@ -31,7 +31,7 @@ Without the shield, credentials pass through untouched (``gateway.sip.registrar`
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gateway.sip.admission import Admission
 from gateway.sip.digest import (
@@ -95,6 +95,12 @@ class Shield:
         self.last_used: dict[str, float] = {}
         # Requests the provider challenged must be re-sent: the WAN side keeps what it sent.
         out.keep_sent = True
+
+    def set_phone_secrets(self, phone_secrets: Mapping[str, str]) -> None:
+        """The phones file as it is now (``gateway reload``): a removed phone's next request
+        is challenged and refused, a new one's accepted; nonces already given out stay
+        good, since they prove an address and a time, not a phone."""
+        self.settings = replace(self.settings, phone_secrets=dict(phone_secrets))
 
     # ---------------------------------------------------------------- the phones
 

@@ -300,3 +300,42 @@ def test_phones_use_lan_secrets_and_only_the_gateway_answers_the_provider(
     assert site.metric("shield_phone_auth_failed") >= 1
     assert site.metric("shield_provider_answered") >= 4
     assert site.metric("shield_provider_refused") == 0
+
+
+def gateway_command(site: ShieldSite, *argv: str) -> str:
+    """``gateway ARGV --config`` of the running gateway (the reload goes over its control
+    socket)."""
+    res = subprocess.run(
+        [sys.executable, "-m", "gateway", *argv, "--config", str(site.gw.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout + res.stderr
+
+
+@pytest.mark.matrix(peer="kamailio-tls", scenario="credential shield")
+def test_gateway_reload_applies_added_and_removed_phones(site: ShieldSite) -> None:
+    """``gateway shield remove`` then ``gateway reload``: the removed phone is refused at
+    once; ``add-phone`` then ``reload``: the new phone registers; no restart."""
+    reg = site.sipp(
+        "reg-1001", "register_auth", PHONE_A, "1001", auth=("1001", site.secrets["1001"])
+    )
+    reg.wait_done(30, expect_success=1)
+    gateway_command(site, "shield", "remove", "1001")
+    new_secret = add_phone(site.gw.config_path, "1004")
+    assert "shield phones" in gateway_command(site, "reload")
+    removed = site.sipp(
+        "removed-1001",
+        "register_auth_refused",
+        PHONE_A,
+        "1001",
+        auth=("1001", site.secrets["1001"]),
+    )
+    removed.wait_done(30, expect_success=1)
+    added = site.sipp("added-1004", "register_auth", PHONE_C, "1004", auth=("1004", new_secret))
+    added.wait_done(30, expect_success=1)
+    registered = [to for method, to, *_ in site.kam.credentials_seen() if method == "REGISTER"]
+    assert registered.count("1001") == 2 and "1004" in registered  # 1001: before the removal

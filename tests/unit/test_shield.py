@@ -351,3 +351,18 @@ def test_the_gateways_bye_challenged_by_the_provider_is_sent_again_with_credenti
     h.from_provider(again)
     assert not h.take_wan() and not h.take_lan()
     assert h.core.counters["shield_provider_refused"] == 1
+
+
+def test_phone_secrets_replaced_at_reload_refuse_a_removed_phone_and_admit_a_new_one() -> None:
+    h = ShieldHarness()
+    shield = h.core.shield
+    assert shield is not None
+    shield.set_phone_secrets({"1002": "Another-Lan-Secret-0815-ab"})
+    register(h, 1)
+    [challenge] = only(h.take_lan(), SipResponse)
+    register(h, 2, phone_credentials(challenge, SECRET, "REGISTER", "sip:127.0.0.20"))
+    [refused] = only(h.take_lan(), SipResponse)
+    assert refused.status == 401 and not h.take_wan()
+    shield.set_phone_secrets({"1001": SECRET})
+    register(h, 3, phone_credentials(refused, SECRET, "REGISTER", "sip:127.0.0.20"))
+    assert [m.method for m in only(h.take_wan(), SipRequest)] == ["REGISTER"]
