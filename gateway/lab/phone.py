@@ -86,8 +86,11 @@ class LabPhone:
         tone_hz: float = 440.0,
         password: str | None = None,
         timeout: float = 64 * T1,
+        user_agent: str = "gateway-lab-phone",
     ) -> None:
         self.address = address
+        #: Sent in every request (the gateway's phone inventory reads it).
+        self.user_agent = user_agent
         #: Longest wait for a final response (Timer B/F, §17.1.1.2).
         self.timeout = timeout
         self.proxy = proxy
@@ -248,7 +251,7 @@ class LabPhone:
         request.add("CSeq", f"{cseq} {method}")
         if contact:
             request.add("Contact", f"<sip:{self.user}@{host}:{port}>")
-        request.add("User-Agent", "gateway-lab-phone")
+        request.add("User-Agent", self.user_agent)
         return request
 
     def _offer(self) -> bytes:

@@ -116,6 +116,20 @@ function render(s) {
   ])));
   $("ladders-empty").hidden = ladders.length > 0;
 
+  const phones = s.phones || [];
+  fill("phones", phones.map((p) => {
+    const firmware = p.outdated
+      ? el("td", (p.firmware || "unknown") + " (below " + p.minimum_firmware + ")", "firmware outdated")
+      : el("td", p.firmware || "–", "firmware");
+    return row([p.phone, p.address, p.transport, p.vendor, p.model || "–", firmware,
+      p.registered ? "yes" : "no", time(p.last_seen), el("td", p.user_agent || "–", "ua")]);
+  }));
+  const outdated = phones.filter((p) => p.outdated).length;
+  $("phones-summary").textContent = phones.length
+    ? phones.length + " phones seen, " + outdated + " below the minimum firmware"
+    : "No phones seen yet (a phone appears when it registers or calls).";
+  $("phones-summary").className = outdated ? "warn" : "muted";
+
   drawChart(s.timeline);
   fill("events", s.events.map((e) => row([
     time(e.time), e.side || "–", e.source || "–", e.rule, e.action,
