@@ -143,3 +143,20 @@ async def test_audit_says_n_a_without_a_running_gateway(tmp_path: Path) -> None:
     finding = next(line for line in out.splitlines() if "phone-firmware" in line)
     assert finding.split()[0] == "N/A", out
     assert "no phone inventory to check: no gateway is running" in finding
+
+
+async def test_reload_applies_new_minimums_at_once(tmp_path: Path) -> None:
+    async with inventory_site(tmp_path) as site:
+        yealink = site.phones[0]
+        assert (await yealink.register()).status == 200
+        console = site.gateway.console
+        assert [p.outdated for p in console.phones()] == [True]
+        text = site.config_path.read_text()
+        site.config_path.write_text(text.replace('"66.86.0.15"', '"66.80.0.1"'))
+        result = await console.reload_configuration()
+        assert result.valid and "inventory minimum_firmware" in result.applied
+        (phone,) = console.phones()
+        assert (phone.minimum_firmware, phone.outdated) == ("66.80.0.1", False)
+        # Nothing changed since: nothing more to apply.
+        again = await console.reload_configuration()
+        assert "inventory minimum_firmware" not in again.applied
