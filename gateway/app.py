@@ -185,6 +185,10 @@ class Gateway:
         )
         # `gateway reload` re-reads the shield's phones file (add-phone/remove take effect).
         self.console.reload_hooks.append(self._reload_shield_phones)
+        if len(self.trunk_links.links) > 1:
+            # The first trunk's material is the console's own; `gateway reload` takes up the
+            # others' as SIGHUP does.
+            self.console.certificate_hooks.append(self.trunk_links.reload)
         #: Both legs' SIP of recent calls, redacted, for the operator (TLS hides the WAN leg).
         self.ladder = self.console.ladder
         self.admin: Any = None  # gateway.admin.server.AdminServer when [admin] is enabled

@@ -219,6 +219,9 @@ class OperatorConsole:
         #: Called with the new configuration on each good reload; each says what it applied
         #: (None: nothing). The composition root adds its own (the shield's phone secrets).
         self.reload_hooks: list[Callable[[GatewayConfig], str | None]] = []
+        #: Further TLS material a reload takes up (the other trunks' links): each returns
+        #: None or why it could not.
+        self.certificate_hooks: list[Callable[[str], str | None]] = []
         #: Phones seen registering or calling; a source banned now never enters it.
         self._minimums = dict(config.inventory.minimum_firmware)
         self.inventory = PhoneInventory(
@@ -518,6 +521,11 @@ class OperatorConsole:
             error = self._tls.reload("configuration reload")
             if error is None:
                 applied.append("certificates")
+        for reload_more in self.certificate_hooks:
+            more = reload_more("configuration reload")
+            error = error or more
+            if more is None:
+                applied.append("trunk certificates")
         return ConfigReload(
             valid=True,
             applied=tuple(applied),

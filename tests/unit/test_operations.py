@@ -427,3 +427,22 @@ async def test_a_gateway_not_started_from_a_file_has_nothing_to_check(site: Site
     assert not (await console.reload_configuration()).valid
     provider = console.provider()
     assert not provider.up and provider.state == "not connected yet" and provider.connects == 0
+
+
+async def test_a_reload_takes_up_every_trunks_certificates(site: Site) -> None:
+    # The other trunks' links hold TLS material of their own: `gateway reload` takes it up as
+    # SIGHUP does, and a trunk whose files do not load is the reload's certificate error.
+    asked: list[str] = []
+    answers = iter([None, "trunk b: gateway.key: no such file"])
+
+    def other_trunks(reason: str) -> str | None:
+        asked.append(reason)
+        return next(answers)
+
+    site.console.certificate_hooks.append(other_trunks)
+    reloaded = await site.console.reload_configuration()
+    assert reloaded.applied == ("certificates", "trunk certificates") and reloaded.ok
+    failed = await site.console.reload_configuration()
+    assert failed.applied == ("certificates",)
+    assert failed.certificate_error == "trunk b: gateway.key: no such file" and not failed.ok
+    assert asked == ["configuration reload", "configuration reload"]
