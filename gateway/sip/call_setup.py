@@ -134,6 +134,18 @@ class CallSetup:
         warning = gateway_warning(f"provider unavailable: {reason}")
         headers = [("Warning", warning), ("Retry-After", "30")]
         self._out.reply(side, key, request, 503, now, headers=headers)
+        if request.method == "INVITE":
+            # A call refused while the provider link is down still gets its call record.
+            self._emit(
+                CallRefused(
+                    request.call_id,
+                    f"provider unavailable: {reason}",
+                    503,
+                    rule="provider.unavailable",
+                    caller=user_of(request.from_),
+                    callee=request_user(request),
+                )
+            )
         return False
 
     # ------------------------------------------------------------- requests
