@@ -291,6 +291,8 @@ class Result:
     corpus: int
     coverage: int | None = None
     hangs: int = 0
+    #: Stopped by SIGINT or SIGUSR1 before ``inputs`` ran: the figures are those of the inputs that did.
+    interrupted: bool = False
 
     @property
     def per_second(self) -> float:
@@ -309,6 +311,7 @@ class Result:
             "corpus": self.corpus,
             "coverage_lines": self.coverage,
             "hangs": self.hangs,
+            **({"interrupted": True} if self.interrupted else {}),
         }
 
 
@@ -350,8 +353,16 @@ def run_builtin(
     started = time.perf_counter()
     last_report = started
     done = 0
+    interrupted = False
+    # SIGUSR1 ends a campaign early with its figures (SIGINT may be ignored: the lanes target
+    # runs a media worker, which ignores it as a worker must).
+    stop_asked: list[int] = []
+    old_usr1 = signal.signal(signal.SIGUSR1, lambda signum, frame: stop_asked.append(signum))
     try:
         while done < inputs:
+            if stop_asked:
+                interrupted = True
+                break
             if done < len(seeds):
                 data = seeds[done]
             else:
@@ -372,6 +383,12 @@ def run_builtin(
             except Exception as exc:
                 crashes.record(data, exc)
                 continue
+            except KeyboardInterrupt:
+                # A campaign cut short (to end in time) still reports what it ran; the
+                # input it was in is not counted.
+                done -= 1
+                interrupted = True
+                break
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
             if new or done <= len(seeds):
@@ -390,6 +407,7 @@ def run_builtin(
                 )
     finally:
         signal.signal(signal.SIGALRM, old_handler)
+        signal.signal(signal.SIGUSR1, old_usr1)
         if hasattr(target, "teardown"):
             target.teardown()
     return Result(
@@ -405,4 +423,5 @@ def run_builtin(
         corpus=len(corpus),
         coverage=len(cover.lines) if cover is not None else None,
         hangs=hangs,
+        interrupted=interrupted,
     )
