@@ -31,6 +31,15 @@ Rules enforced here (DESIGN.md invariants 1–3):
   as RTCP, never counted in the RTP reception statistics or handed to libsrtp as RTP (it would
   be taken for a new SSRC each time). The phone's RTCP goes through the same SSRC gate as its
   RTP (by its sender SSRC): SRTCP and SRTP share libsrtp's streams.
+- A new SSRC from the phone takes a slot only once validated (RFC 3550 §6.2.1, A.1 with
+  MIN_SEQUENTIAL = 2): heard twice, RTP with consecutive sequence numbers. Until then it is a
+  candidate and its packets are dropped, counted ``drop_ssrc``: a legitimate stream (or a
+  phone changing SSRC mid-call) loses its first packet, one. A flood of random SSRCs from the
+  phone's own address, which before took both slots when it began ahead of the call's first
+  packet and kept the call's SSRC out for the whole call, never validates. From the WAN with
+  SRTP the authentication tag is the validation (only the key holder can take a slot; a
+  forged packet fails before the gate learns anything from it); plaintext from the WAN
+  (``wan_plaintext``) goes through probation like the LAN.
 
 Direction attributes (hold, ``inactive``) are deliberately not enforced: phones keep sending
 comfort noise or RTCP while on hold, and dropping it would only make the stream look dead to the
@@ -62,12 +71,25 @@ from gateway.media.srtp import (
     SrtpUnprotector,
     same_keying,
 )
+from gateway.media.ssrc_gate import (
+    NO_SEQ,
+    SSRC_CANDIDATES,
+    SSRC_IDLE_S,
+    SSRC_RETIRED_MAX,
+    SSRC_SLOTS,
+    SsrcGate,
+)
 
 __all__ = [
     "LAN_RTCP",
     "LAN_RTP",
     "MAX_DATAGRAM",
+    "NO_SEQ",
     "RTP_CLOCK_RATE",
+    "SSRC_CANDIDATES",
+    "SSRC_IDLE_S",
+    "SSRC_RETIRED_MAX",
+    "SSRC_SLOTS",
     "WAN_RTCP",
     "WAN_RTP",
     "Address",
@@ -106,15 +128,6 @@ RTP_CLOCK_RATE = 8000
 #: misorder) starts a new sequence (new SSRC, a restarted sender) instead of counting as loss.
 _MAX_DROPOUT = 3000
 _MAX_MISORDER = 100
-
-#: SSRCs one direction of a stream accepts at a time: the current and the previous.
-SSRC_SLOTS = 2
-#: A kept SSRC silent for this long may give its slot to a new SSRC. Longer than any packet
-#: interval (ptime) and short against the time between two SSRC changes of a real peer.
-SSRC_IDLE_S = 1.0
-#: SSRCs given up are remembered, under one key, up to this many (a few KiB); after that no
-#: slot is given up any more until the keys change: the kept SSRCs go on, new ones are dropped.
-SSRC_RETIRED_MAX = 256
 
 
 class ReceptionStats:
@@ -210,71 +223,6 @@ class ReceptionStats:
             self._transit,
             self._jitter16,
         ) = state
-
-
-class SsrcGate:
-    """Which RTP SSRCs one direction of a stream accepts (RFC 3550 §8.2, RFC 3711 §3.2.3).
-
-    At most :data:`SSRC_SLOTS` SSRCs are kept, each with the time it was last heard. A packet
-    of a kept SSRC passes (:meth:`slot`, then :meth:`heard`). A new SSRC may take a free slot,
-    or the slot of the kept SSRC silent longest once it has been silent for ``idle`` seconds
-    (:meth:`admissible`, :meth:`admit`); the SSRC it replaces is retired for good (the caller
-    removes its libsrtp stream). The C fast path applies the same rule to the state it gets
-    from :meth:`state` and hands back through :meth:`set_state`.
-    """
-
-    __slots__ = ("_heard", "_retired", "idle", "ssrcs")
-
-    def __init__(self, idle: float = SSRC_IDLE_S) -> None:
-        self.idle = idle
-        #: The kept SSRCs and when each was last heard (``now`` values), index for index.
-        self.ssrcs: list[int] = []
-        self._heard: list[float] = []
-        self._retired: set[int] = set()
-
-    def slot(self, ssrc: int) -> int:
-        """The kept SSRC's index, or -1."""
-        ssrcs = self.ssrcs
-        return ssrcs.index(ssrc) if ssrc in ssrcs else -1
-
-    def heard(self, index: int, now: float) -> None:
-        self._heard[index] = now
-
-    @property
-    def can_retire(self) -> bool:
-        """False once :data:`SSRC_RETIRED_MAX` SSRCs were given up: slots stay as they are."""
-        return len(self._retired) < SSRC_RETIRED_MAX
-
-    def admissible(self, ssrc: int, now: float) -> bool:
-        """True when a new (not kept) ``ssrc`` may be admitted at ``now``."""
-        if ssrc in self._retired:
-            return False
-        if len(self.ssrcs) < SSRC_SLOTS:
-            return True
-        return self.can_retire and now - min(self._heard) >= self.idle
-
-    def admit(self, ssrc: int, now: float) -> int | None:
-        """Keep ``ssrc`` (after :meth:`admissible`); returns the SSRC it retired, if any."""
-        retired = None
-        if len(self.ssrcs) >= SSRC_SLOTS:
-            oldest = self._heard.index(min(self._heard))
-            retired = self.ssrcs.pop(oldest)
-            del self._heard[oldest]
-            self._retired.add(retired)
-        self.ssrcs.append(ssrc)
-        self._heard.append(now)
-        return retired
-
-    def state(self) -> tuple[tuple[tuple[int, float], ...], bool]:
-        """((ssrc, last heard) per kept SSRC, whether a slot may still be given up)."""
-        return tuple(zip(self.ssrcs, self._heard, strict=True)), self.can_retire
-
-    def set_state(self, kept: tuple[tuple[int, float], ...]) -> None:
-        """Take back the last-heard times the fast path kept (it never changes which SSRCs
-        are kept: a new one always comes back to Python)."""
-        for ssrc, heard in kept:
-            if ssrc in self.ssrcs:
-                self._heard[self.ssrcs.index(ssrc)] = heard
 
 
 def read_receiver_report(data: bytes) -> tuple[int, int] | None:
@@ -545,12 +493,12 @@ class RelayStream:
         index = gate.slot(ssrc)
         if index >= 0:
             gate.heard(index, now)
-        elif gate.admissible(ssrc, now):
+        elif gate.admissible(ssrc, now) and gate.probe(ssrc, data[2] << 8 | data[3]):
             retired = gate.admit(ssrc, now)
             if retired is not None and self._tx is not None:
                 self._tx.forget(retired)
         else:
-            c.drop_ssrc += 1
+            c.drop_ssrc += 1  # no slot for it, or on probation (RFC 3550 A.1)
             return None
         c.last_lan_packet = now
         # Before the latch: the latch hands the reception state to the C fast path, which must
@@ -609,13 +557,13 @@ class RelayStream:
         index = gate.slot(ssrc)
         if index >= 0:
             gate.heard(index, now)
-        elif gate.admissible(ssrc, now):
+        elif gate.admissible(ssrc, now) and gate.probe(ssrc, NO_SEQ):
             retired = gate.admit(ssrc, now)
             if retired is not None and self._tx is not None:
                 self._tx.forget(retired)
             self._changed()  # the fast path serves the kept SSRCs only
         else:
-            c.drop_ssrc += 1
+            c.drop_ssrc += 1  # no slot for it, or on probation
             return None
         # RTCP muxed on the RTP port says nothing about where the phone wants RTCP sent.
         if not muxed and not self._phone_rtcp_latched:
@@ -670,7 +618,8 @@ class RelayStream:
             c.drop_malformed += 1
             return None
         # Checked before libsrtp: a refused SSRC costs no authentication. A new one is kept
-        # only once it authenticated (only the key holder can take a slot).
+        # only once it authenticated (only the key holder can take a slot): the tag is its
+        # validation, and a forged packet fails before the gate learns anything from it.
         gate = self._wan_ssrcs
         ssrc = data[8] << 24 | data[9] << 16 | data[10] << 8 | data[11]
         index = gate.slot(ssrc)
@@ -691,6 +640,10 @@ class RelayStream:
                 c.drop_malformed += 1
                 return None
         elif self._plain:
+            # No tag says who sent it: a new SSRC is validated by probation, as on the LAN.
+            if index < 0 and not gate.probe(ssrc, data[2] << 8 | data[3]):
+                c.drop_ssrc += 1
+                return None
             out = data
         else:
             c.drop_no_peer += 1  # no keys yet: nothing from the WAN can be verified

@@ -331,6 +331,7 @@ def lan_sequences() -> list[Sequence]:
         Sequence(
             "RTCP on the RTCP port and on the RTP port",
             [
+                phone(rtp(0), "on probation"),
                 phone(rtp(1)),
                 phone(rtcp_rr(), port=LAN_RTCP, sender="phone_rtcp"),
                 phone(rtcp_rr(lost=9)),
@@ -1027,8 +1028,8 @@ def test_loss_right_after_latching_is_counted(direction: str, fast: bool) -> Non
     p = Provider(suite)
     if direction == "wan":
         steps = [provider(p.srtp(rtp(s))) for s in (100, 103, 104)]
-    else:
-        steps = [phone(rtp(s)) for s in (100, 103, 104)]
+    else:  # 99: the phone's first packet, on probation (RFC 3550 A.1)
+        steps = [phone(rtp(s)) for s in (99, 100, 103, 104)]
     rig = Rig(fast, Sequence("loss right after latching", steps), suite)
     try:
         for i, step in enumerate(steps):
@@ -1054,8 +1055,10 @@ def test_loss_right_after_latching_is_counted(direction: str, fast: bool) -> Non
 @pytest.mark.parametrize("fast", [True, False], ids=["c-fast-path", "python-loop"])
 def test_ssrc_flood_is_dropped_and_counted(direction: str, fast: bool) -> None:
     """RTP with a new SSRC per packet from the peer's own address: the call's packets go
-    through, one flood SSRC takes the free second slot, the rest are dropped and counted
-    (by the C lane itself on the fast path); libsrtp makes no stream for them."""
+    through and libsrtp makes no stream for the flood. From the phone no flood SSRC leaves
+    probation (RFC 3550 A.1): each comes back from the C lane to Python while a slot is free,
+    and is dropped there. From the provider (SRTP: the tag is the validation) one flood SSRC
+    takes the free second slot and the rest are dropped and counted by the C lane itself."""
     suite = SrtpSuite.AES_CM_128_HMAC_SHA1_80
     p = Provider(suite)
     wrap = p.srtp if direction == "wan" else bytes
@@ -1077,21 +1080,26 @@ def test_ssrc_flood_is_dropped_and_counted(direction: str, fast: bool) -> None:
     try:
         for i, step in enumerate(steps):
             rig.deliver(step, float(i + 1) / 1000)
-        # On the fast path Python saw the latching packet and the SSRC it admitted, only.
-        assert len(in_python) == (2 if fast else len(steps))
         counters = _snapshot(rig.stream)
-        assert counters.drop_ssrc == 199
-        assert (counters.wan_out_packets, counters.lan_out_packets) == (
-            (5, 0) if direction == "lan" else (0, 5)
-        )
         relay = rig.stream.relay
-        gate = relay.lan_ssrcs if direction == "lan" else relay.wan_ssrcs
-        assert gate.ssrcs == [SSRC, FLOOD_SSRC]
+        if direction == "lan":
+            # The first call packet on probation, the second latching: Python's; on the fast
+            # path the flood too, never the call's packets after the latch.
+            assert len(in_python) == (2 + 200 if fast else len(steps))
+            assert counters.drop_ssrc == 1 + 200
+            assert (counters.wan_out_packets, counters.lan_out_packets) == (3, 0)
+            assert relay.lan_ssrcs.ssrcs == [SSRC]
+        else:
+            # On the fast path Python saw the latching packet and the SSRC it admitted, only.
+            assert len(in_python) == (2 if fast else len(steps))
+            assert counters.drop_ssrc == 199
+            assert (counters.wan_out_packets, counters.lan_out_packets) == (0, 5)
+            assert relay.wan_ssrcs.ssrcs == [SSRC, FLOOD_SSRC]
         context = relay._tx if direction == "lan" else relay._rx
         assert context is not None
         with pytest.raises(pylibsrtp.Error):
             context._session.remove_stream(FLOOD_SSRC + 1)  # no stream was made for it
-        rig.collect(5)
+        rig.collect(3 if direction == "lan" else 5)
     finally:
         rig.close()
 
@@ -1100,7 +1108,8 @@ def test_ssrc_flood_is_dropped_and_counted(direction: str, fast: bool) -> None:
 def test_datagrams_over_max_datagram_are_dropped_not_cut(fast: bool) -> None:
     """A datagram longer than the relay's limit is dropped as malformed, never relayed cut to
     the receive size (the plaintext downgrade relayed its first 2048 bytes)."""
-    steps = [phone(rtp(1)), phone(rtp(2, payload=2990)), phone(rtp(3, payload=MAX_DATAGRAM - 12))]
+    steps = [phone(rtp(0), "on probation"), phone(rtp(1)), phone(rtp(2, payload=2990))]
+    steps.append(phone(rtp(3, payload=MAX_DATAGRAM - 12)))
     rig = Rig(fast, Sequence("oversize", steps, plaintext=True), SrtpSuite.AES_CM_128_HMAC_SHA1_80)
     try:
         for i, step in enumerate(steps):
@@ -1108,8 +1117,8 @@ def test_datagrams_over_max_datagram_are_dropped_not_cut(fast: bool) -> None:
         counters = _snapshot(rig.stream)
         assert counters.drop_malformed == 1
         assert counters.wan_out_packets == 2
-        assert counters.lan_in_bytes == 172 + (MAX_DATAGRAM + 1) + MAX_DATAGRAM
-        assert [o[2] for o in rig.collect(2)] == [steps[0].data, steps[2].data]
+        assert counters.lan_in_bytes == 2 * 172 + (MAX_DATAGRAM + 1) + MAX_DATAGRAM
+        assert [o[2] for o in rig.collect(2)] == [steps[1].data, steps[3].data]
     finally:
         rig.close()
 
@@ -1121,6 +1130,7 @@ def test_c_lane_keeps_libsrtp_inside_its_receive_buffer() -> None:
     suite = SrtpSuite.AES_CM_128_HMAC_SHA1_80
     rig = Rig(True, Sequence("clamp", []), suite)
     try:
+        rig.deliver(phone(rtp(0)), None)  # on probation
         rig.deliver(phone(rtp(1)), None)
         fast = rig.stream.relay.fast_lan()
         assert fast is not None and rig.stream.lanes is not None

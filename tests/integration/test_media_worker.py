@@ -125,7 +125,9 @@ async def relay_scenario() -> None:
         provider_rx = session(to_provider, pylibsrtp.Policy.SSRC_ANY_INBOUND)
         provider_tx = session(from_provider, pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
         try:
-            # Phone → gateway LAN → SRTP from the gateway's WAN port to the provider.
+            # Phone → gateway LAN → SRTP from the gateway's WAN port to the provider. The
+            # phone's first packet is on probation (RFC 3550 A.1), dropped; the second goes.
+            phone.sendto(rtp(0), (LAN, lan_port))
             phone.sendto(rtp(1), (LAN, lan_port))
             data, source = await recv(provider)
             assert source == (WAN, wan_port)
@@ -156,7 +158,8 @@ async def relay_scenario() -> None:
             counters = stats["call-1@phone/0"]
             assert counters.drop_wrong_source == 1
             assert counters.drop_auth == 1
-            assert counters.lan_in_packets == 3
+            assert counters.drop_ssrc == 1
+            assert counters.lan_in_packets == 4
             assert counters.wan_out_packets == 2
             assert counters.wan_in_packets == 3
             assert counters.lan_out_packets == 2
@@ -262,6 +265,7 @@ async def test_idle_check_sees_media_relayed_by_the_fast_path(
                     await controller.open_stream(call_id, 0, spec)
                 lan_ports[call_id] = lan_port
             talking_port = lan_ports["talking"]
+            phone.sendto(rtp(0), (LAN, talking_port))  # on probation (RFC 3550 A.1): dropped
             sent = 0
             # Media every 50 ms (the pace of the test, not a wait for readiness) for about
             # four inactivity timeouts, or until the silent call has been reported.
@@ -280,7 +284,7 @@ async def test_idle_check_sees_media_relayed_by_the_fast_path(
             assert "quiet" in idle
             assert "talking" not in idle
             counters = (await controller.stats())["talking/0"]
-            assert counters.lan_in_packets == counters.wan_out_packets == sent
+            assert counters.lan_in_packets - 1 == counters.wan_out_packets == sent
         finally:
             phone.close()
             provider.close()
@@ -476,6 +480,8 @@ def test_fast_path_refused_with_another_libsrtp_major_version(
             )
             assert worker._open("refused", 0, spec, 0.0) is None
         assert worker._calls["refused"].streams[0].lanes is None
+        phone.sendto(rtp(0), (LAN, lan_port))  # on probation (RFC 3550 A.1): dropped
+        worker._python_round(TIMEOUT, -1)
         for seq in (1, 2):
             phone.sendto(rtp(seq), (LAN, lan_port))
             worker._python_round(TIMEOUT, -1)

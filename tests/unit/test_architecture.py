@@ -18,6 +18,7 @@ CORES = [
     *sorted((PACKAGE / "sdp").glob("*.py")),
     *sorted((PACKAGE / "policy").glob("*.py")),
     PACKAGE / "media" / "relay.py",
+    PACKAGE / "media" / "ssrc_gate.py",
     PACKAGE / "media" / "srtp.py",
     PACKAGE / "media" / "control.py",
     PACKAGE / "media" / "ports.py",

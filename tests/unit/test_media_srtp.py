@@ -128,6 +128,8 @@ def test_roc_survives_update_with_same_keying_across_wrap() -> None:
     provider_rx = peer(tx_key, inbound=True)
     provider_tx = peer(rx_key, inbound=False)
     start = 60_000
+    # The phone's first packet is on probation (RFC 3550 A.1: relay.SsrcGate).
+    assert relay.from_lan_rtp(rtp(start - 1), PHONE, -1.0) is None
     for i in range(70_000):
         seq = start + i
         if i == 35_000:  # after the wrap: a re-INVITE repeating the same a=crypto
@@ -160,12 +162,14 @@ def test_new_generation_builds_new_context() -> None:
     base = StreamSpec(lan_port=1, wan_port=3, phone_addr=PHONE, provider_addr=PROVIDER)
     relay = RelayStream(msgspec.structs.replace(base, wan_tx=k))
     old_rx = peer(k, inbound=True)
+    assert relay.from_lan_rtp(rtp(65_529), PHONE, 0.0) is None  # on probation (RFC 3550 A.1)
     for seq in range(65_530, 65_546):  # crosses the wrap: ROC becomes 1
         out = relay.from_lan_rtp(rtp(seq), PHONE, 0.0)
         assert out is not None
         old_rx.unprotect(out[0])
     rekeyed = SrtpKeying(suite=k.suite, master=os.urandom(30), generation=1)
     relay.update(msgspec.structs.replace(base, wan_tx=rekeyed))
+    assert relay.from_lan_rtp(rtp(9), PHONE, 0.0) is None  # new keys: probation again
     out = relay.from_lan_rtp(rtp(10), PHONE, 0.0)
     assert out is not None
     with pytest.raises(pylibsrtp.Error):
