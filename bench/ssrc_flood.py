@@ -18,8 +18,12 @@ relay's rules, SRTP and sendto.
 Reported per loop: the call's per-packet cost after the flood (median of batches) against the
 same call on a fresh worker that saw no flood, their ratio; the cost of one flood packet; the
 worker's RSS growth over the flood (VmRSS; each loop is measured in a process of its own, so
-that memory one run gave back to the allocator does not hide the next run's growth). Nothing
-here asserts: it prints a table and, with ``--json``, writes the figures.
+that memory one run gave back to the allocator does not hide the next run's growth); and, on a
+third worker, the same flood started before the call's first packet: whether the call's SSRC
+got a slot, and how many packets were relayed in all (issue 13: the flood's first two SSRCs
+used to take both slots and the call got none; with RFC 3550 probation the call gets all but
+its first packet and the flood nothing). Nothing here asserts: it prints a table
+and, with ``--json``, writes the figures.
 """
 
 from __future__ import annotations
@@ -201,6 +205,16 @@ def measure(fast: bool, ssrcs: int, batches: int) -> dict[str, float | int | str
         dropped = getattr(counters, "drop_ssrc", None)
     finally:
         flooded.close()
+    gc.collect()
+    first = Rig(fast)
+    try:
+        first.run_batch([rtp(i, 0x30000000 + i) for i in range(BATCH)])  # before the call
+        first.flood(ssrcs)
+        first_relayed = _snapshot(first.stream).wan_out_packets
+        first_sent = first.seq
+        first_kept = CALL_SSRC in first.stream.relay.lan_ssrcs.ssrcs
+    finally:
+        first.close()
     return {
         "loop": loop,
         "ssrcs": ssrcs,
@@ -212,6 +226,9 @@ def measure(fast: bool, ssrcs: int, batches: int) -> dict[str, float | int | str
         "rss_growth_kib": rss_after - rss_before,
         "drop_ssrc": -1 if dropped is None else dropped,
         "wan_out_packets": counters.wan_out_packets,
+        "flood_first_call_sent": first_sent,
+        "flood_first_call_kept": first_kept,
+        "flood_first_relayed": first_relayed,
     }
 
 
@@ -238,13 +255,15 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(json.loads(done.stdout.splitlines()[-1]))
     print(
         f"{'loop':7} {'clean µs':>9} {'after µs':>9} {'ratio':>6} {'flood µs':>9}"
-        f" {'RSS +KiB':>9} {'drop_ssrc':>9}"
+        f" {'RSS +KiB':>9} {'drop_ssrc':>9}  flood first: call kept, relayed of call packets"
     )
     for row in rows:
         print(
             f"{row['loop']:7} {row['call_us_clean_worker']:>9} {row['call_us_after_flood']:>9}"
             f" {row['ratio_after_flood_to_clean']:>6} {row['flood_packet_us']:>9}"
             f" {row['rss_growth_kib']:>9} {row['drop_ssrc']:>9}"
+            f"  {'yes' if row['flood_first_call_kept'] else 'no ':>16},"
+            f" {row['flood_first_relayed']} of {row['flood_first_call_sent']}"
         )
     if args.json is not None:
         args.json.write_text(json.dumps({"runs": rows}, indent=2) + "\n")

@@ -532,6 +532,36 @@ class RelayStream:
         c.wan_out_packets += 1
         return out, dest, WAN_RTP
 
+    def lan_rtp_refused(self, data: bytes, source: Address, now: float) -> bool:
+        """True, having counted ``data`` as :meth:`from_lan_rtp` would, when all it would do
+        is drop it for its new SSRC (refused, or kept on probation) while a slot is free;
+        otherwise False, with nothing changed (:meth:`from_lan_rtp` decides).
+
+        For the worker's C fast path, which hands every packet of a new SSRC back to Python:
+        this reads none of the state the C lane holds (with a slot free no last-heard time
+        matters, and only Python changes which SSRCs are kept), so a flood of new SSRCs from
+        the phone costs no exchange of state with the lane per packet."""
+        n = len(data)
+        gate = self._lan_ssrcs
+        if (
+            source[0] != self._phone_ip
+            or not _RTP_MIN <= n <= MAX_DATAGRAM
+            or data[0] & 0xC0 != 0x80
+            or 200 <= data[1] <= 204
+            or len(gate.ssrcs) >= SSRC_SLOTS
+        ):
+            return False
+        ssrc = data[8] << 24 | data[9] << 16 | data[10] << 8 | data[11]
+        if gate.slot(ssrc) >= 0:
+            return False
+        if gate.admissible(ssrc, now) and gate.probe(ssrc, data[2] << 8 | data[3]):
+            return False  # validated: from_lan_rtp admits it
+        c = self.counters
+        c.lan_in_packets += 1
+        c.lan_in_bytes += n
+        c.drop_ssrc += 1
+        return True
+
     def from_lan_rtcp(self, data: bytes, source: Address, now: float) -> Forward | None:
         """A datagram on the LAN RTCP port: plain RTCP from the phone, SRTCP to the WAN."""
         c = self.counters

@@ -30,11 +30,15 @@ SSRC_IDLE_S = 1.0
 #: SSRCs given up are remembered, under one key, up to this many (a few KiB); after that no
 #: slot is given up any more until the keys change: the kept SSRCs go on, new ones are dropped.
 SSRC_RETIRED_MAX = 256
-#: New SSRCs on probation (heard once, RFC 3550 A.1) one direction remembers, the least
-#: recently heard forgotten first. A flood of random SSRCs at 20,000 packets/s puts 400 new
-#: ones between two packets of a real stream 20 ms apart (600 at 30 ms): 1,024 keeps the real
-#: one's first packet through floods up to about 50,000/s at 20 ms. About 95 KiB when full
-#: (only under such a flood; a call's usual SSRCs make one or two entries).
+#: New SSRCs on probation (heard once, RFC 3550 A.1) are remembered in two generations of up
+#: to this many: when the newer is full it becomes the older and the older is forgotten, so a
+#: candidate is remembered while fewer than this many newer ones came after it (and at most
+#: twice this many are held). A flood of random SSRCs at 20,000 packets/s puts 400 new ones
+#: between two packets of a real stream 20 ms apart (600 at 30 ms): 1,024 keeps the real one
+#: through floods up to about 50,000/s at 20 ms. At most about 140 KiB per direction, only
+#: under such a flood (a call's own SSRCs make one or two entries); two generations rather than
+#: one table evicting its oldest entry per new one, which cost a CPython dict a scan over its
+#: deleted entries each time (3 µs a packet against 0.9).
 SSRC_CANDIDATES = 1024
 #: What :meth:`SsrcGate.probe` is given for an RTCP packet, which has no sequence number.
 NO_SEQ = -1
@@ -54,13 +58,13 @@ class SsrcGate:
     that may be admitted is first a candidate (:meth:`probe`, RFC 3550 A.1 probation with
     MIN_SEQUENTIAL = 2): it is admitted with its second packet if that one's sequence number
     follows the first's (RTCP, which has none: its second packet of either kind), so a
-    legitimate new stream loses its first packet. At most :data:`SSRC_CANDIDATES` candidates
-    are remembered, least recently heard forgotten first. Candidates live only here: the C
+    legitimate new stream loses its first packet. Candidates are remembered while fewer than
+    :data:`SSRC_CANDIDATES` newer ones were heard after them. Candidates live only here: the C
     fast path hands every new SSRC that may be admitted back to Python, and drops, counted,
     the ones that may not (those never become candidates, in either loop).
     """
 
-    __slots__ = ("_candidates", "_heard", "_retired", "idle", "ssrcs")
+    __slots__ = ("_candidates", "_heard", "_older", "_retired", "idle", "ssrcs")
 
     def __init__(self, idle: float = SSRC_IDLE_S) -> None:
         self.idle = idle
@@ -69,8 +73,9 @@ class SsrcGate:
         self._heard: list[float] = []
         self._retired: set[int] = set()
         #: Candidate SSRC -> the sequence number its next packet must carry (or NO_SEQ after
-        #: RTCP); insertion order is the order last heard.
+        #: RTCP): the newer generation, then the older.
         self._candidates: dict[int, int] = {}
+        self._older: dict[int, int] = {}
 
     def slot(self, ssrc: int) -> int:
         """The kept SSRC's index, or -1."""
@@ -95,24 +100,32 @@ class SsrcGate:
 
     def probe(self, ssrc: int, seq: int) -> bool:
         """A packet of a new ``ssrc`` that is :meth:`admissible`, with its RTP sequence number
-        (:data:`NO_SEQ` for RTCP): True when this validates it (then :meth:`admit` it), False
-        when it stays a candidate (drop the packet)."""
+        (:data:`NO_SEQ` for RTCP): True when this validates it (then :meth:`admit` it; until
+        then nothing changed), False when it stays a candidate (drop the packet)."""
         candidates = self._candidates
-        expected = candidates.pop(ssrc, None)
+        expected = candidates.get(ssrc)
+        if expected is None:
+            expected = self._older.get(ssrc)
         if expected is not None and (expected in (seq, NO_SEQ) or seq == NO_SEQ):
             return True
+        if expected is not None:
+            candidates.pop(ssrc, None)  # heard again, out of sequence: now the newest
+            self._older.pop(ssrc, None)
         if len(candidates) >= SSRC_CANDIDATES:
-            del candidates[next(iter(candidates))]
+            self._older = candidates
+            candidates = self._candidates = {}
         candidates[ssrc] = NO_SEQ if seq == NO_SEQ else (seq + 1) & 0xFFFF
         return False
 
     @property
     def candidates(self) -> int:
-        """How many new SSRCs are on probation."""
-        return len(self._candidates)
+        """How many new SSRCs are on probation (remembered)."""
+        return len(self._candidates) + len(self._older)
 
     def admit(self, ssrc: int, now: float) -> int | None:
         """Keep ``ssrc`` (after :meth:`admissible`); returns the SSRC it retired, if any."""
+        self._candidates.pop(ssrc, None)
+        self._older.pop(ssrc, None)
         retired = None
         if len(self.ssrcs) >= SSRC_SLOTS:
             oldest = self._heard.index(min(self._heard))

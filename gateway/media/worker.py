@@ -248,6 +248,11 @@ class _Stream:
         lanes = self.lanes
         if lanes is None or not (lanes[0].active or lanes[1].active):
             return handler(data, source, now)  # Python holds it all (a latch hands it over)
+        # A flood of new SSRCs from the phone comes back here packet by packet while a slot is
+        # free (RFC 3550 probation keeps them out of it): dropped without the exchange below.
+        relay = self.relay
+        if handler == relay.from_lan_rtp and relay.lan_rtp_refused(data, source, now):
+            return None
         self.sync()
         self._python_turn = True
         try:

@@ -393,7 +393,7 @@ def test_ssrc_flood_from_the_phone_is_dropped_and_counted() -> None:
     assert c.wan_out_packets == 1000 - 1
     gate = relay.lan_ssrcs
     assert gate.ssrcs == [SSRC]
-    assert gate.candidates == SSRC_CANDIDATES  # bounded
+    assert gate.candidates <= 2 * SSRC_CANDIDATES  # bounded
     tx = relay._tx
     assert tx is not None
     for flooded in (0x10000000 + 2, 0x10000000 + 16386, 0x10000000 + 20000):
@@ -436,22 +436,26 @@ def test_ssrc_flood_before_the_first_packet_does_not_take_the_call() -> None:
     assert back is not None and back[1] == PHONE
 
 
-def test_a_candidate_is_remembered_while_fewer_new_ssrcs_than_the_table_holds_follow() -> None:
-    relay, _ = make()
-    on_probation(relay)
-    for i in range(SSRC_CANDIDATES - 1):
-        assert relay.from_lan_rtp(rtp_from(0x40000000 + i, 7), PHONE, 0.0) is None
-    assert relay.lan_ssrcs.candidates == SSRC_CANDIDATES
-    assert relay.from_lan_rtp(rtp(1), PHONE, 0.0) is not None
-    # One more than that and the least recently heard candidate is forgotten: its next packet
-    # starts its probation over, and the one after validates it.
-    relay, _ = make()
-    on_probation(relay)
-    for i in range(SSRC_CANDIDATES):
-        relay.from_lan_rtp(rtp_from(0x40000000 + i, 7), PHONE, 0.0)
-    assert relay.lan_ssrcs.candidates == SSRC_CANDIDATES
-    assert relay.from_lan_rtp(rtp(1), PHONE, 0.0) is None
-    assert relay.from_lan_rtp(rtp(2), PHONE, 0.0) is not None
+def test_a_candidate_is_remembered_across_the_table_size_of_newer_ones() -> None:
+    """The worst case: the call's first packet is the last a generation of candidates holds.
+    It is still remembered after SSRC_CANDIDATES newer flood SSRCs, forgotten after one more
+    (its next packet then starts probation over, and the one after validates it)."""
+
+    def flood(relay: RelayStream, first: int, count: int) -> None:
+        for i in range(first, first + count):
+            assert relay.from_lan_rtp(rtp_from(0x40000000 + i, 7), PHONE, 0.0) is None
+
+    for newer, remembered in ((SSRC_CANDIDATES, True), (SSRC_CANDIDATES + 1, False)):
+        relay, _ = make()
+        flood(relay, 0, SSRC_CANDIDATES - 1)
+        on_probation(relay)
+        flood(relay, SSRC_CANDIDATES, newer)
+        assert relay.lan_ssrcs.candidates <= 2 * SSRC_CANDIDATES
+        if remembered:
+            assert relay.from_lan_rtp(rtp(1), PHONE, 0.0) is not None
+        else:
+            assert relay.from_lan_rtp(rtp(1), PHONE, 0.0) is None
+            assert relay.from_lan_rtp(rtp(2), PHONE, 0.0) is not None
 
 
 def test_a_candidate_needs_consecutive_sequence_numbers() -> None:
@@ -662,3 +666,30 @@ def test_binding_type_error_is_counted_not_raised(monkeypatch: pytest.MonkeyPatc
     assert relay.from_lan_rtp(rtp(1), PHONE, 0.0) is None
     assert relay.from_wan_rtp(provider.tx.protect(rtp(1)), PROVIDER, 0.0) is None
     assert relay.counters.drop_malformed == 2
+
+
+def test_lan_rtp_refused_decides_only_what_from_lan_rtp_would_drop_for_its_ssrc() -> None:
+    """The worker's shortcut for a flood on the C fast path: it drops (and counts) a packet
+    only where from_lan_rtp would drop it for its SSRC with a slot free, and otherwise changes
+    nothing, so from_lan_rtp then decides as if it had not been asked."""
+    relay, _ = make()
+    counters = msgspec.structs.replace(relay.counters)
+    for packet, source in (
+        (rtp(0), INTRUDER),  # wrong source: from_lan_rtp counts it
+        (rtp(0)[:11], PHONE),  # malformed
+        (rtcp_rr(), PHONE),  # RTCP muxed by the phone
+    ):
+        assert not relay.lan_rtp_refused(packet, source, 0.0)
+    assert relay.counters == counters and relay.lan_ssrcs.candidates == 0
+    assert relay.lan_rtp_refused(rtp(0), PHONE, 0.0)  # on probation
+    assert relay.counters.drop_ssrc == 1 and relay.counters.lan_in_packets == 1
+    assert not relay.lan_rtp_refused(rtp(1), PHONE, 0.02)  # validates: from_lan_rtp admits
+    assert relay.counters.drop_ssrc == 1 and relay.lan_ssrcs.ssrcs == []
+    assert relay.from_lan_rtp(rtp(1), PHONE, 0.02) is not None
+    assert not relay.lan_rtp_refused(rtp(2), PHONE, 0.04)  # kept
+    assert relay.from_lan_rtp(rtp_from(0xB, 1), PHONE, 0.05) is None
+    assert relay.from_lan_rtp(rtp_from(0xB, 2), PHONE, 0.06) is not None
+    # Both slots kept: whether a new SSRC may take one depends on last-heard times the C
+    # lane holds, so from_lan_rtp decides (after the worker took them back).
+    assert not relay.lan_rtp_refused(rtp_from(0xC, 1), PHONE, 5.0)
+    assert relay.counters.drop_ssrc == 2
