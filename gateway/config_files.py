@@ -60,6 +60,7 @@ from gateway.config import (
     load_config,
 )
 from gateway.config_check import LineLocator
+from gateway.shield_store import file_problems as shield_file_problems
 
 #: A certificate ending within this many days is a warning.
 EXPIRY_WARNING_DAYS = 14
@@ -173,6 +174,8 @@ def check_files(
     cdr = Path(config.state.directory) / config.admin.cdr_file
     if _check_folder("state.directory", state, found) and cdr.parent != state:
         _check_folder("admin.cdr_file", cdr.parent, found)
+    for where, message in shield_file_problems(config):  # the credential shield's files
+        found.error(where, message)
     secrets = config.audit.sip_secrets_file
     if secrets is not None:
         try:

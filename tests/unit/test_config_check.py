@@ -164,3 +164,19 @@ def test_a_certificate_near_its_end_is_a_warning(tmp_path: Path) -> None:
     [warning] = [w for w in report.warnings if "expires" in w.message]
     assert warning.field == "wan.identity.certificate"
     assert "expires in 8 day(s)" in warning.message or "expires in 9 day(s)" in warning.message
+
+
+def test_the_credential_shields_files_are_checked_with_the_others(tmp_path: Path) -> None:
+    # check-config is the place an operator learns the shield cannot start: its files are
+    # opened like the certificates (missing phones file, a credentials file others can read).
+    site = write_site(tmp_path, pair(tmp_path, "id"), tmp_path / "state")
+    credentials = tmp_path / "trunk.toml"
+    credentials.write_text('username = "trunk"\npassword = "x"\n')
+    credentials.chmod(0o644)
+    site.write_text(
+        site.read_text() + f'\n[shield]\nenabled = true\ncredentials_file = "{credentials}"\n'
+    )
+    report = check_config_file(site)
+    assert [p.field for p in report.errors] == ["shield.phones_file", "shield.credentials_file"]
+    assert "gateway shield add-phone" in report.errors[0].message
+    assert str(credentials) in report.errors[1].message and not report.ok
