@@ -48,6 +48,7 @@ from gateway.sip.limits import SipLimits
 from gateway.sip.message import SipRequest, SipResponse
 from gateway.sip.peer import Peer, Side
 from gateway.sip.transaction import TimerSettings
+from gateway.state.keeper import StateKeeper
 from gateway.transport.listener import StreamListener
 from gateway.transport.provider import ProviderLink
 from gateway.transport.stream import SipStreamConnection
@@ -127,6 +128,8 @@ class Gateway:
         self.core = B2bua(self.settings, policy=self.policy, shield=shield_settings(config))
         self._shield_saved: dict[str, float] = {}
         self.ban_file = BanFileSync(Path(config.state.directory) / "bans.json")
+        #: Registrations and caps' totals kept across a restart (gateway/state/).
+        self.state = StateKeeper(config.state)
         self.counters = Counters()
         self.media = MediaController(
             lan_address=lan.media_address,
@@ -202,6 +205,9 @@ class Gateway:
             log.warning("INSECURE SETTING ACTIVE: %s", name)
         self.trunk_links.load()
         self.ban_file.restore(self.policy, self._now(), time.time())
+        # Before any listener opens and before the provider link: the registrar registers
+        # the restored bindings again when the link comes up.
+        self.state.restore(self.core.registrations, self.policy, self._now(), time.time())
         await self.media.start()
         # A stats round trip proves every worker's loop is up before the first call.
         await self.media.wait_running()
@@ -230,6 +236,7 @@ class Gateway:
         self.trunk_links.start(lambda: self._new_stream(Side.WAN), self._on_provider_state)
         self.provider = self.trunk_links.first.link
         self._background.append(self._loop.create_task(self._watch_certificates()))
+        self._background.append(self._loop.create_task(self._keep_state()))
         if self.config.admin.enabled:
             from gateway.admin.server import AdminServer  # aiohttp only when it is wanted
 
@@ -289,6 +296,12 @@ class Gateway:
                 self.trunk_links.check_expiry()
             ticks += 1
 
+    async def _keep_state(self) -> None:
+        """Save changed site state, coalesced: at most one write per kind and interval."""
+        while True:
+            await asyncio.sleep(self.config.state.save_interval)
+            self.state.save(self.core.registrations, self.policy, self._now())
+
     def _reload_shield_phones(self, new: GatewayConfig) -> str | None:
         """The phones file as it is now, for the running shield (its [shield] table itself
         changes only at a restart: the reload says so)."""
@@ -342,6 +355,8 @@ class Gateway:
             self._timer.cancel()
         await self.media.stop()
         self.cdr.flush(time.time())
+        # After the calls ended: their minutes are in the caps' totals saved here.
+        self.state.save(self.core.registrations, self.policy, loop.time())
         if self.control is not None:  # last, with admin: operators watch the drain
             await self.control.stop()
         if self.admin is not None:  # last: operators watch the drain through it

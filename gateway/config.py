@@ -238,6 +238,16 @@ class LogSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True)
 class StateSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: Folder for state that survives a restart (bans, call records).
     directory: str = "state"
+    # --- Site state kept across a restart (gateway/state/): registrations, caps' totals.
+    #: Environment variable holding the 256-bit key (64 hex digits or base64) that seals
+    #: credentials in saved state (AES-GCM); unset: credentials are not saved at all.
+    key_env: str = "GATEWAY_STATE_KEY"
+    #: The previous key during a rotation: saved state sealed with it is still read.
+    old_key_env: str = "GATEWAY_STATE_KEY_OLD"
+    #: The site's name, bound into every sealed field (state of another site does not open).
+    site: str = "default"
+    #: Seconds between saves of changed state (changes are coalesced; all is saved at stop).
+    save_interval: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
 
 
 class ControlSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):

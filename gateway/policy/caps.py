@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from gateway.policy.settings import CapLimits, SpikeSettings
+from gateway.state.model import ActiveCallRecord, UsageRecord
 
 _HOUR = 3600.0
 _DAY = 86400.0
@@ -192,6 +193,67 @@ class CallCaps:
         self._phones.setdefault(call.phone, _Usage.empty()).add_finished(record)
         self._site_usage.add_finished(record)
         return call
+
+    # --- state kept across a restart (gateway.state) ---
+
+    def export(self, now: float, wall: float) -> tuple[list[UsageRecord], list[ActiveCallRecord]]:
+        """Running totals per phone and for the site, and the calls in progress, in Unix time
+        (``wall`` is Unix time at ``now``)."""
+
+        def unix(t: float) -> float:
+            return round(t - now + wall, 3)
+
+        usage = [
+            UsageRecord(
+                phone=phone,
+                starts=[unix(t) for t in u.starts],
+                finished=[(unix(end), round(sec, 3), intl) for end, sec, intl in u.finished],
+            )
+            for phone, u in [(None, self._site_usage), *self._phones.items()]
+            if not u.is_idle()
+        ]
+        active = [
+            ActiveCallRecord(
+                key=key,
+                phone=c.phone,
+                started=unix(c.started),
+                answered=unix(c.answered) if c.answered is not None else None,
+                international=c.international,
+            )
+            for key, c in self._calls.items()
+            if not c.emergency
+        ]
+        return usage, active
+
+    def restore(
+        self,
+        usage: list[UsageRecord],
+        active: list[ActiveCallRecord],
+        now: float,
+        wall: float,
+    ) -> None:
+        """Totals saved before a restart. Calls in progress then ended with the process: they
+        count as ended now, which overcounts by the downtime at most (errs towards the
+        owner's money)."""
+
+        def core(t: float) -> float:
+            return t - wall + now
+
+        for record in usage:
+            target = (
+                self._site_usage
+                if record.phone is None
+                else self._phones.setdefault(record.phone, _Usage.empty())
+            )
+            target.starts.extend(sorted(core(t) for t in record.starts))
+            for end, seconds, intl in sorted(record.finished):
+                target.add_finished((core(end), seconds, intl))
+        for call in active:
+            billable = call.answered if call.answered is not None else call.started
+            ended = (now, max(0.0, wall - billable), call.international)
+            self._phones.setdefault(call.phone, _Usage.empty()).add_finished(ended)
+            self._site_usage.add_finished(ended)
+        self.prune(now)
 
     def prune(self, now: float) -> None:
         self._site_usage.prune(now)

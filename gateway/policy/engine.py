@@ -50,6 +50,8 @@ from gateway.policy.flood import (
 )
 from gateway.policy.numbering import DialledNumber, NumberFormat, NumberPlan, emergency_numbers
 from gateway.policy.settings import CapLimits, PolicySettings
+from gateway.state.model import VERSION as STATE_VERSION
+from gateway.state.model import CapsDocument
 
 Side = Literal["lan", "wan"]
 
@@ -380,6 +382,15 @@ class PolicyEngine:
 
     def minutes_today(self, phone: str | None, now: float, *, international: bool = False) -> float:
         return self._caps.minutes_today(phone, now, international=international)
+
+    def export_caps(self, now: float, wall: float) -> CapsDocument:
+        """The caps' running totals, for the state kept across a restart (gateway.state)."""
+        usage, active = self._caps.export(now, wall)
+        return CapsDocument(version=STATE_VERSION, usage=usage, active=active)
+
+    def import_caps(self, document: CapsDocument, now: float, wall: float) -> None:
+        """Restore the caps' running totals saved before a restart."""
+        self._caps.restore(document.usage, document.active, now, wall)
 
     # ------------------------------------------------------------------ spike lock
 

@@ -17,7 +17,8 @@ import secrets
 from dataclasses import dataclass, field
 
 from gateway.sip.message import new_call_id, new_tag
-from gateway.sip.peer import Peer
+from gateway.sip.peer import Peer, Side
+from gateway.state.model import BindingRecord
 
 
 @dataclass
@@ -139,6 +140,59 @@ class RegistrationTable:
 
     def all(self) -> list[Binding]:
         return list(self._by_token.values())
+
+    # --- state kept across a restart (gateway.state) ---
+
+    def export(self, now: float, wall: float) -> list[BindingRecord]:
+        """Bindings the provider granted and that are still active, with Unix expiry times
+        (``wall`` is Unix time at ``now``)."""
+        return [
+            BindingRecord(
+                token=b.token,
+                user=b.user,
+                aor=b.aor,
+                phone_contact=b.phone_contact,
+                transport=b.phone_peer.transport,
+                address=b.phone_peer.address,
+                upstream_call_id=b.upstream_call_id,
+                upstream_from_tag=b.upstream_from_tag,
+                upstream_cseq=b.upstream_cseq,
+                expires_at=round(b.expires_at - now + wall, 3),
+                last_expires=b.last_expires,
+                user_agent=b.user_agent,
+                authorization=tuple(b.last_authorization),
+            )
+            for b in self._by_token.values()
+            if b.active(now)
+        ]
+
+    def restore(self, records: list[BindingRecord], now: float, wall: float) -> int:
+        """Bindings saved before a restart; those already lapsed are skipped. A phone on TCP
+        is reached on a new connection (§18.2.2), its old one died with the process."""
+        restored = 0
+        for r in records:
+            expires_at = r.expires_at - wall + now
+            if expires_at <= now or r.token in self._by_token:
+                continue
+            peer = Peer(Side.LAN, r.transport, (r.address[0], r.address[1]))
+            binding = self.binding_for(r.user, r.aor, r.phone_contact, peer, now)
+            if binding.token != r.token:
+                # The token is what the provider knows: the restored binding keeps it.
+                self.remove(binding)
+                binding.token = r.token
+                self._by_contact[(r.aor, r.phone_contact)] = binding
+                self._by_token[r.token] = binding
+                self._by_user.setdefault(r.user, {})[r.token] = binding
+                self._by_aor.setdefault(r.aor, {})[r.token] = binding
+            binding.upstream_call_id = r.upstream_call_id
+            binding.upstream_from_tag = r.upstream_from_tag
+            binding.upstream_cseq = r.upstream_cseq
+            binding.expires_at = expires_at
+            binding.last_expires = r.last_expires
+            binding.user_agent = r.user_agent
+            binding.last_authorization = list(r.authorization)
+            restored += 1
+        return restored
 
     def __len__(self) -> int:
         return len(self._by_token)
