@@ -140,6 +140,8 @@ class Gateway:
             keep_core_awake=config.media.keep_core_awake,
             pin_workers=config.media.pin_workers,
             realtime_priority=config.media.realtime_priority,
+            restart_limit=config.media.restart_limit,
+            restart_window=config.media.restart_window,
             on_idle=self._on_media_idle,
             on_worker_lost=self._on_worker_lost,
         )

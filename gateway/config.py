@@ -172,6 +172,11 @@ class MediaSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     #: Needs CAP_SYS_NICE or LimitRTPRIO= in the service unit; without it a warning is logged
     #: and the worker runs normally.
     realtime_priority: int = 0
+    #: A media worker that dies is restarted and its calls carried on; one that dies
+    #: ``restart_limit`` times within ``restart_window`` seconds is in a crash loop: not
+    #: restarted again, its calls ended (docs/high-availability.md).
+    restart_limit: int = 3
+    restart_window: float = 60.0
 
 
 class AdminSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -55,12 +55,48 @@ class StreamSpec(msgspec.Struct, frozen=True):
     direction: str = "sendrecv"
 
 
+class SsrcIndex(msgspec.Struct, frozen=True, array_like=True):
+    """Where one SSRC's SRTP index stood (RFC 3711 §3.3.1): its rollover counter and the
+    highest sequence number seen with it (-1 when not known: only the ROC is restored)."""
+
+    ssrc: int
+    roc: int
+    seq: int = -1
+
+
+class StreamCheckpoint(msgspec.Struct, frozen=True, tag=True):
+    """What only a worker knows of a stream, reported every checkpoint interval while it
+    changes, so that a new worker can carry the stream on after a crash.
+
+    Holds no key: the keys stay in the :class:`StreamSpec` the controller kept (a later
+    replication of both to a standby seals the spec's keys, never this record). ``updates``
+    counts the UpdateStream messages the worker had applied, so a checkpoint taken under keys
+    an update has since replaced is recognised and ignored.
+    """
+
+    call_id: str
+    stream: int
+    updates: int = 0
+    #: Latched source addresses (None: not latched, the signalled one applies).
+    phone_rtp: tuple[str, int] | None = None
+    phone_rtcp: tuple[str, int] | None = None
+    provider_rtp: tuple[str, int] | None = None
+    provider_rtcp: tuple[str, int] | None = None
+    #: Per kept SSRC, the outbound (protect) context's index: the ROC of the last packet
+    #: protected and the phone's highest sequence number.
+    tx: tuple[SsrcIndex, ...] = ()
+    #: Per kept SSRC, the inbound (unprotect) context's highest accepted index.
+    rx: tuple[SsrcIndex, ...] = ()
+
+
 class OpenStream(msgspec.Struct, frozen=True, tag=True):
-    """Bind the stream's sockets (LAN and WAN) and start relaying per ``spec``."""
+    """Bind the stream's sockets (LAN and WAN) and start relaying per ``spec``; with
+    ``restore``, carry on a stream a dead worker held (latches, kept SSRCs, SRTP indexes)."""
 
     call_id: str
     stream: int
     spec: StreamSpec
+    restore: StreamCheckpoint | None = None
 
 
 class UpdateStream(msgspec.Struct, frozen=True, tag=True):
@@ -158,7 +194,13 @@ class WorkerStats(msgspec.Struct, frozen=True, tag=True):
     cpu_seconds: float = 0.0
 
 
-Report = StreamOpened | StreamIdle | WorkerStats | CallClosed
+class Checkpoints(msgspec.Struct, frozen=True, tag=True):
+    """Streams whose checkpoint changed since the worker last reported it."""
+
+    checkpoints: list[StreamCheckpoint]
+
+
+Report = StreamOpened | StreamIdle | WorkerStats | CallClosed | Checkpoints
 
 COMMAND_DECODER = msgspec.msgpack.Decoder(Command)
 REPORT_DECODER = msgspec.msgpack.Decoder(Report)

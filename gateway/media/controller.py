@@ -9,7 +9,15 @@ worker that holds its sockets and keys.
 Workers are separate programs started with ``asyncio.create_subprocess_exec``: no fork of a
 process that runs uvloop, TLS and threads, and nothing inherited but the control socket. A
 worker that dies is logged at error level and restarted in the same slot (so the hash still
-points there); the calls it carried have lost their media and are handed to ``on_worker_lost``.
+points there).
+
+Calls survive a worker's crash: the controller keeps, per stream, the last spec it sent and the
+latest :class:`~gateway.media.control.StreamCheckpoint` the worker reported (latches, kept
+SSRCs, SRTP indexes: see :mod:`gateway.media.checkpoint`), and re-opens every stream of the
+dead worker on its successor with them. Only the calls whose streams could not be re-opened
+are handed to ``on_worker_lost``. A slot whose worker dies ``restart_limit`` times within
+``restart_window`` seconds is in a crash loop: it is not restarted again, its calls are handed
+to ``on_worker_lost``, and :meth:`MediaController.worker_states` shows it as failed.
 """
 
 from __future__ import annotations
@@ -33,10 +41,12 @@ from gateway.media.control import (
     ENCODER,
     REPORT_DECODER,
     CallClosed,
+    Checkpoints,
     CloseCall,
     OpenStream,
     QueryStats,
     Shutdown,
+    StreamCheckpoint,
     StreamCounters,
     StreamIdle,
     StreamOpened,
@@ -63,6 +73,33 @@ class MediaError(Exception):
     status_hint = 500
 
 
+class _Record:
+    """What re-opens one stream on a new worker: its spec, the UpdateStream messages sent
+    (a checkpoint names how many it had applied) and its latest checkpoint."""
+
+    __slots__ = ("checkpoint", "spec", "updates")
+
+    def __init__(self, spec: StreamSpec) -> None:
+        self.spec = spec
+        self.updates = 0
+        self.checkpoint: StreamCheckpoint | None = None
+
+    def update(self, spec: StreamSpec) -> None:
+        old, self.spec = self.spec, spec
+        self.updates += 1
+        cp = self.checkpoint
+        if cp is not None and (old.wan_tx != spec.wan_tx or old.wan_rx != spec.wan_rx):
+            # New keys are a new crypto context (RFC 4568 §7.1.4): its indexes start afresh.
+            tx = cp.tx if old.wan_tx == spec.wan_tx else ()
+            rx = cp.rx if old.wan_rx == spec.wan_rx else ()
+            self.checkpoint = msgspec.structs.replace(cp, tx=tx, rx=rx, updates=self.updates)
+
+    def restore(self, call_id: str, stream: int) -> OpenStream:
+        cp = self.checkpoint or StreamCheckpoint(call_id=call_id, stream=stream)
+        self.updates = 0  # the new worker counts its own updates from here
+        return OpenStream(call_id=call_id, stream=stream, spec=self.spec, restore=cp)
+
+
 class _WorkerHandle:
     """One worker slot: its process, control channel and what is pending on it."""
 
@@ -73,6 +110,11 @@ class _WorkerHandle:
         self.reader_task: asyncio.Task[None] | None = None
         self.started_at = 0.0
         self.calls: set[str] = set()
+        #: Monotonic times of this slot's recent worker deaths (crash-loop detection).
+        self.deaths: list[float] = []
+        self.restarts = 0
+        #: Set when the slot is in a crash loop and no longer restarted.
+        self.failed: str | None = None
         self.running = asyncio.Event()
         self.pending_open: dict[tuple[str, int], asyncio.Future[str | None]] = {}
         self.pending_stats: dict[int, asyncio.Future[dict[str, StreamCounters]]] = {}
@@ -99,8 +141,15 @@ class MediaController:
         realtime_priority: int = 0,
         on_idle: Callable[[str], None] | None = None,
         on_worker_lost: Callable[[list[str]], None] | None = None,
+        on_worker_restarted: Callable[[int, int, int], None] | None = None,
+        restart_limit: int = 3,
+        restart_window: float = 60.0,
     ) -> None:
-        """``workers`` defaults to one per core but one (the signalling process's own)."""
+        """``workers`` defaults to one per core but one (the signalling process's own).
+
+        ``on_worker_restarted(slot, calls_restored, calls_lost)`` is called after a dead
+        worker's successor took its calls back; ``restart_limit`` deaths of one slot within
+        ``restart_window`` seconds stop its restarts (a crash loop)."""
         count = workers if workers is not None else max(1, (os.cpu_count() or 1) - 1)
         if count < 1:
             raise ValueError("at least one media worker is needed")
@@ -113,6 +162,10 @@ class MediaController:
         self._realtime_priority = realtime_priority
         self.on_idle = on_idle
         self.on_worker_lost = on_worker_lost
+        self.on_worker_restarted = on_worker_restarted
+        self._restart_limit = max(1, restart_limit)
+        self._restart_window = restart_window
+        self._records: dict[tuple[str, int], _Record] = {}
         self._workers = [_WorkerHandle(slot) for slot in range(count)]
         self._request_ids = itertools.count(1)
         self._stopping = False
@@ -170,6 +223,19 @@ class MediaController:
         """Process ids per slot (None for a slot that is not running), for operators."""
         return [h.process.pid if h.process and h.alive else None for h in self._workers]
 
+    def worker_states(self) -> list[dict[str, object]]:
+        """Per slot: pid (None when down), restarts so far, and why it is failed (None when
+        it is not in a crash loop), for operators."""
+        return [
+            {
+                "slot": h.slot,
+                "pid": h.process.pid if h.process and h.alive else None,
+                "restarts": h.restarts,
+                "failed": h.failed,
+            }
+            for h in self._workers
+        ]
+
     # -- commands ------------------------------------------------------------------------
 
     def _worker_for(self, call_id: str) -> _WorkerHandle:
@@ -196,13 +262,18 @@ class MediaController:
             except MediaError:
                 handle.pending_open.pop(key, None)
                 raise
+            self._records[key] = _Record(command.spec)
             return self._opened(handle, key, future)
         if isinstance(command, UpdateStream):
             handle = self._live(command.call_id)
             self._write(handle, command)
+            record = self._records.get((command.call_id, command.stream))
+            if record is not None:
+                record.update(command.spec)
             return self._drain(handle)
         handle = self._worker_for(command.call_id)
         handle.calls.discard(command.call_id)
+        self._forget(command.call_id)
         if not handle.alive:
             return _done()  # its worker died: sockets and keys went with it
         self._write(handle, command)
@@ -214,10 +285,15 @@ class MediaController:
         try:
             error = await asyncio.wait_for(future, REPLY_TIMEOUT)
         except TimeoutError:
+            self._records.pop(key, None)
             raise MediaError(f"media worker {handle.slot} did not answer OpenStream") from None
+        except MediaError:
+            self._records.pop(key, None)
+            raise
         finally:
             handle.pending_open.pop(key, None)
         if error is not None:
+            self._records.pop(key, None)
             raise MediaError(error)
         handle.calls.add(key[0])
 
@@ -234,6 +310,7 @@ class MediaController:
         None when its worker is gone, or did not answer."""
         handle = self._worker_for(call_id)
         handle.calls.discard(call_id)
+        self._forget(call_id)
         if not handle.alive:
             return _nothing()
         future: asyncio.Future[dict[str, StreamCounters]] = (
@@ -283,6 +360,17 @@ class MediaController:
         return merged
 
     # -- plumbing ------------------------------------------------------------------------
+
+    def _forget(self, call_id: str) -> None:
+        """A call ends: its streams' records go (a call has a few streams; the scan is over
+        the records of every call, cheap next to the call's SIP work)."""
+        for key in [k for k in self._records if k[0] == call_id]:
+            del self._records[key]
+
+    def checkpoint(self, call_id: str, stream: int) -> StreamCheckpoint | None:
+        """The latest checkpoint the controller holds for a stream (for tests and operators)."""
+        record = self._records.get((call_id, stream))
+        return record.checkpoint if record is not None else None
 
     def _live(self, call_id: str) -> _WorkerHandle:
         handle = self._worker_for(call_id)
@@ -389,6 +477,12 @@ class MediaController:
             closed = handle.pending_close.pop(report.call_id, None)
             if closed is not None and not closed.done():
                 closed.set_result(report.streams)
+        elif isinstance(report, Checkpoints):
+            for cp in report.checkpoints:
+                record = self._records.get((cp.call_id, cp.stream))
+                # Taken before the worker saw an update the controller has since sent: stale.
+                if record is not None and cp.updates == record.updates:
+                    record.checkpoint = cp
         elif isinstance(report, StreamIdle) and self.on_idle is not None:
             try:
                 self.on_idle(report.call_id)
@@ -422,19 +516,29 @@ class MediaController:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()  # a worker that closed its channel but lingers is no use
             code = await process.wait()
+        now = time.monotonic()
+        handle.deaths = [t for t in handle.deaths if now - t < self._restart_window]
+        handle.deaths.append(now)
         log.error(
-            "MEDIA WORKER %d DIED (exit status %s); %d call(s) lost their media: %s",
+            "MEDIA WORKER %d DIED (exit status %s) carrying %d call(s): %s",
             handle.slot,
             code,
             len(lost),
             ", ".join(lost) or "none",
         )
-        if lost and self.on_worker_lost is not None:
-            try:
-                self.on_worker_lost(lost)
-            except Exception:
-                log.exception("on_worker_lost callback failed")
-        if time.monotonic() - handle.started_at < _CRASH_LOOP_SECONDS:
+        if len(handle.deaths) >= self._restart_limit:
+            handle.failed = (
+                f"died {len(handle.deaths)} times within {self._restart_window:g} s; not restarted"
+            )
+            log.critical(
+                "MEDIA WORKER %d IS IN A CRASH LOOP (%s): %d call(s) lost their media",
+                handle.slot,
+                handle.failed,
+                len(lost),
+            )
+            self._lose(lost)
+            return
+        if now - handle.started_at < _CRASH_LOOP_SECONDS:
             await asyncio.sleep(_CRASH_LOOP_SECONDS)  # do not spin if it dies at start-up
         if self._stopping:
             return
@@ -442,6 +546,70 @@ class MediaController:
             await self._spawn(handle)
         except Exception:
             log.exception("media worker %d could not be restarted", handle.slot)
+            self._lose(lost)
+            return
+        restored, failed = await self._restore(handle, lost)
+        handle.restarts += 1  # counted once the calls are back (tests wait on it)
+        log.warning(
+            "media worker %d restarted (pid %s): %d call(s) restored, %d lost",
+            handle.slot,
+            handle.process.pid if handle.process else None,
+            len(restored),
+            len(failed),
+        )
+        self._lose(failed)
+        if self.on_worker_restarted is not None:
+            try:
+                self.on_worker_restarted(handle.slot, len(restored), len(failed))
+            except Exception:
+                log.exception("on_worker_restarted callback failed")
+
+    async def _restore(
+        self, handle: _WorkerHandle, calls: list[str]
+    ) -> tuple[list[str], list[str]]:
+        """Re-open every stream of ``calls`` on the slot's new worker from its record; returns
+        (calls restored, calls that could not be)."""
+        waits = []
+        for call_id in calls:
+            keys = sorted(k for k in self._records if k[0] == call_id)
+            if not keys:
+                continue  # still being set up when the worker died: its open failed
+            for key in keys:
+                future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+                handle.pending_open[key] = future
+                try:
+                    self._write(handle, self._records[key].restore(*key))
+                except MediaError:
+                    handle.pending_open.pop(key, None)
+                    future.set_result("worker gone again")
+                waits.append((call_id, key, future))
+        failed: set[str] = set()
+        for call_id, key, future in waits:
+            try:
+                error = await asyncio.wait_for(future, REPLY_TIMEOUT)
+            except (TimeoutError, MediaError):
+                error = "no answer"
+            finally:
+                handle.pending_open.pop(key, None)
+            if error is not None:
+                log.error("stream %s/%d not restored: %s", key[0], key[1], error)
+                failed.add(call_id)
+        restored = sorted({c for c, _, _ in waits} - failed)
+        for call_id in restored:
+            handle.calls.add(call_id)
+        for call_id in failed:
+            self._forget(call_id)
+        return restored, sorted(failed)
+
+    def _lose(self, calls: list[str]) -> None:
+        """Hand calls whose media is gone to ``on_worker_lost``."""
+        for call_id in calls:
+            self._forget(call_id)
+        if calls and self.on_worker_lost is not None:
+            try:
+                self.on_worker_lost(calls)
+            except Exception:
+                log.exception("on_worker_lost callback failed")
 
 
 async def _done() -> None:

@@ -381,6 +381,37 @@ class RelayStream:
             return None
         return self._provider_ip, self._phone_rtp, self._rx
 
+    def contexts(self) -> tuple[SrtpProtector | None, SrtpUnprotector | None]:
+        """The SRTP contexts (protect, unprotect) now in use, for checkpoints."""
+        return self._tx, self._rx
+
+    def latches(self) -> tuple[Address | None, Address | None, Address | None, Address | None]:
+        """Latched phone RTP/RTCP and provider RTP/RTCP sources (None: not latched)."""
+        return (
+            self._phone_rtp if self._phone_rtp_latched else None,
+            self._phone_rtcp if self._phone_rtcp_latched else None,
+            self._provider_rtp if self._provider_rtp_latched else None,
+            self._provider_rtcp if self._provider_rtcp_latched else None,
+        )
+
+    def restore(self, latches: tuple[Address | None, ...], now: float) -> None:
+        """Take back a dead worker's latches (each still checked against the signalled IP,
+        as a latch is) and, for each direction with keys, the SSRCs its context restores."""
+        phone_rtp, phone_rtcp, provider_rtp, provider_rtcp = latches
+        if phone_rtp is not None and phone_rtp[0] == self._phone_ip:
+            self._phone_rtp, self._phone_rtp_latched = phone_rtp, True
+        if phone_rtcp is not None and phone_rtcp[0] == self._phone_ip:
+            self._phone_rtcp, self._phone_rtcp_latched = phone_rtcp, True
+        if provider_rtp is not None and provider_rtp[0] == self._provider_ip:
+            self._provider_rtp, self._provider_rtp_latched = provider_rtp, True
+        if provider_rtcp is not None and provider_rtcp[0] == self._provider_ip:
+            self._provider_rtcp, self._provider_rtcp_latched = provider_rtcp, True
+        for gate, context in ((self._lan_ssrcs, self._tx), (self._wan_ssrcs, self._rx)):
+            for ssrc in context._pending if context is not None else ():
+                gate.admit(ssrc, now)
+        self._refresh_rtcp_destinations()
+        self._changed()
+
     def _changed(self) -> None:
         hook = self.on_change
         if hook is not None:

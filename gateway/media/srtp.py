@@ -17,6 +17,13 @@ window) so the packet path can count them apart (docs/design.md §3.2). A ``Type
 binding (a pylibsrtp whose libsrtp functions take other arguments) becomes a
 :class:`SrtpBindingError`, counted like any refused packet instead of ending the worker.
 
+A stream carried on by a new media worker after a crash (docs/high-availability.md) gets its
+per-SSRC indexes back: :meth:`SrtpProtector.restore` / :meth:`SrtpUnprotector.restore` keep the
+checkpointed (ROC, highest sequence number) per SSRC, and the first packet of that SSRC estimates
+its index from them as RFC 3711 §3.3.1 does, adds an SSRC-specific libsrtp stream under the
+same key and sets its ROC (``srtp_set_stream_roc``, called through ctypes on the library
+pylibsrtp loaded, whose cffi binding does not declare it). :func:`estimate_roc` is that rule.
+
 Each SSRC seen by a session is a libsrtp stream; :meth:`SrtpProtector.forget` and
 :meth:`SrtpUnprotector.forget` remove one (``srtp_remove_stream``) when the relay gives its slot
 to another SSRC (see :class:`~gateway.media.relay.SsrcGate`).
@@ -25,6 +32,7 @@ to another SSRC (see :class:`~gateway.media.relay.SsrcGate`).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 from typing import Any
 
 import pylibsrtp
@@ -59,6 +67,7 @@ __all__ = [
     "SrtpProtector",
     "SrtpReplayError",
     "SrtpUnprotector",
+    "estimate_roc",
     "native_function",
     "same_keying",
 ]
@@ -247,18 +256,136 @@ def _direct(session: pylibsrtp.Session) -> _Direct | None:
         return None
 
 
-class SrtpProtector:
+def estimate_roc(roc: int, highest: int, seq: int) -> int:
+    """The ROC of a packet with sequence number ``seq``, given the ROC and highest sequence
+    number known before it (RFC 3711 §3.3.1's guess: the index closest to the last one). A
+    ``highest`` of -1 (unknown) keeps ``roc``. The result may be ``roc`` - 1 (a late packet
+    from before a wrap), ``roc`` or ``roc`` + 1 (the sequence wrapped since); never below 0."""
+    if highest < 0:
+        return roc
+    if highest < 0x8000:
+        return roc - 1 if seq - highest > 0x8000 and roc > 0 else roc
+    return roc + 1 if highest - 0x8000 > seq else roc
+
+
+def _roc_functions() -> tuple[Any, Any] | None:
+    """libsrtp's srtp_get_stream_roc and srtp_set_stream_roc from the library pylibsrtp
+    loaded (the same process-wide copy its sessions live in), or None."""
+    try:
+        from pylibsrtp import _binding
+
+        library = ctypes.CDLL(_binding.__file__)
+        get_roc = library.srtp_get_stream_roc
+        set_roc = library.srtp_set_stream_roc
+    except (ImportError, OSError, AttributeError):  # pragma: no cover - pylibsrtp changed
+        return None
+    get_roc.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32)]
+    get_roc.restype = ctypes.c_int
+    set_roc.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32]
+    set_roc.restype = ctypes.c_int
+    return get_roc, set_roc
+
+
+_ROC = _roc_functions() if _FAST else None
+
+
+class _Indexes:
+    """Reading and restoring a session's per-SSRC rollover counters (see the module doc).
+
+    ``_pending`` maps an SSRC to the (ROC, highest sequence number) it had in a dead worker,
+    until that SSRC's first packet here: while any is pending, :meth:`native` (the C fast
+    path's handle) is None so every packet comes through :meth:`_resume`."""
+
+    __slots__ = ()
+    _session: pylibsrtp.Session
+    _pending: dict[int, tuple[int, int]]
+    keying: SrtpKeying
+
+    @property
+    def restoring(self) -> bool:
+        """True while a restored SSRC has not had its first packet yet."""
+        return bool(self._pending)
+
+    def roc(self, ssrc: int) -> int | None:
+        """libsrtp's rollover counter for ``ssrc`` (None: no stream for it, or unreadable)."""
+        if _ROC is None:
+            return None
+        pending = self._pending.get(ssrc)
+        if pending is not None:
+            return pending[0]
+        value = ctypes.c_uint32()
+        status = _ROC[0](_address(self._session._srtp[0]), ssrc, ctypes.byref(value))
+        return value.value if status == 0 else None
+
+    def highest(self, ssrc: int) -> int:
+        """The checkpointed sequence number of a still pending SSRC, else -1."""
+        pending = self._pending.get(ssrc)
+        return pending[1] if pending is not None else -1
+
+    def restore(self, indexes: list[tuple[int, int, int]]) -> None:
+        """Carry on each (SSRC, ROC, highest sequence number) from a dead worker's context
+        under the same keys; applied at that SSRC's first packet."""
+        if _ROC is None:
+            return  # pragma: no cover - the streams start at ROC 0, as a new context would
+        for ssrc, roc, seq in indexes:
+            self._pending[ssrc] = (roc, seq)
+
+    def _resume(self, packet: bytes, outbound: bool) -> tuple[int, int] | None:
+        """Before the first packet of a pending SSRC: add its stream with the estimated ROC.
+        Returns what was pending (to put back if the packet fails), or None."""
+        if len(packet) < 12:
+            return None
+        ssrc = int.from_bytes(packet[8:12], "big")
+        state = self._pending.pop(ssrc, None)
+        if state is None:
+            return None
+        roc, highest = state
+        seq = packet[2] << 8 | packet[3]
+        v = estimate_roc(roc, highest, seq)
+        if highest >= 0 and (v << 16 | seq) <= (roc << 16 | highest):
+            # At or before the checkpointed index: already used under this key (outbound:
+            # protecting it again would be a two-time pad) or already accepted (inbound).
+            self._pending[ssrc] = state
+            raise SrtpReplayError("index at or before the restored checkpoint")
+        suite = SrtpSuite.from_name(self.keying.suite)
+        policy = pylibsrtp.Policy(
+            key=self.keying.master,
+            ssrc_type=pylibsrtp.Policy.SSRC_SPECIFIC,
+            ssrc_value=ssrc,
+            srtp_profile=suite.libsrtp_profile,
+        )
+        policy.allow_repeat_tx = False
+        _forget(self._session, ssrc)
+        try:
+            self._session.add_stream(policy)
+        except _FAILURES as exc:
+            self._pending[ssrc] = state
+            raise _mapped(exc) from None
+        assert _ROC is not None
+        _ROC[1](_address(self._session._srtp[0]), ssrc, v)
+        return state
+
+    def _failed(self, packet: bytes, state: tuple[int, int]) -> None:
+        """An inbound first packet failed: forget the stream it set up, so a forged packet
+        cannot fix a wrong ROC for the genuine ones (they try again from the checkpoint)."""
+        ssrc = int.from_bytes(packet[8:12], "big")
+        _forget(self._session, ssrc)
+        self._pending[ssrc] = state
+
+
+class SrtpProtector(_Indexes):
     """Outbound SRTP/SRTCP for one direction: protects what the gateway sends to the provider.
 
     Raises ``ValueError`` on construction for an unknown or NULL suite or a key of the wrong
     length. libsrtp accepts any outbound SSRC and keeps a ROC per SSRC.
     """
 
-    __slots__ = ("_direct", "_protect", "_protect_rtcp", "_session", "keying")
+    __slots__ = ("_direct", "_pending", "_protect", "_protect_rtcp", "_session", "keying")
 
     def __init__(self, keying: SrtpKeying) -> None:
         session = _session(keying, pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
         self._session = session
+        self._pending = {}
         #: The keying this context was built from (compared on update, never logged).
         self.keying = keying
         # Bound methods looked up once: the packet path calls them per packet.
@@ -267,7 +394,10 @@ class SrtpProtector:
         self._direct = _direct(session)
 
     def native(self) -> NativeHandle | None:
-        """libsrtp handle and ``srtp_protect`` for the C fast path (None without the fast path)."""
+        """libsrtp handle and ``srtp_protect`` for the C fast path (None without the fast path,
+        and while a restored SSRC waits for its first packet)."""
+        if self._pending:
+            return None
         return _native(self._direct, "srtp_protect", _RTP_TRAILER)
 
     def forget(self, ssrc: int) -> None:
@@ -276,6 +406,8 @@ class SrtpProtector:
 
     def protect(self, packet: bytes) -> bytes:
         """RTP → SRTP. Raises SrtpError (SrtpReplayError for a repeated sequence number)."""
+        if self._pending:
+            self._resume(packet, True)
         direct = self._direct
         if direct is not None:
             return direct.run(_lib.srtp_protect, packet, _RTP_TRAILER)
@@ -292,18 +424,19 @@ class SrtpProtector:
             raise _mapped(exc) from None
 
 
-class SrtpUnprotector:
+class SrtpUnprotector(_Indexes):
     """Inbound SRTP/SRTCP for one direction: verifies and decrypts what the provider sends.
 
     libsrtp creates a stream (ROC, replay window) per SSRC from the first packet that
     authenticates, so a provider that changes SSRC mid-call keeps working under the same key.
     """
 
-    __slots__ = ("_direct", "_session", "_unprotect", "_unprotect_rtcp", "keying")
+    __slots__ = ("_direct", "_pending", "_session", "_unprotect", "_unprotect_rtcp", "keying")
 
     def __init__(self, keying: SrtpKeying) -> None:
         session = _session(keying, pylibsrtp.Policy.SSRC_ANY_INBOUND)
         self._session = session
+        self._pending = {}
         #: The keying this context was built from (compared on update, never logged).
         self.keying = keying
         self._unprotect = session.unprotect
@@ -311,7 +444,10 @@ class SrtpUnprotector:
         self._direct = _direct(session)
 
     def native(self) -> NativeHandle | None:
-        """libsrtp handle and ``srtp_unprotect`` for the C fast path (None without it)."""
+        """libsrtp handle and ``srtp_unprotect`` for the C fast path (None without it, and
+        while a restored SSRC waits for its first packet)."""
+        if self._pending:
+            return None
         return _native(self._direct, "srtp_unprotect", 0)
 
     def forget(self, ssrc: int) -> None:
@@ -320,6 +456,17 @@ class SrtpUnprotector:
 
     def unprotect(self, packet: bytes) -> bytes:
         """SRTP → RTP. Raises SrtpAuthError, SrtpReplayError or SrtpError."""
+        if self._pending:
+            state = self._resume(packet, False)
+            if state is not None:
+                try:
+                    return self._unprotect_now(packet)
+                except SrtpError:
+                    self._failed(packet, state)
+                    raise
+        return self._unprotect_now(packet)
+
+    def _unprotect_now(self, packet: bytes) -> bytes:
         direct = self._direct
         if direct is not None:
             return direct.run(_lib.srtp_unprotect, packet, 0)

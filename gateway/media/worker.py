@@ -58,14 +58,17 @@ from collections.abc import Callable
 
 import msgspec
 
+from gateway.media import checkpoint
 from gateway.media.control import (
     COMMAND_DECODER,
     ENCODER,
     CallClosed,
+    Checkpoints,
     CloseCall,
     OpenStream,
     QueryStats,
     Shutdown,
+    StreamCheckpoint,
     StreamCounters,
     StreamIdle,
     StreamOpened,
@@ -107,6 +110,7 @@ IDLE_CHECK_STEP_S = 0.001
 LIBSRTP_MAJOR = 2
 
 _Handler = Callable[[bytes, Address, float], Forward | None]
+Restore = StreamCheckpoint | None
 
 
 def fastpath_enabled() -> bool:
@@ -180,10 +184,12 @@ class _Stream:
     """A relay and the four sockets it uses, indexed like ``relay.LAN_RTP`` … ``WAN_RTCP``,
     and its two C fast-path lanes (LAN RTP → WAN, WAN RTP → LAN) when there is a fast path."""
 
-    __slots__ = ("_python_turn", "key", "lanes", "relay", "sockets")
+    __slots__ = ("_python_turn", "key", "lanes", "relay", "restoring", "sockets", "updates")
 
     def __init__(self, key: str, relay: RelayStream, sockets: tuple[socket.socket, ...]) -> None:
         self.key = key
+        self.updates = 0  # UpdateStream messages applied (StreamCheckpoint carries it)
+        self.restoring = False  # a restored SSRC keeps the fast path off (python_turn)
         self.relay = relay
         self.sockets = sockets
         self.lanes: tuple[_fastpath.Lane, _fastpath.Lane] | None = None
@@ -242,6 +248,14 @@ class _Stream:
     def python_turn(
         self, handler: _Handler, data: bytes, source: Address, now: float
     ) -> Forward | None:
+        """:meth:`_turn`; the fast path takes a restored stream back at its ROCs' return."""
+        forward = self._turn(handler, data, source, now)
+        if self.restoring and not checkpoint.restoring(self.relay):
+            self.restoring = False
+            self.refresh()
+        return forward
+
+    def _turn(self, handler: _Handler, data: bytes, source: Address, now: float) -> Forward | None:
         """Run the Python rules on a packet of this stream while the fast path may hold the
         stream's state: take it back, decide, hand it over again (a packet the C loop declined,
         or RTCP from the phone, may admit an SSRC; RTP is counted in the reception stats)."""
@@ -360,6 +374,7 @@ class _Worker:
         self._in = bytearray()
         self._out = bytearray()
         self._running = True
+        self._checkpoints = checkpoint.Checkpointer(clock())
         self._warned: set[str] = set()
         fast = fastpath_enabled() if fast_path is None else fast_path and _fastpath is not None
         if fast:
@@ -431,7 +446,7 @@ class _Worker:
 
     def _handle(self, command: object, now: float) -> None:
         if isinstance(command, OpenStream):
-            error = self._open(command.call_id, command.stream, command.spec, now)
+            error = self._open(command.call_id, command.stream, command.spec, now, command.restore)
             self._send(StreamOpened(call_id=command.call_id, stream=command.stream, error=error))
         elif isinstance(command, UpdateStream):
             call = self._calls.get(command.call_id)
@@ -439,6 +454,7 @@ class _Worker:
             if stream is None:
                 self._warn("update for an unknown stream ignored")
                 return
+            stream.updates += 1
             try:
                 stream.relay.update(command.spec)
             except ValueError as exc:  # bad keying: keep the stream as it was
@@ -464,7 +480,9 @@ class _Worker:
 
     # -- streams -------------------------------------------------------------------------
 
-    def _open(self, call_id: str, index: int, spec: StreamSpec, now: float) -> str | None:
+    def _open(
+        self, call_id: str, index: int, spec: StreamSpec, now: float, restore: Restore = None
+    ) -> str | None:
         call = self._calls.get(call_id)
         if call is not None and index in call.streams:
             return f"stream {call_id}/{index} is already open"
@@ -472,6 +490,8 @@ class _Worker:
             relay = RelayStream(spec, ssrc_idle=self._ssrc_idle)
         except ValueError as exc:
             return f"invalid stream spec: {exc}"
+        if restore is not None:  # a stream a dead worker held: before the fast path sees it
+            checkpoint.restore(relay, restore, now)
         sockets: list[socket.socket] = []
         binds = (
             (self._lan_address, spec.lan_port),
@@ -493,6 +513,7 @@ class _Worker:
         if call is None:
             call = self._calls[call_id] = _Call(now)
         stream = _Stream(f"{call_id}/{index}", relay, tuple(sockets))
+        stream.restoring = checkpoint.restoring(relay)
         call.streams[index] = stream
         handlers = (
             relay.from_lan_rtp,
@@ -536,8 +557,9 @@ class _Worker:
         call = self._calls.pop(call_id, None)
         if call is None:
             return
-        for stream in call.streams.values():
+        for index, stream in call.streams.items():
             self._close_stream(stream)
+            self._checkpoints.forget(call_id, index)
 
     def _check_idle(self, now: float) -> None:
         """Look at the next few calls of the current pass (see ``IDLE_CHECK_BATCH``)."""
@@ -559,7 +581,8 @@ class _Worker:
     def _wake_at(self, next_check: float) -> float:
         """When the loop must come back even without packets: the next idle-check pass, or
         the next batch of the pass under way."""
-        if self._idle_pending:
+        next_check = min(next_check, self._checkpoints.next_due)
+        if self._idle_pending or self._checkpoints.busy:
             return min(next_check, self._clock() + IDLE_CHECK_STEP_S)
         return next_check
 
@@ -571,6 +594,9 @@ class _Worker:
             next_check = now + self._check_interval
         if self._idle_pending:
             self._check_idle(now)
+        changed = self._checkpoints.step(now, self._calls)
+        if changed:
+            self._send(Checkpoints(checkpoints=changed))
         return next_check
 
     def _control_event(self, mask: int, now: float) -> None:
