@@ -31,7 +31,7 @@ import socket
 import sys
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,24 @@ REPLY_TIMEOUT = 5.0
 #: A worker that dies sooner than this after starting is restarted after a pause, not at once.
 _CRASH_LOOP_SECONDS = 1.0
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+#: What a media worker inherits of the signalling process's environment, by name and prefix.
+#: Nothing else: the admin token, the state key, trunk passwords and systemd's notify socket
+#: live in the same environment, and a worker parsing hostile packets all day must hold none.
+_WORKER_ENV_NAMES = frozenset(
+    {"PATH", "HOME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "LD_PRELOAD"}
+)
+_WORKER_ENV_PREFIXES = ("LC_", "PYTHON", "GATEWAY_MEDIA_", "ASAN_", "UBSAN_")
+
+
+def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The part of ``environ`` a media worker is started with (an allowlist)."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if name in _WORKER_ENV_NAMES or name.startswith(_WORKER_ENV_PREFIXES)
+    }
 
 
 class MediaError(Exception):
@@ -410,7 +428,7 @@ class MediaController:
     async def _spawn(self, handle: _WorkerHandle) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            env = dict(os.environ)
+            env = worker_environment(os.environ)
             # The worker must import this very package, installed or not.
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p
