@@ -253,6 +253,22 @@ class StateSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     site: str = "default"
     #: Seconds between saves of changed state (changes are coalesced; all is saved at stop).
     save_interval: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    # --- Redis (gateway/state/redis_store.py): state under smg:<site>:<kind>, bans shared by
+    # every site on the same Redis. None: the local folder only (a single box).
+    #: ``unix:///run/redis/redis.sock``, ``redis://host:6379/0`` or ``rediss://`` (TLS).
+    redis_url: str | None = None
+    #: Environment variable holding Redis' password (never in this file); None: no AUTH.
+    redis_password_env: str | None = None
+    #: Seconds a Redis command may take before the link counts as down.
+    redis_timeout: Annotated[float, msgspec.Meta(gt=0, le=30)] = 2.0
+
+    def __post_init__(self) -> None:
+        url = self.redis_url
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("[state] redis_url must start with redis://, rediss:// or unix://")
+        if url is not None and (":" in self.site or self.site == "shared"):
+            # Keys are smg:<site>:<kind>; smg:shared: holds what every site shares.
+            raise ValueError("[state] site may not contain ':' nor be 'shared' with Redis")
 
 
 class ControlSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -37,6 +37,18 @@ class PersistedBan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     offences: int
 
 
+class SharedBan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A ban as gateways on one Redis share it (``gateway.state.shared_bans``): Unix times, so
+    every site reads the same expiry, and the site that made it."""
+
+    address: str
+    rule: str
+    banned_at: float
+    expires_at: float
+    offences: int
+    site: str
+
+
 class BanList:
     """Bans by normalised address (see ``allowlist.normalise_address``)."""
 
@@ -80,6 +92,16 @@ class BanList:
         if removed is not None:
             self.version += 1
         return removed is not None
+
+    def apply(self, record: BanRecord) -> bool:
+        """Take a ban decided elsewhere as it is (no offence counted here); False when a ban
+        lasting as long or longer is already in force."""
+        current = self._bans.get(record.address)
+        if current is not None and current.until >= record.until:
+            return False
+        self._bans[record.address] = record
+        self.version += 1
+        return True
 
     def active(self, now: float) -> list[BanRecord]:
         return sorted((r for r in self._bans.values() if r.until > now), key=lambda r: r.until)

@@ -38,7 +38,7 @@ from typing import Literal
 import msgspec
 
 from gateway.policy.allowlist import Allowlist, normalise_address, parse_address
-from gateway.policy.bans import BanList, BanRecord, PersistedBan
+from gateway.policy.bans import BanList, BanRecord, PersistedBan, SharedBan
 from gateway.policy.caps import CallCaps, SpikeDetector
 from gateway.policy.dialplan import DialPlan
 from gateway.policy.events import Action, SecurityEvent, counter_name
@@ -434,6 +434,37 @@ class PolicyEngine:
         self._emit(
             "", key, "", "ban.lift", "lift", None, now, detail="operator", fold=False
         )
+        return True
+
+    def remote_ban(self, ban: SharedBan, now: float, wall: float) -> bool:
+        """A ban another gateway on the shared store made (``wall``: Unix time at ``now``).
+
+        Applied as it is, expiry kept as the absolute time it was given; this site's own
+        exemptions (never_ban, the provider's peers) still win. True when it changed the list.
+        """
+        key = normalise_address(ban.address)
+        if key is None or ban.expires_at <= wall:
+            return False
+        address = parse_address(key)
+        if address is not None and (address in self._never_ban or address in self._providers):
+            detail = f"site {ban.site}: ban not applied, exempt here"
+            self._emit("", key, "", ban.rule, "drop", None, now, detail=detail, fold=False)
+            return False
+        until = now + (ban.expires_at - wall)
+        record = BanRecord(key, ban.rule, min(now, now + ban.banned_at - wall), until, ban.offences)
+        if not self._bans.apply(record):
+            return False
+        detail = f"site {ban.site}: {until - now:.0f}s left, offence {ban.offences}"
+        self._emit("", key, "", ban.rule, "ban", None, now, detail=detail, fold=False)
+        return True
+
+    def remote_lift(self, ip: str, site: str, now: float) -> bool:
+        """Another gateway on the shared store lifted its ban on ``ip``."""
+        key = normalise_address(ip)
+        if key is None or not self._bans.lift(key):
+            return False
+        self._sources.forget(key)
+        self._emit("", key, "", "ban.lift", "lift", None, now, detail=f"site {site}", fold=False)
         return True
 
     @property
