@@ -43,6 +43,7 @@ from gateway.operations import (
     ConfigReload,
     LadderCall,
     MediaReading,
+    MediaWorkerStatus,
     PhoneStatus,
     ProviderStatus,
     RegistrationStatus,
@@ -431,6 +432,23 @@ class OperatorConsole:
     def media_workers(self) -> list[int | None]:
         return list(self._media.worker_pids())
 
+    def media_worker_states(self) -> list[MediaWorkerStatus]:
+        return [
+            MediaWorkerStatus(
+                slot=int(str(row["slot"])),
+                pid=row["pid"] if isinstance(row["pid"], int) else None,
+                state=str(row["state"]),
+                restarts=int(str(row["restarts"])),
+                last_restored=_count(row["last_restored"]),
+                last_lost=_count(row["last_lost"]),
+                failed=str(row["failed"]) if row["failed"] is not None else None,
+            )
+            for row in self._media.worker_states()
+        ]
+
+    def media_calls_restored(self) -> int:
+        return self._media.calls_restored
+
     def media_loop(self) -> MediaLoop:
         # Decided once: the workers decide at their start, with the environment they
         # inherit from this process, and [media] changes only with a restart.
@@ -549,3 +567,7 @@ class OperatorConsole:
 def restart_needed(running: GatewayConfig, new: GatewayConfig) -> tuple[str, ...]:
     """The start-up-only tables in which ``new`` differs from ``running``."""
     return tuple(t for t in RESTART_TABLES if getattr(running, t) != getattr(new, t))
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) else None

@@ -44,6 +44,7 @@ from gateway.admin.views import (
     MediaSampler,
     ban_views,
     call_views,
+    media_worker_views,
     phone_views,
     provider_view,
     readiness,
@@ -83,6 +84,8 @@ OPERATIONS_KEY: web.AppKey[Operations] = web.AppKey("control-operations")
 SAMPLER_KEY: web.AppKey[MediaSampler] = web.AppKey("control-sampler")
 GROUP_KEY: web.AppKey[int] = web.AppKey("control-group")
 INFO_KEY: web.AppKey[dict[str, Any]] = web.AppKey("control-info")
+#: ``gateway state status``: the saved state's store (gateway/state/redis_state.py).
+STATE_KEY: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("control-state")
 #: Who made a request ("user (uid N, pid N)"), for the log lines of what it changed.
 WHO_KEY: web.RequestKey[str] = web.RequestKey("control-who")
 
@@ -212,6 +215,7 @@ async def status_handler(request: web.Request) -> web.Response:
                 "workers_up": sum(1 for pid in pids if pid is not None),
                 "pids": pids,
                 "loop": loop_text,
+                "worker_states": media_worker_views(view),
                 "packets_per_second": sampler.rates()["packets_per_second"],
                 "error": sample.error,
             },
@@ -289,6 +293,7 @@ def build_control_app(
     *,
     group: int,
     info: Mapping[str, Any],
+    state: Callable[[], dict[str, Any]] | None = None,
 ) -> web.Application:
     """The control application (what the socket serves; tests may drive it directly)."""
     app = web.Application(middlewares=[access_middleware])
@@ -306,7 +311,14 @@ def build_control_app(
     app.router.add_delete("/bans/{address}", lift_ban_handler)
     app.router.add_post("/spike-lock/lift", lift_spike_lock_handler)
     app.router.add_post("/reload", reload_handler)
+    if state is not None:
+        app[STATE_KEY] = state
+        app.router.add_get("/state", state_handler)
     return app
+
+
+async def state_handler(request: web.Request) -> web.Response:
+    return _json(request.app[STATE_KEY]())
 
 
 def _answers(path: Path) -> bool:
@@ -330,8 +342,10 @@ class ControlServer:
         status: StatusView,
         operations: Operations,
         sampler: MediaSampler | None = None,
+        state: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._config = config
+        self._state = state
         self._status = status
         self._operations = operations
         self._sampler = sampler or MediaSampler(status)
@@ -416,7 +430,7 @@ class ControlServer:
             "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
         }
         app = build_control_app(
-            self._status, self._operations, self._sampler, group=group, info=info
+            self._status, self._operations, self._sampler, group=group, info=info, state=self._state
         )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -594,6 +608,22 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _worker_restarts(states: list[Mapping[str, Any]]) -> str:
+    """The media workers that restarted or failed, for the status line (nothing when none)."""
+    parts = []
+    for w in states:
+        if w.get("state") == "running" and not w.get("restarts"):
+            continue
+        text = f"worker {w.get('slot')} {str(w.get('state')).upper()}"
+        text += f", {w.get('restarts', 0)} restart(s)"
+        if w.get("last_restored") is not None:
+            text += f", last: {w['last_restored']} call(s) restored, {w['last_lost']} lost"
+        if w.get("failed"):
+            text += f" ({w['failed']})"
+        parts.append(text)
+    return "; " + "; ".join(parts) if parts else ""
+
+
 def format_status(data: Mapping[str, Any]) -> str:
     """``gateway status``: one line per part of the gateway."""
     ready = data.get("ready", {})
@@ -613,6 +643,7 @@ def format_status(data: Mapping[str, Any]) -> str:
     media_line += f", {media.get('packets_per_second', 0.0)} packets/s"
     if media.get("error"):
         media_line += f"; workers did not answer: {media['error']}"
+    media_line += _worker_restarts(media.get("worker_states", []))
     provider = data.get("provider", {})
     counts = data.get("counts", {})
     lines = [

@@ -46,6 +46,7 @@ __all__ = [
     "LadderMessage",
     "MediaLoop",
     "MediaReading",
+    "MediaWorkerStatus",
     "Operations",
     "PhoneStatus",
     "ProviderStatus",
@@ -253,6 +254,23 @@ class MediaReading:
 
 
 @dataclass(frozen=True, slots=True)
+class MediaWorkerStatus:
+    """One media worker slot (issue 14: a worker that dies is restarted with its calls)."""
+
+    slot: int
+    #: None while the slot's worker is down.
+    pid: int | None
+    #: "running", "restarting" or "failed" (a crash loop: not restarted again).
+    state: str
+    restarts: int
+    #: Calls the last restart re-opened on the new worker / ended; None before any restart.
+    last_restored: int | None
+    last_lost: int | None
+    #: Why the slot is failed (None unless ``state`` is "failed").
+    failed: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CallRecordStats:
     """The call-record writer's own counts."""
 
@@ -413,6 +431,14 @@ class StatusView(Protocol):
 
     def media_workers(self) -> list[int | None]:
         """The pid of each media worker slot (None: the slot's worker is down)."""
+        ...
+
+    def media_worker_states(self) -> list[MediaWorkerStatus]:
+        """Each media worker slot's state, restarts and last restart's calls restored/lost."""
+        ...
+
+    def media_calls_restored(self) -> int:
+        """Calls carried over to a restarted media worker since the gateway started."""
         ...
 
     def media_loop(self) -> MediaLoop:

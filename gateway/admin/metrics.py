@@ -95,6 +95,7 @@ async def render_metrics(
     _phones(out, status)
     _media(out, sample, sampler)
     _media_loop(out, status)
+    _media_restarts(out, status)
     _tls(out, status)
     return out.render()
 
@@ -282,6 +283,32 @@ def _media(out: Exposition, sample: MediaSample, sampler: MediaSampler) -> None:
             for w in workers
             if w["cpu_ratio"] is not None
         ],
+    )
+
+
+def _media_restarts(out: Exposition, status: StatusView) -> None:
+    """Media worker crash recovery (issue 14): restarts per slot, calls carried over."""
+    states = getattr(status, "media_worker_states", None)
+    restored = getattr(status, "media_calls_restored", None)
+    if not callable(states) or not callable(restored):
+        return  # a view without them (test doubles)
+    out.family(
+        "gateway_media_worker_restarts_total",
+        "counter",
+        "Times the media worker of a slot died and was restarted with its calls.",
+        [({"worker": str(w.slot)}, w.restarts) for w in states()],
+    )
+    out.family(
+        "gateway_media_worker_failed",
+        "gauge",
+        "1 when a slot's worker died in a loop and is no longer restarted.",
+        [({"worker": str(w.slot)}, 1 if w.state == "failed" else 0) for w in states()],
+    )
+    out.one(
+        "gateway_media_calls_restored_total",
+        "counter",
+        "Calls whose streams were re-opened on a restarted media worker.",
+        restored(),
     )
 
 

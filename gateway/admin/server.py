@@ -47,6 +47,7 @@ from gateway.admin.views import (
     certificate_views,
     ladder_list,
     ladder_view,
+    media_worker_views,
     phone_views,
     provider_view,
     readiness,
@@ -378,6 +379,7 @@ async def status_page(request: web.Request) -> web.Response:
             "load": {
                 "packets_per_second": rates["packets_per_second"],
                 "workers": rates["workers"],
+                "worker_states": media_worker_views(view),
                 "media_error": sample.error,
             },
             "certificates": certificate_views(view),

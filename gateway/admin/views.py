@@ -34,6 +34,7 @@ __all__ = [
     "certificate_views",
     "ladder_list",
     "ladder_view",
+    "media_worker_views",
     "phone_views",
     "provider_view",
     "readiness",
@@ -405,6 +406,26 @@ def provider_view(status: StatusView) -> dict[str, Any]:
             for t in status.trunks()
         ],
     }
+
+
+def media_worker_views(status: StatusView) -> list[dict[str, Any]]:
+    """Each media worker slot: pid, state (running / restarting / failed), restarts and the
+    last restart's calls restored and lost; [] from a view without them (test doubles)."""
+    states = getattr(status, "media_worker_states", None)
+    if not callable(states):
+        return []
+    return [
+        {
+            "slot": w.slot,
+            "pid": w.pid,
+            "state": w.state,
+            "restarts": w.restarts,
+            "last_restored": w.last_restored,
+            "last_lost": w.last_lost,
+            "failed": w.failed,
+        }
+        for w in states()
+    ]
 
 
 def readiness(status: StatusView) -> dict[str, Any]:

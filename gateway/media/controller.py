@@ -131,6 +131,9 @@ class _WorkerHandle:
         #: Monotonic times of this slot's recent worker deaths (crash-loop detection).
         self.deaths: list[float] = []
         self.restarts = 0
+        #: Calls the last restart re-opened on the successor / handed to ``on_worker_lost``.
+        self.last_restored: int | None = None
+        self.last_lost: int | None = None
         #: Set when the slot is in a crash loop and no longer restarted.
         self.failed: str | None = None
         self.running = asyncio.Event()
@@ -187,6 +190,8 @@ class MediaController:
         self._workers = [_WorkerHandle(slot) for slot in range(count)]
         self._request_ids = itertools.count(1)
         self._stopping = False
+        #: Calls carried over to a restarted worker, since start (for operators' metrics).
+        self.calls_restored = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -242,13 +247,17 @@ class MediaController:
         return [h.process.pid if h.process and h.alive else None for h in self._workers]
 
     def worker_states(self) -> list[dict[str, object]]:
-        """Per slot: pid (None when down), restarts so far, and why it is failed (None when
-        it is not in a crash loop), for operators."""
+        """Per slot, for operators: pid (None when down), state ("running", "restarting" or
+        "failed"), restarts so far, the last restart's calls restored and lost (None before
+        any restart), and why it is failed (None when it is not in a crash loop)."""
         return [
             {
                 "slot": h.slot,
                 "pid": h.process.pid if h.process and h.alive else None,
+                "state": "failed" if h.failed else "running" if h.alive else "restarting",
                 "restarts": h.restarts,
+                "last_restored": h.last_restored,
+                "last_lost": h.last_lost,
                 "failed": h.failed,
             }
             for h in self._workers
@@ -554,6 +563,7 @@ class MediaController:
                 handle.failed,
                 len(lost),
             )
+            handle.last_restored, handle.last_lost = 0, len(lost)
             self._lose(lost)
             return
         if now - handle.started_at < _CRASH_LOOP_SECONDS:
@@ -567,6 +577,8 @@ class MediaController:
             self._lose(lost)
             return
         restored, failed = await self._restore(handle, lost)
+        handle.last_restored, handle.last_lost = len(restored), len(failed)
+        self.calls_restored += len(restored)
         handle.restarts += 1  # counted once the calls are back (tests wait on it)
         log.warning(
             "media worker %d restarted (pid %s): %d call(s) restored, %d lost",
