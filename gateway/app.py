@@ -49,6 +49,7 @@ from gateway.sip.message import SipRequest, SipResponse
 from gateway.sip.peer import Peer, Side
 from gateway.sip.transaction import TimerSettings
 from gateway.state.keeper import StateKeeper
+from gateway.state.redis_state import RedisState, local_state_status
 from gateway.transport.listener import StreamListener
 from gateway.transport.provider import ProviderLink
 from gateway.transport.stream import SipStreamConnection
@@ -130,6 +131,11 @@ class Gateway:
         self.ban_file = BanFileSync(Path(config.state.directory) / "bans.json")
         #: Registrations and caps' totals kept across a restart (gateway/state/).
         self.state = StateKeeper(config.state)
+        #: [state] redis_url: the state in Redis too, and bans shared with every site on it.
+        self.redis: RedisState | None = None
+        if config.state.redis_url is not None:
+            self.redis = RedisState(config.state)
+            self.state = StateKeeper(config.state, store=self.redis.store)
         self.counters = Counters()
         self.media = MediaController(
             lan_address=lan.media_address,
@@ -209,6 +215,8 @@ class Gateway:
         self.ban_file.restore(self.policy, self._now(), time.time())
         # Before any listener opens and before the provider link: the registrar registers
         # the restored bindings again when the link comes up.
+        if self.redis is not None:  # this site's state from Redis, bounded by its timeout
+            await self.redis.start(self.policy, self._now, self._flush)
         self.state.restore(self.core.registrations, self.policy, self._now(), time.time())
         await self.media.start()
         # A stats round trip proves every worker's loop is up before the first call.
@@ -256,6 +264,7 @@ class Gateway:
             status=self.console,
             operations=self.console,
             sampler=self.admin.sampler if self.admin is not None else None,
+            state=self._state_status,
         )
         await self.control.start()
         log.info(
@@ -269,6 +278,12 @@ class Gateway:
             ),
             self.settings.registrar_peer.transport.upper(),
         )
+
+    def _state_status(self) -> dict[str, Any]:
+        """``gateway state status``: Redis, or the local folder alone."""
+        if self.redis is not None:
+            return self.redis.status()
+        return local_state_status(self.config.state)
 
     def _trunk_status(self) -> list[TrunkStatus]:
         found = []
@@ -359,6 +374,8 @@ class Gateway:
         self.cdr.flush(time.time())
         # After the calls ended: their minutes are in the caps' totals saved here.
         self.state.save(self.core.registrations, self.policy, loop.time())
+        if self.redis is not None:
+            await self.redis.stop()
         if self.control is not None:  # last, with admin: operators watch the drain
             await self.control.stop()
         if self.admin is not None:  # last: operators watch the drain through it
@@ -612,6 +629,8 @@ class Gateway:
                 self._record(action)
         if self._loop is not None:
             self.ban_file.save_if_changed(self.policy, self._now(), time.time())
+            if self.redis is not None:
+                self.redis.bans_changed()
         self.cdr.settle(lambda: (p.key for p in self.core.active_calls), time.time())
         deadline = self.core.get_timer()
         if self._timer is not None and (deadline is None or self._timer_at != deadline):

@@ -292,6 +292,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_state_status(args: argparse.Namespace) -> int:
+    from gateway.state.redis_state import format_state_status
+
+    target = _control_target(args)
+    if target is None:
+        return EXIT_USAGE
+    try:
+        data = control_request(target, "GET", "/state")
+    except ControlError as exc:
+        return _control_failed(exc)
+    print(json.dumps(data, indent=2) if args.json else format_state_status(data))
+    return EXIT_OK
+
+
 def cmd_calls(args: argparse.Namespace) -> int:
     target = _control_target(args)
     if target is None:
@@ -493,6 +507,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reload", help="running gateway: re-read the configuration, certificates")
     _add_control(p)
     p.set_defaults(func=cmd_reload)
+    state = sub.add_parser("state", help="saved state: Redis or the local folder")
+    state_sub = state.add_subparsers(dest="state_command", required=True)
+    p = state_sub.add_parser("status", help="Redis reachable, site, last write, shared bans")
+    _add_control(p, json_output=True)
+    p.set_defaults(func=cmd_state_status)
 
     from gateway.bench.command import add_bench_arguments, cmd_bench
 

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Mapping
@@ -111,8 +112,8 @@ class RedisLink:
         self.url = settings.redis_url
         self.site = settings.site
         self.timeout = settings.redis_timeout
-        #: Who writes: host and process, so a reader can tell two writers of one site apart.
-        self.writer = f"{socket.gethostname()}:{os.getpid()}"
+        #: Who writes: host, process and link, so a reader can tell two writers of one site apart.
+        self.writer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         # No retries inside the client: our own loop retries with a pause, and a command
         # never blocks the caller longer than one timeout.
         self.client: aioredis.Redis = aioredis.from_url(
