@@ -175,6 +175,13 @@ class CallSetup:
                 self._unavailable(side, event.key, request, self.trunks.why_none(None, "*"), now)
                 return
             if method == "INVITE":
+                if not request_user(request):
+                    # Nothing to dial (a Request-URI without a user, a tel: URI that holds no
+                    # number): never a call toward the provider (RFC 3261 §21.4.22).
+                    warning = gateway_warning("no number to dial in the Request-URI")
+                    refusal = Refusal(484, warning, rule="dialplan.no-number")
+                    self._refuse_call(side, event, refusal, now)
+                    return
                 verdict = self._admission.check_call(
                     user_of(request.from_) or "",
                     source.address[0],

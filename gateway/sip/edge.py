@@ -149,11 +149,19 @@ def request_user(request: SipRequest) -> str | None:
     return uri_user(request.uri)
 
 
+#: What the number of a tel: URI may hold (RFC 3966 §3: digits, hex digits and * # of a local
+#: number, the leading +, visual separators).
+_TEL_NUMBER = frozenset("0123456789abcdefABCDEF*#+-.()")
+
+
 def uri_user(uri: SipUri | AbsoluteUri) -> str | None:
     if isinstance(uri, SipUri):
         return uri.user
     if isinstance(uri, AbsoluteUri) and uri.scheme.lower() == "tel":
-        return uri.opaque.split(";")[0]
+        number = uri.opaque.split(";")[0]
+        # The scheme's body is kept opaque by the parser: anything else in it (an '@' that
+        # would land in the user part of the provider's Request-URI) is no number at all.
+        return number if number and _TEL_NUMBER.issuperset(number) else None
     return None
 
 

@@ -52,3 +52,11 @@ def test_saved_b2bua_reinvite_finding_replays_cleanly() -> None:
     check(
         (Path(__file__).parent / "findings" / "b2bua-reinvite-without-final-response").read_bytes()
     )
+
+
+def test_saved_b2bua_tel_uri_finding_replays_cleanly() -> None:
+    # An INVITE to tel:+15551234567@127.0.7.20: the '@' of the tel: body went into the user
+    # part of the INVITE sent to the provider, which no parser could read.
+    from tests.fuzz.target_b2bua import check
+
+    check((Path(__file__).parent / "findings" / "b2bua-tel-uri-with-an-at-sign").read_bytes())

@@ -827,3 +827,49 @@ def test_keepalive_notify_is_answered_by_the_gateway() -> None:
     site.from_phone(SPA_KEEPALIVE.format(n=1, event="keep-alive"), ("127.0.4.11", 5060))
     assert not site.take_wan()
     assert [m.status for m in site.answers()] == [200]
+
+
+# ---------------------------------------------------------------------------------------------
+# tel: Request-URIs (RFC 3966), which some ATAs and soft phones send
+
+
+@pytest.mark.parametrize(
+    ("uri", "goes_up_as"),
+    [
+        ("tel:+1-201-555-0123", "sip:+1-201-555-0123@provider.example"),  # as dialled here
+        # Found by the b2bua fuzz target: the parser keeps a tel: body opaque, and its '@'
+        # landed in the user part of the provider's Request-URI (an INVITE nobody can parse).
+        ("tel:+15551234567@127.0.4.20", None),
+        ("sip:127.0.4.20", None),  # nothing to dial at all
+    ],
+)
+def test_a_request_uri_without_a_number_is_refused_not_sent_up(
+    uri: str, goes_up_as: str | None
+) -> None:
+    site = Site()
+    site.from_phone(
+        invite_with_sdp(
+            f"""INVITE {uri} SIP/2.0
+Via: SIP/2.0/UDP 127.0.4.10:5062;branch=z9hG4bKtel1;rport
+Max-Forwards: 70
+From: "Desk" <sip:1001@{GW}>;tag=ph1
+To: <{uri}>
+Call-ID: tel-1@phone
+CSeq: 1 INVITE
+Contact: <sip:1001@127.0.4.10:5062>
+Content-Type: application/sdp
+Content-Length: @LENGTH@
+""",
+            "127.0.4.10",
+        ),
+        ("127.0.4.10", 5062),
+    )
+    sent = [m for m in site.take_wan() if isinstance(m, SipRequest)]
+    if goes_up_as is None:
+        assert sent == []
+        finals = [m for m in site.answers() if m.status >= 200]
+        assert [m.status for m in finals] == [484]
+        assert "no number to dial" in (finals[0].get("Warning") or "")
+    else:
+        (invite,) = sent
+        assert str(invite.uri) == goes_up_as
