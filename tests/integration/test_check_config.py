@@ -7,13 +7,16 @@ the dependencies from its index (PyPI in CI). The copies live under tmp_path wit
 /var/lib/sip-media-gateway layout moved there and real certificates from tests/pki.py; the
 output has tmp_path replaced by <site> before it is compared.
 
-Set GATEWAY_UPDATE_EXPECTED=1 to rewrite the expected files (then read the diff).
+Line numbers are checked against the broken copy itself (the named line must hold the field)
+and then written as ``gateway.toml:L:`` in the expected files, so that editing the example does
+not break them. Set GATEWAY_UPDATE_EXPECTED=1 to rewrite the expected files (then read the diff).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import subprocess
 import sys
 import venv
@@ -136,7 +139,24 @@ def check(gateway: Path, site: Path) -> tuple[int, str]:
         check=False,
     )
     shown = (res.stderr + res.stdout).replace(str(site.parent), "<site>")
-    return res.returncode, shown
+    return res.returncode, lines_checked(shown, site)
+
+
+_LOCATED = re.compile(r"^(?:error|warning): gateway\.toml:(\d+): ([^\s:]+):", re.MULTILINE)
+
+
+def lines_checked(shown: str, site: Path) -> str:
+    """``shown`` with each ``gateway.toml:N:`` checked (line N of the file names the field's
+    last part) and written ``gateway.toml:L:``."""
+    lines = site.read_text().splitlines()
+
+    def checked(found: re.Match[str]) -> str:
+        number, field = int(found.group(1)), found.group(2)
+        leaf = field.rsplit(".", 1)[-1]
+        assert leaf in lines[number - 1], f"line {number} does not name {field}"
+        return found.group(0).replace(f"gateway.toml:{number}:", "gateway.toml:L:", 1)
+
+    return _LOCATED.sub(checked, shown)
 
 
 def project_gateway() -> Path:
@@ -184,9 +204,9 @@ def test_run_refuses_to_start_with_the_same_lines(tmp_path: Path) -> None:
         check=False,
     )
     assert res.returncode == 2, res.stdout + res.stderr
-    shown = res.stderr.replace(str(site.parent), "<site>")
+    shown = lines_checked(res.stderr.replace(str(site.parent), "<site>"), site)
     assert shown == (
-        "error: gateway.toml:79: wan.identity.certificate: <site>/var/certs/identity/cert.pem: "
+        "error: gateway.toml:L: wan.identity.certificate: <site>/var/certs/identity/cert.pem: "
         "cannot read certificate file: No such file or directory\n"
         "gateway.toml: configuration test failed: 1 problem(s)\n"
     )
