@@ -541,6 +541,8 @@ class Gateway:
 
     def _count_listener_refused(self) -> None:
         self.counters.listener_refused += 1
+        # With the SIP counters on /metrics (gateway_sip_events_total{event=...}).
+        self.limit_counters.hit("listener_not_allowed")
 
     def _listener_allowed(self, conn: SipStreamConnection) -> bool:
         return self._address_allowed(conn.peer[0])

@@ -96,9 +96,15 @@ async def test_listener_limits_are_enforced_and_counted_on_metrics(
         reader, writer = await asyncio.open_connection(LAN, lan_port, local_addr=(PHONE, 0))
         writers.append(writer)
         assert await closed_by_gateway(reader)
-        # A WAN client that never starts its TLS handshake is cut off.
+        # A WAN client that is not the provider is closed at accept, before any TLS.
         reader, writer = await asyncio.open_connection(
             WAN, config.wan.listen_port, local_addr=(SCANNER, 0)
+        )
+        writers.append(writer)
+        assert await closed_by_gateway(reader)
+        # The provider's address that never starts its TLS handshake is cut off.
+        reader, writer = await asyncio.open_connection(
+            WAN, config.wan.listen_port, local_addr=("127.0.21.30", 0)
         )
         writers.append(writer)
         assert await closed_by_gateway(reader)
@@ -114,6 +120,7 @@ async def test_listener_limits_are_enforced_and_counted_on_metrics(
                     break
                 await asyncio.sleep(0.05)
         assert samples['gateway_limit_hits_total{limit="connections_per_source"}'] == 1
+        assert samples['gateway_sip_events_total{event="listener_not_allowed"}'] == 1
         assert samples['gateway_limit_hits_total{limit="tls_handshake_timeout"}'] == 1
         assert samples['gateway_limit_hits_total{limit="max_calls"}'] == 0
         assert samples['gateway_sip_events_total{event="limit_connections_per_source"}'] == 1
