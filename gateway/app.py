@@ -453,6 +453,8 @@ class Gateway:
             # with the core's counters, as the refusals after parsing are).
             counters = self.core.counters
             counters[BANNED_UNPARSED] = counters.get(BANNED_UNPARSED, 0) + 1
+            if policy.note_banned_drop(addr[0], self._now()):
+                self._flush()  # the operator sees the drops as before (folded security events)
             return
         peer = Peer(Side.LAN, "udp", addr)
         self.ladder.received(peer, data, self._now())

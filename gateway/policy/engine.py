@@ -421,6 +421,18 @@ class PolicyEngine:
         before parsing, ``gateway.sip.early_drop``)."""
         return self._bans.get(normalise_address(ip) or ip, now) is not None
 
+    def note_banned_drop(self, ip: str, now: float) -> bool:
+        """A datagram of banned ``ip`` dropped before parsing: counted and reported as the
+        ``ban.active`` drop a parsed request gets (folded like it). True when a new security
+        event waits to be taken (the first of a fold window)."""
+        key = normalise_address(ip) or ip
+        ban = self._bans.get(key, now)
+        if ban is None:
+            return False
+        pending = len(self._events)
+        self._emit("lan", key, "", "ban.active", "drop", None, now, detail=ban.rule, fold=True)
+        return len(self._events) > pending
+
     def bans(self, now: float) -> list[BanRecord]:
         """Active bans, soonest to expire first."""
         return self._bans.active(now)

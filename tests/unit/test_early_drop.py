@@ -87,3 +87,20 @@ def test_banned_reads_without_counting() -> None:
     assert engine.banned("192.168.1.50", 1.0)
     assert not engine.banned("192.168.1.51", 1.0)
     assert dict(engine.counters()) == counters
+
+
+def test_a_drop_before_parsing_is_reported_as_a_parsed_one_folded() -> None:
+    # The operator's view of a banned source does not change with where it was dropped: the
+    # first drop of a fold window is a ban.active security event, the rest are its repeats.
+    engine = PolicyEngine()
+    for now in range(200):
+        engine.check_request("lan", "192.168.1.50", "OPTIONS", None, None, True, now / 1000)
+    engine.drain_events()
+    # Within the fold window of the parsed drops that followed the ban: folded into them.
+    assert not engine.note_banned_drop("192.168.1.50", 1.0)
+    later = 1.0 + engine.settings.events.coalesce_seconds
+    assert engine.note_banned_drop("192.168.1.50", later)
+    assert not engine.note_banned_drop("192.168.1.50", later + 0.001)  # folded into that one
+    assert not engine.note_banned_drop("192.168.1.51", later)  # not banned: nothing
+    (event,) = engine.drain_events()
+    assert (event.source, event.rule, event.action) == ("192.168.1.50", "ban.active", "drop")
