@@ -276,9 +276,10 @@ class ControlSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=T
     socket's file permissions decide who may use it; see gateway/control.py)."""
 
     enabled: bool = True
-    #: The UNIX socket; a relative path is taken from this file's folder. At the default, a
-    #: gateway that cannot create /run/sip-media-gateway/ listens on ``control.sock`` in the
-    #: state folder instead, and says so at start-up.
+    #: The UNIX socket; a relative path is taken from this file's folder. The default is for
+    #: the system configuration (/etc/sip-media-gateway): a gateway that cannot create
+    #: /run/sip-media-gateway/ listens on ``control.sock`` in the state folder instead, and
+    #: says so at start-up; a configuration anywhere else uses that state-folder socket.
     socket: str = "/run/sip-media-gateway/control.sock"
     #: Group that may use the socket (mode 0660); None: the gateway's own group.
     group: str | None = None

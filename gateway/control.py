@@ -50,7 +50,7 @@ from gateway.admin.views import (
     readiness,
     registration_views,
 )
-from gateway.config import GatewayConfig
+from gateway.config import SYSTEM_DATA_DIR, GatewayConfig, data_dir
 from gateway.operations import Operations, StatusView
 
 __all__ = [
@@ -92,11 +92,17 @@ WHO_KEY: web.RequestKey[str] = web.RequestKey("control-who")
 
 def socket_paths(config: GatewayConfig) -> list[Path]:
     """Where a gateway run with ``config`` listens, in the order it tries: the configured
-    socket, then (at the default only) ``control.sock`` in the state folder."""
-    paths = [config.path(config.control.socket)]
-    if config.control.socket == DEFAULT_SOCKET:
-        paths.append(Path(config.state.directory) / FALLBACK_NAME)
-    return paths
+    socket, then (at the default only) ``control.sock`` in the state folder.
+
+    The default /run path belongs to the system configuration (/etc/sip-media-gateway, as
+    the unit runs it); a gateway started from a configuration anywhere else (a lab, a bench,
+    a second instance) uses its state folder's socket, so two of them never contend for one."""
+    fallback = Path(config.state.directory) / FALLBACK_NAME
+    if config.control.socket != DEFAULT_SOCKET:
+        return [config.path(config.control.socket)]
+    if data_dir(config.base_dir) != SYSTEM_DATA_DIR:
+        return [fallback]
+    return [Path(DEFAULT_SOCKET), fallback]
 
 
 def _package_version() -> str:

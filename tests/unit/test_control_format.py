@@ -168,8 +168,16 @@ def test_duration() -> None:
 
 
 def test_socket_paths_default_falls_back_to_the_state_folder_only(tmp_path: Path) -> None:
+    # The system configuration (the unit's): /run, then the state folder if /run is not there.
+    system = parse_config("", base_dir="/etc/sip-media-gateway")
+    assert socket_paths(system) == [
+        Path(DEFAULT_SOCKET),
+        Path("/var/lib/sip-media-gateway/state/control.sock"),
+    ]
+    # Any other configuration (a lab, a bench, a second instance): its own state folder, so
+    # two gateways on one box never contend for the /run socket.
     default = parse_config("[state]\ndirectory = 'st'\n", base_dir=str(tmp_path))
-    assert socket_paths(default) == [Path(DEFAULT_SOCKET), tmp_path / "st" / "control.sock"]
+    assert socket_paths(default) == [tmp_path / "st" / "control.sock"]
     chosen = parse_config("[control]\nsocket = 'run/c.sock'\n", base_dir=str(tmp_path))
     assert socket_paths(chosen) == [tmp_path / "run" / "c.sock"]
 
