@@ -39,7 +39,7 @@ def test_harness_smoke(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # a safety net, not a measure: a loaded CI host is slow
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -81,7 +81,7 @@ def test_gateway_bench_smoke(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=600,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr

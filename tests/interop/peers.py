@@ -169,6 +169,12 @@ def wait_for_port(
         time.sleep(0.05)
 
 
+#: Ports this process handed out, never handed out twice: a peer that runs in a test's network
+#: namespace binds its port there, where the probe below (in this process's namespace) cannot
+#: see it, so the kernel would offer the same port again.
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1", *, span: int = 1, proto: Proto | None = None) -> int:
     """Return a port P such that P..P+span-1 are free on ``host`` (TCP and UDP by default).
 
@@ -180,7 +186,7 @@ def free_port(host: str = "127.0.0.1", *, span: int = 1, proto: Proto | None = N
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind((host, 0))
             base = int(probe.getsockname()[1])
-        if base + span > 65535:
+        if base + span > 65535 or not _handed_out.isdisjoint(range(base, base + span)):
             continue
         ok = True
         for p in range(base, base + span):
@@ -196,6 +202,7 @@ def free_port(host: str = "127.0.0.1", *, span: int = 1, proto: Proto | None = N
             if not ok:
                 break
         if ok:
+            _handed_out.update(range(base, base + span))
             return base
     raise PeerError(f"no run of {span} free ports on {host}")
 
