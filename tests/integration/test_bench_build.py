@@ -67,12 +67,12 @@ def test_a_cache_under_a_folder_others_can_write_is_not_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Another user could rename our folder away there and put their own in its place.
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o777)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(shared))
+    writable = tmp_path / "world-writable"
+    writable.mkdir()
+    writable.chmod(0o777)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(writable))
     folder = build.build_dir()
-    assert shared not in folder.parents
+    assert writable not in folder.parents
     assert folder.name.startswith("gateway-bench-")
     assert_private_dir(folder)
     folder.rmdir()

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from gateway.policy.engine import PolicyEngine
+from gateway.policy.settings import PolicySettings
 from gateway.sip.early_drop import droppable_when_banned
 from gateway.sip.edge import request_user
 from gateway.sip.message import SipRequest, parse_message
 
 ENGINE = PolicyEngine()
+
+
+def lan_engine() -> PolicyEngine:
+    """An engine whose LAN is a loopback range of these tests' own (127.0.36.0/24)."""
+    return PolicyEngine(msgspec.convert({"allowlist": {"lan": ["127.0.36.0/24"]}}, PolicySettings))
 
 
 def _request(first_line: str) -> bytes:
@@ -79,28 +86,28 @@ def test_the_user_read_from_the_first_line_is_the_parsers() -> None:
 
 
 def test_banned_reads_without_counting() -> None:
-    engine = PolicyEngine()
-    assert not engine.banned("192.168.1.50", 0.0)
+    engine = lan_engine()
+    assert not engine.banned("127.0.36.50", 0.0)
     for now in range(200):  # a flood from one LAN source earns a ban
-        engine.check_request("lan", "192.168.1.50", "OPTIONS", None, None, True, now / 1000)
+        engine.check_request("lan", "127.0.36.50", "OPTIONS", None, None, True, now / 1000)
     counters = dict(engine.counters())
-    assert engine.banned("192.168.1.50", 1.0)
-    assert not engine.banned("192.168.1.51", 1.0)
+    assert engine.banned("127.0.36.50", 1.0)
+    assert not engine.banned("127.0.36.51", 1.0)
     assert dict(engine.counters()) == counters
 
 
 def test_a_drop_before_parsing_is_reported_as_a_parsed_one_folded() -> None:
     # The operator's view of a banned source does not change with where it was dropped: the
     # first drop of a fold window is a ban.active security event, the rest are its repeats.
-    engine = PolicyEngine()
+    engine = lan_engine()
     for now in range(200):
-        engine.check_request("lan", "192.168.1.50", "OPTIONS", None, None, True, now / 1000)
+        engine.check_request("lan", "127.0.36.50", "OPTIONS", None, None, True, now / 1000)
     engine.drain_events()
     # Within the fold window of the parsed drops that followed the ban: folded into them.
-    assert not engine.note_banned_drop("192.168.1.50", 1.0)
+    assert not engine.note_banned_drop("127.0.36.50", 1.0)
     later = 1.0 + engine.settings.events.coalesce_seconds
-    assert engine.note_banned_drop("192.168.1.50", later)
-    assert not engine.note_banned_drop("192.168.1.50", later + 0.001)  # folded into that one
-    assert not engine.note_banned_drop("192.168.1.51", later)  # not banned: nothing
+    assert engine.note_banned_drop("127.0.36.50", later)
+    assert not engine.note_banned_drop("127.0.36.50", later + 0.001)  # folded into that one
+    assert not engine.note_banned_drop("127.0.36.51", later)  # not banned: nothing
     (event,) = engine.drain_events()
-    assert (event.source, event.rule, event.action) == ("192.168.1.50", "ban.active", "drop")
+    assert (event.source, event.rule, event.action) == ("127.0.36.50", "ban.active", "drop")
