@@ -256,6 +256,17 @@ def _control_failed(exc: ControlError) -> int:
     return EXIT_FAILED
 
 
+def _ask(args: argparse.Namespace, method: str, path: str) -> dict[str, Any] | int:
+    """The running gateway's answer, or the exit status after saying why there is none."""
+    target = _control_target(args)
+    if target is None:
+        return EXIT_USAGE
+    try:
+        return control_request(target, method, path)
+    except ControlError as exc:
+        return _control_failed(exc)
+
+
 def _ask_running(args: argparse.Namespace, method: str, path: str) -> dict[str, Any] | int | None:
     """Ask the running gateway (bans): its answer; None when no gateway runs (the caller
     falls back to the files, and this says so); an exit status after printing an error.
@@ -275,19 +286,18 @@ def _ask_running(args: argparse.Namespace, method: str, path: str) -> dict[str, 
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    target = _control_target(args)
-    if target is None:
-        return EXIT_USAGE
     if args.quiet:  # a health check: the exit status says it all
+        target = _control_target(args)
+        if target is None:
+            return EXIT_USAGE
         try:
             control_request(target, "GET", "/ready")
         except ControlError:
             return EXIT_FAILED
         return EXIT_OK
-    try:
-        data = control_request(target, "GET", "/status")
-    except ControlError as exc:
-        return _control_failed(exc)
+    data = _ask(args, "GET", "/status")
+    if isinstance(data, int):
+        return data
     print(json.dumps(data, indent=2) if args.json else format_status(data))
     return EXIT_OK
 
@@ -295,25 +305,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_state_status(args: argparse.Namespace) -> int:
     from gateway.state.redis_state import format_state_status
 
-    target = _control_target(args)
-    if target is None:
-        return EXIT_USAGE
-    try:
-        data = control_request(target, "GET", "/state")
-    except ControlError as exc:
-        return _control_failed(exc)
+    data = _ask(args, "GET", "/state")
+    if isinstance(data, int):
+        return data
     print(json.dumps(data, indent=2) if args.json else format_state_status(data))
     return EXIT_OK
 
 
 def cmd_calls(args: argparse.Namespace) -> int:
-    target = _control_target(args)
-    if target is None:
-        return EXIT_USAGE
-    try:
-        data = control_request(target, "GET", "/calls")
-    except ControlError as exc:
-        return _control_failed(exc)
+    data = _ask(args, "GET", "/calls")
+    if isinstance(data, int):
+        return data
     if args.json:
         print(json.dumps(data, indent=2))
         return EXIT_OK
@@ -324,26 +326,18 @@ def cmd_calls(args: argparse.Namespace) -> int:
 
 
 def cmd_registrations(args: argparse.Namespace) -> int:
-    target = _control_target(args)
-    if target is None:
-        return EXIT_USAGE
-    try:
-        data = control_request(target, "GET", "/registrations")
-    except ControlError as exc:
-        return _control_failed(exc)
+    data = _ask(args, "GET", "/registrations")
+    if isinstance(data, int):
+        return data
     rows = data["registrations"]
     print(json.dumps(rows, indent=2) if args.json else format_registrations(rows))
     return EXIT_OK
 
 
 def cmd_phones(args: argparse.Namespace) -> int:
-    target = _control_target(args)
-    if target is None:
-        return EXIT_USAGE
-    try:
-        data = control_request(target, "GET", "/phones")
-    except ControlError as exc:
-        return _control_failed(exc)
+    data = _ask(args, "GET", "/phones")
+    if isinstance(data, int):
+        return data
     rows = data["phones"]
     print(json.dumps(rows, indent=2) if args.json else format_phones(rows, time.time()))
     return EXIT_OK
