@@ -82,26 +82,49 @@ def free_port_range(address: str, size: int = 16) -> tuple[int, int]:
     raise OSError("no free port range")
 
 
+def lab_settings(
+    *,
+    lan: str,
+    wan: str,
+    provider: str,
+    provider_name: str,
+    provider_port: int,
+    lan_allow: list[str],
+    extra: Mapping[str, Any] | None = None,
+) -> Settings:
+    """A gateway between lab phones on ``lan`` (UDP) and the lab provider over TLS, with the
+    lab certificates under ``certs/`` beside its configuration file and ports the OS picks."""
+    return gateway_settings(
+        lan_address=lan,
+        lan_port=free_udp_port(lan),
+        transports=["udp"],
+        lan_media=free_port_range(lan),
+        wan_address=wan,
+        wan_media=free_port_range(wan),
+        provider_host=provider,
+        provider_port=provider_port,
+        domain=provider_name,
+        reconnect_max=1.0,
+        certificate="certs/gateway.pem",
+        private_key="certs/gateway.key",
+        ca_bundle="certs/ca.pem",
+        server_name=provider_name,
+        lan_allow=lan_allow,
+        extra=extra,
+    )
+
+
 def site_config(
     provider_port: int, token_env: str, extra: Mapping[str, Any] | None = None
 ) -> Settings:
     """The site's gateway: lab certificates under ``certs/`` and state under ``state/`` (both
     relative to the configuration file), the admin surface on OS-picked ports."""
-    return gateway_settings(
-        lan_address=LAN,
-        lan_port=free_udp_port(LAN),
-        transports=["udp"],
-        lan_media=free_port_range(LAN),
-        wan_address=WAN,
-        wan_media=free_port_range(WAN),
-        provider_host=PROVIDER,
+    return lab_settings(
+        lan=LAN,
+        wan=WAN,
+        provider=PROVIDER,
+        provider_name=PROVIDER_NAME,
         provider_port=provider_port,
-        domain=PROVIDER_NAME,
-        reconnect_max=1.0,
-        certificate="certs/gateway.pem",
-        private_key="certs/gateway.key",
-        ca_bundle="certs/ca.pem",
-        server_name=PROVIDER_NAME,
         lan_allow=[f"{PHONE}/32"],
         extra=merge(
             {

@@ -21,8 +21,8 @@ from gateway.certs.lab import make_lab
 from gateway.config import load_config
 from gateway.lab.phone import LabPhone
 from gateway.lab.provider import LabProvider
-from tests.admin_site import TOKEN, free_port_range, free_udp_port, wait_for
-from tests.gateway_config import gateway_settings, write_gateway_config
+from tests.admin_site import TOKEN, lab_settings, wait_for
+from tests.gateway_config import write_gateway_config
 
 LAN = "127.0.29.20"
 WAN = "127.0.29.21"
@@ -81,21 +81,12 @@ async def inventory_site(directory: Path) -> AsyncIterator[InventorySite]:
     await provider.start()
     token_env = "GATEWAY_TEST_ADMIN_TOKEN_" + secrets.token_hex(4).upper()
     os.environ[token_env] = TOKEN
-    settings = gateway_settings(
-        lan_address=LAN,
-        lan_port=free_udp_port(LAN),
-        transports=["udp"],
-        lan_media=free_port_range(LAN),
-        wan_address=WAN,
-        wan_media=free_port_range(WAN),
-        provider_host=PROVIDER,
+    settings = lab_settings(
+        lan=LAN,
+        wan=WAN,
+        provider=PROVIDER,
+        provider_name=PROVIDER_NAME,
         provider_port=provider.port,
-        domain=PROVIDER_NAME,
-        reconnect_max=1.0,
-        certificate="certs/gateway.pem",
-        private_key="certs/gateway.key",
-        ca_bundle="certs/ca.pem",
-        server_name=PROVIDER_NAME,
         lan_allow=["127.0.29.0/26"],
         extra={
             "admin": {"enabled": True, "listen": "127.0.29.1:0", "token_env": token_env},

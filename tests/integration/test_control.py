@@ -42,8 +42,8 @@ from gateway.lab.provider import LabProvider
 from gateway.operations import ProviderStatus, SpikeLockLift, TlsStatus
 from gateway.policy.bans import PersistedBan
 from gateway.policy.bans_store import save_bans
-from tests.admin_site import free_port_range, free_udp_port, wait_for
-from tests.gateway_config import gateway_settings, write_gateway_config
+from tests.admin_site import lab_settings, wait_for
+from tests.gateway_config import write_gateway_config
 from tests.interop.peers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,21 +113,12 @@ async def running_site(tmp_path: Path) -> AsyncIterator[RunningSite]:
     )
     await provider.start()
     admin_port = free_port("127.0.0.1", proto="tcp")
-    settings = gateway_settings(
-        lan_address=LAN,
-        lan_port=free_udp_port(LAN),
-        transports=["udp"],
-        lan_media=free_port_range(LAN),
-        wan_address=WAN,
-        wan_media=free_port_range(WAN),
-        provider_host=PROVIDER,
+    settings = lab_settings(
+        lan=LAN,
+        wan=WAN,
+        provider=PROVIDER,
+        provider_name=PROVIDER_NAME,
         provider_port=provider.port,
-        domain=PROVIDER_NAME,
-        reconnect_max=1.0,
-        certificate="certs/gateway.pem",
-        private_key="certs/gateway.key",
-        ca_bundle="certs/ca.pem",
-        server_name=PROVIDER_NAME,
         lan_allow=[f"{PHONE}/32", f"{OTHER_PHONE}/32"],
         extra={
             "admin": {

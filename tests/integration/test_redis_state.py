@@ -31,8 +31,8 @@ from gateway.certs.lab import make_lab
 from gateway.config import GatewayConfig, load_config
 from gateway.lab.phone import LabPhone
 from gateway.lab.provider import LabProvider
-from tests.admin_site import free_port_range, free_udp_port, wait_for
-from tests.gateway_config import gateway_settings, write_gateway_config
+from tests.admin_site import lab_settings, wait_for
+from tests.gateway_config import write_gateway_config
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server")
 
@@ -127,21 +127,12 @@ def _config(
     folder = directory / site
     folder.mkdir()
     shutil.copytree(directory / "certs", folder / "certs")
-    settings = gateway_settings(
-        lan_address=lan,
-        lan_port=free_udp_port(lan),
-        transports=["udp"],
-        lan_media=free_port_range(lan),
-        wan_address=wan,
-        wan_media=free_port_range(wan),
-        provider_host=PROVIDER,
+    settings = lab_settings(
+        lan=lan,
+        wan=wan,
+        provider=PROVIDER,
+        provider_name=PROVIDER_NAME,
         provider_port=provider.port,
-        domain=PROVIDER_NAME,
-        reconnect_max=1.0,
-        certificate="certs/gateway.pem",
-        private_key="certs/gateway.key",
-        ca_bundle="certs/ca.pem",
-        server_name=PROVIDER_NAME,
         lan_allow=["127.0.35.0/24"],
         extra={
             "state": {
@@ -241,9 +232,9 @@ async def test_bans_are_shared_and_state_survives_a_redis_outage(
         # (dropped before parsing, counted with the core's counters).
         dropped = b.core.counters.get(BANNED_UNPARSED, 0)
         _scan((b_config.lan.sip_address, b_config.lan.sip_port))
-        assert await wait_for(
-            lambda: b.core.counters.get(BANNED_UNPARSED, 0) > dropped, 10.0
-        ), b.core.counters
+        assert await wait_for(lambda: b.core.counters.get(BANNED_UNPARSED, 0) > dropped, 10.0), (
+            b.core.counters
+        )
 
         # A lift at A lifts at B.
         assert a.policy.lift_ban(SCANNER, a._now())

@@ -30,8 +30,8 @@ from gateway.lab.phone import LabPhone
 from gateway.lab.provider import LabProvider
 from gateway.policy import PersistedBan
 from gateway.sip.message import SipRequest, new_call_id, new_tag
-from tests.admin_site import free_port_range, free_udp_port, wait_for
-from tests.gateway_config import gateway_settings, write_gateway_config
+from tests.admin_site import lab_settings, wait_for
+from tests.gateway_config import write_gateway_config
 
 PHONE = "127.0.33.10"
 LAN = "127.0.33.20"
@@ -57,21 +57,12 @@ async def _provider(directory: Path) -> LabProvider:
 
 
 def _config(directory: Path, provider: LabProvider) -> Path:
-    settings = gateway_settings(
-        lan_address=LAN,
-        lan_port=free_udp_port(LAN),
-        transports=["udp"],
-        lan_media=free_port_range(LAN),
-        wan_address=WAN,
-        wan_media=free_port_range(WAN),
-        provider_host=PROVIDER,
+    settings = lab_settings(
+        lan=LAN,
+        wan=WAN,
+        provider=PROVIDER,
+        provider_name=PROVIDER_NAME,
         provider_port=provider.port,
-        domain=PROVIDER_NAME,
-        reconnect_max=1.0,
-        certificate="certs/gateway.pem",
-        private_key="certs/gateway.key",
-        ca_bundle="certs/ca.pem",
-        server_name=PROVIDER_NAME,
         lan_allow=[f"{PHONE}/32"],
         extra={
             "state": {"directory": "state", "key_env": KEY_ENV, "site": "restart-test"},
