@@ -24,6 +24,26 @@ class SrtpKeying(msgspec.Struct, frozen=True, tag=False):
         return f"SrtpKeying(suite={self.suite!r}, generation={self.generation})"
 
 
+class DtlsKeying(msgspec.Struct, frozen=True):
+    """DTLS-SRTP keying of the WAN side (RFC 5763, RFC 5764): the handshake runs on the
+    stream's WAN port and its exported keys replace ``wan_tx``/``wan_rx``.
+
+    Until the handshake completed and the peer's certificate matched one of
+    ``fingerprints``, nothing is sent toward the provider (fail closed).
+    """
+
+    #: "client" (we sent a=setup:active: we send the ClientHello) or "server" (passive).
+    role: str
+    #: The peer's a=fingerprint values: (hash function as in SDP, e.g. "sha-256", the
+    #: colon-separated upper-case hex digest).
+    fingerprints: tuple[tuple[str, str], ...]
+    #: Acceptable SRTP suites (``SrtpSuite`` names) in the operator's order of preference.
+    profiles: tuple[str, ...]
+    #: Raised when the association must start afresh (RFC 5763 §6.6: a new fingerprint or
+    #: transport in a re-offer); the same value keeps the running association.
+    generation: int = 0
+
+
 class StreamSpec(msgspec.Struct, frozen=True):
     """What one relayed media stream (one m-line) does right now.
 
@@ -53,6 +73,8 @@ class StreamSpec(msgspec.Struct, frozen=True):
     wan_plaintext: bool = False
     #: "sendrecv", "sendonly", "recvonly" or "inactive" as seen from the phone.
     direction: str = "sendrecv"
+    #: DTLS-SRTP keying toward the provider (then ``wan_tx``/``wan_rx`` are None).
+    wan_dtls: DtlsKeying | None = None
 
 
 class SsrcIndex(msgspec.Struct, frozen=True, array_like=True):
