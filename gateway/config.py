@@ -28,6 +28,7 @@ from gateway.certs.settings import (
     TlsIdentitySettings,
 )
 from gateway.config_check import LineLocator, check_document
+from gateway.ha.settings import HaSettings, check_ha
 from gateway.inventory import InventorySettings, check_inventory
 from gateway.media.suites import NULL_SUITE_NAMES, SrtpSuite
 from gateway.policy.numbering import NumberFormat
@@ -330,6 +331,8 @@ class GatewayConfig(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     limits: LimitsSettings = LimitsSettings()
     #: The phone inventory and its minimum firmware versions (gateway/inventory.py).
     inventory: InventorySettings = InventorySettings()
+    #: One gateway of an active/standby pair (gateway/ha/); off: a single box.
+    ha: HaSettings = HaSettings()
     #: Several provider trunks; empty: one trunk made of [wan]'s provider settings.
     trunks: tuple[TrunkSettings, ...] = ()
     #: Routes choosing trunks by destination; empty: every trunk, in order, for every call.
@@ -620,6 +623,7 @@ def check(config: GatewayConfig) -> list[tuple[str, str]]:
     problems += _check_limits(config)
     problems += _check_trunks(config)
     problems += check_inventory(config.inventory)
+    problems += check_ha(config)
     return problems
 
 

@@ -60,6 +60,7 @@ from gateway.config import (
     load_config,
 )
 from gateway.config_check import LineLocator
+from gateway.ha.settings import check_ha_environment
 from gateway.shield_store import file_problems as shield_file_problems
 
 #: A certificate ending within this many days is a warning.
@@ -176,6 +177,8 @@ def check_files(
         _check_folder("admin.cdr_file", cdr.parent, found)
     for where, message in shield_file_problems(config):  # the credential shield's files
         found.error(where, message)
+    for message in check_ha_environment(config):  # [ha]: the state key must be there
+        found.error("ha.enabled", message)
     secrets = config.audit.sip_secrets_file
     if secrets is not None:
         try:
