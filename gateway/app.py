@@ -117,6 +117,7 @@ class Gateway:
                 max_header_bytes=config.limits.max_header_bytes,
                 max_headers=config.limits.max_headers,
                 max_calls=config.limits.max_calls,
+                max_dialogs=config.limits.max_dialogs,
                 max_registrations=config.limits.max_registrations,
             ),
         )

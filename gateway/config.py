@@ -306,9 +306,11 @@ class LimitsSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_header_bytes: int = 16384
     #: Most header fields in one SIP message.
     max_headers: int = 256
-    #: Most dialog pairs (calls, subscriptions, transfers) at once; new ones get 503 with
-    #: Retry-After. Emergency calls are admitted whatever the count.
+    #: Most calls (INVITE dialog pairs) at once; new ones get 503 with Retry-After.
+    #: Emergency calls are admitted whatever the count.
     max_calls: int = 10000
+    #: Most other dialog pairs (SUBSCRIBE, REFER) at once; new ones get 503 with Retry-After.
+    max_dialogs: int = 10000
     #: Most registration bindings at once; new ones get 503, refreshes always pass.
     max_registrations: int = 10000
 
@@ -681,6 +683,7 @@ def _check_limits(config: GatewayConfig) -> list[tuple[str, str]]:
         ("max_header_bytes", limits.max_header_bytes, 1024, 1_048_576),
         ("max_headers", limits.max_headers, 16, 10_000),
         ("max_calls", limits.max_calls, 1, 1_000_000),
+        ("max_dialogs", limits.max_dialogs, 1, 1_000_000),
         ("max_registrations", limits.max_registrations, 1, 1_000_000),
     ):
         if not low <= value <= high:

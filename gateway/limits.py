@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from gateway.policy.events import SecurityEvent
 from gateway.sip.limits import (
     MAX_CALLS,
+    MAX_DIALOGS,
     MAX_HEADER_BYTES,
     MAX_HEADERS,
     MAX_MESSAGE_BYTES,
@@ -42,6 +43,7 @@ ALL_LIMITS = (
     MAX_HEADER_BYTES,
     MAX_HEADERS,
     MAX_CALLS,
+    MAX_DIALOGS,
     MAX_REGISTRATIONS,
 )
 

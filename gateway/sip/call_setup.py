@@ -48,7 +48,7 @@ from gateway.sip.edge import (
 from gateway.sip.events import RequestReceived
 from gateway.sip.headers import NameAddr
 from gateway.sip.legs import LegBuilder
-from gateway.sip.limits import MAX_CALLS, RETRY_AFTER
+from gateway.sip.limits import MAX_CALLS, MAX_DIALOGS, RETRY_AFTER
 from gateway.sip.message import SipRequest, SipResponse, make_response, new_tag
 from gateway.sip.outgoing import Outgoing, Relay
 from gateway.sip.pair import RINGING, WINDING_DOWN, DialogPair, PairInput, PairState
@@ -269,20 +269,29 @@ class CallSetup:
         )
 
     def _over_call_limit(self, side: Side, event: RequestReceived, now: float) -> bool:
-        """[limits] max_calls: a new pair beyond it gets 503 with Retry-After, unless it is an
-        emergency call (docs/design.md §3.5), which is admitted whatever the count."""
+        """[limits] max_calls (INVITE) and max_dialogs (SUBSCRIBE, REFER): a new pair beyond
+        its bound gets 503 with Retry-After, unless it is an emergency call (docs/design.md
+        §3.5), which is admitted whatever the count."""
         request = event.request
-        limit = self._settings.limits.max_calls
-        if len(self._index) < limit:
-            return False
+        limits = self._settings.limits
+        calls = self._index.calls
+        if request.method == "INVITE":
+            limit, counter, what = limits.max_calls, MAX_CALLS, "calls"
+            if calls < limit:
+                return False
+        else:
+            limit, counter = limits.max_dialogs, MAX_DIALOGS
+            what = "subscriptions and transfers"
+            if len(self._index) - calls < limit:
+                return False
         if (
             side == Side.LAN
             and request.method == "INVITE"
             and self._admission.is_emergency(request_user(request) or "")
         ):
             return False
-        self._out.count(MAX_CALLS)
-        reason = f"too many calls through the gateway (limit {limit})"
+        self._out.count(counter)
+        reason = f"too many {what} through the gateway (limit {limit})"
         headers = [("Warning", gateway_warning(reason)), ("Retry-After", str(RETRY_AFTER))]
         self._out.reply(side, event.key, request, 503, now, headers=headers)
         if request.method == "INVITE":

@@ -27,11 +27,15 @@ class DialogIndex:
         self._dialog_keys: dict[str, list[DialogKey]] = {}
         self._by_server: dict[tuple[Side, str], DialogPair] = {}
         self._by_origin: dict[OriginKey, DialogPair] = {}
+        #: Pairs filed whose method is INVITE: [limits] max_calls counts these only.
+        self._invites = 0
 
     # ----------------------------------------------------------------- filing
 
     def add(self, pair: DialogPair) -> None:
         """File a new pair under its key, origin, server transaction and both dialogs."""
+        if self._pairs.get(pair.key) is None and pair.method == "INVITE":
+            self._invites += 1
         self._pairs[pair.key] = pair
         self._by_origin[pair.origin] = pair
         self._by_server[(pair.caller_side, pair.server_key)] = pair
@@ -61,6 +65,8 @@ class DialogIndex:
         """Unfile the pair everywhere; its server transaction entry goes with the transaction."""
         if self._pairs.get(pair.key) is pair:
             del self._pairs[pair.key]
+            if pair.method == "INVITE":
+                self._invites -= 1
         if self._by_origin.get(pair.origin) is pair:
             del self._by_origin[pair.origin]
         for key in self._dialog_keys.pop(pair.key, ()):
@@ -92,3 +98,8 @@ class DialogIndex:
 
     def __len__(self) -> int:
         return len(self._pairs)
+
+    @property
+    def calls(self) -> int:
+        """Pairs of INVITE dialogs (calls); the others are subscriptions and transfers."""
+        return self._invites

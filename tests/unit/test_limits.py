@@ -78,10 +78,10 @@ def test_bad_limits_name_file_line_field_and_what_was_expected() -> None:
 
 def test_wrong_type_and_unknown_option_are_errors() -> None:
     with pytest.raises(ConfigError) as caught:
-        parse_config('[limits]\nmax_calls = "many"\nmax_dialogs = 3\n', "site.toml")
+        parse_config('[limits]\nmax_calls = "many"\nmax_friends = 3\n', "site.toml")
     fields = {p.field for p in caught.value.problems}
     assert "limits.max_calls" in fields
-    assert any(f.startswith("limits.max_dialogs") for f in fields)
+    assert any(f.startswith("limits.max_friends") for f in fields)
 
 
 def test_sip_max_message_bytes_still_works_as_a_deprecated_alias() -> None:
@@ -145,7 +145,7 @@ def test_a_per_source_refusal_is_reported_once_a_minute_with_the_repeats_folded(
 
 
 def test_every_limit_has_one_counter() -> None:
-    assert len(set(ALL_LIMITS)) == len(ALL_LIMITS) == 9
+    assert len(set(ALL_LIMITS)) == len(ALL_LIMITS) == 10
     assert all(name.startswith("limit_") for name in ALL_LIMITS)
 
 
@@ -197,6 +197,51 @@ def test_an_emergency_call_is_admitted_over_max_calls() -> None:
     # Over the limit now, anything but an emergency call is still refused.
     h.from_phone(phone_request("INVITE", call_id="call-3", body=phone_sdp(8004)))
     assert [r.status for r in finals(h.take_lan())] == [503]
+
+
+def subscribe_from_phone(h: Harness, call_id: str) -> None:
+    h.from_phone(
+        phone_request(
+            "SUBSCRIBE",
+            call_id=call_id,
+            ruri="sip:1001@127.0.0.20",
+            extra="Event: message-summary\r\nExpires: 3600\r\n",
+        )
+    )
+
+
+def test_subscriptions_do_not_count_as_calls_and_have_their_own_bound() -> None:
+    h = limited(max_calls=1, max_dialogs=1)
+    subscribe_from_phone(h, "sub-1")
+    assert only(h.take_wan(), SipRequest)[0].method == "SUBSCRIBE"
+    # A subscription in progress takes no call's place: the phone can still call.
+    h.from_phone(phone_request("INVITE", body=phone_sdp()))
+    assert only(h.take_wan(), SipRequest)[0].method == "INVITE"
+    assert not finals(h.take_lan())
+    assert "limit_max_calls" not in h.core.counters
+    # A second subscription meets max_dialogs, not max_calls.
+    subscribe_from_phone(h, "sub-2")
+    [refused] = finals(h.take_lan())
+    assert (refused.status, refused.get("Retry-After")) == (503, "30")
+    assert "too many subscriptions and transfers" in (refused.get("Warning") or "")
+    assert not h.take_wan()
+    assert h.core.counters["limit_max_dialogs"] == 1
+    assert "limit_max_calls" not in h.core.counters
+    # No call record for a refused subscription: it is not a call.
+    assert not [e for e in h.events if isinstance(e, CallRefused)]
+    # And a second call meets max_calls whatever the subscriptions.
+    h.from_phone(phone_request("INVITE", call_id="call-2", body=phone_sdp(8002)))
+    assert [r.status for r in finals(h.take_lan())] == [503]
+    assert h.core.counters["limit_max_calls"] == 1
+
+
+def test_max_dialogs_is_configured_checked_and_defaults_to_max_calls_default() -> None:
+    assert parse_config("").limits.max_dialogs == 10000
+    assert parse_config("[limits]\nmax_dialogs = 50\n").limits.max_dialogs == 50
+    with pytest.raises(ConfigError) as caught:
+        parse_config("[limits]\nmax_dialogs = 0\n", "site.toml")
+    [problem] = caught.value.problems
+    assert (problem.field, problem.message) == ("limits.max_dialogs", "expected 1..1000000, got 0")
 
 
 def register_from(h: Harness, user: str, *, cseq: int = 1, port: int = 5062) -> None:
