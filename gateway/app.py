@@ -31,6 +31,7 @@ from gateway.limits import MAX_MESSAGE_BYTES, ConnectionLimiter, LimitCounters
 from gateway.logsetup import configure_logging
 from gateway.media.control import CloseCall, OpenStream, StreamCounters, UpdateStream
 from gateway.media.controller import MediaController, MediaError
+from gateway.media.dtls_identity import DtlsIdentity
 from gateway.operations import TrunkStatus
 from gateway.policy import PolicyEngine, encode_line
 from gateway.policy.events import SecurityEvent
@@ -89,6 +90,8 @@ class Gateway:
         self.config = config
         wan, lan = config.wan, config.lan
         self._insecure = insecure_settings(config)
+        #: DTLS-SRTP certificate: its fingerprint goes into SDP, the workers handshake with it.
+        self.dtls_identity = DtlsIdentity()
         media = MediaPolicy(
             lan_address=lan.media_address,
             wan_address=wan.media_address,
@@ -151,6 +154,8 @@ class Gateway:
             restart_window=config.media.restart_window,
             on_idle=self._on_media_idle,
             on_worker_lost=self._on_worker_lost,
+            dtls_identity=self.dtls_identity,
+            on_dtls_failed=self._on_dtls_failed,
         )
         self._udp: SipUdpEndpoint | None = None
         self._servers: list[asyncio.Server] = []
@@ -312,6 +317,7 @@ class Gateway:
                 self._flush()  # the lifts' security events
             if ticks % 1800 == 0:  # hourly is plenty for day-granular warnings
                 self.trunk_links.check_expiry()
+                self.media.renew_dtls_identity()
             ticks += 1
 
     async def _keep_state(self) -> None:
@@ -598,6 +604,10 @@ class Gateway:
 
     def _on_media_idle(self, call_key: str) -> None:
         self.core.media_problem(call_key, "no media in either direction", self._now(), self._wall())
+        self._flush()
+
+    def _on_dtls_failed(self, call_key: str, reason: str) -> None:
+        self.core.media_problem(call_key, f"DTLS-SRTP: {reason}", self._now(), self._wall())
         self._flush()
 
     def _on_worker_lost(self, call_keys: list[str]) -> None:

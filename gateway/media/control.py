@@ -145,7 +145,19 @@ class Shutdown(msgspec.Struct, frozen=True, tag=True):
     """Stop the worker after closing all streams."""
 
 
-Command = OpenStream | UpdateStream | CloseCall | QueryStats | Shutdown
+class SetDtlsIdentity(msgspec.Struct, frozen=True, tag=True):
+    """The gateway's DTLS certificate (DER) and key (PKCS#8 PEM) for DTLS-SRTP streams: sent
+    when a worker starts and when the certificate is replaced (see
+    :mod:`gateway.media.dtls_identity`). Running associations keep the one they began with."""
+
+    certificate: bytes
+    key: bytes
+
+    def __repr__(self) -> str:  # never print key material
+        return "SetDtlsIdentity(...)"
+
+
+Command = OpenStream | UpdateStream | CloseCall | QueryStats | Shutdown | SetDtlsIdentity
 
 
 class StreamCounters(msgspec.Struct):
@@ -166,6 +178,11 @@ class StreamCounters(msgspec.Struct):
     #: RTP from an SSRC beyond the few a direction keeps at a time (an SSRC flood, a source
     #: given up earlier under the same keys): see gateway/media/relay.py ``SsrcGate``.
     drop_ssrc: int = 0
+    #: DTLS records (RFC 7983 first byte 20-63) from an address other than the provider's
+    #: signalled one, ignored (a stranger's ClientHello never reaches the handshake).
+    dtls_wrong_source: int = 0
+    #: WAN packets that arrived or were due to leave before the DTLS-SRTP keys existed.
+    drop_dtls_pending: int = 0
     last_lan_packet: float = 0.0
     last_wan_packet: float = 0.0
     #: Reception statistics measured by the gateway on the accepted RTP it relays (RFC 3550
@@ -200,6 +217,14 @@ class StreamIdle(msgspec.Struct, frozen=True, tag=True):
     idle_seconds: float
 
 
+class DtlsFailed(msgspec.Struct, frozen=True, tag=True):
+    """A stream's DTLS-SRTP handshake failed or timed out: the call ends with ``reason``."""
+
+    call_id: str
+    stream: int
+    reason: str
+
+
 class CallClosed(msgspec.Struct, frozen=True, tag=True):
     """Reply to CloseCall: the call's last counters, read as its sockets were closed, so a
     call detail record needs no separate (and racing) stats query."""
@@ -222,7 +247,7 @@ class Checkpoints(msgspec.Struct, frozen=True, tag=True):
     checkpoints: list[StreamCheckpoint]
 
 
-Report = StreamOpened | StreamIdle | WorkerStats | CallClosed | Checkpoints
+Report = StreamOpened | StreamIdle | WorkerStats | CallClosed | Checkpoints | DtlsFailed
 
 COMMAND_DECODER = msgspec.msgpack.Decoder(Command)
 REPORT_DECODER = msgspec.msgpack.Decoder(Report)

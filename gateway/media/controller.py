@@ -43,8 +43,10 @@ from gateway.media.control import (
     CallClosed,
     Checkpoints,
     CloseCall,
+    DtlsFailed,
     OpenStream,
     QueryStats,
+    SetDtlsIdentity,
     Shutdown,
     StreamCheckpoint,
     StreamCounters,
@@ -54,6 +56,7 @@ from gateway.media.control import (
     UpdateStream,
     WorkerStats,
 )
+from gateway.media.dtls_identity import DtlsIdentity
 
 __all__ = ["MediaController", "MediaError"]
 
@@ -165,6 +168,8 @@ class MediaController:
         on_worker_restarted: Callable[[int, int, int], None] | None = None,
         restart_limit: int = 3,
         restart_window: float = 60.0,
+        dtls_identity: DtlsIdentity | None = None,
+        on_dtls_failed: Callable[[str, str], None] | None = None,
     ) -> None:
         """``workers`` defaults to one per core but one (the signalling process's own).
 
@@ -184,6 +189,10 @@ class MediaController:
         self.on_idle = on_idle
         self.on_worker_lost = on_worker_lost
         self.on_worker_restarted = on_worker_restarted
+        #: The certificate every worker's DTLS-SRTP handshakes present (None: no DTLS).
+        self.dtls_identity = dtls_identity
+        #: ``on_dtls_failed(call_id, reason)``: a stream's DTLS-SRTP handshake failed.
+        self.on_dtls_failed = on_dtls_failed
         self._restart_limit = max(1, restart_limit)
         self._restart_window = restart_window
         self._records: dict[tuple[str, int], _Record] = {}
@@ -468,12 +477,26 @@ class MediaController:
             child.close()
         reader, writer = await asyncio.open_connection(sock=parent)
         handle.writer = writer
+        self._send_identity(handle)
         handle.started_at = time.monotonic()
         handle.running.set()
         handle.reader_task = asyncio.create_task(
             self._read_reports(handle, reader), name=f"media-worker-{handle.slot}"
         )
         log.info("media worker %d started (pid %d)", handle.slot, handle.process.pid)
+
+    def _send_identity(self, handle: _WorkerHandle) -> None:
+        identity = self.dtls_identity
+        if identity is not None and handle.writer is not None:
+            self._write(handle, SetDtlsIdentity(identity.certificate_der, identity.key_pem))
+
+    def renew_dtls_identity(self) -> bool:
+        """Replace the DTLS certificate when it nears its end and hand it to every worker."""
+        if self.dtls_identity is None or not self.dtls_identity.current():
+            return False
+        for handle in self._workers:
+            self._send_identity(handle)
+        return True
 
     async def _read_reports(self, handle: _WorkerHandle, reader: asyncio.StreamReader) -> None:
         try:
@@ -510,6 +533,18 @@ class MediaController:
                 # Taken before the worker saw an update the controller has since sent: stale.
                 if record is not None and cp.updates == record.updates:
                     record.checkpoint = cp
+        elif isinstance(report, DtlsFailed):
+            log.warning(
+                "call %s stream %d: DTLS-SRTP failed: %s",
+                report.call_id,
+                report.stream,
+                report.reason,
+            )
+            if self.on_dtls_failed is not None:
+                try:
+                    self.on_dtls_failed(report.call_id, report.reason)
+                except Exception:
+                    log.exception("on_dtls_failed callback failed for call %s", report.call_id)
         elif isinstance(report, StreamIdle) and self.on_idle is not None:
             try:
                 self.on_idle(report.call_id)
