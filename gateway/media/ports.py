@@ -61,3 +61,14 @@ class PortAllocator:
             raise ValueError(f"port {port} was not allocated from {self.first}-{self.last}")
         self._in_use.remove(port)
         self._free.append(port)
+
+    def claim(self, port: int) -> None:
+        """Take one given pair: a call taken over from another gateway keeps its ports.
+        ValueError when the pair is in use or not one of this range's."""
+        if port in self._in_use:
+            raise ValueError(f"port {port} is in use already")
+        try:
+            self._free.remove(port)
+        except ValueError:
+            raise ValueError(f"port {port} is no RTP port of {self.first}-{self.last}") from None
+        self._in_use.add(port)

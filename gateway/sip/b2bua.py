@@ -41,6 +41,7 @@ from gateway.sip.actions import Action, SecurityNotice, SendMessage
 from gateway.sip.admission import Admission
 from gateway.sip.call_endings import CallEndings
 from gateway.sip.call_events import AckMissing, BadResponse, MalformedMessage, MediaEnded
+from gateway.sip.call_restore import CallRecords
 from gateway.sip.call_setup import CallSetup
 from gateway.sip.dialog_index import DialogIndex
 from gateway.sip.edge import (
@@ -71,6 +72,7 @@ from gateway.sip.sdp_link import MediaLinks
 from gateway.sip.shield import Shield, ShieldSettings
 from gateway.sip.transfer import TransferMapping
 from gateway.sip.trunks import TrunkTable
+from gateway.state.calls import CallRecord
 
 __all__ = ["B2bua", "DialogPair", "EdgeSettings", "PairState"]
 
@@ -116,6 +118,10 @@ class B2bua:
         )
         self._registrar = Registrar(
             self._edge, self.registrations, self._out, self._admission, self._trunks
+        )
+        #: Confirmed calls as records for a standby (gateway.state.calls, issue 14).
+        self._records = CallRecords(
+            self._index, self._out, self._media_links, self._admission, self._setup, self._trunks
         )
         self.accepting_calls = True
         #: The credential shield ([shield]): None = credentials pass through (the default).
@@ -216,6 +222,7 @@ class B2bua:
         if pair is None:
             return
         self._out.emit(MediaEnded(pair.caller.call_id, pair.key, reason))
+        self._records.touch(pair)
         if pair.state == PairState.CONFIRMED:
             self._endings.hang_up(pair, now, reason=reason)
         else:
@@ -224,6 +231,7 @@ class B2bua:
 
     def handle_timer(self, now: float, wall: datetime) -> None:
         for pair in self._out.handle_timer(now):
+            self._records.touch(pair)
             # §13.3.1.4: no ACK within 64*T1 — the dialog is confirmed but must end.
             self._out.emit(AckMissing(pair.caller.call_id, pair.key))
             self._endings.hang_up(pair, now, reason="no ACK from caller")
@@ -253,11 +261,34 @@ class B2bua:
 
     def hang_up_all(self, now: float, wall: datetime, reason: str) -> None:
         for pair in self._index.pairs():
+            self._records.touch(pair)
             if pair.state == PairState.CONFIRMED:
                 self._endings.hang_up(pair, now, reason=reason)
             else:
                 self._endings.fail(pair, 503, reason, now)
         self._pump(now, wall)
+
+    # ------------------------------------------------- call records (issue 14)
+
+    def take_changed_calls(self) -> set[str]:
+        """Keys of calls whose replicable state may have changed since the last call (answered,
+        an in-dialog request or response handled, ended): export each again, or delete it
+        from the replica when ``export_call`` says None."""
+        return self._records.take_changed()
+
+    def export_call(self, key: str, now: float, wall: float) -> CallRecord | None:
+        """A confirmed INVITE call as a record (``wall``: Unix time at ``now``); None for a
+        call that is not (or no longer) confirmed. Its streams carry no checkpoint."""
+        return self._records.export(key, now, wall)
+
+    def restore_calls(self, records: list[CallRecord], now: float, wall: float) -> list[str]:
+        """Take over confirmed calls from another gateway's records; returns the keys restored
+        (``call_restore_skipped`` names the others and why). Emits no media command."""
+        return self._records.restore(records, now, wall)
+
+    @property
+    def call_restore_skipped(self) -> dict[str, str]:
+        return self._records.skipped
 
     # ------------------------------------------------------------ inspection
 
@@ -332,6 +363,7 @@ class B2bua:
                     self._out.emit(SendMessage(destination, data))
 
     def _dispatch(self, side: Side, event: object, now: float, wall: datetime) -> None:
+        self._records.touch_event(side, event)
         if isinstance(event, RequestReceived):
             try:
                 self._on_request(side, event, now, wall)

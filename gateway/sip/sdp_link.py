@@ -15,9 +15,11 @@ from __future__ import annotations
 from gateway.media.control import CloseCall, OpenStream, StreamSpec, UpdateStream
 from gateway.media.ports import PortAllocator
 from gateway.media.suites import SrtpSuite
+from gateway.sdp.media_state import restore_media
 from gateway.sdp.negotiation import CallMedia, MediaPolicy
 from gateway.sip.actions import MediaCommand
 from gateway.sip.peer import Side
+from gateway.state.calls import MediaRecord
 
 
 class MediaLink:
@@ -78,6 +80,11 @@ class MediaLink:
         self._specs = []
         return commands
 
+    def adopt_streams(self) -> None:
+        """The workers run the call's current streams already (a call taken over from another
+        gateway: its streams are re-opened from their records), so no command is due."""
+        self._specs = list(self.call.streams())
+
     def _sync(self) -> list[MediaCommand]:
         """What changed in the call's streams, as commands for the media workers."""
         specs = self.call.streams()
@@ -108,6 +115,15 @@ class MediaLinks:
     def ports_in_use(self) -> tuple[int, int]:
         """RTP/RTCP port pairs handed out now on the LAN and the WAN side."""
         return self._lan_ports.in_use, self._wan_ports.in_use
+
+    def restored(self, key: str, record: MediaRecord, policy: MediaPolicy | None) -> MediaLink:
+        """A call's media taken over from another gateway, its ports claimed here
+        (``MediaConflict`` when one is taken); no stream command is due for it."""
+        call = restore_media(record, key, policy or self.policy, self._lan_ports, self._wan_ports)
+        link = MediaLink(key, call)
+        link.caller_offered = record.caller_offered
+        link.adopt_streams()
+        return link
 
     def new(self, key: str, policy: MediaPolicy | None = None) -> MediaLink:
         """A call's media; ``policy`` is its trunk's, when the trunk has its own."""
