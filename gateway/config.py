@@ -30,6 +30,7 @@ from gateway.certs.settings import (
 from gateway.config_check import LineLocator, check_document
 from gateway.ha.settings import HaSettings, check_ha
 from gateway.inventory import InventorySettings, check_inventory
+from gateway.limits_settings import DEFAULT_MAX_MESSAGE_BYTES, LimitsSettings, check_limits
 from gateway.media.suites import NULL_SUITE_NAMES, SrtpSuite
 from gateway.policy.numbering import NumberFormat
 from gateway.policy.settings import PolicySettings
@@ -286,35 +287,6 @@ class ControlSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=T
     group: str | None = None
 
 
-class LimitsSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Limits a review should not have to find (docs/robustness.md "Limits"): each is hit only
-    under abuse or a fault at a small site, and each hit is counted (``limit_*`` on /metrics)."""
-
-    #: Open connections from one address on each stream listener (LAN TCP, WAN TLS); more
-    #: are closed at accept, before any TLS work.
-    connections_per_source: int = 16
-    #: Open connections on each stream listener, whoever opens them.
-    connections_total: int = 1024
-    #: Seconds a client of the WAN TLS listener has to finish its handshake.
-    tls_handshake_timeout: float = 5.0
-    #: Seconds an accepted connection may stay open without carrying a SIP message, and a
-    #: message may stay incomplete on any stream connection.
-    idle_timeout: float = 30.0
-    #: Largest SIP message (start line, headers, body) on any transport, in bytes.
-    max_message_bytes: int = 65535
-    #: Largest start line and header section, in bytes.
-    max_header_bytes: int = 16384
-    #: Most header fields in one SIP message.
-    max_headers: int = 256
-    #: Most calls (INVITE dialog pairs) at once; new ones get 503 with Retry-After.
-    #: Emergency calls are admitted whatever the count.
-    max_calls: int = 10000
-    #: Most other dialog pairs (SUBSCRIBE, REFER) at once; new ones get 503 with Retry-After.
-    max_dialogs: int = 10000
-    #: Most registration bindings at once; new ones get 503, refreshes always pass.
-    max_registrations: int = 10000
-
-
 class GatewayConfig(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole configuration file."""
 
@@ -348,7 +320,7 @@ class GatewayConfig(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
         # [sip] max_message_bytes is the deprecated spelling of [limits] max_message_bytes:
         # an old file keeps its value unless [limits] sets one (a conflict is a problem).
         old = self.sip.max_message_bytes
-        if old is not None and self.limits.max_message_bytes == _DEFAULT_MAX_MESSAGE_BYTES:
+        if old is not None and self.limits.max_message_bytes == DEFAULT_MAX_MESSAGE_BYTES:
             limits = msgspec.structs.replace(self.limits, max_message_bytes=old)
             msgspec.structs.force_setattr(self, "limits", limits)
 
@@ -622,7 +594,7 @@ def check(config: GatewayConfig) -> list[tuple[str, str]]:
     if not 0 <= config.media.dscp <= 63:
         problems.append(("media.dscp", f"expected 0..63, got {config.media.dscp}"))
     problems += _check_admin(config.admin)
-    problems += _check_limits(config)
+    problems += check_limits(config)
     problems += _check_trunks(config)
     problems += check_inventory(config.inventory)
     problems += check_ha(config)
@@ -667,55 +639,6 @@ def _check_trunks(config: GatewayConfig) -> list[tuple[str, str]]:
             if name not in known:
                 choices = ", ".join(sorted(known))
                 problems.append((f"routes.{index}.trunks", f"no trunk {name!r} (known: {choices})"))
-    return problems
-
-
-_DEFAULT_MAX_MESSAGE_BYTES = LimitsSettings().max_message_bytes
-
-
-def _check_limits(config: GatewayConfig) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
-    limits = config.limits
-    for field, value, low, high in (
-        ("connections_per_source", limits.connections_per_source, 1, 100_000),
-        ("connections_total", limits.connections_total, 1, 1_000_000),
-        ("max_message_bytes", limits.max_message_bytes, 1024, 1_048_576),
-        ("max_header_bytes", limits.max_header_bytes, 1024, 1_048_576),
-        ("max_headers", limits.max_headers, 16, 10_000),
-        ("max_calls", limits.max_calls, 1, 1_000_000),
-        ("max_dialogs", limits.max_dialogs, 1, 1_000_000),
-        ("max_registrations", limits.max_registrations, 1, 1_000_000),
-    ):
-        if not low <= value <= high:
-            where = f"limits.{field}"
-            if field == "max_message_bytes" and config.sip.max_message_bytes == value:
-                where = "sip.max_message_bytes"  # the deprecated spelling the file used
-            problems.append((where, f"expected {low}..{high}, got {value}"))
-    if limits.connections_total < limits.connections_per_source:
-        problems.append(
-            (
-                "limits.connections_total",
-                f"expected at least connections_per_source ({limits.connections_per_source}),"
-                f" got {limits.connections_total}",
-            )
-        )
-    for field, seconds in (
-        ("tls_handshake_timeout", limits.tls_handshake_timeout),
-        ("idle_timeout", limits.idle_timeout),
-    ):
-        if not 0 < seconds <= 3600:
-            problems.append(
-                (f"limits.{field}", f"expected seconds, 0 < seconds <= 3600, got {seconds}")
-            )
-    old = config.sip.max_message_bytes
-    if old is not None and old != limits.max_message_bytes:
-        problems.append(
-            (
-                "sip.max_message_bytes",
-                f"deprecated, and [limits] max_message_bytes says {limits.max_message_bytes}:"
-                " keep only [limits] max_message_bytes",
-            )
-        )
     return problems
 
 

@@ -33,6 +33,15 @@ CONNECTIONS_PER_SOURCE = "limit_connections_per_source"
 CONNECTIONS_TOTAL = "limit_connections_total"
 TLS_HANDSHAKE_TIMEOUT = "limit_tls_handshake_timeout"
 IDLE_TIMEOUT = "limit_idle_timeout"
+#: The admin HTTP(S) listener's and the control socket's (gateway/admin/limits.py).
+ADMIN_CONNECTIONS_PER_SOURCE = "limit_admin_connections_per_source"
+ADMIN_CONNECTIONS_TOTAL = "limit_admin_connections_total"
+ADMIN_TLS_HANDSHAKE_TIMEOUT = "limit_admin_tls_handshake_timeout"
+ADMIN_IDLE_TIMEOUT = "limit_admin_idle_timeout"
+ADMIN_MAX_HEADER_BYTES = "limit_admin_max_header_bytes"
+ADMIN_MAX_BODY_BYTES = "limit_admin_max_body_bytes"
+ADMIN_REQUEST_RATE = "limit_admin_request_rate"
+CONTROL_CONNECTIONS = "limit_control_connections"
 #: Every limit's counter name, in the order of docs/robustness.md's table.
 ALL_LIMITS = (
     CONNECTIONS_PER_SOURCE,
@@ -45,6 +54,14 @@ ALL_LIMITS = (
     MAX_CALLS,
     MAX_DIALOGS,
     MAX_REGISTRATIONS,
+    ADMIN_CONNECTIONS_PER_SOURCE,
+    ADMIN_CONNECTIONS_TOTAL,
+    ADMIN_TLS_HANDSHAKE_TIMEOUT,
+    ADMIN_IDLE_TIMEOUT,
+    ADMIN_MAX_HEADER_BYTES,
+    ADMIN_MAX_BODY_BYTES,
+    ADMIN_REQUEST_RATE,
+    CONTROL_CONNECTIONS,
 )
 
 
@@ -99,6 +116,8 @@ class ConnectionLimiter:
         total: int,
         counters: LimitCounters,
         report_interval: float = 60.0,
+        per_source_counter: str = CONNECTIONS_PER_SOURCE,
+        total_counter: str = CONNECTIONS_TOTAL,
     ) -> None:
         #: The listener's name in events ("lan-tcp", "wan-tls").
         self.name = name
@@ -106,6 +125,9 @@ class ConnectionLimiter:
         self.per_source = per_source
         self.total = total
         self._counters = counters
+        #: The counters this listener's refusals go to (the admin listener has its own).
+        self._per_source_counter = per_source_counter
+        self._total_counter = total_counter
         self._interval = report_interval
         self._open: Counter[str] = Counter()
         self._count = 0
@@ -124,10 +146,10 @@ class ConnectionLimiter:
         if self._count >= self.total:
             # The listener is full: whoever fills it, the refusal says nothing about this
             # source, so it is counted but not reported per source.
-            self._counters.hit(CONNECTIONS_TOTAL)
+            self._counters.hit(self._total_counter)
             return None
         if self._open[source] >= self.per_source:
-            self._counters.hit(CONNECTIONS_PER_SOURCE)
+            self._counters.hit(self._per_source_counter)
             self._report(source, now)
             return None
         self._open[source] += 1

@@ -145,7 +145,7 @@ def test_a_per_source_refusal_is_reported_once_a_minute_with_the_repeats_folded(
 
 
 def test_every_limit_has_one_counter() -> None:
-    assert len(set(ALL_LIMITS)) == len(ALL_LIMITS) == 10
+    assert len(set(ALL_LIMITS)) == len(ALL_LIMITS) == 18
     assert all(name.startswith("limit_") for name in ALL_LIMITS)
 
 
