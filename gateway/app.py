@@ -98,6 +98,8 @@ class Gateway:
             suites=wan.suites,
             allow_plaintext=wan.insecure_plaintext_media,
             offer_rtcp_mux=wan.rtcp_mux,
+            keying=wan.keying,
+            dtls_fingerprint=lambda: ("sha-256", self.dtls_identity.fingerprint()),
         )
         trunks, routes = core_trunks(config, media)
         self.settings = EdgeSettings(
@@ -223,7 +225,7 @@ class Gateway:
         # the restored bindings again when the link comes up.
         if self.redis is not None:  # this site's state from Redis, bounded by its timeout
             await self.redis.start(self.policy, self._now, self._flush)
-        self.state.restore(self.core.registrations, self.policy, self._now(), time.time())
+        self._restore_state()
         await self.media.start()
         # A stats round trip proves every worker's loop is up before the first call.
         await self.media.wait_running()
@@ -234,25 +236,8 @@ class Gateway:
             "media loop: %s",
             media_loop.describe(),
         )
-        lan = self.config.lan
-        if "udp" in lan.transports:
-            self._udp = await open_udp(
-                lan.sip_address,
-                lan.sip_port,
-                self._on_lan_datagram,
-                self.config.limits.max_message_bytes,
-                lambda: self.limit_counters.hit(MAX_MESSAGE_BYTES),
-            )
-        if "tcp" in lan.transports:
-            await self._listen("lan-tcp", Side.LAN, lan.sip_address, lan.sip_port, None)
-        wan = self.config.wan
-        if wan.listen_port is not None:
-            context = rotating_server_context(lambda: self.tls.server_context)
-            await self._listen("wan-tls", Side.WAN, wan.sip_address, wan.listen_port, context)
-        self.trunk_links.start(lambda: self._new_stream(Side.WAN), self._on_provider_state)
-        self.provider = self.trunk_links.first.link
+        await self.open_network()
         self._background.append(self._loop.create_task(self._watch_certificates()))
-        self._background.append(self._loop.create_task(self._keep_state()))
         if self.config.admin.enabled:
             from gateway.admin.server import AdminServer  # aiohttp only when it is wanted
 
@@ -271,8 +256,10 @@ class Gateway:
             operations=self.console,
             sampler=self.admin.sampler if self.admin is not None else None,
             state=self._state_status,
+            routes=getattr(self, "control_routes", None),  # gateway/ha/: `gateway ha`
         )
         await self.control.start()
+        lan = self.config.lan
         log.info(
             "gateway started: LAN %s:%d (%s), trunks %s over %s",
             lan.sip_address,
@@ -284,6 +271,31 @@ class Gateway:
             ),
             self.settings.registrar_peer.transport.upper(),
         )
+
+    def _restore_state(self) -> None:
+        self.state.restore(self.core.registrations, self.policy, self._now(), time.time())
+
+    async def open_network(self) -> None:
+        """LAN and WAN listeners, provider links, state saving (an HA standby: at promotion)."""
+        assert self._loop is not None
+        lan = self.config.lan
+        if "udp" in lan.transports:
+            self._udp = await open_udp(
+                lan.sip_address,
+                lan.sip_port,
+                self._on_lan_datagram,
+                self.config.limits.max_message_bytes,
+                lambda: self.limit_counters.hit(MAX_MESSAGE_BYTES),
+            )
+        if "tcp" in lan.transports:
+            await self._listen("lan-tcp", Side.LAN, lan.sip_address, lan.sip_port, None)
+        wan = self.config.wan
+        if wan.listen_port is not None:
+            context = rotating_server_context(lambda: self.tls.server_context)
+            await self._listen("wan-tls", Side.WAN, wan.sip_address, wan.listen_port, context)
+        self.trunk_links.start(lambda: self._new_stream(Side.WAN), self._on_provider_state)
+        self.provider = self.trunk_links.first.link
+        self._background.append(self._loop.create_task(self._keep_state()))
 
     def _state_status(self) -> dict[str, Any]:
         """``gateway state status``: Redis, or the local folder alone."""

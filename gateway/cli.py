@@ -146,7 +146,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.app import Gateway, configure_logging
+    from gateway.app import configure_logging
+    from gateway.ha.node import gateway_for
 
     # The checks of `check-config`, files included: a gateway that would fail on a missing
     # certificate or an unwritable state folder says so, every problem at once, before it
@@ -163,7 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(config.log.level, config.log.format)
 
     async def main() -> None:
-        gateway = Gateway(config)
+        gateway = gateway_for(config)  # [ha] enabled: starts as standby (gateway/ha/)
         await gateway.run_forever(drain=args.drain)
 
     try:
@@ -515,6 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_certs_commands(sub)
     add_shield_commands(sub)
+    from gateway.ha.commands import add_ha_commands
+
+    add_ha_commands(sub)
 
     from gateway.install import add_install_command
 

@@ -223,6 +223,8 @@ class OperatorConsole:
         #: Further TLS material a reload takes up (the other trunks' links): each returns
         #: None or why it could not.
         self.certificate_hooks: list[Callable[[str], str | None]] = []
+        #: One of an HA pair (gateway/ha/node.py): role, changes, lag, calls for /metrics.
+        self.ha_facts: Callable[[], Mapping[str, Any]] | None = None
         #: Phones seen registering or calling; a source banned now never enters it.
         self._minimums = dict(config.inventory.minimum_firmware)
         self.inventory = PhoneInventory(

@@ -349,9 +349,12 @@ class ControlServer:
         operations: Operations,
         sampler: MediaSampler | None = None,
         state: Callable[[], dict[str, Any]] | None = None,
+        routes: Callable[[web.Application], None] | None = None,
     ) -> None:
         self._config = config
         self._state = state
+        #: Adds further routes (gateway/ha/: `gateway ha status|notify`).
+        self._routes = routes
         self._status = status
         self._operations = operations
         self._sampler = sampler or MediaSampler(status)
@@ -438,6 +441,8 @@ class ControlServer:
         app = build_control_app(
             self._status, self._operations, self._sampler, group=group, info=info, state=self._state
         )
+        if self._routes is not None:
+            self._routes(app)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:

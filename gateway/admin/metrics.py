@@ -96,6 +96,7 @@ async def render_metrics(
     _media(out, sample, sampler)
     _media_loop(out, status)
     _media_restarts(out, status)
+    _ha(out, status)
     _tls(out, status)
     return out.render()
 
@@ -309,6 +310,40 @@ def _media_restarts(out: Exposition, status: StatusView) -> None:
         "counter",
         "Calls whose streams were re-opened on a restarted media worker.",
         restored(),
+    )
+
+
+def _ha(out: Exposition, status: StatusView) -> None:
+    """One of an active/standby pair (gateway/ha/): role, its changes, replication lag."""
+    facts = getattr(status, "ha_facts", None)
+    ha = facts() if callable(facts) else None
+    if ha is None:
+        return  # a single box
+    roles = ("starting", "standby", "promoting", "active", "fenced")
+    out.family(
+        "gateway_ha_role",
+        "gauge",
+        "1 for this node's current role in its active/standby pair.",
+        [({"role": r}, 1 if ha["role"] == r else 0) for r in roles],
+    )
+    out.one(
+        "gateway_ha_role_changes_total",
+        "counter",
+        "Role changes of this node since it started (promotions, demotions, fencing).",
+        ha["changes"],
+    )
+    out.family(
+        "gateway_ha_replication_lag_seconds",
+        "gauge",
+        "Standby: age of the newest replica write seen; active: age of the oldest change "
+        "not yet written to Redis (no sample before the first).",
+        [] if ha["lag"] is None else [({}, ha["lag"])],
+    )
+    out.one(
+        "gateway_ha_calls_held",
+        "gauge",
+        "Calls this node holds: live on the active, in the warm copy on the standby.",
+        ha["calls_held"],
     )
 
 

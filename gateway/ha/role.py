@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["Fence", "NOTIFY_STATES", "Promote", "Role", "RoleMachine"]
+__all__ = ["NOTIFY_STATES", "Fence", "Promote", "Role", "RoleMachine"]
 
 #: The words keepalived's notify scripts pass (its states, lower case).
 NOTIFY_STATES = ("master", "backup", "fault", "stop")

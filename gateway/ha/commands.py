@@ -1,0 +1,141 @@
+"""``gateway ha status`` and ``gateway ha notify {master|backup|fault|stop}``.
+
+The contract keepalived's notify script and the HA drills rely on (keep it stable):
+
+- ``gateway ha notify STATE [--config FILE | --socket PATH]`` asks the running gateway's
+  control socket (``POST /ha/notify``, ``{"state": STATE}``) and returns within about a
+  second, whatever happens: the gateway acts in the background. Exit status 0 always (keepalived
+  must never wait on us, nor log a failing script for a gateway that is down anyway); what went
+  wrong is printed on stderr. ``--strict`` exits 1 instead when the gateway did not take it.
+- ``gateway ha status [--json]`` (``GET /ha``): role (starting, standby, promoting, active,
+  fenced), node, peer, Redis reachable, the active's node and epoch, last sync, calls held
+  (live on the active, the warm copy on the standby), replication lag. Exit 1 when no gateway
+  answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from gateway.config import ConfigError, default_config_path, load_config
+from gateway.control import ControlError, control_request
+from gateway.ha.role import NOTIFY_STATES
+
+__all__ = ["add_ha_commands", "format_ha_status"]
+
+#: Seconds `ha notify` waits for the control socket: keepalived must not wait on us.
+NOTIFY_TIMEOUT = 1.0
+
+
+def _target(args: argparse.Namespace) -> Any:
+    if args.socket:
+        return args.socket
+    try:
+        return load_config(args.config or default_config_path())
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return None
+
+
+def cmd_ha_notify(args: argparse.Namespace) -> int:
+    failed = 1 if args.strict else 0
+    target = _target(args)
+    if target is None:
+        return failed
+    try:
+        answer = control_request(
+            target, "POST", "/ha/notify", {"state": args.state}, timeout=NOTIFY_TIMEOUT
+        )
+    except ControlError as exc:
+        print(f"error: ha notify {args.state}: {exc}", file=sys.stderr)
+        return failed
+    print(f"ha notify {args.state}: node {answer.get('node')} is {answer.get('role')}")
+    return 0
+
+
+def cmd_ha_status(args: argparse.Namespace) -> int:
+    target = _target(args)
+    if target is None:
+        return 2
+    try:
+        data = control_request(target, "GET", "/ha")
+    except ControlError as exc:
+        if exc.status == 404:
+            print("error: this gateway is not one of an HA pair ([ha] enabled)", file=sys.stderr)
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(data, indent=2) if args.json else format_ha_status(data, time.time()))
+    return 0
+
+
+def _ago(value: Any, now: float) -> str:
+    if not isinstance(value, (int, float)):
+        return "never"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value))
+    return f"{stamp} UTC ({max(0.0, now - value):.1f}s ago)"
+
+
+def format_ha_status(data: dict[str, Any], now: float) -> str:
+    """The table ``gateway ha status`` prints."""
+    redis = data.get("redis") or {}
+    reachable = "yes" if redis.get("reachable") else f"NO ({redis.get('error')})"
+    active = data.get("active")
+    active_text = (
+        f"{active['node']} (epoch {active['epoch']}, since {_ago(active.get('since'), now)})"
+        if active
+        else "none known"
+    )
+    lag = data.get("replication_lag_seconds")
+    lines = [
+        f"role:         {data.get('role')} (since {_ago(data.get('since'), now)})",
+        f"node:         {data.get('node')}",
+        f"peer:         {data.get('peer') or 'not named'}",
+        f"site:         {data.get('site')}",
+        f"redis:        reachable {reachable}",
+        f"active:       {active_text}",
+        f"last sync:    {_ago(data.get('last_sync'), now)}",
+        f"calls held:   {data.get('calls_held')}",
+        f"lag:          {'unknown' if lag is None else f'{lag:.3f} s'}",
+    ]
+    notify = data.get("last_notify")
+    if notify:
+        lines.append(f"last notify:  {notify['state']} at {_ago(notify.get('at'), now)}")
+    takeover = data.get("takeover")
+    if takeover:
+        lines.append(
+            f"takeover:     {takeover.get('restored')} of {takeover.get('replicated')} call(s), "
+            f"media re-opened for {takeover.get('media')}, in {takeover.get('seconds')} s"
+        )
+    if data.get("fence_reason"):
+        lines.append(f"fenced:       {data['fence_reason']}")
+    return "\n".join(lines)
+
+
+def add_ha_commands(sub: Any) -> None:
+    """``gateway ha ...`` under the top-level parser's sub-commands."""
+    ha = sub.add_parser("ha", help="active/standby pair: role, keepalived's notify")
+    ha_sub = ha.add_subparsers(dest="ha_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", metavar="FILE", help="configuration (its [control] socket)")
+        p.add_argument("--socket", metavar="PATH", help="the gateway's control socket")
+
+    p = ha_sub.add_parser("status", help="role, node, peer, Redis, last sync, calls held, lag")
+    common(p)
+    p.add_argument("--json", action="store_true", help="the gateway's answer as JSON")
+    p.set_defaults(func=cmd_ha_status)
+    p = ha_sub.add_parser(
+        "notify", help="keepalived's notify: tell the gateway its VRRP state (returns at once)"
+    )
+    p.add_argument("state", choices=NOTIFY_STATES, type=str.lower)
+    common(p)
+    p.add_argument(
+        "--strict", action="store_true", help="exit 1 when the gateway did not take the word"
+    )
+    p.set_defaults(func=cmd_ha_notify)
