@@ -408,6 +408,41 @@ class MediaController:
         record = self._records.get((call_id, stream))
         return record.checkpoint if record is not None else None
 
+    def stream_records(self, call_id: str) -> list[tuple[int, StreamSpec, StreamCheckpoint | None]]:
+        """Per stream of a call: its index, the spec its worker runs and the latest
+        checkpoint (None before the first): what another gateway needs to carry it on."""
+        found = [(k[1], r.spec, r.checkpoint) for k, r in self._records.items() if k[0] == call_id]
+        return sorted(found, key=lambda entry: entry[0])
+
+    async def restore_streams(
+        self, call_id: str, streams: list[tuple[int, StreamSpec, StreamCheckpoint | None]]
+    ) -> bool:
+        """Open a call's streams taken over from another gateway on the worker the call
+        hashes to, each carried on from its checkpoint (latches, SRTP indexes) as after a
+        worker crash. False (the call's streams closed again) when one could not be opened,
+        the worker is down, or the call has streams here already."""
+        handle = self._worker_for(call_id)
+        if not streams or not handle.alive or any(k[0] == call_id for k in self._records):
+            return False
+        for index, spec, checkpoint in streams:
+            record = _Record(spec)
+            if checkpoint is not None and (checkpoint.call_id, checkpoint.stream) == (
+                call_id,
+                index,
+            ):
+                record.checkpoint = checkpoint
+            self._records[(call_id, index)] = record
+        restored, _failed = await self._restore(handle, [call_id])
+        if call_id in restored:
+            return True
+        handle.calls.discard(call_id)
+        self._forget(call_id)
+        if handle.alive:
+            # Streams that did open must not hold their ports (and keys) for nothing.
+            with contextlib.suppress(MediaError):
+                self._write(handle, CloseCall(call_id=call_id))
+        return False
+
     def _live(self, call_id: str) -> _WorkerHandle:
         handle = self._worker_for(call_id)
         if not handle.alive:
