@@ -34,6 +34,7 @@ from gateway.limits_settings import DEFAULT_MAX_MESSAGE_BYTES, LimitsSettings, c
 from gateway.media.suites import NULL_SUITE_NAMES, SrtpSuite
 from gateway.policy.numbering import NumberFormat
 from gateway.policy.settings import PolicySettings
+from gateway.sdp.dtls import check_keying
 
 
 class _Table(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -81,6 +82,9 @@ class WanSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=True)
     #: SRTP suites offered and accepted, in the operator's order of preference.
     srtp_suites: tuple[str, ...] = tuple(s.value for s in SrtpSuite)
     rtcp_mux: bool = True
+    #: Media keying toward the provider, in order of preference: "sdes" (a=crypto, RFC 4568),
+    #: "dtls" (DTLS-SRTP, RFC 5763/5764), or both (["dtls", "sdes"]).
+    keying: tuple[str, ...] = ("sdes",)
     #: DOWNGRADE. Lets calls with this provider carry plain RTP. Logged at every call.
     insecure_plaintext_media: bool = False
     #: DOWNGRADE. Lets SIP go to the provider over plain TCP instead of TLS.
@@ -114,6 +118,8 @@ class TrunkSettings(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     trust: ProviderTrustSettings = ProviderTrustSettings()
     #: SRTP suites toward this trunk (default: [wan].srtp_suites).
     srtp_suites: tuple[str, ...] | None = None
+    #: Media keying toward this trunk, in order of preference (default: [wan].keying).
+    keying: tuple[str, ...] | None = None
     number_format: NumberFormat = "e164"
     caller_id_format: NumberFormat = "as-dialled"
     #: Seconds for the trunk's first response to a call before the next trunk is tried.
@@ -337,6 +343,7 @@ class GatewayConfig(_Table, frozen=True, forbid_unknown_fields=True, kw_only=Tru
                 domain=wan.domain,
                 trust=wan.trust,
                 srtp_suites=wan.srtp_suites,
+                keying=wan.keying,
                 number_format=wan.number_format,
                 caller_id_format=wan.caller_id_format,
                 insecure_plaintext_media=wan.insecure_plaintext_media,
@@ -561,6 +568,8 @@ def check(config: GatewayConfig) -> list[tuple[str, str]]:
             SrtpSuite.from_name(suite)
         except ValueError as exc:
             problems.append(("wan.srtp_suites", str(exc)))
+    if (keying_problem := check_keying(wan.keying)) is not None:
+        problems.append(("wan.keying", keying_problem))
     if wan.listen_port is not None and wan.identity is None:
         problems.append(
             ("wan.identity", "the WAN TLS listener needs the gateway's certificate and key")
@@ -623,6 +632,8 @@ def _check_trunks(config: GatewayConfig) -> list[tuple[str, str]]:
         for suite in trunk.srtp_suites or ():
             if suite in NULL_SUITE_NAMES:
                 problems.append((f"{where}.srtp_suites", f"{suite} encrypts nothing; remove it"))
+        if trunk.keying is not None and (keying := check_keying(trunk.keying)) is not None:
+            problems.append((f"{where}.keying", keying))
     if config.trunks and config.wan.provider_host != WanSettings().provider_host:
         problems.append(
             (

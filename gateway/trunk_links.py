@@ -53,6 +53,9 @@ def core_trunks(
             suites=suites,
             allow_plaintext=t.insecure_plaintext_media,
             offer_rtcp_mux=media.offer_rtcp_mux,
+            # Each trunk's own keying order, else [wan]'s; the DTLS certificate is the site's.
+            keying=t.keying or config.wan.keying,
+            dtls_fingerprint=media.dtls_fingerprint,
         )
         trunks.append(
             Trunk(

@@ -36,6 +36,10 @@ Security rules (docs/design.md §3.1, §3.2, §3.4)
   (:meth:`CallMedia.request_rekey`), the suite changes, or, when the provider offers, its media
   address or key changed (a new receiver would not know our ROC). Every change of a key in
   either direction raises that direction's ``SrtpKeying.generation``.
+- DTLS-SRTP (RFC 5763, RFC 5764, RFC 8842) where the trunk's ``policy.keying`` allows it:
+  ``gateway.sdp.dtls`` reads and writes a=fingerprint/a=setup/a=tls-id and picks roles; the
+  stream then carries ``wan_dtls`` (role, the provider's fingerprints, the trunk's suites as
+  profiles, the association's generation) and no SDES key: the worker keys from the handshake.
 - RTCP mux (RFC 5761 §5.1.1) is used on the WAN only when both sides said so; the LAN never
   muxes (legacy phones), so a=rtcp-mux never reaches the phone.
 
@@ -66,6 +70,7 @@ from dataclasses import dataclass, field
 from gateway.media.control import SrtpKeying, StreamSpec
 from gateway.media.ports import PortAllocator
 from gateway.media.suites import SrtpSuite
+from gateway.sdp import dtls
 from gateway.sdp.crypto import CryptoAttribute, new_crypto
 from gateway.sdp.errors import MediaRefused, SdpError
 from gateway.sdp.model import MediaDescription, SessionDescription
@@ -96,7 +101,7 @@ _SECURE_TO_PLAIN = {v: k for k, v in _PLAIN_TO_SECURE.items()}
 #: DTLS-SRTP profiles (RFC 5764 §8) that providers' media edges (rtpengine by default) offer
 #: with SDES crypto lines beside the fingerprint: keyed here by those lines, answered as the
 #: SDES profile, the fingerprint left unanswered (DTLS is not negotiated).
-_DTLS_TO_SDES = {"UDP/TLS/RTP/SAVP": "RTP/SAVP", "UDP/TLS/RTP/SAVPF": "RTP/SAVPF"}
+_DTLS_TO_SDES = dtls.DTLS_TO_SDES
 
 #: Warning text of the 488 to an offer that only a T.38 (image/udptl) stream would carry.
 FAX_REFUSAL = "T.38 fax (image/udptl) is not carried; G.711 pass-through in the audio is used"
@@ -116,6 +121,10 @@ class MediaPolicy:
     allow_plaintext: bool = False
     #: Offer RTCP multiplexing (RFC 5761) toward the provider.
     offer_rtcp_mux: bool = True
+    #: Keying methods toward the provider in order of preference ("dtls", "sdes").
+    keying: tuple[str, ...] = ("sdes",)
+    #: The gateway's DTLS certificate fingerprint, from the media side (needed for "dtls").
+    dtls_fingerprint: dtls.FingerprintSource | None = None
 
 
 class _State(enum.Enum):
@@ -134,6 +143,7 @@ class _Slot:
     wan_port: int | None = None
     #: Masters we last offered per suite: reused by re-offers so our key stays put.
     offered_masters: dict[SrtpSuite, bytes] = field(default_factory=dict)
+    dtls: dtls.Association = field(default_factory=lambda: dtls.Association(dtls.new_tls_id()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +167,8 @@ class _ProviderSide:
     plaintext: bool
     direction: str
     proto: str
+    #: DTLS-SRTP keying instead of ``rx`` (RFC 5763).
+    dtls: dtls.PeerDtls | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +215,8 @@ class CallMedia:
     ) -> None:
         if not policy.suites:
             raise ValueError("MediaPolicy.suites is empty: nothing could ever be offered")
+        if (problem := dtls.check_keying(policy.keying)) is not None:
+            raise ValueError(f"MediaPolicy.keying: {problem}")
         self.call_id = call_id
         self.policy = policy
         self._lan_ports = lan_ports
@@ -254,13 +268,17 @@ class CallMedia:
                     continue
                 self._ensure_ports(slot, fresh)
                 assert slot.wan_port is not None
-                cryptos = self._offer_cryptos(index, slot)
-                wan_proto = _PLAIN_TO_SECURE[md.proto]
+                keying = self.policy.keying
+                cryptos = self._offer_cryptos(index, slot) if "sdes" in keying else ()
+                wan_proto = dtls.offer_proto(md.proto, keying)
                 anchor(md, slot.wan_port, wan_proto, self.policy.wan_address)
                 if md.direction != phone.direction:
                     md.direction = phone.direction
                 for crypto in cryptos:
                     md.add_attribute("crypto", crypto.format())
+                if "dtls" in keying:
+                    setup = slot.dtls.offer_setup(self._rekey)
+                    dtls.write(md, slot.dtls, self._our_fingerprint(), setup)
                 if self.policy.offer_rtcp_mux:
                     md.add_attribute("rtcp-mux")
                 phones.append(phone)
@@ -372,7 +390,8 @@ class CallMedia:
                     continue
                 self._ensure_ports(slot, fresh)
                 assert slot.lan_port is not None
-                lan_proto = _SECURE_TO_PLAIN.get(provider.proto, provider.proto)
+                sdes_proto = _DTLS_TO_SDES.get(provider.proto, provider.proto)
+                lan_proto = _SECURE_TO_PLAIN.get(sdes_proto, provider.proto)
                 anchor(md, slot.lan_port, lan_proto, self.policy.lan_address)
                 if md.direction != provider.direction:
                     md.direction = provider.direction
@@ -429,12 +448,16 @@ class CallMedia:
             phone = _PhoneSide(addr, rtcp_addr, direction, md.proto)
             slot = self._slots[index]
             assert slot.wan_port is not None
-            tx = None if provider.plaintext else self._answer_crypto(index, provider)
+            keyless = provider.plaintext or provider.dtls is not None
+            tx = None if keyless else self._answer_crypto(index, provider)
             anchor(md, slot.wan_port, provider.proto, self.policy.wan_address)
             if md.direction != direction:
                 md.direction = direction
             if tx is not None:
                 md.add_attribute("crypto", tx.format())
+            if provider.dtls is not None and provider.dtls.answer_setup is not None:
+                setup = provider.dtls.answer_setup
+                dtls.write(md, slot.dtls, self._our_fingerprint(), setup)
             if provider.rtcp_mux:
                 md.add_attribute("rtcp-mux")
             agreed.append(_Agreed(phone, provider, tx, rtcp_mux=provider.rtcp_mux))
@@ -474,6 +497,9 @@ class CallMedia:
                     else SrtpKeying(rx.suite.value, rx.master, self._rx_generation[index]),
                     wan_plaintext=agreed.provider.plaintext,
                     direction=phone_direction(agreed.phone.direction, agreed.provider.direction),
+                    wan_dtls=dtls.keying(
+                        agreed.provider.dtls, self.policy.suites, slot.dtls.generation
+                    ),
                 )
             )
         return specs
@@ -578,6 +604,9 @@ class CallMedia:
         self, md: MediaDescription, offered: tuple[CryptoAttribute, ...], wan_proto: str
     ) -> tuple[_ProviderSide, CryptoAttribute | None]:
         """Validate one accepted m-line of the provider's answer; MediaRefused if insecure."""
+        if dtls.answer_method(md, self.policy.keying) == "dtls":
+            peer = dtls.read_answer(md, self.policy.keying, wan_proto)
+            return self._dtls_provider(md, peer, "provider answer"), None
         lines = [value for value in md.get_attributes("crypto") if value is not None]
         plaintext = False
         rx: CryptoAttribute | None = None
@@ -630,15 +659,28 @@ class CallMedia:
         return provider, tx
 
     def _check_wan_offer(self, md: MediaDescription) -> tuple[_ProviderSide | None, str | None]:
-        """The provider side of one offered m-line, or None and why it is refused."""
+        """The provider side of one offered m-line, or None and why it is refused: the
+        keying methods the offer carries are tried in the trunk's order."""
+        methods, refusal = dtls.offer_methods(md, self.policy.keying)
+        problems = [refusal] if refusal is not None else []
+        for method in methods:
+            if method == "sdes":
+                provider, problem = self._check_sdes_offer(md)
+            else:
+                try:
+                    peer = dtls.read_offer(md)
+                    provider, problem = self._dtls_provider(md, peer, "provider offer"), None
+                except MediaRefused as exc:
+                    provider, problem = None, exc.warning
+            if provider is not None:
+                return provider, None
+            problems.append(problem or f"m={md.media} refused")
+        return None, "; ".join(problems)
+
+    def _check_sdes_offer(self, md: MediaDescription) -> tuple[_ProviderSide | None, str | None]:
         rx: CryptoAttribute | None = None
         plaintext = False
         proto = _DTLS_TO_SDES.get(md.proto, md.proto)
-        if proto != md.proto and not md.get_attributes("crypto"):
-            return None, (
-                f"{md.proto} offered for m={md.media} with DTLS keying only; this trunk keys "
-                "media with SDES (a=crypto)"
-            )
         if proto in _SECURE_TO_PLAIN:
             problems: list[str] = []
             candidates: list[tuple[int, int, CryptoAttribute]] = []
@@ -678,6 +720,18 @@ class CallMedia:
             None,
         )
 
+    def _dtls_provider(self, md: MediaDescription, peer: dtls.PeerDtls, who: str) -> _ProviderSide:
+        """The provider side of a DTLS-keyed m-line; MediaRefused when we cannot take part."""
+        self._our_fingerprint()
+        if not dtls.profiles(self.policy.suites):
+            raise MediaRefused(f"no DTLS-SRTP profile allowed for m={md.media} (NULL never is)")
+        addr, rtcp_addr, direction = peer_transport(md, who)
+        mux = md.rtcp_mux and (self.policy.offer_rtcp_mux or who == "provider offer")
+        return _ProviderSide(addr, rtcp_addr, mux, None, False, direction, md.proto, peer)
+
+    def _our_fingerprint(self) -> dtls.Fingerprint:
+        return dtls.our_fingerprint(self.policy.dtls_fingerprint)
+
     def _answer_crypto(self, index: int, provider: _ProviderSide) -> CryptoAttribute:
         """Our single crypto line answering the provider's chosen one (RFC 4568 §7.1.2)."""
         assert provider.rx is not None
@@ -702,6 +756,8 @@ class CallMedia:
         for index, entry in enumerate(agreed):
             if entry is None:
                 continue
+            if entry.provider.dtls is not None:
+                self._slots[index].dtls.apply(entry.provider.dtls, entry.provider.addr)
             tx = entry.tx.master if entry.tx is not None else None
             rx = entry.provider.rx.master if entry.provider.rx is not None else None
             if tx is not None:
