@@ -181,8 +181,8 @@ class StreamCounters(msgspec.Struct):
     #: DTLS records (RFC 7983 first byte 20-63) from an address other than the provider's
     #: signalled one, ignored (a stranger's ClientHello never reaches the handshake).
     dtls_wrong_source: int = 0
-    #: WAN packets that arrived or were due to leave before the DTLS-SRTP keys existed.
-    drop_dtls_pending: int = 0
+    #: DTLS-SRTP handshakes completed on the stream (its WAN keys came from the last one).
+    dtls_handshakes: int = 0
     last_lan_packet: float = 0.0
     last_wan_packet: float = 0.0
     #: Reception statistics measured by the gateway on the accepted RTP it relays (RFC 3550

@@ -67,6 +67,7 @@ from gateway.media.control import (
     CloseCall,
     OpenStream,
     QueryStats,
+    SetDtlsIdentity,
     Shutdown,
     StreamCheckpoint,
     StreamCounters,
@@ -76,6 +77,7 @@ from gateway.media.control import (
     UpdateStream,
     WorkerStats,
 )
+from gateway.media.dtls_streams import DtlsStreams
 from gateway.media.relay import (
     LAN_RTP,
     MAX_DATAGRAM,
@@ -85,6 +87,7 @@ from gateway.media.relay import (
     Forward,
     RelayStream,
 )
+from gateway.media.sockets import media_socket
 from gateway.media.srtp import NATIVE_REASONS, native_function
 
 try:
@@ -97,8 +100,6 @@ __all__ = ["LIBSRTP_MAJOR", "fastpath_refusal", "main", "media_socket", "run_wor
 #: Receive size: one byte more than the relay accepts, so that a longer datagram, which the
 #: kernel cuts to this size without a word, still shows as too long (relay.MAX_DATAGRAM).
 RECV_SIZE = MAX_DATAGRAM + 1
-#: Socket buffers: a few hundred milliseconds of many streams (the kernel caps at rmem_max).
-SOCKET_BUFFER = 1 << 20
 #: A control message longer than this means the framing is lost.
 MAX_CONTROL_MESSAGE = 16 << 20
 #: Calls looked at per loop round by the idle check, and how long the loop waits between
@@ -154,30 +155,6 @@ def _ipv4(ip: str) -> bytes | None:
     except OSError:
         return None
     return packed if socket.inet_ntoa(packed) == ip else None
-
-
-def media_socket(address: str, port: int, dscp: int) -> socket.socket:
-    """A non-blocking UDP socket bound to ``address:port``, marked with ``dscp``.
-
-    Raises OSError (e.g. EADDRINUSE) when the bind fails.
-    """
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        tos = dscp << 2  # DSCP sits in the upper six bits of the TOS / traffic class byte
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
-        else:
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            with contextlib.suppress(OSError):  # a smaller buffer is not worth failing a call
-                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-        sock.bind((address, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 class _Stream:
@@ -376,6 +353,7 @@ class _Worker:
         self._running = True
         self._checkpoints = checkpoint.Checkpointer(clock())
         self._warned: set[str] = set()
+        self._dtls = DtlsStreams(self._send)  # DTLS-SRTP handshakes of DTLS-keyed streams
         fast = fastpath_enabled() if fast_path is None else fast_path and _fastpath is not None
         if fast:
             refusal = fastpath_refusal()
@@ -455,8 +433,10 @@ class _Worker:
                 self._warn("update for an unknown stream ignored")
                 return
             stream.updates += 1
-            try:
-                stream.relay.update(command.spec)
+            if command.spec.wan_dtls is not None and stream.key not in self._dtls:
+                self._dtls_take(stream, command.call_id, command.stream, now)
+            try:  # a DTLS-keyed stream keeps its association's keys (dtls_streams)
+                stream.relay.update(self._dtls.update(stream.key, command.spec, now))
             except ValueError as exc:  # bad keying: keep the stream as it was
                 self._warn(f"update of {stream.key} refused: {exc}")
         elif isinstance(command, CloseCall):
@@ -477,6 +457,8 @@ class _Worker:
             )
         elif isinstance(command, Shutdown):
             self._running = False
+        elif isinstance(command, SetDtlsIdentity):
+            self._dtls.set_identity(command.certificate, command.key)
 
     # -- streams -------------------------------------------------------------------------
 
@@ -539,10 +521,20 @@ class _Worker:
         for sock, handler in zip(stream.sockets, handlers, strict=True):
             self._handlers[sock.fileno()] = (sock, handler, stream.sockets, served)
             self._epoll.register(sock.fileno(), select.EPOLLIN)
+        if spec.wan_dtls is not None:
+            self._dtls_take(stream, call_id, index, now)
         return None
+
+    def _dtls_take(self, stream: _Stream, call_id: str, index: int, now: float) -> None:
+        """DTLS-SRTP on the stream's WAN RTP port: its handler demultiplexes (RFC 7983)."""
+        sock = stream.sockets[WAN_RTP]
+        handler = self._dtls.open(stream.key, call_id, index, stream.relay, sock, now)
+        entry = self._handlers[sock.fileno()]
+        self._handlers[sock.fileno()] = (sock, handler, entry[2], entry[3])
 
     def _close_stream(self, stream: _Stream) -> None:
         stream.release()
+        self._dtls.close(stream.key)
         for sock in stream.sockets:
             fd = sock.fileno()
             self._handlers.pop(fd, None)
@@ -581,7 +573,7 @@ class _Worker:
     def _wake_at(self, next_check: float) -> float:
         """When the loop must come back even without packets: the next idle-check pass, or
         the next batch of the pass under way."""
-        next_check = min(next_check, self._checkpoints.next_due)
+        next_check = min(next_check, self._checkpoints.next_due, self._dtls.next_due)
         if self._idle_pending or self._checkpoints.busy:
             return min(next_check, self._clock() + IDLE_CHECK_STEP_S)
         return next_check
@@ -594,6 +586,8 @@ class _Worker:
             next_check = now + self._check_interval
         if self._idle_pending:
             self._check_idle(now)
+        if self._dtls.pending or now >= self._dtls.next_due:
+            self._dtls.step(now)  # handshakes that progressed or whose timer is due
         changed = self._checkpoints.step(now, self._calls)
         if changed:
             self._send(Checkpoints(checkpoints=changed))

@@ -1,0 +1,229 @@
+"""A media worker's DTLS-SRTP streams: the handshake on the WAN RTP port, keys into the relay.
+
+A stream whose spec carries ``wan_dtls`` (:class:`~gateway.media.control.DtlsKeying`) starts
+without WAN keys: the relay drops everything toward the provider and from it (fail closed),
+while a :class:`~gateway.media.dtls.DtlsEndpoint` runs on the stream's WAN RTP port. Datagrams
+there are demultiplexed by their first byte (RFC 7983 §7: 20-63 DTLS, 128-191 RTP/RTCP); the
+C fast path declines anything that is not RTP, so DTLS always reaches this module. When the
+handshake is done (the peer's certificate matched the SDP fingerprint, a profile from the
+operator's list was agreed), the exported keys become the spec's ``wan_tx``/``wan_rx`` and go
+to the relay by the ordinary update path: from then on packets flow exactly as with SDES.
+
+- Only the provider's signalled IP may take part: a DTLS record from any other address is
+  dropped before the handshake sees it and counted ``dtls_wrong_source``.
+- A failed or timed-out handshake (:data:`~gateway.media.dtls.DEFAULT_HANDSHAKE_TIMEOUT`) is
+  reported once (:class:`~gateway.media.control.DtlsFailed`); the signalling side ends the
+  call. The stream stays without keys until then.
+- An update with the same ``DtlsKeying.generation`` keeps the association and its keys
+  (RFC 5763 §6.6: a re-INVITE that changes nothing); a new generation starts afresh.
+- DTLS runs on the RTP component only: the gateway offers RTCP multiplexing (RFC 5761), and
+  SRTCP is keyed from the RTP association (RFC 5764 §4.1 would give a non-muxed RTCP port an
+  association of its own; not done).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from msgspec import structs
+
+from gateway.media.control import DtlsFailed, StreamSpec
+from gateway.media.dtls import DtlsDone, DtlsEndpoint, DtlsFailure
+from gateway.media.relay import Address, Forward, RelayStream
+
+__all__ = ["DtlsStreams"]
+
+_Handler = Callable[[bytes, Address, float], Forward | None]
+
+
+@dataclass(slots=True)
+class _Session:
+    call_id: str
+    index: int
+    relay: RelayStream
+    sock: socket.socket
+    #: The spec as the signalling process sent it (keys None on the WAN side).
+    spec: StreamSpec
+    endpoint: DtlsEndpoint | None = None
+    generation: int = -1
+    #: Where the peer's DTLS comes from (replies go there); None: its signalled address.
+    peer: Address | None = None
+    done: DtlsDone | None = None
+    reported: bool = False
+    timer: float | None = None
+    #: Set by a datagram: the loop applies the outcome after the packet's turn.
+    changed: bool = field(default=False)
+
+
+class DtlsStreams:
+    """Every DTLS-keyed stream of one worker, and the certificate they handshake with."""
+
+    def __init__(self, send_report: Callable[[DtlsFailed], None]) -> None:
+        self._send_report = send_report
+        self._identity: tuple[bytes, bytes] | None = None
+        self._sessions: dict[str, _Session] = {}
+        self._changed: list[_Session] = []
+        #: When :meth:`step` must run next (inf: nothing pending).
+        self.next_due = float("inf")
+
+    def set_identity(self, certificate: bytes, key: bytes) -> None:
+        """The certificate new associations present (running ones keep theirs)."""
+        self._identity = (certificate, key)
+
+    # -- streams -------------------------------------------------------------------------
+
+    def open(
+        self,
+        key: str,
+        call_id: str,
+        index: int,
+        relay: RelayStream,
+        sock: socket.socket,
+        now: float,
+    ) -> _Handler:
+        """Take a DTLS-keyed stream; returns the handler for its WAN RTP socket."""
+        session = _Session(call_id, index, relay, sock, relay.spec)
+        self._sessions[key] = session
+        self._start(session, relay.spec, now)
+        wan_rtp = relay.from_wan_rtp
+
+        def from_wan_rtp(data: bytes, source: Address, now: float) -> Forward | None:
+            if data and 20 <= data[0] <= 63:  # RFC 7983 §7: DTLS
+                self._datagram(session, data, source, now)
+                return None
+            return wan_rtp(data, source, now)
+
+        return from_wan_rtp
+
+    def update(self, key: str, spec: StreamSpec, now: float) -> StreamSpec:
+        """The spec to give the relay for an UpdateStream: the signalled one with the
+        association's keys while its generation stands."""
+        session = self._sessions.get(key)
+        if session is None:
+            return spec
+        session.spec = spec
+        self._start(session, spec, now)
+        return self._keyed(session)
+
+    def close(self, key: str) -> None:
+        self._sessions.pop(key, None)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._sessions
+
+    # -- time ----------------------------------------------------------------------------
+
+    def step(self, now: float) -> None:
+        """Apply handshakes that progressed, handle due timers; refresh :attr:`next_due`."""
+        changed, self._changed = self._changed, []
+        for session in changed:
+            session.changed = False
+            self._settle(session, now)
+        if now >= self.next_due:
+            for session in list(self._sessions.values()):
+                endpoint = session.endpoint
+                if endpoint is not None and session.timer is not None and now >= session.timer:
+                    endpoint.handle_timer(now)
+                    self._transmit(session)
+                    self._settle(session, now)
+        self.next_due = min(
+            (s.timer for s in self._sessions.values() if s.timer is not None),
+            default=float("inf"),
+        )
+
+    @property
+    def pending(self) -> bool:
+        """A handshake progressed during the last round: :meth:`step` has work."""
+        return bool(self._changed)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _start(self, session: _Session, spec: StreamSpec, now: float) -> None:
+        keying = spec.wan_dtls
+        if keying is None:
+            session.endpoint = None
+            session.done = None
+            return
+        if session.endpoint is not None and keying.generation == session.generation:
+            return  # RFC 5763 §6.6: nothing changed, the association stands
+        if keying.role == "client" and spec.provider_addr is None:
+            return  # nobody to send the ClientHello to yet: the answer will say
+        session.generation = keying.generation
+        session.done = None
+        session.reported = False
+        session.peer = None
+        if self._identity is None:
+            self._fail(session, "no DTLS certificate in this media worker")
+            return
+        try:
+            session.endpoint = DtlsEndpoint(
+                role=keying.role,
+                certificate=self._identity[0],
+                key=self._identity[1],
+                fingerprints=keying.fingerprints,
+                profiles=keying.profiles,
+                now=now,
+                generation=keying.generation,
+            )
+        except ValueError as exc:
+            session.endpoint = None
+            self._fail(session, str(exc))
+            return
+        self._transmit(session)
+        session.timer = session.endpoint.get_timer(now)
+        self.next_due = min(self.next_due, session.timer or self.next_due)
+
+    def _datagram(self, session: _Session, data: bytes, source: Address, now: float) -> None:
+        provider = session.spec.provider_addr
+        endpoint = session.endpoint
+        if provider is None or source[0] != provider[0] or endpoint is None:
+            session.relay.counters.dtls_wrong_source += 1
+            return
+        session.peer = source
+        session.relay.counters.last_wan_packet = now
+        endpoint.receive(data, now)
+        self._transmit(session)
+        if not session.changed:
+            session.changed = True
+            self._changed.append(session)
+
+    def _settle(self, session: _Session, now: float) -> None:
+        endpoint = session.endpoint
+        if endpoint is None:
+            return
+        result = endpoint.result
+        session.timer = endpoint.get_timer(now)
+        if isinstance(result, DtlsDone) and session.done is None:
+            session.done = result
+            session.relay.update(self._keyed(session))
+            session.relay.counters.dtls_handshakes += 1
+        elif isinstance(result, DtlsFailure):
+            self._fail(session, result.reason)
+
+    def _keyed(self, session: _Session) -> StreamSpec:
+        spec, done = session.spec, session.done
+        if done is None or spec.wan_dtls is None:
+            return spec
+        return structs.replace(spec, wan_tx=done.tx, wan_rx=done.rx)
+
+    def _transmit(self, session: _Session) -> None:
+        endpoint = session.endpoint
+        if endpoint is None:
+            return
+        dest = session.peer or session.spec.provider_addr
+        out = endpoint.datagrams_to_send()
+        if dest is None:
+            return
+        for datagram in out:
+            # Lost like on the network when it fails: the retransmission timer repeats it.
+            with contextlib.suppress(OSError):
+                session.sock.sendto(datagram, dest)
+
+    def _fail(self, session: _Session, reason: str) -> None:
+        session.timer = None
+        if not session.reported:
+            session.reported = True
+            self._send_report(DtlsFailed(session.call_id, session.index, reason))
