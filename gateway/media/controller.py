@@ -31,7 +31,7 @@ import socket
 import sys
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ from gateway.media.control import (
     WorkerStats,
 )
 from gateway.media.dtls_identity import DtlsIdentity
+from gateway.state.calls import ReplicatedStream
 
 __all__ = ["MediaController", "MediaError"]
 
@@ -415,7 +416,9 @@ class MediaController:
         return sorted(found, key=lambda entry: entry[0])
 
     async def restore_streams(
-        self, call_id: str, streams: list[tuple[int, StreamSpec, StreamCheckpoint | None]]
+        self,
+        call_id: str,
+        streams: Sequence[ReplicatedStream | tuple[int, StreamSpec, StreamCheckpoint | None]],
     ) -> bool:
         """Open a call's streams taken over from another gateway on the worker the call
         hashes to, each carried on from its checkpoint (latches, SRTP indexes) as after a
@@ -424,7 +427,11 @@ class MediaController:
         handle = self._worker_for(call_id)
         if not streams or not handle.alive or any(k[0] == call_id for k in self._records):
             return False
-        for index, spec, checkpoint in streams:
+        for entry in streams:
+            if isinstance(entry, ReplicatedStream):
+                index, spec, checkpoint = entry.index, entry.spec, entry.checkpoint
+            else:
+                index, spec, checkpoint = entry
             record = _Record(spec)
             if checkpoint is not None and (checkpoint.call_id, checkpoint.stream) == (
                 call_id,

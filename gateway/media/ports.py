@@ -10,7 +10,7 @@ was used, so late packets of an ended call do not land in a new call on the same
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict
 
 
 class PortsExhausted(RuntimeError):
@@ -28,7 +28,9 @@ class PortAllocator:
             raise ValueError(f"port range {first}-{last} holds no even/odd RTP/RTCP pair")
         self.first = first
         self.last = last
-        self._free: deque[int] = deque(range(start, last, 2))
+        # Ordered: allocate from the front, release to the back, claim from anywhere (a call
+        # taken over from another gateway), each O(1).
+        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(start, last, 2))
         self._in_use: set[int] = set()
 
     @property
@@ -51,7 +53,7 @@ class PortAllocator:
                 f"no free RTP port pair in {self.first}-{self.last}"
                 f" (all {len(self._in_use)} pairs in use)"
             )
-        port = self._free.popleft()
+        port, _ = self._free.popitem(last=False)
         self._in_use.add(port)
         return port
 
@@ -60,7 +62,7 @@ class PortAllocator:
         if port not in self._in_use:
             raise ValueError(f"port {port} was not allocated from {self.first}-{self.last}")
         self._in_use.remove(port)
-        self._free.append(port)
+        self._free[port] = None
 
     def claim(self, port: int) -> None:
         """Take one given pair: a call taken over from another gateway keeps its ports.
@@ -68,7 +70,7 @@ class PortAllocator:
         if port in self._in_use:
             raise ValueError(f"port {port} is in use already")
         try:
-            self._free.remove(port)
-        except ValueError:
+            del self._free[port]
+        except KeyError:
             raise ValueError(f"port {port} is no RTP port of {self.first}-{self.last}") from None
         self._in_use.add(port)

@@ -190,6 +190,7 @@ def _kind(site: str, key: str) -> str:
 def encode_call(record: CallRecord, sealer: Sealing, site: str) -> bytes | None:
     """The bytes to replicate: keys sealed; None when the call has keys and the sealer no
     key (SRTP keys are never stored in clear)."""
+    record = _with_stream_structs(record)
     masters: list[bytes] = []
 
     def take(master: bytes) -> bytes:
@@ -232,6 +233,17 @@ def decode_call(data: bytes, sealer: Sealing) -> CallRecord | None:
         return _replace_masters(call, lambda _blank: next(queue))
     except (StopIteration, ValueError, TypeError):
         return None
+
+
+def _with_stream_structs(record: CallRecord) -> CallRecord:
+    """``streams`` as ReplicatedStream, also when given as ``MediaController.stream_records``
+    tuples (index, spec, checkpoint)."""
+    if all(isinstance(s, ReplicatedStream) for s in record.streams):
+        return record
+    streams = tuple(
+        s if isinstance(s, ReplicatedStream) else ReplicatedStream(*s) for s in record.streams
+    )
+    return msgspec.structs.replace(record, streams=streams)
 
 
 def _count_masters(record: CallRecord) -> int:

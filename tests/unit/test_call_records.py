@@ -11,11 +11,13 @@ import base64
 import secrets
 
 import msgspec
+import pytest
 
-from gateway.media.control import OpenStream, UpdateStream
+from gateway.media.control import OpenStream, SsrcIndex, StreamCheckpoint, UpdateStream
+from gateway.media.ports import PortAllocator
 from gateway.sip.b2bua import PairState
 from gateway.sip.message import SipRequest, SipResponse, make_response, parse_message
-from gateway.state.calls import CallRecord, decode_call, encode_call
+from gateway.state.calls import CallRecord, ReplicatedStream, decode_call, encode_call
 from gateway.state.seal import Sealer
 from tests.unit.test_b2bua import (
     PHONE_IP,
@@ -358,3 +360,39 @@ def test_a_new_call_after_the_takeover_gets_a_key_and_ports_of_its_own() -> None
     assert opened.call_id not in (record.key,)
     assert opened.spec.lan_port != stream.spec.lan_port
     assert opened.spec.wan_port != stream.spec.wan_port
+
+
+def test_streams_with_checkpoints_as_the_glue_adds_them_survive_sealing() -> None:
+    h = Harness()
+    outbound_call(h)
+    [pair] = h.core.active_calls
+    record = h.core.export_call(pair.key, h.now, WALL)
+    assert record is not None
+    [stream] = record.streams
+    checkpoint = StreamCheckpoint(
+        call_id=pair.key,
+        stream=0,
+        updates=2,
+        phone_rtp=(PHONE_IP, 8000),
+        tx=(SsrcIndex(0xCAFE, 1, 17),),
+        rx=(SsrcIndex(0xBEEF, 2, 65000),),
+    )
+    # MediaController.stream_records gives (index, spec, checkpoint) tuples.
+    glued = msgspec.structs.replace(record, streams=((0, stream.spec, checkpoint),))
+    data = encode_call(glued, Sealer(KEY, SITE), SITE)
+    assert data is not None
+    opened = decode_call(data, Sealer(KEY, SITE))
+    assert opened is not None
+    assert opened.streams == (ReplicatedStream(0, stream.spec, checkpoint),)
+
+
+def test_a_port_pair_is_claimed_once_and_comes_back_on_release() -> None:
+    ports = PortAllocator(40000, 40007)
+    ports.claim(40002)
+    with pytest.raises(ValueError, match="in use"):
+        ports.claim(40002)
+    with pytest.raises(ValueError, match="no RTP port"):
+        ports.claim(40003)
+    assert [ports.allocate(), ports.allocate(), ports.allocate()] == [40000, 40004, 40006]
+    ports.release(40002)
+    assert ports.allocate() == 40002
