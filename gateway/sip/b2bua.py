@@ -273,7 +273,8 @@ class B2bua:
     def take_changed_calls(self) -> set[str]:
         """Keys of calls whose replicable state may have changed since the last call (answered,
         an in-dialog request or response handled, ended): export each again, or delete it
-        from the replica when ``export_call`` says None."""
+        from the replica when ``export_call`` says None. The first call names every call
+        (tracking starts with it)."""
         return self._records.take_changed()
 
     def export_call(self, key: str, now: float, wall: float) -> CallRecord | None:

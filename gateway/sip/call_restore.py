@@ -67,6 +67,9 @@ class CallRecords:
         self._setup = setup
         self._trunks = trunks
         self._changed: set[str] = set()
+        #: Changes are kept only once someone takes them (a gateway without a standby never
+        #: does: the set must not grow with every call it ever carried).
+        self._tracking = False
         #: Why records were skipped by the last restore: key -> reason (for the glue's log).
         self.skipped: dict[str, str] = {}
 
@@ -74,7 +77,7 @@ class CallRecords:
 
     def touch(self, pair: DialogPair | None) -> None:
         """``pair``'s replicable state may change now (an INVITE call only)."""
-        if pair is not None and pair.method == "INVITE":
+        if self._tracking and pair is not None and pair.method == "INVITE":
             self._changed.add(pair.key)
 
     def touch_event(self, side: Side, event: object) -> None:
@@ -92,6 +95,10 @@ class CallRecords:
                 self.touch(relay.pair)
 
     def take_changed(self) -> set[str]:
+        """The calls touched since the last take; the first take names every call."""
+        if not self._tracking:
+            self._tracking = True
+            return {pair.key for pair in self._index.pairs() if pair.method == "INVITE"}
         changed, self._changed = self._changed, set()
         return changed
 

@@ -295,19 +295,29 @@ def test_a_record_under_a_wrong_key_or_site_or_altered_decodes_to_none() -> None
 
 def test_a_ringing_call_is_not_exported_and_an_ended_one_leaves_the_replica() -> None:
     h = Harness()
+    assert h.core.take_changed_calls() == set()  # tracking starts with the first take
     h.from_phone(phone_request("INVITE", body=phone_sdp()))
     [invite] = only(h.take_wan(), SipRequest)
     h.from_provider(respond(invite, 180))
     [pair] = h.core.active_calls
     assert h.core.export_call(pair.key, h.now, WALL) is None
+    h.core.take_changed_calls()
     h.from_provider(respond(invite, 200, body=provider_answer(invite.body)))
-    assert pair.key in h.core.take_changed_calls()
+    assert h.core.take_changed_calls() == {pair.key}
     assert h.core.export_call(pair.key, h.now, WALL) is not None
     assert h.core.take_changed_calls() == set()
     ok = only(h.take_lan(), SipResponse)[-1]
     h.from_phone(phone_request("BYE", cseq=2, to_tag=ok.to.tag))
     assert pair.key in h.core.take_changed_calls()
     assert h.core.export_call(pair.key, h.now, WALL) is None
+
+
+def test_a_core_that_never_reported_changes_names_every_call_at_the_first_take() -> None:
+    h = Harness()
+    outbound_call(h)
+    h.from_phone(phone_request("INVITE", body=phone_sdp(), call_id="ringing@phone"))
+    assert h.core.take_changed_calls() == {p.key for p in h.core.active_calls}
+    assert len(h.core.active_calls) == 2 and h.core.take_changed_calls() == set()
 
 
 def test_times_are_unix_times_and_restore_keeps_the_calls_age() -> None:
