@@ -221,10 +221,9 @@ class HaGateway(Gateway):
         for key, why in self.core.call_restore_skipped.items():
             log.warning("HA: call %s not taken over: %s", key, why)
         by_key = {r.key: r for r in records}
-        media: Any = self.media  # restore_streams: HA-core's MediaController addition
         reopened = 0
         for key in restored:
-            if await media.restore_streams(key, list(by_key[key].streams)):
+            if await self.media.restore_streams(key, by_key[key].streams):
                 reopened += 1
             else:
                 self.core.media_problem(key, "media not restored at takeover", now, self._wall())
@@ -275,9 +274,7 @@ class HaGateway(Gateway):
         return changes
 
     def _stream_records(self, key: str) -> tuple[Any, ...]:
-        media: Any = self.media  # stream_records: HA-core's MediaController addition
-        records = media.stream_records(key)
-        return tuple(records) if records else ()
+        return tuple(self.media.stream_records(key))
 
     def _newer_active(self, node: str, epoch: int) -> None:
         fence = self.roles.newer_active(node, epoch, time.time())
