@@ -406,3 +406,28 @@ def test_a_port_pair_is_claimed_once_and_comes_back_on_release() -> None:
     assert [ports.allocate(), ports.allocate(), ports.allocate()] == [40000, 40004, 40006]
     ports.release(40002)
     assert ports.allocate() == 40002
+
+
+def test_a_provider_reinvite_after_the_takeover_keeps_both_keys() -> None:
+    h = Harness()
+    invite, answer, _ok = outbound_call(h)
+    fresh, [record], _ = taken_over(h)
+    [stream] = record.streams
+    # The provider re-offers (a session refresh) with its key and address unchanged.
+    fresh.from_provider(provider_in_dialog(invite, "INVITE", 11, answer.body))
+    [to_phone] = only(fresh.take_lan(), SipRequest)
+    assert to_phone.method == "INVITE" and "a=crypto" not in to_phone.body.decode()
+    assert to_phone.cseq.seq == record.caller.local_cseq + 1
+    session, version = origin_version(to_phone.body)
+    assert record.media is not None and session == record.media.lan_origin.sess_id
+    assert version > record.media.lan_origin.version
+    reply = make_response(to_phone, 200)
+    reply.add("Contact", f"<sip:1001@{PHONE_IP}:5062>")
+    reply.add("Content-Type", "application/sdp")
+    reply.body = phone_sdp().encode()
+    fresh.from_phone(bytes(reply))
+    [ok200] = [m for m in only(fresh.take_wan(), SipResponse) if m.status == 200]
+    tag = answer.body.decode().split("a=crypto:")[1].split()[0]
+    assert crypto_lines(ok200.body)[tag] == crypto_lines(invite.body)[tag]
+    assert not [c for c in fresh.media if isinstance(c, UpdateStream)]  # nothing changed
+    assert stream.spec.wan_tx is not None and stream.spec.wan_tx.generation == 0
