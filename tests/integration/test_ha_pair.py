@@ -316,6 +316,7 @@ async def test_standby_takes_over_registration_ban_and_call_after_kill_9(
         a.kill()
         assert await wait_for(lambda: all(_gone(p) for p in workers), 30.0)
         before = provider.media.srtp_ok
+        registers = provider.requests.count("REGISTER")
 
         # B promoted: same addresses, a new TLS connection, the call's media again.
         promoted = await asyncio.to_thread(b.cli, "ha", "notify", "master")
@@ -332,6 +333,8 @@ async def test_standby_takes_over_registration_ban_and_call_after_kill_9(
         # The registration and the ban are still there.
         registrations = (await asyncio.to_thread(b.ask, "GET", "/registrations"))["registrations"]
         assert any(r["user"] == "100" for r in registrations), registrations
+        # B sent the restored binding upstream again over its own link (RFC 3261 §10.2.4).
+        assert await wait_for(lambda: provider.requests.count("REGISTER") > registers, 20.0)
         assert await banned(b)
 
         # A BYE from the provider ends both legs.
@@ -350,9 +353,19 @@ async def test_standby_takes_over_registration_ban_and_call_after_kill_9(
         # And a new call succeeds.
         second = await phone.dial("201")
         assert second.status == 200, second
-        assert (await phone.hang_up()) is not None
         metrics = await asyncio.to_thread(b.ask, "GET", "/ha")
         assert metrics["role_changes"] == 2
+
+        # B told "backup" with a call up is fenced: it sends nothing (no BYE: the other box
+        # carries the call now) and ends with status 75 for systemd to restart it as standby.
+        byes = provider.requests.count("BYE")
+        fenced = await asyncio.to_thread(b.cli, "ha", "notify", "backup")
+        assert fenced.returncode == 0, fenced.stderr
+        assert b.process is not None
+        assert await asyncio.to_thread(b.process.wait, 30) == 75
+        assert provider.requests.count("BYE") == byes
+        assert "ha.demoted" in b.log()
+        assert not second.ended_by_peer
     finally:
         await phone.close()
         a.kill()
