@@ -24,8 +24,15 @@ import pytest
 from gateway.lab.audio import analyse_wav, write_ulaw_tone
 from tests.interop.conftest import ProcessSet, Tones
 from tests.interop.gateway_process import GatewayLayout, GatewayProcess
-from tests.interop.peers import Kamailio, NetNamespace, Rtpengine, byte_entropy, status_code
-from tests.interop.test_media import Site, pcmu_tone, recorded, rtp_payload
+from tests.interop.peers import (
+    Kamailio,
+    NetNamespace,
+    Rtpengine,
+    byte_entropy,
+    read_sip_message,
+    status_code,
+)
+from tests.interop.test_media import Site, gateway_events, pcmu_tone, recorded, rtp_payload
 from tests.interop.test_rtpengine_edge import PlainParty, TlsCaller, _body
 from tests.pki import TestPki
 
@@ -175,3 +182,73 @@ def test_rtpengine_dtls_offer_keys_the_call(
         as_pcmu = pcmu_tone(p.payload[12:-10] for p in leg)
         assert not as_pcmu.is_tone(440.0) and not as_pcmu.is_tone(1000.0), as_pcmu
     assert not any(p.is_plain_sip() for p in wan)
+
+
+@pytest.mark.matrix(peer="rtpengine-edge", scenario="call in (DTLS, wrong fingerprint)")
+def test_a_wrong_fingerprint_in_the_offer_ends_the_call(site: Site) -> None:
+    """The offer names a certificate rtpengine does not hold (a tampered a=fingerprint): the
+    gateway's handshake fails, the call is ended with the reason, and no media goes out."""
+    rtpe = site.procs.start(
+        Rtpengine(
+            site.tmp / "rtpengine",
+            interface=RTPENGINE,
+            port_range=(36200, 36299),
+            netns=site.ns.name,
+        )
+    )
+    cap = site.capture("udp")
+    legacy = site.legacy_phone(LEGACY)
+    party = PlainParty(site, write_ulaw_tone(site.tmp / "tone1000.ulaw", 1000.0, 6.0))
+    caller = TlsCaller(site)
+    try:
+        offer = rtpe.ng(
+            {
+                "command": "offer",
+                "call-id": caller.call_id,
+                "from-tag": caller.from_tag,
+                "sdp": party.sdp(),
+                "transport-protocol": "UDP/TLS/RTP/SAVP",
+                "ICE": "remove",
+                "SDES": ["off"],
+                "rtcp-mux": ["offer"],
+            }
+        )
+        assert offer.get("result") == "ok", offer
+        real = re.search(r"(?m)^a=fingerprint:sha-256 (\S+)", str(offer["sdp"]))
+        assert real, offer
+        forged = ":".join(["5A"] * 32)
+        final = caller.invite(str(offer["sdp"]).replace(real.group(1), forged))
+        assert status_code(final) == 200, final
+        answer = _body(final)
+        to_tag = re.search(r";tag=([^;>\s]+)", caller.to)
+        assert to_tag, caller.to
+        reply = rtpe.ng(
+            {
+                "command": "answer",
+                "call-id": caller.call_id,
+                "from-tag": caller.from_tag,
+                "to-tag": to_tag.group(1),
+                "sdp": answer,
+            }
+        )
+        assert reply.get("result") == "ok", reply
+        plain_port = int(re.findall(r"(?m)^m=audio (\d+) RTP/AVP ", str(reply["sdp"]))[0])
+        caller.ack_and_route(final)
+        party.start((RTPENGINE, plain_port))
+        # The gateway hung up on the phone (baresip logs a BYE it receives this way).
+        legacy.wait_log(r"session closed", 15)
+        bye = read_sip_message(caller.tls, 15)
+        assert bye.startswith("BYE "), bye  # and on the provider
+    finally:
+        party.stop()
+        caller.close()
+    rtpe.ng({"command": "delete", "call-id": caller.call_id, "from-tag": caller.from_tag})
+    legacy.stop()
+    cap.stop()
+
+    (ended,) = gateway_events(site.gw, "media-ended")
+    assert "DTLS-SRTP" in ended["reason"] and "fingerprint" in ended["reason"], ended
+    packets = cap.packets()
+    out = [p for p in packets if (p.src[0], p.dst[0]) == (WAN_ADDRESS, RTPENGINE) and p.payload]
+    assert out, "the gateway never tried the handshake"
+    assert all(20 <= p.payload[0] <= 63 for p in out), "only DTLS left toward rtpengine"
