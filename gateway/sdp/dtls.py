@@ -273,10 +273,12 @@ def keying(
     return DtlsKeying(peer.role, peer.fingerprints, profiles(suites), generation)
 
 
-def write(md: MediaDescription, association: Association, ours: Fingerprint, setup: str) -> None:
+def write(
+    md: MediaDescription, association: Association, source: FingerprintSource | None, setup: str
+) -> None:
     """Our a=setup, a=fingerprint and a=tls-id on one m-line (the association remembers the
     fingerprint: a renewed certificate means a new handshake)."""
-    association.ours = ours
+    ours = association.ours = our_fingerprint(source)
     md.add_attribute("setup", setup)
     md.add_attribute("fingerprint", format_fingerprint(ours))
     md.add_attribute("tls-id", association.tls_id)

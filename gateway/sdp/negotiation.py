@@ -98,9 +98,8 @@ _DEFAULT_SUITES = (
 _RELAYED_MEDIA = frozenset({"audio", "video"})
 _PLAIN_TO_SECURE = {"RTP/AVP": "RTP/SAVP", "RTP/AVPF": "RTP/SAVPF"}
 _SECURE_TO_PLAIN = {v: k for k, v in _PLAIN_TO_SECURE.items()}
-#: DTLS-SRTP profiles (RFC 5764 §8) that providers' media edges (rtpengine by default) offer
-#: with SDES crypto lines beside the fingerprint: keyed here by those lines, answered as the
-#: SDES profile, the fingerprint left unanswered (DTLS is not negotiated).
+#: DTLS-SRTP profiles (RFC 5764 §8); rtpengine offers them with SDES lines too: keyed by SDES
+#: (when the trunk's keying picks it), they are answered with the SDES profile.
 _DTLS_TO_SDES = dtls.DTLS_TO_SDES
 
 #: Warning text of the 488 to an offer that only a T.38 (image/udptl) stream would carry.
@@ -278,7 +277,7 @@ class CallMedia:
                     md.add_attribute("crypto", crypto.format())
                 if "dtls" in keying:
                     setup = slot.dtls.offer_setup(self._rekey)
-                    dtls.write(md, slot.dtls, self._our_fingerprint(), setup)
+                    dtls.write(md, slot.dtls, self.policy.dtls_fingerprint, setup)
                 if self.policy.offer_rtcp_mux:
                     md.add_attribute("rtcp-mux")
                 phones.append(phone)
@@ -457,7 +456,7 @@ class CallMedia:
                 md.add_attribute("crypto", tx.format())
             if provider.dtls is not None and provider.dtls.answer_setup is not None:
                 setup = provider.dtls.answer_setup
-                dtls.write(md, slot.dtls, self._our_fingerprint(), setup)
+                dtls.write(md, slot.dtls, self.policy.dtls_fingerprint, setup)
             if provider.rtcp_mux:
                 md.add_attribute("rtcp-mux")
             agreed.append(_Agreed(phone, provider, tx, rtcp_mux=provider.rtcp_mux))
@@ -722,15 +721,12 @@ class CallMedia:
 
     def _dtls_provider(self, md: MediaDescription, peer: dtls.PeerDtls, who: str) -> _ProviderSide:
         """The provider side of a DTLS-keyed m-line; MediaRefused when we cannot take part."""
-        self._our_fingerprint()
+        dtls.our_fingerprint(self.policy.dtls_fingerprint)
         if not dtls.profiles(self.policy.suites):
             raise MediaRefused(f"no DTLS-SRTP profile allowed for m={md.media} (NULL never is)")
         addr, rtcp_addr, direction = peer_transport(md, who)
         mux = md.rtcp_mux and (self.policy.offer_rtcp_mux or who == "provider offer")
         return _ProviderSide(addr, rtcp_addr, mux, None, False, direction, md.proto, peer)
-
-    def _our_fingerprint(self) -> dtls.Fingerprint:
-        return dtls.our_fingerprint(self.policy.dtls_fingerprint)
 
     def _answer_crypto(self, index: int, provider: _ProviderSide) -> CryptoAttribute:
         """Our single crypto line answering the provider's chosen one (RFC 4568 §7.1.2)."""

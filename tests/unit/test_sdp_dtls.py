@@ -582,3 +582,22 @@ def test_session_level_attributes_apply_to_every_m_line() -> None:
     peer = dtls.read_offer(md)
     assert peer.fingerprints == (("sha-256", BARESIP_FP),)
     assert (peer.role, peer.answer_setup, peer.tls_id) == ("client", "active", None)
+
+
+def test_a_renewed_certificate_starts_a_new_association() -> None:
+    current = [OUR_FP]
+    policy = MediaPolicy(
+        lan_address=LAN_GW,
+        wan_address=WAN_GW,
+        keying=("dtls",),
+        dtls_fingerprint=lambda: current[0],
+    )
+    call = CallMedia("call-1", policy, PortAllocator(10000, 10099), PortAllocator(20000, 20099))
+    call.offer_from_lan(PHONE_OFFER)
+    call.answer_from_wan(RTPENGINE_PASSIVE_ANSWER)
+    assert dtls_spec(call)[1] == 0
+    current[0] = ("sha-256", ":".join(["EE"] * 32))
+    again = call.offer_from_lan(PHONE_OFFER)
+    assert attrs(again, "fingerprint") == [f"sha-256 {current[0][1]}"]
+    call.answer_from_wan(RTPENGINE_PASSIVE_ANSWER)
+    assert dtls_spec(call)[1] == 1
