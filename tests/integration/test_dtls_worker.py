@@ -217,7 +217,7 @@ def test_dtls_keyed_stream_carries_a_tone_both_ways(gateway_role: str) -> None:
                 # Phone -> provider: the first packet of a new SSRC is on probation.
                 for seq in range(10, 14):
                     phone.sendto(rtp(seq), (LAN, spec.lan_port))
-                got = []
+                got: list[bytes] = []
                 while len(got) < 3:
                     data, source = await asyncio.to_thread(far.sock.recvfrom, 4096)
                     assert source == wan
@@ -227,7 +227,7 @@ def test_dtls_keyed_stream_carries_a_tone_both_ways(gateway_role: str) -> None:
                 # Provider -> phone.
                 for seq in range(100, 103):
                     far.sock.sendto(tx.protect(rtp(seq, ssrc=0x1234)), wan)
-                heard = []
+                heard: list[bytes] = []
                 while len(heard) < 3:
                     data, source = await asyncio.to_thread(phone.recvfrom, 4096)
                     assert source == (LAN, spec.lan_port)
