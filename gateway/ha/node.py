@@ -143,7 +143,9 @@ class HaGateway(Gateway):
         marker = self.warm.marker
         seen = marker.epoch if marker is not None else 0
         action = self.roles.notify(state, time.time(), seen)
-        log.warning("HA: keepalived says %s (node %s, now %s)", state, self.node, self.roles.role)
+        log.warning(
+            "HA: keepalived says %s (node %s, now %s)", state, self.node, self.roles.role.value
+        )
         if isinstance(action, Promote):
             self._promotion = asyncio.get_running_loop().create_task(self._promote(action))
         elif isinstance(action, Fence):
@@ -183,7 +185,10 @@ class HaGateway(Gateway):
         except (RedisError, OSError, TimeoutError) as exc:
             log.error("HA: replica not re-read (%s): taking over the warm copy", exc)
         await self._await_addresses()
-        await self.redis.store.fetch((REGISTRATIONS, CAPS))
+        try:  # registrations and caps as the active last wrote them (else the local folder's)
+            await asyncio.wait_for(self.redis.store.fetch((REGISTRATIONS, CAPS)), 2 * timeout)
+        except TimeoutError:
+            log.error("HA: Redis did not answer for the registrations: restoring the local ones")
         self._restore_state()  # registrations and caps, as after a restart
         restored, reopened = await self._restore_calls()
         await super().open_network()
@@ -294,15 +299,18 @@ class HaGateway(Gateway):
             EXIT_FENCED,
         )
         self._ha_event(rule, "lock", f"node {self.node}: {action.reason}")
+        if self._timer is not None:  # no retransmission, no timer-driven request any more
+            self._timer.cancel()
+            self._timer = None
         if self._udp is not None and self._udp.transport is not None:
             self._udp.transport.abort()
+        self._udp = None  # whatever the core still asks to send to the LAN goes nowhere
         for listener in self._listeners:
             listener.close()
         for conn in list(self._lan_streams.values()) + list(self._wan_streams.values()):
             conn.close("HA fenced")
-        for t in self.trunk_links.links:
-            if t.link is not None and t.link.connection is not None:
-                t.link.connection.close("HA fenced")
+        # No reconnect either: each link is marked stopping before its connection closes.
+        asyncio.get_running_loop().create_task(self.trunk_links.stop())
         for pid in self.media.worker_pids():
             if pid is not None:
                 with contextlib.suppress(OSError):

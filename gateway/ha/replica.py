@@ -234,6 +234,7 @@ class WarmCopy:
         self.newest_written: float | None = None
         self.messages = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     def lag(self, wall: float) -> float | None:
         if self.newest_written is None:
@@ -245,12 +246,18 @@ class WarmCopy:
         self._tasks = [loop.create_task(self._resync_loop()), loop.create_task(self._listen())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        self._stopping = True
+        tasks, self._tasks = self._tasks, []
+        # redis-py's pub/sub read can swallow a cancellation that lands inside its own
+        # timeout; the loops also check ``_stopping``, and the cancel is repeated.
+        for _ in range(5):
+            pending = [task for task in tasks if not task.done()]
+            if not pending:
+                return
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=1.0)
+        log.error("HA: the replica reader did not stop; going on without it")
 
     async def read_all(self) -> None:
         """The whole hash and the marker (raises on a Redis error)."""
@@ -265,7 +272,7 @@ class WarmCopy:
             self._seen(marker.written_at)
 
     async def _resync_loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.read_all()
                 await asyncio.sleep(RESYNC if self.marker is None else HEARTBEAT)
@@ -275,12 +282,12 @@ class WarmCopy:
 
     async def _listen(self) -> None:
         pause = 0.5
-        while True:
+        while not self._stopping:
             pubsub = self.link.client.pubsub()
             try:
                 await pubsub.subscribe(calls_channel(self.link.site))
                 pause = 0.5
-                while True:
+                while not self._stopping:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None:
                         await self._receive(message)

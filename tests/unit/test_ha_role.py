@@ -156,3 +156,62 @@ def test_check_config_names_the_missing_state_key(tmp_path: Path) -> None:
         p.field == "ha.enabled" and "GATEWAY_TEST_HA_NO_SUCH_KEY" in p.message
         for p in report.errors
     ), report.lines()
+
+
+# --------------------------------------------------------------------------- what operators see
+
+
+def test_ha_status_table_names_role_active_lag_and_calls() -> None:
+    from gateway.ha.commands import format_ha_status
+
+    text = format_ha_status(
+        {
+            "role": "standby",
+            "since": 1000.0,
+            "node": "gw-b",
+            "peer": "gw-a",
+            "site": "hq",
+            "redis": {"reachable": True, "error": None},
+            "active": {"node": "gw-a", "epoch": 3, "since": 900.0},
+            "last_sync": 1009.5,
+            "calls_held": 2,
+            "replication_lag_seconds": 0.25,
+            "last_notify": {"state": "backup", "at": 1000.0},
+            "takeover": None,
+            "fence_reason": None,
+        },
+        1010.0,
+    )
+    assert "role:         standby" in text
+    assert "gw-a (epoch 3" in text
+    assert "calls held:   2" in text
+    assert "lag:          0.250 s" in text
+    assert "reachable yes" in text
+    assert "last notify:  backup" in text
+
+
+async def test_ha_metrics_mark_the_current_role_and_skip_an_unknown_lag() -> None:
+    from gateway.admin.metrics import Exposition, _ha
+
+    class View:
+        def __init__(self, lag: float | None) -> None:
+            self.lag = lag
+
+        def ha_facts(self) -> dict[str, object]:
+            return {"role": "active", "changes": 2, "lag": self.lag, "calls_held": 5}
+
+    out = Exposition()
+    _ha(out, View(0.5))  # type: ignore[arg-type]
+    text = out.render()
+    assert 'gateway_ha_role{role="active"} 1' in text
+    assert 'gateway_ha_role{role="standby"} 0' in text
+    assert "gateway_ha_role_changes_total 2" in text
+    assert "gateway_ha_replication_lag_seconds 0.5" in text
+    assert "gateway_ha_calls_held 5" in text
+    none = Exposition()
+    _ha(none, View(None))  # type: ignore[arg-type]
+    lines = none.render().splitlines()
+    assert not [line for line in lines if line.startswith("gateway_ha_replication_lag_seconds")]
+    single = Exposition()
+    _ha(single, object())  # type: ignore[arg-type]
+    assert single.render() == "\n"
