@@ -46,7 +46,7 @@ from typing import Any
 import aiohttp
 
 from bench.soak_peers import BUSY, CANCEL_ME, MediaPump, SoakPhone, SoakProvider
-from bench.soak_report import PlacedCall, account, slopes, table
+from bench.soak_report import PlacedCall, account, reconcile, slopes, table
 from gateway.bench.targets import children
 from gateway.certs.authority import Usage, issue_certificate, parse_names
 from gateway.certs.lab import GATEWAY_NAMES, make_lab
@@ -185,6 +185,25 @@ def _proc(pid: int) -> tuple[float, int] | None:
     return rss, fds
 
 
+def udp_counters(pid: int) -> dict[str, int]:
+    """The kernel's UDP counters (RFC 4113 names, ``/proc/<pid>/net/snmp``) in the network
+    namespace of ``pid``: ``RcvbufErrors`` counts datagrams dropped because a socket's receive
+    buffer was full, ``InErrors`` those plus checksum and memory errors. They are the whole
+    namespace's, so other UDP users on the host count too: a rise is an upper bound on what
+    the gateway lost."""
+    try:
+        lines = [
+            line.split()
+            for line in Path(f"/proc/{pid}/net/snmp").read_text().splitlines()
+            if line.startswith("Udp:")
+        ]
+    except OSError:
+        return {}
+    if len(lines) < 2:
+        return {}
+    return {k: int(v) for k, v in zip(lines[0][1:], lines[1][1:], strict=False)}
+
+
 def _workers(pid: int) -> list[int]:
     found = []
     for child in children(pid):
@@ -241,6 +260,7 @@ class Soak:
         self.rng = random.Random(args.seed)
         self.churn_end = 0.0
         self.cpu: dict[str, float] = {}
+        self.udp_start: dict[str, int] = {}
 
     def now(self) -> float:
         return round(time.monotonic() - self.t0, 3)
@@ -292,6 +312,7 @@ class Soak:
                 break
             await asyncio.sleep(0.1)
         self.worker_pids = _workers(self.process.pid)
+        self.udp_start = udp_counters(self.process.pid)
         self.pump.start()
         self.phones = [
             SoakPhone(
@@ -377,7 +398,11 @@ class Soak:
         finally:
             self.active -= 1
             self.pump.remove(call_id)
-            self.placed.append(PlacedCall(call_id, kind, status, expected_outcomes(kind, status)))
+            heard = call_id in phone.heard
+            phone.heard.discard(call_id)
+            self.placed.append(
+                PlacedCall(call_id, kind, status, expected_outcomes(kind, status), heard)
+            )
 
     async def registrar(self, index: int) -> None:
         phone = self.phones[index]
@@ -488,6 +513,10 @@ class Soak:
             for key, value in metrics.items():
                 if key.startswith('gateway_core_state{kind="'):
                     self.record("core." + key.split('"')[1], value, at)
+        udp = udp_counters(self.process.pid)
+        for name in ("RcvbufErrors", "InErrors"):
+            if name in udp and name in self.udp_start:
+                self.record(f"udp.{name}", udp[name] - self.udp_start[name], at)
         self.record("soak.calls_active", self.active, at)
         self.record("soak.media_calls", self.pump.streams, at)
 
@@ -592,9 +621,11 @@ class Soak:
             await asyncio.sleep(0.5)
         after_drain = await self.drained()
         final_metrics = await self.metrics() or {}
+        udp_end = udp_counters(self.process.pid)
         await self.stop_everything()
         records = self.read_records()
         calls_account = account(self.placed, records)
+        reconciled = reconcile(calls_account, final_metrics, self.udp_start, udp_end)
         warmup = self.args.warmup if self.args.warmup is not None else min(300.0, self.duration / 4)
         fitted = slopes(self.series, warmup, self.churn_end)
         churn = max(self.churn_end, 1e-6)
@@ -631,6 +662,7 @@ class Soak:
             "series": {k: [list(p) for p in v] for k, v in self.series.items()},
             "slopes_per_hour": fitted,
             "cdr": calls_account.summary(),
+            "reconciliation": reconciled,
             "calls_by_kind_and_phone_status": kinds,
             "registers": self.registers,
             "media": {
@@ -748,10 +780,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"calls placed {cdr['placed']}, records {cdr['recorded']}: missing {cdr['missing']},"
           f" twice {cdr['duplicated']}, outcome mismatches {cdr['mismatched']},"
           f" unknown {cdr['unknown_records']}; by outcome {cdr['by_outcome']}")  # fmt: skip
+    print(f"reconciliation: {result['reconciliation']}")
     print(f"after the last call, drained: {result['after_drain']}")
     print(f"cpu seconds {result['cpu_seconds']}: {result['cpu_share_of_host_pct']}% of the host")
     print(f"wrote {out}")
-    return 0 if cdr["all_accounted"] else 1
+    # Calls whose INVITE never reached the gateway (the phone heard nothing, the gateway
+    # counted nothing) are reported, not failed: the host lost them, not the gateway.
+    ok = cdr["all_the_gateway_saw_accounted"] and result["reconciliation"]["consistent"]
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

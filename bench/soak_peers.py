@@ -47,6 +47,10 @@ class SoakPhone(LabPhone):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._pump_port = media_port
         self.cancel_responses: list[int] = []
+        #: Call-IDs of this phone's INVITEs that drew any response (100 Trying at least): the
+        #: gateway saw them. The soak's account tells a call the gateway saw and did not record
+        #: from one whose INVITE never reached it (a datagram the kernel dropped).
+        self.heard: set[str] = set()
 
     async def start(self) -> None:
         from gateway.lab.rtp import open_endpoint
@@ -104,6 +108,9 @@ class SoakPhone(LabPhone):
             # Shares the INVITE's branch: must not complete the INVITE's transaction.
             self.cancel_responses.append(response.status)
             return
+        if method == "INVITE":
+            with contextlib.suppress(SipError):
+                self.heard.add(response.call_id)
         super()._on_response(response)
 
 

@@ -14,7 +14,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CallAccount", "PlacedCall", "account", "slope_per_hour", "slopes", "table"]
+__all__ = [
+    "CallAccount",
+    "PlacedCall",
+    "account",
+    "reconcile",
+    "slope_per_hour",
+    "slopes",
+    "table",
+]
 
 
 def slope_per_hour(
@@ -51,6 +59,10 @@ class PlacedCall:
     status: int | None
     #: CDR outcomes that agree with what the phone saw.
     expected: tuple[str, ...]
+    #: Whether the phone had any response to its INVITE (a 100 Trying at least): the gateway
+    #: saw the call. A call without a record that the phone heard nothing for never reached
+    #: the gateway (or every datagram of it was lost); one it heard from is the gateway's fault.
+    heard: bool = True
 
 
 @dataclass
@@ -58,6 +70,8 @@ class CallAccount:
     placed: int = 0
     recorded: int = 0
     missing: list[str] = field(default_factory=list)
+    #: The missing calls whose phone never heard from the gateway (a subset of ``missing``).
+    missing_unheard: list[str] = field(default_factory=list)
     duplicated: list[str] = field(default_factory=list)
     mismatched: list[dict[str, Any]] = field(default_factory=list)
     #: Records of calls the soak did not place (should be none).
@@ -69,11 +83,21 @@ class CallAccount:
     def ok(self) -> bool:
         return not (self.missing or self.duplicated or self.mismatched or self.unknown)
 
+    @property
+    def gateway_ok(self) -> bool:
+        """Every call the gateway answered anything to has exactly one record that agrees
+        (the calls missing are only ones the phone never heard from the gateway about)."""
+        heard_missing = len(self.missing) - len(self.missing_unheard)
+        return not (heard_missing or self.duplicated or self.mismatched or self.unknown)
+
     def summary(self) -> dict[str, Any]:
         return {
             "placed": self.placed,
             "recorded": self.recorded,
             "missing": len(self.missing),
+            "missing_never_heard_from_gateway": len(self.missing_unheard),
+            "missing_after_gateway_answered": len(self.missing) - len(self.missing_unheard),
+            "all_the_gateway_saw_accounted": self.gateway_ok,
             "duplicated": len(self.duplicated),
             "mismatched": len(self.mismatched),
             "unknown_records": self.unknown,
@@ -82,6 +106,9 @@ class CallAccount:
             "by_kind": self.by_kind,
             "examples": {
                 "missing": self.missing[:10],
+                "missing_after_gateway_answered": [
+                    c for c in self.missing if c not in set(self.missing_unheard)
+                ][:10],
                 "duplicated": self.duplicated[:10],
                 "mismatched": self.mismatched[:10],
             },
@@ -112,6 +139,8 @@ def account(placed: Iterable[PlacedCall], records: Iterable[Mapping[str, Any]]) 
         kinds.setdefault(call.kind, Counter())[outcome] += 1
         if count == 0:
             result.missing.append(call_id)
+            if not call.heard:
+                result.missing_unheard.append(call_id)
         elif count > 1:
             result.duplicated.append(call_id)
         elif outcome not in call.expected:
@@ -126,6 +155,51 @@ def account(placed: Iterable[PlacedCall], records: Iterable[Mapping[str, Any]]) 
             )
     result.by_kind = {k: dict(sorted(v.items())) for k, v in sorted(kinds.items())}
     return result
+
+
+def reconcile(
+    calls: CallAccount,
+    metrics: dict[str, float],
+    udp_before: dict[str, int],
+    udp_after: dict[str, int],
+) -> dict[str, Any]:
+    """The call account by cause: what the phones placed, what the gateway counted (a call
+    set-up or a refusal for every new INVITE its core took), what it recorded, and for the
+    calls without a record whether the phone ever heard from the gateway, next to the UDP
+    datagrams the kernel dropped for full receive buffers meanwhile. Every INVITE the gateway
+    counted must have exactly one record; a call the phone never heard about never reached it.
+    """
+    setups = metrics.get("gateway_call_setups_total", 0.0)
+    refusals = sum(v for k, v in metrics.items() if k.startswith("gateway_call_refusals_total"))
+    written = metrics.get("gateway_call_records_written_total", 0.0)
+    counted = int(setups + refusals)
+    missing_heard = len(calls.missing) - len(calls.missing_unheard)
+    out: dict[str, Any] = {
+        "placed_by_phones": calls.placed,
+        "counted_by_gateway": counted,
+        "of_which_call_setups": int(setups),
+        "of_which_refusals": int(refusals),
+        "records_written": int(written),
+        "records_read": calls.recorded,
+        "missing_records": len(calls.missing),
+        "never_reached_gateway": len(calls.missing_unheard),
+        "gateway_saw_but_no_record": missing_heard,
+        "placed_minus_counted": calls.placed - counted,
+        "udp_delta": {
+            name: udp_after[name] - udp_before[name]
+            for name in ("InDatagrams", "RcvbufErrors", "InErrors")
+            if name in udp_after and name in udp_before
+        },
+    }
+    out["every_counted_invite_has_one_record"] = (
+        counted == int(written) == calls.recorded and not calls.duplicated
+    )
+    out["consistent"] = bool(
+        out["every_counted_invite_has_one_record"]
+        and calls.gateway_ok
+        and calls.placed - counted == len(calls.missing_unheard)
+    )
+    return out
 
 
 def table(
