@@ -19,7 +19,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,11 @@ class MediaSampler:
             if last is not None and time.monotonic() - last.monotonic < self._max_age:
                 return last
             sample = await self._take()
+            if last is not None:
+                # Only the newest sample's per-stream counters are read (call views); the
+                # history is for rates. Keeping every sample's streams held 64 copies of
+                # every call's counters (soak: megabytes that grew with the scrape count).
+                self._history[-1] = replace(last, streams={})
             self._history.append(sample)
             return sample
 
