@@ -225,6 +225,21 @@ class DtlsFailed(msgspec.Struct, frozen=True, tag=True):
     reason: str
 
 
+class DtlsKeyed(msgspec.Struct, frozen=True, tag=True):
+    """A stream's DTLS-SRTP handshake (association ``generation``) gave these WAN keys: the
+    controller keeps them with the stream's spec, so a successor of a crashed worker carries
+    the stream on without a new handshake (the provider would not start one)."""
+
+    call_id: str
+    stream: int
+    generation: int
+    tx: SrtpKeying
+    rx: SrtpKeying
+
+    def __repr__(self) -> str:  # never print key material
+        return f"DtlsKeyed({self.call_id!r}, {self.stream}, generation={self.generation})"
+
+
 class CallClosed(msgspec.Struct, frozen=True, tag=True):
     """Reply to CloseCall: the call's last counters, read as its sockets were closed, so a
     call detail record needs no separate (and racing) stats query."""
@@ -247,7 +262,7 @@ class Checkpoints(msgspec.Struct, frozen=True, tag=True):
     checkpoints: list[StreamCheckpoint]
 
 
-Report = StreamOpened | StreamIdle | WorkerStats | CallClosed | Checkpoints | DtlsFailed
+Report = StreamOpened | StreamIdle | WorkerStats | CallClosed | Checkpoints | DtlsFailed | DtlsKeyed
 
 COMMAND_DECODER = msgspec.msgpack.Decoder(Command)
 REPORT_DECODER = msgspec.msgpack.Decoder(Report)

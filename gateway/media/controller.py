@@ -44,6 +44,7 @@ from gateway.media.control import (
     Checkpoints,
     CloseCall,
     DtlsFailed,
+    DtlsKeyed,
     OpenStream,
     QueryStats,
     SetDtlsIdentity,
@@ -99,15 +100,22 @@ class _Record:
     """What re-opens one stream on a new worker: its spec, the UpdateStream messages sent
     (a checkpoint names how many it had applied) and its latest checkpoint."""
 
-    __slots__ = ("checkpoint", "spec", "updates")
+    __slots__ = ("checkpoint", "dtls_keys", "spec", "updates")
 
     def __init__(self, spec: StreamSpec) -> None:
         self.spec = spec
         self.updates = 0
         self.checkpoint: StreamCheckpoint | None = None
+        #: The WAN keys the worker's DTLS-SRTP handshake gave (gateway/media/dtls_streams.py).
+        self.dtls_keys: DtlsKeyed | None = None
 
     def update(self, spec: StreamSpec) -> None:
         old, self.spec = self.spec, spec
+        keys = self.dtls_keys
+        if keys is not None and (
+            spec.wan_dtls is None or spec.wan_dtls.generation != keys.generation
+        ):
+            self.dtls_keys = None  # a new association: its handshake gives new keys
         self.updates += 1
         cp = self.checkpoint
         if cp is not None and (old.wan_tx != spec.wan_tx or old.wan_rx != spec.wan_rx):
@@ -119,7 +127,10 @@ class _Record:
     def restore(self, call_id: str, stream: int) -> OpenStream:
         cp = self.checkpoint or StreamCheckpoint(call_id=call_id, stream=stream)
         self.updates = 0  # the new worker counts its own updates from here
-        return OpenStream(call_id=call_id, stream=stream, spec=self.spec, restore=cp)
+        spec, keys = self.spec, self.dtls_keys
+        if keys is not None:  # the association's keys: no new handshake on the successor
+            spec = msgspec.structs.replace(spec, wan_tx=keys.tx, wan_rx=keys.rx)
+        return OpenStream(call_id=call_id, stream=stream, spec=spec, restore=cp)
 
 
 class _WorkerHandle:
@@ -575,6 +586,11 @@ class MediaController:
                 # Taken before the worker saw an update the controller has since sent: stale.
                 if record is not None and cp.updates == record.updates:
                     record.checkpoint = cp
+        elif isinstance(report, DtlsKeyed):
+            record = self._records.get((report.call_id, report.stream))
+            dtls = record.spec.wan_dtls if record is not None else None
+            if record is not None and dtls is not None and dtls.generation == report.generation:
+                record.dtls_keys = report
         elif isinstance(report, DtlsFailed):
             log.warning(
                 "call %s stream %d: DTLS-SRTP failed: %s",

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from msgspec import structs
 
-from gateway.media.control import DtlsFailed, StreamSpec
+from gateway.media.control import DtlsFailed, DtlsKeyed, StreamSpec
 from gateway.media.dtls import DtlsDone, DtlsEndpoint, DtlsFailure
 from gateway.media.relay import Address, Forward, RelayStream
 
@@ -61,7 +61,7 @@ class _Session:
 class DtlsStreams:
     """Every DTLS-keyed stream of one worker, and the certificate they handshake with."""
 
-    def __init__(self, send_report: Callable[[DtlsFailed], None]) -> None:
+    def __init__(self, send_report: Callable[[DtlsFailed | DtlsKeyed], None]) -> None:
         self._send_report = send_report
         self._identity: tuple[bytes, bytes] | None = None
         self._sessions: dict[str, _Session] = {}
@@ -147,8 +147,15 @@ class DtlsStreams:
             session.endpoint = None
             session.done = None
             return
-        if session.endpoint is not None and keying.generation == session.generation:
+        if keying.generation == session.generation and (session.endpoint or session.done):
             return  # RFC 5763 §6.6: nothing changed, the association stands
+        if spec.wan_tx is not None and spec.wan_rx is not None:
+            # A stream a crashed worker held, re-opened with the keys its handshake gave
+            # (DtlsKeyed): the association carries on, the provider starts no new one.
+            session.generation = keying.generation
+            session.done = DtlsDone(spec.wan_tx.suite, spec.wan_tx, spec.wan_rx, "")
+            session.endpoint = None
+            return
         if keying.role == "client" and spec.provider_addr is None:
             return  # nobody to send the ClientHello to yet: the answer will say
         session.generation = keying.generation
@@ -179,9 +186,11 @@ class DtlsStreams:
     def _datagram(self, session: _Session, data: bytes, source: Address, now: float) -> None:
         provider = session.spec.provider_addr
         endpoint = session.endpoint
-        if provider is None or source[0] != provider[0] or endpoint is None:
+        if provider is None or source[0] != provider[0]:
             session.relay.counters.dtls_wrong_source += 1
             return
+        if endpoint is None:
+            return  # no association running (not started yet, or carried on after a crash)
         session.peer = source
         session.relay.counters.last_wan_packet = now
         endpoint.receive(data, now)
@@ -200,6 +209,10 @@ class DtlsStreams:
             session.done = result
             session.relay.update(self._keyed(session))
             session.relay.counters.dtls_handshakes += 1
+            generation = session.generation
+            self._send_report(
+                DtlsKeyed(session.call_id, session.index, generation, result.tx, result.rx)
+            )
         elif isinstance(result, DtlsFailure):
             self._fail(session, result.reason)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
 import struct
 from collections.abc import Iterator
@@ -309,5 +311,62 @@ def test_a_wrong_fingerprint_ends_with_a_failure_report() -> None:
                     while True:
                         data, _ = far.sock.recvfrom(4096)
                         assert 20 <= data[0] <= 63  # only DTLS (the alert), never media
+
+    asyncio.run(scenario())
+
+
+def test_a_killed_worker_carries_a_dtls_call_on_without_a_new_handshake() -> None:
+    async def scenario() -> None:
+        identity = DtlsIdentity()
+        far_identity = DtlsIdentity()
+        far = FarEnd(far_identity, "client")
+        phone = udp(PHONE_IP)
+        lost: list[list[str]] = []
+        async with MediaController(
+            lan_address=LAN,
+            wan_address=WAN,
+            workers=1,
+            dtls_identity=identity,
+            on_worker_lost=lost.append,
+        ) as controller:
+            with closing(far.sock, phone):
+                spec = gateway_spec(far, phone, "server", far_identity.fingerprint())
+                wan, lan = (WAN, spec.wan_port), (LAN, spec.lan_port)
+                await controller.open_stream("dtls-4", 0, spec)
+                await asyncio.to_thread(far.handshake, wan)
+                tx, rx = far.srtp()
+
+                async def both_ways(first: int) -> None:
+                    for seq in range(first, first + 3):
+                        phone.sendto(rtp(seq), lan)
+                        data, _ = await asyncio.to_thread(far.sock.recvfrom, 4096)
+                        assert rx.unprotect(data) == rtp(seq)
+                        far.sock.sendto(tx.protect(rtp(seq, ssrc=0x1234)), wan)
+                        data, _ = await asyncio.to_thread(phone.recvfrom, 4096)
+                        assert data == rtp(seq, ssrc=0x1234)
+
+                phone.sendto(rtp(9), lan)  # on probation: the phone's SSRC is new
+                await both_ways(10)
+                # The keys reached the controller before any packet was relayed under them
+                # (one ordered channel): a checkpoint naming both SSRCs comes after.
+                for _ in range(500):
+                    cp = controller.checkpoint("dtls-4", 0)
+                    if cp is not None and cp.tx and cp.rx:
+                        break
+                    await asyncio.sleep(0.01)
+                (pid,) = controller.worker_pids()
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+                for _ in range(1000):
+                    if controller.worker_states()[0]["restarts"] == 1:
+                        break
+                    await asyncio.sleep(0.01)
+                await controller.wait_running(TIMEOUT)
+                assert controller.worker_pids()[0] not in (None, pid)
+                # The same association's keys on the successor: no handshake, media flows.
+                await both_ways(20)
+                found = await counters(controller, "dtls-4")
+                assert found.dtls_handshakes == 0 and found.drop_auth == 0
+        assert lost == []
 
     asyncio.run(scenario())
