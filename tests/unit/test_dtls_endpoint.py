@@ -254,3 +254,28 @@ def test_demultiplexing_by_first_byte() -> None:
     assert not is_dtls(RTP)
     assert not is_dtls(b"\x00\x01")  # STUN
     assert not is_dtls(b"")
+
+
+def test_a_lost_last_flight_is_sent_again_after_the_handshake(
+    identities: tuple[DtlsIdentity, DtlsIdentity],
+) -> None:
+    ours, theirs = identities
+    start = time.monotonic()
+    client = endpoint("client", ours, theirs, now=start)
+    server = endpoint("server", theirs, ours, now=start)
+    for datagram in client.datagrams_to_send():  # ClientHello
+        server.receive(datagram, start)
+    for datagram in server.datagrams_to_send():  # ServerHello ... ServerHelloDone
+        client.receive(datagram, start)
+    for datagram in client.datagrams_to_send():  # Certificate ... Finished
+        server.receive(datagram, start)
+    assert isinstance(server.result, DtlsDone)
+    assert server.datagrams_to_send()  # ChangeCipherSpec, Finished: lost
+    assert client.result is None
+    # The client's timer sends its last flight again; the finished server answers it.
+    for datagram in wait_for_timer(client):
+        server.receive(datagram, time.monotonic())
+    for datagram in server.datagrams_to_send():
+        client.receive(datagram, time.monotonic())
+    assert isinstance(client.result, DtlsDone)
+    assert client.result.tx == server.result.rx
