@@ -28,7 +28,6 @@ deleted at the end, on failure as well.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import secrets
@@ -42,6 +41,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from gateway.lab.audio import write_tone
 from tests.gateway_config import merge
 from tests.interop.gateway_process import GatewayLayout, GatewayProcess
 from tests.interop.peers import (
@@ -54,6 +54,7 @@ from tests.interop.peers import (
 )
 from tests.pki import TestPki, make_test_pki
 
+REPO = Path(__file__).resolve().parents[2]
 Node = Literal["gwa", "gwb"]
 NODES: tuple[Node, Node] = ("gwa", "gwb")
 
@@ -69,6 +70,8 @@ NODE_IP: dict[Node, tuple[str, str]] = {
 KAMAILIO_PORT = 5061
 GATEWAY_LAN_PORT = 5060
 GATEWAY_WAN_LISTEN_PORT = 5061
+GATEWAY_LAN_MEDIA = (40000, 40199)
+GATEWAY_WAN_MEDIA = (40200, 40399)
 #: Site name in Redis (smg:<site>:<kind>) and in sealed state; both nodes share it.
 SITE = "hal"
 #: keepalived's advertisement interval (VRRPv3 counts in centiseconds): a backup takes over
@@ -141,11 +144,10 @@ class Keepalived(ManagedProcess):
         netns: str,
         notify: Path,
         priority: int,
-        track: Sequence[str] = (),
+        check: Path | None = None,
     ) -> None:
-        """``track``: the command line of a process (the node's gateway) that must be running
-        for this node to be master (keepalived's ``track_process``, fed by the kernel's
-        process events: a kill is seen at once)."""
+        """``check``: a script that fails when the node's gateway is gone; while it fails the
+        node is not master (keepalived's ``track_script``)."""
         self.node = node
         self.conf = workdir / "keepalived.conf"
         peer = NODES[1 - NODES.index(node)]
@@ -163,7 +165,7 @@ class Keepalived(ManagedProcess):
                 f"  unicast_src_ip {own}\n"
                 f"  unicast_peer {{\n    {other}\n  }}\n"
                 f"  virtual_ipaddress {{\n    {vip}/{LAN_PREFIX} dev {dev}\n  }}\n"
-                + ("  track_process {\n    GATEWAY_UP\n  }\n" if track else "")
+                + ("  track_script {\n    GATEWAY_UP\n  }\n" if check else "")
                 + "}\n"
             )
         self.conf.write_text(
@@ -174,11 +176,10 @@ class Keepalived(ManagedProcess):
             "  vrrp_version 3\n"
             "  vrrp_garp_master_delay 0\n"
             "  vrrp_garp_master_repeat 2\n"
-            "}\n" + _track_process(track) + "vrrp_sync_group GATEWAY {\n"
+            f"  notify_fifo {workdir / 'notify.fifo'}\n"
+            f"  notify_fifo_script {notify}\n"
+            "}\n" + _track_script(check) + "vrrp_sync_group GATEWAY {\n"
             "  group {\n    VI_LAN\n    VI_WAN\n  }\n"
-            f'  notify_master "{notify} master"\n'
-            f'  notify_backup "{notify} backup"\n'
-            f'  notify_fault "{notify} fault"\n'
             "}\n" + "".join(instances)
         )
         _run(["ip", "netns", "exec", netns, "keepalived", "-t", "-f", str(self.conf)])
@@ -192,17 +193,19 @@ class Keepalived(ManagedProcess):
         super().__init__(argv, name=f"keepalived-{node}", logdir=workdir, netns=netns)
 
 
-def _track_process(argv: Sequence[str]) -> str:
-    if not argv:
+def _track_script(check: Path | None) -> str:
+    if check is None:
         return ""
-    params = " ".join(shlex.quote(a) for a in argv[1:])
+    # keepalived's track_process would see a kill at once, but it listens to the kernel's
+    # process events, which only the initial network namespace delivers; a check script
+    # every second (keepalived's shortest interval) is what works inside the lab.
     return (
-        "vrrp_track_process GATEWAY_UP {\n"
-        f'  process "{argv[0]}"\n'
-        "  param_match initial\n"
-        f"  parameters {params}\n"
-        "  quorum 1\n"
-        "  delay 0\n"
+        "vrrp_script GATEWAY_UP {\n"
+        f'  script "{check}"\n'
+        "  interval 1\n"
+        "  timeout 1\n"
+        "  fall 1\n"
+        "  rise 1\n"
         "}\n"
     )
 
@@ -216,7 +219,8 @@ class HaLab:
 
     workdir: Path
     pki: TestPki
-    tones: Any  # tests.interop.conftest.Tones
+    #: Seconds of tone each phone plays: baresip ends a call when its audio file ends.
+    tone_seconds: float = 120.0
     prefix: str = field(default_factory=lambda: f"ha{os.getpid() % 100000}{secrets.token_hex(2)}")
     ns: dict[str, NetNamespace] = field(default_factory=dict)
     procs: list[ManagedProcess] = field(default_factory=list)
@@ -341,25 +345,44 @@ class HaLab:
         workdir = self.workdir / node
         workdir.mkdir(parents=True, exist_ok=True)
         script = workdir / "notify.sh"
-        lines = [
-            "#!/bin/sh",
-            "# keepalived's notify_master/backup/fault: log the role, then tell the gateway.",
-            f'echo "$(date +%s.%N) $1" >> {shlex.quote(str(self.notify_log(node)))}',
-        ]
+        log = shlex.quote(str(self.notify_log(node)))
+        tell = ":"
         if gateway_notify:
-            conf = workdir / "gateway" / "gateway.toml"
-            lines.append(
-                f'exec {shlex.quote(sys.executable)} -m gateway ha notify "$1" --config '
+            conf = workdir / "gw" / "gateway.toml"
+            tell = (
+                f'{shlex.quote(sys.executable)} -m gateway ha notify "$state" --config '
                 f"{shlex.quote(str(conf))} >> {shlex.quote(str(workdir / 'notify.out'))} 2>&1"
             )
+        # keepalived's notify_fifo: one line per change, in order ("GROUP" "GATEWAY" MASTER
+        # 150), read by this one script. Separate notify_master/backup scripts run side by
+        # side, and a slow "backup" could reach the gateway after the "master" that followed.
+        lines = [
+            "#!/bin/sh",
+            "# From the repository: a folder named like a subpackage of ``gateway`` in the",
+            "# current directory would shadow it.",
+            f"cd {shlex.quote(str(REPO))} || exit 1",
+            "while read -r kind name state priority; do",
+            '  [ "$kind" = GROUP ] || continue',
+            '  state=$(echo "$state" | tr A-Z a-z)',
+            f'  echo "$(date +%s.%N) $state" >> {log}',
+            f"  {tell}",
+            'done < "$1"',
+        ]
         script.write_text("\n".join(lines) + "\n")
         script.chmod(0o700)
         priority = 150 if node == "gwa" else 100
-        track: list[str] = []
+        check: Path | None = None
         if track_gateway:
-            gw = self.gateways[node]
-            track = gw.argv[gw.argv.index(sys.executable) :]  # past "ip netns exec NS"
-        keepalived = Keepalived(workdir, node, self.netns(node), script, priority, track)
+            check = workdir / "gateway-up.sh"
+            pid = self.gateways[node].pid
+            check.write_text(
+                "#!/bin/sh\n"
+                "# Fails once the gateway is gone (a killed child stays a zombie until reaped).\n"
+                f"state=$(awk '/^State:/ {{print $2}}' /proc/{pid}/status 2>/dev/null)\n"
+                'case "$state" in ""|Z|X) exit 1 ;; esac\n'
+            )
+            check.chmod(0o700)
+        keepalived = Keepalived(workdir, node, self.netns(node), script, priority, check)
         self.keepalived[node] = self.start(keepalived)
         return keepalived
 
@@ -404,6 +427,9 @@ class HaLab:
             wan_address=WAN_VIP,
             lan_port=GATEWAY_LAN_PORT,
             wan_listen_port=GATEWAY_WAN_LISTEN_PORT,
+            # The same on both nodes: a call taken over keeps its ports.
+            lan_media=GATEWAY_LAN_MEDIA,
+            wan_media=GATEWAY_WAN_MEDIA,
             provider_host=PROVIDER_IP,
             provider_port=KAMAILIO_PORT,
             domain=PROVIDER_IP,
@@ -422,7 +448,7 @@ class HaLab:
         waits for the LAN listener and the provider connection (an active node); a standby
         that opens no listener is started with ``wait=False``."""
         layout = self.gateway_layout(config)
-        gw = GatewayProcess(self.workdir / node / "gateway", layout, self.pki,
+        gw = GatewayProcess(self.workdir / node / "gw", layout, self.pki,
                             netns=self.netns(node))  # fmt: skip
         gw.name = f"gateway-{node}"  # for log tails; the files are in the node's folder
         gw.env = {"GATEWAY_STATE_KEY": self.state_key, **(env or {})}
@@ -454,7 +480,7 @@ class HaLab:
         phone = Baresip(
             self.workdir / f"legacy-{user}",
             user=user,
-            audio_file=self.tones.wav_440,
+            audio_file=self.tone(440.0),
             netns=self.netns("lan"),
             host=PHONES_IP,
             sip_port=base,
@@ -475,7 +501,7 @@ class HaLab:
         phone = Baresip(
             self.workdir / f"provider-{user}",
             user=user,
-            audio_file=self.tones.wav_1000,
+            audio_file=self.tone(1000.0),
             netns=self.netns("wan"),
             host=PROVIDER_IP,
             sip_port=base,
@@ -504,6 +530,12 @@ class HaLab:
                       netns=self.netns("sw"), name="lan")  # fmt: skip
         return self.start(cap)
 
+    def tone(self, freq: float) -> Path:
+        path = self.workdir / f"tone{freq:.0f}.wav"
+        if not path.exists():
+            write_tone(path, freq, self.tone_seconds)
+        return path
+
     def ns_of(self, phone: Baresip) -> NetNamespace:
         return self.ns["lan" if phone.host == PHONES_IP else "wan"]
 
@@ -512,10 +544,3 @@ def lab_pki(directory: Path) -> TestPki:
     """A test PKI whose server certificate also names the lab's provider and virtual WAN
     address (kamailio and the gateways present it; baresip and the gateway verify it)."""
     return make_test_pki(directory, server_ips=("127.0.0.1", PROVIDER_IP, WAN_VIP))
-
-
-@contextlib.contextmanager
-def ha_lab(workdir: Path, pki: TestPki, tones: Any) -> Iterator[HaLab]:
-    """``with ha_lab(tmp_path, pki, tones) as lab:`` (the same as ``with HaLab(...)``)."""
-    with HaLab(workdir, pki, tones) as lab:
-        yield lab

@@ -9,6 +9,7 @@ the gateway gave was protected by the gateway (RFC 3711 §3.4); nothing else may
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -80,13 +81,15 @@ class Stream:
     def after(self, since: float) -> list[bytes]:
         return [payload for t, payload in self.packets if t > since]
 
-    def gap(self, at: float) -> float | None:
-        """Seconds between the last packet at or before ``at`` and the first one after it."""
-        before = [t for t, _ in self.packets if t <= at]
-        after = [t for t, _ in self.packets if t > at]
-        if not before or not after:
+    def gap(self, start: float, end: float) -> float | None:
+        """The longest silence between two packets of this stream that overlaps the window
+        [start, end] (the failure and the takeover); None when the stream did not run on
+        both sides of ``start`` (a call made after the drill, one ended before it)."""
+        times = sorted(t for t, _ in self.packets)
+        if not times or times[0] > start or times[-1] < start:
             return None
-        return min(after) - max(before)
+        gaps = [b - a for a, b in itertools.pairwise(times) if b > start and a < end]
+        return max(gaps, default=None)
 
 
 def to_phones(lan: Sequence[Packet]) -> list[Stream]:
