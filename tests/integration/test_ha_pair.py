@@ -271,6 +271,10 @@ async def test_standby_takes_over_registration_ban_and_call_after_kill_9(
         a.start()
         standby = await a.wait_role("standby")
         assert standby["node"] == "gw-a" and standby["peer"] == "gw-b"
+        # keepalived's track_script: a standby may hold the addresses; nothing to repair.
+        checked = await asyncio.to_thread(a.cli, "ha", "check")
+        assert checked.returncode == 0, checked.stderr
+        assert (await a.wait_role("standby"))["role_changes"] == 0
         notified = await asyncio.to_thread(a.cli, "ha", "notify", "master")
         assert notified.returncode == 0, notified.stderr
         active = await a.wait_role("active")
@@ -366,6 +370,8 @@ async def test_standby_takes_over_registration_ban_and_call_after_kill_9(
         assert provider.requests.count("BYE") == byes
         assert "ha.demoted" in b.log()
         assert not second.ended_by_peer
+        failing = await asyncio.to_thread(b.cli, "ha", "check")
+        assert failing.returncode == 1  # gone: keepalived gives this box's addresses up
     finally:
         await phone.close()
         a.kill()

@@ -215,3 +215,24 @@ async def test_ha_metrics_mark_the_current_role_and_skip_an_unknown_lag() -> Non
     single = Exposition()
     _ha(single, object())  # type: ignore[arg-type]
     assert single.render() == "\n"
+
+
+@pytest.mark.parametrize(
+    ("role", "word", "expected"),
+    [
+        ("standby", None, (0, False)),
+        ("standby", "backup", (0, False)),
+        ("standby", "master", (0, True)),  # a notify the restarted gateway missed: again
+        ("promoting", "master", (0, False)),
+        ("active", "master", (0, False)),
+        ("fenced", "backup", (1, False)),
+        ("starting", "master", (1, False)),
+        (None, "master", (1, False)),  # no gateway answers: give the addresses up
+    ],
+)
+def test_ha_check_passes_while_the_gateway_can_hold_the_addresses(
+    role: str | None, word: str | None, expected: tuple[int, bool]
+) -> None:
+    from gateway.ha.commands import check_decision
+
+    assert check_decision(role, word) == expected
