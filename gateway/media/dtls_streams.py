@@ -41,6 +41,7 @@ _Handler = Callable[[bytes, Address, float], Forward | None]
 
 @dataclass(slots=True)
 class _Session:
+    key: str
     call_id: str
     index: int
     relay: RelayStream
@@ -65,6 +66,8 @@ class DtlsStreams:
         self._send_report = send_report
         self._identity: tuple[bytes, bytes] | None = None
         self._sessions: dict[str, _Session] = {}
+        #: Sessions whose handshake is under way (they have a timer).
+        self._timed: dict[str, _Session] = {}
         self._changed: list[_Session] = []
         #: When :meth:`step` must run next (inf: nothing pending).
         self.next_due = float("inf")
@@ -85,7 +88,7 @@ class DtlsStreams:
         now: float,
     ) -> _Handler:
         """Take a DTLS-keyed stream; returns the handler for its WAN RTP socket."""
-        session = _Session(call_id, index, relay, sock, relay.spec)
+        session = _Session(key, call_id, index, relay, sock, relay.spec)
         self._sessions[key] = session
         self._start(session, relay.spec, now)
         wan_rtp = relay.from_wan_rtp
@@ -110,6 +113,7 @@ class DtlsStreams:
 
     def close(self, key: str) -> None:
         self._sessions.pop(key, None)
+        self._timed.pop(key, None)
 
     def __contains__(self, key: str) -> bool:
         return key in self._sessions
@@ -117,20 +121,25 @@ class DtlsStreams:
     # -- time ----------------------------------------------------------------------------
 
     def step(self, now: float) -> None:
-        """Apply handshakes that progressed, handle due timers; refresh :attr:`next_due`."""
+        """Apply handshakes that progressed, handle due timers; refresh :attr:`next_due`.
+
+        Only the handshakes under way are looked at (``_timed``), not every DTLS stream."""
         changed, self._changed = self._changed, []
         for session in changed:
             session.changed = False
-            self._settle(session, now)
+            if self._sessions.get(session.key) is session:  # not closed since
+                self._settle(session, now)
         if now >= self.next_due:
-            for session in list(self._sessions.values()):
+            for session in list(self._timed.values()):
                 endpoint = session.endpoint
                 if endpoint is not None and session.timer is not None and now >= session.timer:
                     endpoint.handle_timer(now)
                     self._transmit(session)
                     self._settle(session, now)
+        for key in [k for k, s in self._timed.items() if s.timer is None]:
+            del self._timed[key]
         self.next_due = min(
-            (s.timer for s in self._sessions.values() if s.timer is not None),
+            (s.timer for s in self._timed.values() if s.timer is not None),
             default=float("inf"),
         )
 
@@ -181,6 +190,7 @@ class DtlsStreams:
             return
         self._transmit(session)
         session.timer = session.endpoint.get_timer(now)
+        self._timed[session.key] = session
         self.next_due = min(self.next_due, session.timer or self.next_due)
 
     def _datagram(self, session: _Session, data: bytes, source: Address, now: float) -> None:
