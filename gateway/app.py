@@ -246,6 +246,9 @@ class Gateway:
                 status=self.console,
                 operations=self.console,
                 observatory=self.observatory,
+                limits=self.config.limits,
+                limit_counters=self.limit_counters,
+                on_security=self._security_event,
             )
             await self.admin.start()
         from gateway.control import ControlServer
@@ -257,6 +260,7 @@ class Gateway:
             sampler=self.admin.sampler if self.admin is not None else None,
             state=self._state_status,
             routes=getattr(self, "control_routes", None),  # gateway/ha/: `gateway ha`
+            limit_counters=self.limit_counters,
         )
         await self.control.start()
         lan = self.config.lan

@@ -40,6 +40,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.admin.limits import limited_factory
 from gateway.admin.views import (
     MediaSampler,
     ban_views,
@@ -51,6 +52,7 @@ from gateway.admin.views import (
     registration_views,
 )
 from gateway.config import SYSTEM_DATA_DIR, GatewayConfig, data_dir
+from gateway.limits import LimitCounters
 from gateway.operations import Operations, StatusView
 
 __all__ = [
@@ -350,8 +352,12 @@ class ControlServer:
         sampler: MediaSampler | None = None,
         state: Callable[[], dict[str, Any]] | None = None,
         routes: Callable[[web.Application], None] | None = None,
+        limit_counters: LimitCounters | None = None,
     ) -> None:
         self._config = config
+        #: Where refusals over [limits] control_connections are counted.
+        self._limit_counters = limit_counters or LimitCounters()
+        self._server: asyncio.AbstractServer | None = None
         self._state = state
         #: Adds further routes (gateway/ha/: `gateway ha status|notify`).
         self._routes = routes
@@ -443,22 +449,36 @@ class ControlServer:
         )
         if self._routes is not None:
             self._routes(app)
-        runner = web.AppRunner(app, access_log=None)
+        limits = self._config.limits
+        runner = web.AppRunner(app, access_log=None, keepalive_timeout=limits.idle_timeout)
         await runner.setup()
         try:
-            await web.UnixSite(runner, str(path)).start()
+            # Not web.UnixSite: its protocol factory takes every connection; this one admits
+            # [limits] control_connections at once and closes the others.
+            assert runner.server is not None
+            factory = limited_factory(
+                runner.server, limits.control_connections, self._limit_counters
+            )
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_unix_server(factory, str(path))
             # Bound with the umask's mode; no one else could write to it before this (the
             # umask never grants write), and from here it is exactly owner+group rw.
             os.chmod(path, SOCKET_MODE)
             if group != os.getegid():
                 os.chown(path, -1, group)
         except BaseException:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
             await runner.cleanup()
             raise
         self._runner = runner
         self.path = path
 
     async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -18,7 +18,9 @@ Access:
   checks behind readiness are in ``/api/status``, behind the token).
 
 The server binds to ``admin.listen`` (loopback by default); it refuses to start without a
-token unless mutual TLS is configured.
+token unless mutual TLS is configured. Its listeners apply ``[limits]`` (connections per source
+and in total, TLS handshake and idle timeouts, header and body sizes, requests per second:
+``gateway/admin/limits.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.admin.limits import AdminListener, SecurityHandler, limits_middleware
 from gateway.admin.metrics import CONTENT_TYPE, render_metrics
 from gateway.admin.observe import Observatory
 from gateway.admin.openapi import openapi_document
@@ -53,7 +56,8 @@ from gateway.admin.views import (
     readiness,
     registration_views,
 )
-from gateway.config import AdminSettings, parse_listen
+from gateway.config import AdminSettings, LimitsSettings, parse_listen
+from gateway.limits import LimitCounters
 from gateway.operations import Operations, StatusView
 
 __all__ = ["AdminServer", "AdminStartupError", "build_app"]
@@ -490,8 +494,16 @@ class AdminServer:
         status: StatusView,
         operations: Operations,
         observatory: Observatory,
+        limits: LimitsSettings | None = None,
+        limit_counters: LimitCounters | None = None,
+        on_security: SecurityHandler | None = None,
     ) -> None:
         self._status = status
+        #: [limits] of the listeners (docs/robustness.md "Limits"; gateway/admin/limits.py).
+        self._limits = limits or LimitsSettings()
+        self._limit_counters = limit_counters or LimitCounters()
+        self._on_security = on_security
+        self._listeners: list[AdminListener] = []
         self._operations = operations
         self._observatory = observatory
         self._settings = settings
@@ -529,26 +541,47 @@ class AdminServer:
         except (OSError, ssl.SSLError) as exc:
             raise AdminStartupError(f"admin TLS: {exc}") from None
         self.scheme = "https" if context is not None else "http"
-        host, port = parse_listen(s.listen)
         app = build_app(self._status, self._operations, self._observatory, token, self.sampler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        self._runners.append(runner)
-        site = web.TCPSite(runner, host, port, ssl_context=context, reuse_address=True)
-        await site.start()
-        self.address = _bound(runner)
+        self.address = await self._serve("admin", app, s.listen, context)
         log.info("admin surface on %s://%s:%d/", self.scheme, *self.address)
         if s.metrics_listen is not None:
-            host, port = parse_listen(s.metrics_listen)
-            metrics_runner = web.AppRunner(
-                build_metrics_app(self._status, self._observatory, self.sampler), access_log=None
-            )
-            await metrics_runner.setup()
-            self._runners.append(metrics_runner)
-            await web.TCPSite(metrics_runner, host, port, reuse_address=True).start()
-            self.metrics_address = _bound(metrics_runner)
+            metrics_app = build_metrics_app(self._status, self._observatory, self.sampler)
+            self.metrics_address = await self._serve("metrics", metrics_app, s.metrics_listen)
             log.info("metrics on http://%s:%d/metrics", *self.metrics_address)
         self._sampling = asyncio.get_running_loop().create_task(self._sample_forever())
+
+    async def _serve(
+        self,
+        name: str,
+        app: web.Application,
+        listen: str,
+        context: ssl.SSLContext | None = None,
+    ) -> tuple[str, int]:
+        """``app`` on a listener of its own that applies [limits] at accept and per request
+        (gateway/admin/limits.py) instead of aiohttp's site, which has no limits."""
+        limits = self._limits
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            keepalive_timeout=limits.idle_timeout,
+            max_line_size=limits.admin_max_header_bytes,
+            max_field_size=limits.admin_max_header_bytes,
+        )
+
+        def protocol() -> asyncio.Protocol:
+            server = runner.server
+            assert server is not None, "set up before the first connection"
+            return server()
+
+        listener = AdminListener(
+            name, limits, self._limit_counters, protocol, context, self._on_security
+        )
+        app.middlewares.insert(0, limits_middleware(listener))  # first: before the token check
+        await runner.setup()
+        self._runners.append(runner)
+        await listener.start(*parse_listen(listen))
+        self._listeners.append(listener)
+        return listener.address
 
     async def _sample_forever(self) -> None:
         """A sample every two seconds, so rates exist even for the first scrape."""
@@ -562,12 +595,9 @@ class AdminServer:
     async def stop(self) -> None:
         if self._sampling is not None:
             self._sampling.cancel()
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
-
-
-def _bound(runner: web.AppRunner) -> tuple[str, int]:
-    for address in runner.addresses:
-        return str(address[0]), int(address[1])
-    raise AdminStartupError("the admin site did not bind")

@@ -2,8 +2,9 @@
 
 Every module of ``gateway/admin/`` is parsed (not imported) and each of its imports, at any
 depth (function-level and ``TYPE_CHECKING`` ones included), must come from the short list
-below: the seams, the typed call and security events, the media counters' record and the
-configuration's settings. Nothing from the composition root (``gateway.app``) or the cores
+below: the seams, the typed call and security events, the media counters' record, the
+configuration's settings and the listeners' limit accounting (``gateway.limits``). Nothing
+from the composition root (``gateway.app``) or the cores
 (``gateway.sip.b2bua`` and the rest of ``gateway.sip``, ``gateway.sdp``, ``gateway.policy``'s
 engine, ``gateway.media``'s controller, ``gateway.cdr``, ``gateway.console``).
 """
@@ -25,6 +26,8 @@ ALLOWED = (
     "gateway.policy.events",
     "gateway.media.control",
     "gateway.config",
+    # The listeners' limit accounting (sans-IO, no core): the admin listener's own limits.
+    "gateway.limits",
 )
 
 

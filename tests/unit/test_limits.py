@@ -5,9 +5,11 @@ and sizes) and the listeners' connection accounting, without sockets (docs/robus
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
+from gateway.admin.limits import HeadWatch, RequestRate
 from gateway.config import ConfigError, LimitsSettings, parse_config
 from gateway.limits import (
     ALL_LIMITS,
@@ -147,6 +149,52 @@ def test_a_per_source_refusal_is_reported_once_a_minute_with_the_repeats_folded(
 def test_every_limit_has_one_counter() -> None:
     assert len(set(ALL_LIMITS)) == len(ALL_LIMITS) == 18
     assert all(name.startswith("limit_") for name in ALL_LIMITS)
+
+
+def test_every_counter_is_in_the_documented_table() -> None:
+    table = Path(__file__).parents[2].joinpath("docs", "robustness.md").read_text()
+    for name in ALL_LIMITS:
+        assert f"| `{name.removeprefix('limit_')}` |" in table, name
+
+
+# --------------------------------------------------------------------------- admin listener
+
+
+def test_head_watch_cuts_a_head_that_never_ends_or_grows_too_long() -> None:
+    watch = HeadWatch(100.0, max_header_bytes=1024, idle_timeout=30.0)
+    assert watch.deadline() == 130.0  # from the connection's opening
+    # A head split anywhere, even inside its final empty line, completes it.
+    assert watch.received(b"GET /api/health HTTP/1.1\r\nHost: gw\r\n\r")
+    assert watch.deadline() == 130.0
+    assert watch.received(b"\n")
+    assert watch.deadline() is None  # the application has the request
+    watch.request_started()
+    assert watch.received(b"x" * 5000)  # a body is the application's to bound
+    watch.request_done(140.0)
+    assert watch.deadline() == 170.0  # the wait for the next head starts at the answer
+    # Dripping bytes does not move the deadline: a slow-loris is cut all the same.
+    for _ in range(50):
+        assert watch.received(b"X")
+    assert watch.deadline() == 170.0
+    assert not watch.received(b"X" * 1000)  # past 1024 bytes without an end of head
+    big = HeadWatch(0.0, max_header_bytes=1024, idle_timeout=30.0)
+    assert not big.received(b"GET / HTTP/1.1\r\nX-Pad: " + b"a" * 1100 + b"\r\n\r\n")
+
+
+def test_request_rate_per_source_with_bursts_and_one_report_a_minute() -> None:
+    rate = RequestRate(2.0)
+    assert [rate.allow("192.0.2.1", 0.0) for _ in range(5)] == [True] * 4 + [False]
+    assert rate.allow("192.0.2.2", 0.0)  # another source has its own bucket
+    assert rate.allow("192.0.2.1", 0.5)  # one token back after half a second at 2/s
+    assert not rate.allow("192.0.2.1", 0.5)
+    assert rate.should_report("192.0.2.1", 0.5) == 0
+    assert rate.should_report("192.0.2.1", 1.0) is None
+    assert rate.should_report("192.0.2.1", 2.0) is None
+    assert rate.should_report("192.0.2.1", 61.0) == 2  # the two folded since the first
+    many = RequestRate(1.0, max_sources=10)
+    for n in range(100):
+        many.allow(f"198.51.100.{n}", float(n))
+    assert len(many._buckets) <= 10
 
 
 # --------------------------------------------------------------------------- the core
