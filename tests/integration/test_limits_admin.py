@@ -40,6 +40,7 @@ from gateway.limits import (
 )
 from gateway.limits_settings import LimitsSettings
 from gateway.policy.events import SecurityEvent
+from tests.admin_site import admin_site
 from tests.pki import make_test_pki
 
 LISTEN = "127.0.65.1"
@@ -380,3 +381,28 @@ async def _the_control_socket_admits_its_total_and_closes_the_rest(tmp_path: Pat
         assert counters[CONTROL_CONNECTIONS] >= 1
     finally:
         await server.stop()
+
+
+# --------------------------------------------------------------------------- the whole gateway
+
+
+async def test_the_running_gateway_counts_admin_refusals_on_metrics(tmp_path: Path) -> None:
+    extra = {
+        "admin": {"listen": f"{LISTEN}:0", "metrics_listen": f"{LISTEN}:0"},
+        "limits": {"admin_connections_per_source": 1, "admin_connections_total": 2},
+    }
+    async with admin_site(tmp_path, extra=extra) as gw:
+        admin_port = gw.gateway.admin.address[1]
+        held = await asyncio.open_connection(LISTEN, admin_port, local_addr=("127.0.65.20", 0))
+        # Accepted in order: the held connection has the source's one place.
+        reader, writer = await asyncio.open_connection(
+            LISTEN, admin_port, local_addr=("127.0.65.20", 0)
+        )
+        assert await closed_by_server(reader)
+        writer.close()
+        held[1].close()
+        async with aiohttp.ClientSession() as session, session.get(gw.metrics_url) as answer:
+            text = await answer.text()
+        assert 'gateway_limit_hits_total{limit="admin_connections_per_source"} 1' in text
+        assert 'gateway_limit_hits_total{limit="admin_request_rate"} 0' in text
+        assert 'gateway_limit_hits_total{limit="control_connections"} 0' in text
