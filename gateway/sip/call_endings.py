@@ -27,12 +27,15 @@ class CallEndings:
         self._admission = admission
 
     def hang_up(self, pair: DialogPair, now: float, *, reason: str) -> None:
-        """The gateway ends a confirmed call: BYE on both legs."""
+        """The gateway ends a confirmed call: BYE on both legs. Each goes with a relay of its
+        own, so a provider's 401/407 to the WAN one finds it and the credential shield answers
+        it (§22.2) as it answers the challenge to any BYE of the gateway's."""
         for side in (Side.LAN, Side.WAN):
             leg = pair.leg(side)
             bye = leg.build_request("BYE")
             bye.add("Reason", f'SIP;cause=200;text="{quoted(reason)}"')
-            self._out.send_request(side, bye, leg.peer, now)
+            relay = Relay(pair, side, "", bye, internal=True)
+            self._out.relay_request(side, bye, leg.peer, now, relay)
         self.end(pair, now, reason=reason, send_bye_to=None)
 
     def fail(self, pair: DialogPair, status: int, reason: str, now: float) -> None:

@@ -353,6 +353,41 @@ def test_the_gateways_bye_challenged_by_the_provider_is_sent_again_with_credenti
     assert h.core.counters["shield_provider_refused"] == 1
 
 
+def test_the_gateways_own_hang_up_challenged_by_the_provider_is_answered_once() -> None:
+    """Media lost, a cap, the maximum duration, a drain: the gateway ends the call itself with
+    a BYE on both legs; the provider's challenge to its WAN BYE is answered like any other."""
+    for end in ("media", "drain"):
+        h = ShieldHarness()
+        invite, _ = shielded_call(h)
+        [pair] = h.core.active_calls
+        if end == "media":
+            h.core.media_problem(pair.key, "media stopped", h.now, h.wall)
+        else:
+            h.core.hang_up_all(h.now, h.wall, "gateway shutting down")
+        h.collect()
+        [lan_bye] = only(h.take_lan(), SipRequest)
+        [bye] = only(h.take_wan(), SipRequest)
+        assert lan_bye.method == bye.method == "BYE" and bye.call_id == invite.call_id
+        challenge = make_response(bye, 407)
+        challenge.add("Proxy-Authenticate", PROVIDER_CHALLENGE)
+        h.from_provider(challenge)
+        [retry] = only(h.take_wan(), SipRequest)
+        assert retry.method == "BYE" and retry.call_id == invite.call_id, end
+        assert retry.cseq.seq == bye.cseq.seq + 1 and retry.get("Reason") == bye.get("Reason")
+        assert retry.top_via.branch != bye.top_via.branch
+        assert_trunk_credentials(retry, "Proxy-Authorization")
+        assert h.core.counters["shield_provider_answered"] == 1
+        # Challenged again: one answer per request, so it is given up and counted.
+        again = make_response(retry, 407)
+        again.add("Proxy-Authenticate", PROVIDER_CHALLENGE)
+        h.from_provider(again)
+        assert not h.take_wan() and not h.take_lan()
+        assert h.core.counters["shield_provider_refused"] == 1
+        # The phone's own BYE answer ends nothing twice: the call is already over.
+        h.from_phone(bytes(respond(lan_bye, 200)))
+        assert not h.take_wan() and not h.core.active_calls
+
+
 def test_phone_secrets_replaced_at_reload_refuse_a_removed_phone_and_admit_a_new_one() -> None:
     h = ShieldHarness()
     shield = h.core.shield
