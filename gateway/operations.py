@@ -81,6 +81,8 @@ DROP_FIELDS = {
     "drop_plain_rtcp": "plain_rtcp",
     "drop_malformed": "malformed",
     "drop_ssrc": "ssrc",
+    # DTLS records from anyone but the provider's signalled address (a stranger's handshake).
+    "dtls_wrong_source": "dtls_wrong_source",
 }
 
 
