@@ -120,8 +120,17 @@ class HaGateway(Gateway):
 
     async def stop(self, drain: float = 0.0) -> None:
         if self.roles.role is Role.ACTIVE:
-            if self.writer is not None:
-                await self.writer.stop()
+            # A planned stop of the active ends its calls with BYE as a single box does (a
+            # switchover that keeps them: stop keepalived instead, which fences this box).
+            # The replica must then forget them: one last write, before the Redis link closes.
+            assert self.redis is not None
+            close_redis = self.redis.stop
+
+            async def last_write_then_close() -> None:
+                await self._last_write()
+                await close_redis()
+
+            self.redis.stop = last_write_then_close  # type: ignore[method-assign]
             await super().stop(drain)
             return
         # A standby holds nothing of its own: it writes no state on the way out (its empty
@@ -135,6 +144,17 @@ class HaGateway(Gateway):
         for surface in (self.control, self.admin):
             if surface is not None:
                 await surface.stop()
+
+    async def _last_write(self) -> None:
+        writer = self.writer
+        if writer is None:
+            return
+        await writer.stop()
+        writer.take()
+        try:
+            await asyncio.wait_for(writer.flush(), self.config.state.redis_timeout)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.error("HA: the last calls' changes did not reach Redis: %s", exc)
 
     # ------------------------------------------------------------- keepalived's word
 

@@ -387,3 +387,53 @@ async def _until(check: Any, timeout: float) -> bool:
             return True
         await asyncio.sleep(0.1)
     return False
+
+
+async def test_a_planned_stop_of_the_active_ends_its_calls_and_the_replica_forgets_them(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    await asyncio.to_thread(make_lab, tmp_path / "certs")
+    certs = tmp_path / "certs"
+    provider = RecordingProvider(
+        address=PROVIDER,
+        certificate=certs / "provider.pem",
+        private_key=certs / "provider.key",
+        client_ca=certs / "ca.pem",
+        realm=PROVIDER_NAME,
+        password=PASSWORD,
+    )
+    await provider.start()
+    env = {**os.environ, KEY_ENV: secrets.token_hex(32)}
+    settings = _settings(provider, redis_server, tmp_path)
+    a = _gateway(tmp_path, "gw-a", settings, env)
+    phone = LabPhone(address=PHONE, proxy=(LAN, settings["lan"]["sip_port"]), password=PASSWORD)
+    client = redis_server.client()
+    try:
+        a.start()
+        await a.wait_role("standby")
+        assert (await asyncio.to_thread(a.cli, "ha", "notify", "master")).returncode == 0
+        await a.wait_role("active")
+        await phone.start()
+        assert (await phone.register()).status == 200
+        call = await phone.dial("200")
+        assert call.status == 200, call
+
+        async def replicated() -> bool:
+            return int(await client.hlen(f"smg:{SITE}:calls")) == 1
+
+        assert await _until(replicated, 20.0), a.log()
+        marker = await client.hgetall(f"smg:{SITE}:ha:active")
+        assert marker[b"node"] == b"gw-a" and marker[b"epoch"] == b"1"
+        raw = next(iter((await client.hgetall(f"smg:{SITE}:calls")).values()))
+        assert isinstance(json.loads(raw)["sealed_keys"], str)  # the SRTP keys travel sealed
+
+        assert a.process is not None
+        a.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(a.process.wait, 60) == 0
+        assert await wait_for(lambda: call.ended_by_peer, 10.0)  # the phone got its BYE
+        assert int(await client.hlen(f"smg:{SITE}:calls")) == 0
+    finally:
+        await client.aclose()
+        await phone.close()
+        a.kill()
+        await provider.stop()
