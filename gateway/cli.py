@@ -51,8 +51,14 @@ from gateway.inventory_commands import format_phones, phone_firmware_facts
 from gateway.policy.allowlist import normalise_address
 from gateway.policy.audit import audit, format_report
 from gateway.policy.audit import exit_status as audit_exit_status
-from gateway.policy.bans import PersistedBan
-from gateway.policy.bans_store import BanStoreError, format_bans, lift_ban, list_bans
+from gateway.policy.bans import PersistedBan, SharedBan
+from gateway.policy.bans_store import (
+    BanStoreError,
+    format_bans,
+    format_shared_bans,
+    lift_ban,
+    list_bans,
+)
 from gateway.shield_store import add_shield_commands, phone_secrets_finding
 
 EXIT_OK = 0
@@ -200,6 +206,9 @@ def cmd_bans_list(args: argparse.Namespace) -> int:
             for b in answer["bans"]
         ]
         print(format_bans(bans, now))
+        if "shared" in answer:  # [state] redis_url: the bans every site on the Redis applies
+            shared = [SharedBan(**b) for b in answer["shared"]]
+            print(format_shared_bans(shared, now, answer.get("site")))
         return EXIT_OK
     path = _bans_file(args)
     if path is None:

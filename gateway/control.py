@@ -260,7 +260,15 @@ async def phones_handler(request: web.Request) -> web.Response:
 
 
 async def bans_handler(request: web.Request) -> web.Response:
-    return _json({"bans": ban_views(request.app[STATUS_KEY])})
+    body: dict[str, Any] = {"bans": ban_views(request.app[STATUS_KEY])}
+    state = request.app.get(STATE_KEY)
+    if state is not None:
+        found = state()
+        if found.get("backend") == "redis":
+            # [state] redis_url: the shared list in force too, each ban with its site.
+            body["shared"] = found.get("shared_ban_list", [])
+            body["site"] = found.get("site")
+    return _json(body)
 
 
 async def lift_ban_handler(request: web.Request) -> web.Response:

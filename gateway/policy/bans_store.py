@@ -21,7 +21,7 @@ from pathlib import Path
 import msgspec
 
 from gateway.policy.allowlist import normalise_address
-from gateway.policy.bans import PersistedBan
+from gateway.policy.bans import PersistedBan, SharedBan
 
 _VERSION = 1
 
@@ -88,6 +88,26 @@ def lift_ban(path: str | os.PathLike[str], address: str) -> bool:
         return False
     save_bans(path, kept)
     return True
+
+
+def format_shared_bans(bans: list[SharedBan], wall: float, site: str | None) -> str:
+    """The shared list's table for ``gateway bans list`` ([state] redis_url): every gateway
+    on the Redis applies these; SITE says which one made each (``site`` is this one's)."""
+    title = f"shared bans (Redis; this site: {site or '?'})"
+    if not bans:
+        return f"{title}: none"
+    lines = [
+        title + ":",
+        f"{'ADDRESS':<40} {'SITE':<16} {'RULE':<20} {'OFFENCES':>8}  EXPIRES (UTC)",
+    ]
+    for ban in bans:
+        expires = datetime.fromtimestamp(ban.expires_at, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+        left = max(0, int(ban.expires_at - wall))
+        lines.append(
+            f"{ban.address:<40} {ban.site:<16} {ban.rule:<20} {ban.offences:>8}  "
+            f"{expires} (in {left}s)"
+        )
+    return "\n".join(lines)
 
 
 def format_bans(bans: list[PersistedBan], wall: float) -> str:

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from gateway.config import StateSettings
 from gateway.policy import PolicyEngine
 from gateway.state.local import LocalStateStore
@@ -78,6 +80,10 @@ class RedisState:
                 for kind, seq in sorted(self.store.stored.items())
             },
             "shared_bans": bans.count if bans is not None else 0,
+            #: Each shared ban in force, with the site that made it (``gateway bans list``).
+            "shared_ban_list": [msgspec.to_builtins(b) for b in bans.in_force()]
+            if bans is not None
+            else [],
         }
 
 
@@ -94,6 +100,7 @@ def local_state_status(settings: StateSettings) -> dict[str, Any]:
         "last_sync": None,
         "kinds": {},
         "shared_bans": 0,
+        "shared_ban_list": [],
     }
 
 

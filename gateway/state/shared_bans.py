@@ -103,6 +103,14 @@ class BanShareTracker:
         self.known.pop(address, None)
         self.held.discard(address)
 
+    def in_force(self, wall: float) -> list[SharedBan]:
+        """The shared list as this gateway knows it: bans not yet expired at Unix time
+        ``wall`` (this site's and the others', each with the site that made it), soonest to
+        expire first."""
+        return sorted(
+            (b for b in self.known.values() if b.expires_at > wall), key=lambda b: b.expires_at
+        )
+
     def resync(
         self, shared: Mapping[str, SharedBan], wall: float
     ) -> tuple[list[SharedBan], list[str], list[str]]:
@@ -163,6 +171,10 @@ class SharedBans:
     def count(self) -> int:
         wall = self._wall()
         return sum(1 for b in self.tracker.known.values() if b.expires_at > wall)
+
+    def in_force(self) -> list[SharedBan]:
+        """The shared bans in force now (``gateway bans list``)."""
+        return self.tracker.in_force(self._wall())
 
     def start(self) -> None:
         self._wake = asyncio.Event()
