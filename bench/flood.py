@@ -426,6 +426,9 @@ async def window(
         # The probe's REGISTERs over the generator's whole run (warm-up included).
         "register": probe.window(started, stopped),
         "gateway_counted": moved(before, after),
+        # The host is shared: its 1-minute load average as the window ends, to read each
+        # window's figures against.
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
     if flood_result is not None:
         out["flood"] = flood_result

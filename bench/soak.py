@@ -517,6 +517,8 @@ class Soak:
         for name in ("RcvbufErrors", "InErrors"):
             if name in udp and name in self.udp_start:
                 self.record(f"udp.{name}", udp[name] - self.udp_start[name], at)
+        # The host is shared with other work: its load is part of every figure's context.
+        self.record("host.load_1min", os.getloadavg()[0], at)
         self.record("soak.calls_active", self.active, at)
         self.record("soak.media_calls", self.pump.streams, at)
 

@@ -11,6 +11,8 @@ from typing import Any, cast
 from gateway.admin.views import MediaSampler
 from gateway.media.control import StreamCounters
 from gateway.operations import MediaReading, StatusView
+from gateway.policy.caps import FINISHED_SLOT_S, CallCaps
+from gateway.policy.settings import CapLimits
 
 
 class _Media:
@@ -45,3 +47,32 @@ def test_media_sampler_keeps_the_streams_of_its_newest_sample_only() -> None:
     assert len(history[-1].streams) == 50
     assert history[-1].totals["lan_in_packets"] == sum(range(50))
     assert "packets_per_second" in sampler.rates()
+
+
+def test_a_day_of_finished_calls_is_kept_in_slots_not_one_record_per_call() -> None:
+    # Found: the caps kept one record per finished call for 24 hours (and the state keeper
+    # saved all of them every time): at the soak's 13 calls a second, megabytes an hour.
+    caps = CallCaps(CapLimits(0, 0, 0, 0))
+    calls = 0
+    now = 1000.0
+    for i in range(7200):  # two hours, a call ending every second, every tenth abroad
+        key = f"c{i}"
+        caps.started(key, "2000", international=i % 10 == 0, emergency=False, now=now - 30.0)
+        caps.answered(key, now - 20.0)
+        caps.ended(key, now)
+        calls += 1
+        now += 1.0
+    usage, active = caps.export(now, now)
+    assert not active
+    slots = 2 * 3600 / FINISHED_SLOT_S + 1
+    for record in usage:
+        # At most one national and one international record per slot, not 7,200.
+        assert len(record.finished) <= 2 * slots
+        assert sum(seconds for _, seconds, _ in record.finished) == 20.0 * calls
+    assert caps.minutes_today("2000", now) == 20.0 * calls / 60.0
+    assert caps.minutes_today(None, now, international=True) == 20.0 * 720 / 60.0
+    # A day (and a slot) later every record has gone and the sums are back to zero.
+    later = now + 86400.0 + FINISHED_SLOT_S
+    caps.prune(later)
+    assert caps.minutes_today("2000", later) == 0.0
+    assert caps.export(later, later) == ([], [])
