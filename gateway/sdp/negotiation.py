@@ -83,6 +83,7 @@ from gateway.sdp.rewrite import (
     mirror,
     peer_transport,
     phone_direction,
+    strip_feedback,
 )
 
 __all__ = ["FAX_REFUSAL", "CallMedia", "MediaPolicy", "MediaRefused", "SdpError"]
@@ -389,12 +390,15 @@ class CallMedia:
                     continue
                 self._ensure_ports(slot, fresh)
                 assert slot.lan_port is not None
-                sdes_proto = _DTLS_TO_SDES.get(provider.proto, provider.proto)
-                lan_proto = _SECURE_TO_PLAIN.get(sdes_proto, provider.proto)
-                anchor(md, slot.lan_port, lan_proto, self.policy.lan_address)
+                # Legacy phones get RTP/AVP whatever feedback profile the provider offered
+                # (an AVPF offer is refused by a plain phone: RFC 4585 §4.1); our answer keeps
+                # the offered profile, where a=rtcp-fb is optional (RFC 5124, RFC 3264 §6).
+                anchor(md, slot.lan_port, "RTP/AVP", self.policy.lan_address)
+                strip_feedback(md.attributes)
                 if md.direction != provider.direction:
                     md.direction = provider.direction
             anchor_session(sd, self.policy.lan_address)
+            strip_feedback(sd.attributes)
             out = self._lan_origin.stamp(sd)
         except BaseException:
             self._give_back(fresh)

@@ -96,6 +96,15 @@ def strip_leg_local(attributes: list[tuple[str, str | None]]) -> None:
     attributes[:] = [a for a in attributes if a[0] not in LEG_LOCAL_ATTRIBUTES]
 
 
+#: AVPF feedback (RFC 4585 §4.2) and reduced-size RTCP (RFC 5506 §5): nothing a phone
+#: offered RTP/AVP may be told about.
+FEEDBACK_ATTRIBUTES = frozenset({"rtcp-fb", "rtcp-rsize"})
+
+
+def strip_feedback(attributes: list[tuple[str, str | None]]) -> None:
+    attributes[:] = [a for a in attributes if a[0] not in FEEDBACK_ATTRIBUTES]
+
+
 def anchor(md: MediaDescription, port: int, proto: str, address: str) -> None:
     md.port = port
     md.port_count = None
