@@ -76,6 +76,7 @@ class HaGateway(Gateway):
         # systemd's socket, read before run_forever hides it from the media workers.
         self._service = ServiceNotifier(socket_address(os.environ.get("NOTIFY_SOCKET")))
         self._promotion: asyncio.Task[None] | None = None
+        self._following: asyncio.Task[None] | None = None
         self._checkpoints: dict[str, Any] = {}
         self._checked_at = 0.0
         #: The last takeover: calls in the replica, restored, media re-opened, seconds taken.
@@ -101,6 +102,7 @@ class HaGateway(Gateway):
         except (RedisError, OSError, TimeoutError) as exc:
             self.warm.link.went_down(exc if isinstance(exc, Exception) else OSError(str(exc)))
         self.warm.start()
+        self._following = asyncio.get_running_loop().create_task(self._follow_state())
         marker = self.warm.marker
         log.warning(
             "HA standby: node %s (peer %s), no SIP listener, provider link or media until "
@@ -110,6 +112,14 @@ class HaGateway(Gateway):
             len(self.warm.calls),
             f"{marker.node} epoch {marker.epoch}" if marker is not None else "none yet",
         )
+
+    async def _follow_state(self) -> None:
+        """Registrations and caps as the active last wrote them, read again each second: a
+        takeover while Redis is away starts from this copy (a fetch that fails keeps it)."""
+        assert self.redis is not None
+        while True:
+            await asyncio.sleep(1.0)
+            await self.redis.store.fetch((REGISTRATIONS, CAPS))
 
     def _service_status(self) -> str:
         if self.roles.role is not Role.ACTIVE:
@@ -136,8 +146,9 @@ class HaGateway(Gateway):
         # A standby holds nothing of its own: it writes no state on the way out (its empty
         # tables would overwrite the active's in Redis) and ends no call.
         await self.warm.stop()
-        for task in self._background:
-            task.cancel()
+        for task in [*self._background, self._following]:
+            if task is not None:
+                task.cancel()
         await self.media.stop()
         assert self.redis is not None
         await self.redis.stop()
@@ -199,6 +210,8 @@ class HaGateway(Gateway):
     async def _take_over(self, action: Promote) -> None:
         assert self.redis is not None and self._loop is not None
         timeout = self.config.state.redis_timeout
+        if self._following is not None:
+            self._following.cancel()
         await self.warm.stop()
         try:  # the freshest replica; on a Redis error the warm copy is what there is
             await asyncio.wait_for(self.warm.read_all(), timeout)

@@ -437,3 +437,80 @@ async def test_a_planned_stop_of_the_active_ends_its_calls_and_the_replica_forge
         await phone.close()
         a.kill()
         await provider.stop()
+
+
+async def test_the_standby_takes_over_from_its_warm_copy_while_redis_is_down(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    await asyncio.to_thread(make_lab, tmp_path / "certs")
+    certs = tmp_path / "certs"
+    provider = RecordingProvider(
+        address=PROVIDER,
+        certificate=certs / "provider.pem",
+        private_key=certs / "provider.key",
+        client_ca=certs / "ca.pem",
+        realm=PROVIDER_NAME,
+        password=PASSWORD,
+    )
+    await provider.start()
+    env = {**os.environ, KEY_ENV: secrets.token_hex(32)}
+    settings = _settings(provider, redis_server, tmp_path)
+    a = _gateway(tmp_path, "gw-a", settings, env)
+    b = _gateway(tmp_path, "gw-b", settings, env)
+    phone = LabPhone(address=PHONE, proxy=(LAN, settings["lan"]["sip_port"]), password=PASSWORD)
+    try:
+        a.start()
+        await a.wait_role("standby")
+        assert (await asyncio.to_thread(a.cli, "ha", "notify", "master")).returncode == 0
+        await a.wait_role("active")
+        b.start()
+        await b.wait_role("standby")
+        await phone.start()
+
+        async def seq(run: GatewayRun) -> int:
+            kinds = (await asyncio.to_thread(run.ask, "GET", "/state"))["kinds"]
+            return int(kinds.get("registrations", {}).get("seq", 0))
+
+        empty = await seq(a)
+        assert (await phone.register()).status == 200
+        written = 0
+
+        async def registration_written() -> bool:
+            nonlocal written
+            written = await seq(a)
+            return written > empty
+
+        assert await _until(registration_written, 20.0), a.log()
+        call = await phone.dial("200")
+        assert call.status == 200, call
+        playing = asyncio.get_running_loop().create_task(phone.play(60.0))
+
+        async def warm() -> bool:
+            answer = await b.ha()
+            return bool(answer) and answer["calls_held"] == 1 and await seq(b) >= written
+
+        assert await _until(warm, 20.0), b.log()
+        workers = [
+            p for p in (await asyncio.to_thread(a.ask, "GET", "/status"))["media"]["pids"] if p
+        ]
+        await redis_server.kill()
+        a.kill()
+        assert await wait_for(lambda: all(_gone(p) for p in workers), 30.0)
+        before = provider.media.srtp_ok
+
+        assert (await asyncio.to_thread(b.cli, "ha", "notify", "master")).returncode == 0
+        active = await b.wait_role("active")
+        assert active["redis"]["reachable"] is False
+        assert active["takeover"]["restored"] == 1, (active, b.log())
+        assert await wait_for(lambda: provider.media.srtp_ok > before + 20, 20.0), b.log()
+        registrations = (await asyncio.to_thread(b.ask, "GET", "/registrations"))["registrations"]
+        assert any(r["user"] == "100" for r in registrations), registrations
+        assert (await phone.hang_up()) is not None
+        playing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await playing
+    finally:
+        await phone.close()
+        a.kill()
+        b.stop()
+        await provider.stop()
