@@ -168,6 +168,20 @@ def site(
     tones: Tones,
     monkeypatch: pytest.MonkeyPatch,
 ) -> ShieldSite:
+    return start_site(need, netns, pki, procs, tmp_path, tones, monkeypatch)
+
+
+def start_site(
+    need: Need,
+    netns: NetNamespace,
+    pki: TestPki,
+    procs: ProcessSet,
+    tmp_path: Path,
+    tones: Tones,
+    monkeypatch: pytest.MonkeyPatch,
+    extra: dict[str, object] | None = None,
+) -> ShieldSite:
+    """kamailio authenticating, the gateway with [shield] on (``extra``: more tables)."""
     need("kamailio", "sipp")
     trunk_password = "Trunk-" + secrets.token_urlsafe(18)
     # The gateway (a child of this process) reads the trunk password from its environment.
@@ -201,6 +215,7 @@ def site(
                 "token_env": ADMIN_TOKEN_ENV,
                 "metrics_listen": f"{GATEWAY_LAN}:{metrics_port}",
             },
+            **(extra or {}),
         },
     )
     gw = GatewayProcess(tmp_path / "gw", layout, pki, netns=netns.name)
@@ -339,3 +354,50 @@ def test_gateway_reload_applies_added_and_removed_phones(site: ShieldSite) -> No
     added.wait_done(30, expect_success=1)
     registered = [to for method, to, *_ in site.kam.credentials_seen() if method == "REGISTER"]
     assert registered.count("1001") == 2 and "1004" in registered  # 1001: before the removal
+
+
+@pytest.mark.matrix(peer="kamailio-tls", scenario="credential shield")
+def test_the_gateways_own_hang_up_is_answered_with_the_trunk_credentials(
+    need: Need,
+    netns: NetNamespace,
+    pki: TestPki,
+    procs: ProcessSet,
+    tmp_path: Path,
+    tones: Tones,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call with no media is ended by the gateway itself (its media inactivity timeout):
+    kamailio challenges the gateway's BYE on each WAN leg with 407, and the gateway answers
+    with the trunk account; neither phone sends a BYE."""
+    site = start_site(
+        need, netns, pki, procs, tmp_path, tones, monkeypatch,
+        extra={"media": {"inactivity_timeout": 3.0}},
+    )  # fmt: skip
+    s = site.secrets
+    phone_b = site.sipp("phone-b", "uas_answer", PHONE_B, "1002", remote=None, timeout=90)
+    reg_b = site.sipp(
+        "reg-b",
+        "register_auth",
+        PHONE_B,
+        "1002",
+        contact=f"sip:1002@{PHONE_B}:{phone_b.port}",
+        auth=("1002", s["1002"]),
+    )
+    reg_b.wait_done(30, expect_success=1)
+    call = site.sipp(
+        "phone-a",
+        "uac_invite_auth_gateway_bye",
+        PHONE_A,
+        "1001",
+        to_user="1002",
+        auth=("1001", s["1001"]),
+        timeout=90,
+    )
+    call.wait_done(90, expect_success=1)
+    phone_b.wait_done(60, expect_success=1)
+    wait_until(lambda: len(gateway_events(site.gw, "ended")) >= 2, 15, "2 ended", site.gw)
+    # Every BYE kamailio verified came from the gateway's own hang-up (no phone sent one).
+    byes = [user for method, user, _ in site.kam.verified() if method == "BYE"]
+    assert byes and set(byes) == {TRUNK_USER}, site.kam.verified()
+    assert "BYE" in site.kam.challenged()
+    assert site.metric("shield_provider_refused") == 0
