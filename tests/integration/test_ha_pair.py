@@ -135,7 +135,7 @@ class GatewayRun:
             nonlocal found
             answer = await self.ha()
             found = answer or {}
-            return bool(answer) and answer["role"] == role
+            return answer is not None and answer["role"] == role
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -302,7 +302,7 @@ async def test_standby_takes_over_registration_ban_and_call_after_kill_9(
         # B's warm copy holds the call; `gateway ha status` says so.
         async def held() -> bool:
             answer = await b.ha()
-            return bool(answer) and answer["calls_held"] == 1
+            return answer is not None and answer["calls_held"] == 1
 
         assert await _until(held, 20.0), (await b.ha(), b.log())
         shown = await asyncio.to_thread(b.cli, "ha", "status")
@@ -487,7 +487,7 @@ async def test_the_standby_takes_over_from_its_warm_copy_while_redis_is_down(
 
         async def warm() -> bool:
             answer = await b.ha()
-            return bool(answer) and answer["calls_held"] == 1 and await seq(b) >= written
+            return answer is not None and answer["calls_held"] == 1 and await seq(b) >= written
 
         assert await _until(warm, 20.0), b.log()
         workers = [
