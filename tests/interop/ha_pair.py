@@ -98,7 +98,7 @@ class Pair:
     gateways: dict[Node, GatewayProcess] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, lab: HaLab) -> Pair:
+    def start(cls, lab: HaLab, notify_via: Literal["cli", "socket"] = "cli") -> Pair:
         lab.start_redis()
         lab.start_kamailio()
         pair = cls(lab)
@@ -106,11 +106,16 @@ class Pair:
             pair.gateways[node] = lab.gateway(node, config=ha_config(node), wait=False)
         for node in NODES:
             pair.wait_role(node, "standby")
-        for node in NODES:
-            lab.start_keepalived(node, gateway_notify=True, track_gateway=True)
+        # gwa's keepalived first: two started together may both time out before hearing each
+        # other, both be master for a moment, and the loser's gateway is then fenced (it exits
+        # for its service manager to start it again as standby, which the lab does not do).
+        lab.start_keepalived("gwa", gateway_notify=True, track_gateway=True, notify_via=notify_via)
         lab.wait_master("gwa")
         pair.wait_role("gwa", "active")
+        lab.start_keepalived("gwb", gateway_notify=True, track_gateway=True, notify_via=notify_via)
+        until("gwb told backup", lambda: lab.roles("gwb")[-1:] == ["backup"], 20)
         pair.gateways["gwa"].wait_provider_up(20)
+        assert lab.roles("gwb") == ["backup"], lab.roles("gwb")
         return pair
 
     def wait_role(self, node: Node, role: str, timeout: float = 30.0) -> float:
@@ -223,7 +228,8 @@ class Drill:
             self.new_active = "gwb"
 
     def wait_recovered(self, timeout: float = 30.0) -> float:
-        """Until the new active carries the calls again (its role, or the worker's restart)."""
+        """Until the new active carries the calls again (its role, or the worker's restart);
+        returns the seconds since the failure."""
         if self.new_active == "gwa":
             gw = self.pair.gateways["gwa"]
 
@@ -236,13 +242,15 @@ class Drill:
                     w["restarts"] == 1 for w in states
                 )
 
-            return until("the media worker restarted", restarted, timeout)
+            until("the media worker restarted", restarted, timeout)
+            return time.time() - self.event_at
         until(
             "gwb holding both virtual addresses",
             lambda: all("gwb" in h for h in self.lab.vip_holders().values()),
             timeout,
         )
-        return self.pair.wait_role("gwb", "active", timeout)
+        self.pair.wait_role("gwb", "active", timeout)
+        return time.time() - self.event_at
 
     @property
     def active(self) -> GatewayProcess:

@@ -135,3 +135,21 @@ def tones_after(
     for s in sent:
         tone = pcmu_tone(s.after(since))
         assert tone.is_tone(440.0), (s.port, tone)
+
+
+def wan_leaks(packets: Sequence[Packet], keys: TraceKeys) -> dict[str, int]:
+    """What :func:`assert_wan_bridge_secure` forbids, counted (for the benchmark's report):
+    UDP packets from a gateway that are not SRTP under a gateway's key, plain SIP packets, and
+    a gateway's TCP payloads that are not TLS records."""
+    ours = gateway_addresses()
+    decryptor = Decryptor(keys.gateway)
+    out = [p for p in packets if p.proto == "udp" and p.src[0] in ours and p.payload]
+    tcp = [p for p in packets if p.proto == "tcp" and p.payload and ours & {p.src[0], p.dst[0]}]
+    return {
+        "gateway_udp_packets": len(out),
+        "not_srtp": sum(1 for p in out if decryptor.unprotect(p.payload) is None),
+        "plain_sip": sum(1 for p in packets if p.is_plain_sip()),
+        "tcp_not_tls": sum(
+            1 for p in tcp if p.payload[:1] not in (b"\x14", b"\x15", b"\x16", b"\x17")
+        ),
+    }
