@@ -42,6 +42,10 @@ class DtlsKeying(msgspec.Struct, frozen=True):
     #: Raised when the association must start afresh (RFC 5763 §6.6: a new fingerprint or
     #: transport in a re-offer); the same value keeps the running association.
     generation: int = 0
+    #: Our certificate's fingerprint as the SDP of this association named it ((hash, digest);
+    #: None: the worker's current certificate). The handshake presents that certificate even
+    #: when a newer one was handed to the worker meanwhile; one no longer held fails closed.
+    local_fingerprint: tuple[str, str] | None = None
 
 
 class StreamSpec(msgspec.Struct, frozen=True):
@@ -148,7 +152,8 @@ class Shutdown(msgspec.Struct, frozen=True, tag=True):
 class SetDtlsIdentity(msgspec.Struct, frozen=True, tag=True):
     """The gateway's DTLS certificate (DER) and key (PKCS#8 PEM) for DTLS-SRTP streams: sent
     when a worker starts and when the certificate is replaced (see
-    :mod:`gateway.media.dtls_identity`). Running associations keep the one they began with."""
+    :mod:`gateway.media.dtls_identity`). The last one sent is current; the worker keeps the one
+    before it too, for associations whose SDP named it (``DtlsKeying.local_fingerprint``)."""
 
     certificate: bytes
     key: bytes

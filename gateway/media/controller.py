@@ -538,9 +538,13 @@ class MediaController:
         )
         log.info("media worker %d started (pid %d)", handle.slot, handle.process.pid)
 
-    def _send_identity(self, handle: _WorkerHandle) -> None:
+    def _send_identity(self, handle: _WorkerHandle, *, previous: bool = True) -> None:
         identity = self.dtls_identity
         if identity is not None and handle.writer is not None:
+            # A fresh worker gets the replaced certificate first: calls whose SDP named it
+            # still handshake with it (the worker keeps both; the last one sent is current).
+            if previous and identity.previous is not None:
+                self._write(handle, SetDtlsIdentity(*identity.previous))
             self._write(handle, SetDtlsIdentity(identity.certificate_der, identity.key_pem))
 
     def renew_dtls_identity(self) -> bool:
@@ -548,7 +552,7 @@ class MediaController:
         if self.dtls_identity is None or not self.dtls_identity.current():
             return False
         for handle in self._workers:
-            self._send_identity(handle)
+            self._send_identity(handle, previous=False)
         return True
 
     async def _read_reports(self, handle: _WorkerHandle, reader: asyncio.StreamReader) -> None:

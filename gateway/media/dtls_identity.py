@@ -54,10 +54,13 @@ def certificate_fingerprint(der: bytes, hash_name: str = "sha-256") -> str:
 class DtlsIdentity:
     """A self-signed ECDSA P-256 certificate and its key, for every DTLS association."""
 
-    __slots__ = ("_clock", "certificate_der", "key_pem", "not_after")
+    __slots__ = ("_clock", "certificate_der", "key_pem", "not_after", "previous")
 
     def __init__(self, *, clock: Callable[[], datetime.datetime] | None = None) -> None:
         self._clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
+        #: The certificate (DER) and key (PEM) the last renewal replaced: an offer that named
+        #: it may be answered after the renewal, and its handshake must still present it.
+        self.previous: tuple[bytes, bytes] | None = None
         self._generate()
 
     def _generate(self) -> None:
@@ -90,9 +93,11 @@ class DtlsIdentity:
         """Replace the certificate when it is within :data:`RENEW_BEFORE` of its end.
 
         Returns True when it was replaced (the caller hands the new one to the workers; a
-        new fingerprint applies to offers from then on, running calls keep theirs)."""
+        new fingerprint applies to offers from then on; calls whose SDP named the replaced
+        one, running or still being set up, handshake with it: :attr:`previous`)."""
         if self._clock() < self.not_after - RENEW_BEFORE:
             return False
+        self.previous = (self.certificate_der, self.key_pem)
         self._generate()
         return True
 

@@ -16,6 +16,10 @@ to the relay by the ordinary update path: from then on packets flow exactly as w
   call. The stream stays without keys until then.
 - An update with the same ``DtlsKeying.generation`` keeps the association and its keys
   (RFC 5763 §6.6: a re-INVITE that changes nothing); a new generation starts afresh.
+- The handshake presents the certificate the stream's SDP named
+  (``DtlsKeying.local_fingerprint``): the worker keeps the current certificate, the one it
+  replaced (an offer sent just before a renewal is answered after it) and any an open stream
+  names; a named certificate no longer held fails the stream (never another certificate).
 - DTLS runs on the RTP component only: the gateway offers RTCP multiplexing (RFC 5761), and
   SRTCP is keyed from the RTP association (RFC 5764 §4.1 would give a non-muxed RTCP port an
   association of its own; not done).
@@ -32,6 +36,7 @@ from msgspec import structs
 
 from gateway.media.control import DtlsFailed, DtlsKeyed, StreamSpec
 from gateway.media.dtls import DtlsDone, DtlsEndpoint, DtlsFailure
+from gateway.media.dtls_identity import certificate_fingerprint
 from gateway.media.relay import Address, Forward, RelayStream
 
 __all__ = ["DtlsStreams"]
@@ -64,7 +69,11 @@ class DtlsStreams:
 
     def __init__(self, send_report: Callable[[DtlsFailed | DtlsKeyed], None]) -> None:
         self._send_report = send_report
-        self._identity: tuple[bytes, bytes] | None = None
+        #: Certificates (DER, key PEM) by sha-256 fingerprint; the current one, and the one
+        #: before it.
+        self._identities: dict[str, tuple[bytes, bytes]] = {}
+        self._current: str | None = None
+        self._previous: str | None = None
         self._sessions: dict[str, _Session] = {}
         #: Sessions whose handshake is under way (they have a timer).
         self._timed: dict[str, _Session] = {}
@@ -73,8 +82,31 @@ class DtlsStreams:
         self.next_due = float("inf")
 
     def set_identity(self, certificate: bytes, key: bytes) -> None:
-        """The certificate new associations present (running ones keep theirs)."""
-        self._identity = (certificate, key)
+        """The certificate new associations present unless their SDP named another one."""
+        fingerprint = certificate_fingerprint(certificate)
+        if fingerprint != self._current:
+            self._previous, self._current = self._current, fingerprint
+        self._identities[fingerprint] = (certificate, key)
+        named = {self._current, self._previous}
+        for session in self._sessions.values():
+            keying = session.spec.wan_dtls
+            if keying is not None and keying.local_fingerprint is not None:
+                named.add(self._find(keying.local_fingerprint))
+        for unused in [f for f in self._identities if f not in named]:
+            del self._identities[unused]  # no stream names it any more: the key goes
+
+    def _find(self, fingerprint: tuple[str, str]) -> str | None:
+        """The sha-256 fingerprint of the held certificate ``fingerprint`` names, if any."""
+        hash_name, digest = fingerprint[0].lower(), fingerprint[1].upper()
+        if hash_name == "sha-256":
+            return digest if digest in self._identities else None
+        for sha256, (der, _) in self._identities.items():
+            try:
+                if certificate_fingerprint(der, hash_name) == digest:
+                    return sha256
+            except ValueError:
+                return None
+        return None
 
     # -- streams -------------------------------------------------------------------------
 
@@ -171,14 +203,25 @@ class DtlsStreams:
         session.done = None
         session.reported = False
         session.peer = None
-        if self._identity is None:
-            self._fail(session, "no DTLS certificate in this media worker")
+        if keying.local_fingerprint is None:
+            identity = self._identities.get(self._current or "")
+        else:
+            identity = self._identities.get(self._find(keying.local_fingerprint) or "")
+        if identity is None:
+            named = keying.local_fingerprint
+            self._fail(
+                session,
+                "no DTLS certificate in this media worker"
+                if named is None
+                else f"the certificate our SDP named ({named[0]} {named[1][:23]}...) is no "
+                "longer held by this media worker",
+            )
             return
         try:
             session.endpoint = DtlsEndpoint(
                 role=keying.role,
-                certificate=self._identity[0],
-                key=self._identity[1],
+                certificate=identity[0],
+                key=identity[1],
                 fingerprints=keying.fingerprints,
                 profiles=keying.profiles,
                 now=now,

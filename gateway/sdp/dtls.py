@@ -265,12 +265,13 @@ def our_fingerprint(source: FingerprintSource | None) -> Fingerprint:
 
 
 def keying(
-    peer: PeerDtls | None, suites: tuple[SrtpSuite, ...], generation: int
+    peer: PeerDtls | None, suites: tuple[SrtpSuite, ...], at: Association
 ) -> DtlsKeying | None:
-    """The stream's ``wan_dtls``: our role, the provider's fingerprints, the profiles."""
+    """The stream's ``wan_dtls``: our role, the provider's fingerprints, the profiles, and
+    our certificate as the agreed SDP named it (pinned: a renewal meanwhile changes nothing)."""
     if peer is None:
         return None
-    return DtlsKeying(peer.role, peer.fingerprints, profiles(suites), generation)
+    return DtlsKeying(peer.role, peer.fingerprints, profiles(suites), at.generation, at.pinned)
 
 
 def write(
@@ -298,6 +299,8 @@ class Association:
     role: str | None = None
     #: Our fingerprint as last sent.
     ours: Fingerprint | None = None
+    #: Our fingerprint in the SDP of the agreement in force (what the handshake must present).
+    pinned: Fingerprint | None = None
     _key: tuple[object, ...] | None = None
     _addr: tuple[str, int] | None = None
 
@@ -319,4 +322,5 @@ class Association:
         if self._key is not None and key != self._key:
             self.generation += 1
         self._key, self._addr, self.role = key, addr, peer.role
+        self.pinned = self.ours
         return self.generation

@@ -500,9 +500,7 @@ class CallMedia:
                     else SrtpKeying(rx.suite.value, rx.master, self._rx_generation[index]),
                     wan_plaintext=agreed.provider.plaintext,
                     direction=phone_direction(agreed.phone.direction, agreed.provider.direction),
-                    wan_dtls=dtls.keying(
-                        agreed.provider.dtls, self.policy.suites, slot.dtls.generation
-                    ),
+                    wan_dtls=dtls.keying(agreed.provider.dtls, self.policy.suites, slot.dtls),
                 )
             )
         return specs

@@ -76,11 +76,15 @@ def test_identity_is_replaced_before_it_expires() -> None:
     clock = [datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)]
     identity = DtlsIdentity(clock=lambda: clock[0])
     first = identity.fingerprint()
+    first_pair = (identity.certificate_der, identity.key_pem)
+    assert identity.previous is None
     clock[0] += datetime.timedelta(days=22)
     assert identity.current() is False
     clock[0] += datetime.timedelta(days=2)
     assert identity.current() is True
     assert identity.fingerprint() != first
+    # The replaced one is kept for calls whose SDP named it (handed to fresh workers too).
+    assert identity.previous == first_pair
 
 
 @pytest.mark.parametrize("client_first", [True, False])

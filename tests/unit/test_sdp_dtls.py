@@ -603,3 +603,52 @@ def test_a_renewed_certificate_starts_a_new_association() -> None:
     assert attrs(again, "fingerprint") == [f"sha-256 {current[0][1]}"]
     call.answer_from_wan(RTPENGINE_PASSIVE_ANSWER)
     assert dtls_spec(call)[1] == 1
+
+
+def test_the_fingerprint_our_sdp_named_is_pinned_across_a_renewal() -> None:
+    """A renewal between our offer and the answer: the stream's handshake must present the
+    certificate the offer named, not the new one; the next offer names (and pins) the new."""
+    renewed = ("sha-256", ":".join(["EE"] * 32))
+    current = [OUR_FP]
+    policy = MediaPolicy(
+        lan_address=LAN_GW,
+        wan_address=WAN_GW,
+        keying=("dtls",),
+        dtls_fingerprint=lambda: current[0],
+    )
+    call = CallMedia("call-1", policy, PortAllocator(10000, 10099), PortAllocator(20000, 20099))
+    call.offer_from_lan(PHONE_OFFER)
+    current[0] = renewed
+    call.answer_from_wan(RTPENGINE_PASSIVE_ANSWER)
+    [spec] = call.streams()
+    assert spec is not None and spec.wan_dtls is not None
+    assert spec.wan_dtls.local_fingerprint == OUR_FP
+    # A re-offer naming the new certificate that the provider refuses changes nothing.
+    call.offer_from_lan(PHONE_OFFER)
+    call.offer_rejected()
+    [spec] = call.streams()
+    assert spec is not None and spec.wan_dtls is not None
+    assert spec.wan_dtls.local_fingerprint == OUR_FP
+    call.offer_from_lan(PHONE_OFFER)
+    call.answer_from_wan(RTPENGINE_PASSIVE_ANSWER)
+    [spec] = call.streams()
+    assert spec is not None and spec.wan_dtls is not None
+    assert (spec.wan_dtls.local_fingerprint, spec.wan_dtls.generation) == (renewed, 1)
+
+
+def test_our_answer_pins_the_fingerprint_it_named() -> None:
+    current = [OUR_FP]
+    call, _, _ = make_call(("dtls",))
+    call.policy = MediaPolicy(
+        lan_address=LAN_GW,
+        wan_address=WAN_GW,
+        keying=("dtls",),
+        dtls_fingerprint=lambda: current[0],
+    )
+    call.offer_from_wan(ASTERISK_OFFER)
+    out = call.answer_from_lan(PHONE_ANSWER)
+    current[0] = ("sha-256", ":".join(["EE"] * 32))
+    assert attrs(out, "fingerprint") == [f"sha-256 {OUR_FP[1]}"]
+    [spec] = call.streams()
+    assert spec is not None and spec.wan_dtls is not None
+    assert spec.wan_dtls.local_fingerprint == OUR_FP
