@@ -427,6 +427,19 @@ async def test_a_planned_stop_of_the_active_ends_its_calls_and_the_replica_forge
         raw = next(iter((await client.hgetall(f"smg:{SITE}:calls")).values()))
         assert isinstance(json.loads(raw)["sealed_keys"], str)  # the SRTP keys travel sealed
 
+        # With media flowing, the workers' checkpoints reach the replica too.
+        playing = asyncio.get_running_loop().create_task(phone.play(30.0))
+
+        async def checkpointed() -> bool:
+            stored = next(iter((await client.hgetall(f"smg:{SITE}:calls")).values()))
+            streams = json.loads(stored)["call"]["streams"]
+            return bool(streams) and all(s["checkpoint"] is not None for s in streams)
+
+        assert await _until(checkpointed, 20.0), a.log()
+        playing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await playing
+
         assert a.process is not None
         a.process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(a.process.wait, 60) == 0
