@@ -186,11 +186,9 @@ def _proc(pid: int) -> tuple[float, int] | None:
 
 
 def udp_counters(pid: int) -> dict[str, int]:
-    """The kernel's UDP counters (RFC 4113 names, ``/proc/<pid>/net/snmp``) in the network
-    namespace of ``pid``: ``RcvbufErrors`` counts datagrams dropped because a socket's receive
-    buffer was full, ``InErrors`` those plus checksum and memory errors. They are the whole
-    namespace's, so other UDP users on the host count too: a rise is an upper bound on what
-    the gateway lost."""
+    """The kernel's UDP counters (``/proc/<pid>/net/snmp``) in ``pid``'s network namespace:
+    ``RcvbufErrors`` counts datagrams dropped for a full receive buffer. They are the whole
+    namespace's (other UDP users count too): an upper bound on what the gateway lost."""
     try:
         lines = [
             line.split()
@@ -294,7 +292,13 @@ class Soak:
         )
         env = dict(os.environ, SOAK_ADMIN_TOKEN=TOKEN)
         root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        paths = [root, env.get("PYTHONPATH")]
+        if self.args.tracemalloc is not None:  # bench/tracemalloc_site/sitecustomize.py
+            self.args.tracemalloc.mkdir(parents=True, exist_ok=True)
+            paths.insert(0, str(Path(__file__).resolve().parent / "tracemalloc_site"))
+            env["PYTHON_SOAK_TRACEMALLOC_DIR"] = str(self.args.tracemalloc.resolve())
+            env["PYTHON_SOAK_TRACEMALLOC_EVERY"] = str(self.args.tracemalloc_every)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         self.log = open(self.dir / "gateway.log", "wb")  # noqa: SIM115 - closed in finish()
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "run", "--config", "gateway.toml", "--drain", "5",
@@ -398,11 +402,9 @@ class Soak:
         finally:
             self.active -= 1
             self.pump.remove(call_id)
-            heard = call_id in phone.heard
+            heard, expected = call_id in phone.heard, expected_outcomes(kind, status)
             phone.heard.discard(call_id)
-            self.placed.append(
-                PlacedCall(call_id, kind, status, expected_outcomes(kind, status), heard)
-            )
+            self.placed.append(PlacedCall(call_id, kind, status, expected, heard))
 
     async def registrar(self, index: int) -> None:
         phone = self.phones[index]
@@ -517,8 +519,7 @@ class Soak:
         for name in ("RcvbufErrors", "InErrors"):
             if name in udp and name in self.udp_start:
                 self.record(f"udp.{name}", udp[name] - self.udp_start[name], at)
-        # The host is shared with other work: its load is part of every figure's context.
-        self.record("host.load_1min", os.getloadavg()[0], at)
+        self.record("host.load_1min", os.getloadavg()[0], at)  # a shared host: the context
         self.record("soak.calls_active", self.active, at)
         self.record("soak.media_calls", self.pump.streams, at)
 
@@ -746,6 +747,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--json", type=Path, help="output file")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--tracemalloc", type=Path, metavar="DIR",
+                        help="snapshots of the gateway's allocations (slows it)")  # fmt: skip
+    parser.add_argument("--tracemalloc-every", type=float, default=150.0, help="seconds")
     args = parser.parse_args(argv)
     if args.smoke:
         args.minutes = min(args.minutes, 1.0)
@@ -786,8 +790,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"after the last call, drained: {result['after_drain']}")
     print(f"cpu seconds {result['cpu_seconds']}: {result['cpu_share_of_host_pct']}% of the host")
     print(f"wrote {out}")
-    # Calls whose INVITE never reached the gateway (the phone heard nothing, the gateway
-    # counted nothing) are reported, not failed: the host lost them, not the gateway.
+    # Calls whose INVITE never reached the gateway are reported, not failed: the host lost them.
     ok = cdr["all_the_gateway_saw_accounted"] and result["reconciliation"]["consistent"]
     return 0 if ok else 1
 
