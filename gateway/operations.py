@@ -83,6 +83,8 @@ DROP_FIELDS = {
     "drop_ssrc": "ssrc",
     # DTLS records from anyone but the provider's signalled address (a stranger's handshake).
     "dtls_wrong_source": "dtls_wrong_source",
+    # RTCP of a DTLS-keyed WAN side without rtcp-mux: not carried (gateway/media/dtls_streams.py).
+    "drop_rtcp_unkeyed": "rtcp_unkeyed",
 }
 
 

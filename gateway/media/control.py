@@ -188,6 +188,9 @@ class StreamCounters(msgspec.Struct):
     dtls_wrong_source: int = 0
     #: DTLS-SRTP handshakes completed on the stream (its WAN keys came from the last one).
     dtls_handshakes: int = 0
+    #: RTCP not carried: the WAN side is DTLS-keyed without rtcp-mux, and the RTCP port's
+    #: own association (RFC 5764 §4.1) is not run, so nothing keys it (either direction).
+    drop_rtcp_unkeyed: int = 0
     last_lan_packet: float = 0.0
     last_wan_packet: float = 0.0
     #: Reception statistics measured by the gateway on the accepted RTP it relays (RFC 3550

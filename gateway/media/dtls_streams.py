@@ -20,9 +20,12 @@ to the relay by the ordinary update path: from then on packets flow exactly as w
   (``DtlsKeying.local_fingerprint``): the worker keeps the current certificate, the one it
   replaced (an offer sent just before a renewal is answered after it) and any an open stream
   names; a named certificate no longer held fails the stream (never another certificate).
-- DTLS runs on the RTP component only: the gateway offers RTCP multiplexing (RFC 5761), and
-  SRTCP is keyed from the RTP association (RFC 5764 §4.1 would give a non-muxed RTCP port an
-  association of its own; not done).
+- DTLS runs on the RTP component only: the gateway offers RTCP multiplexing (RFC 5761) and
+  SRTCP is keyed from the RTP association when it is muxed. Without it RFC 5764 §4.1 keys RTCP
+  with an association of its own on the RTCP port, which is not run here: RTCP then fails
+  closed, none crosses the WAN either way (the phone's RTCP, and anything on the WAN RTCP
+  port, the peer's RTCP handshake included, are dropped and counted ``drop_rtcp_unkeyed``),
+  logged once per stream; RTP is keyed and relayed as usual.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from msgspec import structs
 from gateway.media.control import DtlsFailed, DtlsKeyed, StreamSpec
 from gateway.media.dtls import DtlsDone, DtlsEndpoint, DtlsFailure
 from gateway.media.dtls_identity import certificate_fingerprint
-from gateway.media.relay import Address, Forward, RelayStream
+from gateway.media.relay import LAN_RTCP, WAN_RTCP, WAN_RTP, Address, Forward, RelayStream
 
 __all__ = ["DtlsStreams"]
 
@@ -67,8 +70,14 @@ class _Session:
 class DtlsStreams:
     """Every DTLS-keyed stream of one worker, and the certificate they handshake with."""
 
-    def __init__(self, send_report: Callable[[DtlsFailed | DtlsKeyed], None]) -> None:
+    def __init__(
+        self,
+        send_report: Callable[[DtlsFailed | DtlsKeyed], None],
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
         self._send_report = send_report
+        #: The worker's once-per-text warning on stderr.
+        self._warn = warn
         #: Certificates (DER, key PEM) by sha-256 fingerprint; the current one, and the one
         #: before it.
         self._identities: dict[str, tuple[bytes, bytes]] = {}
@@ -118,12 +127,13 @@ class DtlsStreams:
         relay: RelayStream,
         sock: socket.socket,
         now: float,
-    ) -> _Handler:
-        """Take a DTLS-keyed stream; returns the handler for its WAN RTP socket."""
+    ) -> dict[int, _Handler]:
+        """Take a DTLS-keyed stream; returns the handlers for its WAN RTP socket and its two
+        RTCP sockets, by socket index (``relay.WAN_RTP`` …)."""
         session = _Session(key, call_id, index, relay, sock, relay.spec)
         self._sessions[key] = session
         self._start(session, relay.spec, now)
-        wan_rtp = relay.from_wan_rtp
+        wan_rtp, lan_rtcp, wan_rtcp = relay.from_wan_rtp, relay.from_lan_rtcp, relay.from_wan_rtcp
 
         def from_wan_rtp(data: bytes, source: Address, now: float) -> Forward | None:
             if data and 20 <= data[0] <= 63:  # RFC 7983 §7: DTLS
@@ -131,7 +141,17 @@ class DtlsStreams:
                 return None
             return wan_rtp(data, source, now)
 
-        return from_wan_rtp
+        def from_lan_rtcp(data: bytes, source: Address, now: float) -> Forward | None:
+            if self._rtcp_unkeyed(session, data, lan=True):
+                return None
+            return lan_rtcp(data, source, now)
+
+        def from_wan_rtcp(data: bytes, source: Address, now: float) -> Forward | None:
+            if self._rtcp_unkeyed(session, data, lan=False):
+                return None
+            return wan_rtcp(data, source, now)
+
+        return {WAN_RTP: from_wan_rtp, LAN_RTCP: from_lan_rtcp, WAN_RTCP: from_wan_rtcp}
 
     def update(self, key: str, spec: StreamSpec, now: float) -> StreamSpec:
         """The spec to give the relay for an UpdateStream: the signalled one with the
@@ -235,6 +255,27 @@ class DtlsStreams:
         session.timer = session.endpoint.get_timer(now)
         self._timed[session.key] = session
         self.next_due = min(self.next_due, session.timer or self.next_due)
+
+    def _rtcp_unkeyed(self, session: _Session, data: bytes, *, lan: bool) -> bool:
+        """True (dropped, counted) for RTCP of a DTLS-keyed WAN side without rtcp-mux: its own
+        association on the RTCP port (RFC 5764 §4.1) is not run, so nothing keys it."""
+        spec = session.spec
+        if spec.wan_dtls is None or spec.wan_rtcp_mux:
+            return False
+        counters = session.relay.counters
+        if lan:
+            counters.lan_in_packets += 1
+            counters.lan_in_bytes += len(data)
+        else:
+            counters.wan_in_packets += 1
+            counters.wan_in_bytes += len(data)
+        counters.drop_rtcp_unkeyed += 1
+        if self._warn is not None:  # the worker says it once, the counter says it per call
+            self._warn(
+                "a DTLS-SRTP stream without rtcp-mux: its RTCP is not carried on the WAN (no "
+                "DTLS association on the RTCP port, RFC 5764 §4.1; counted drop_rtcp_unkeyed)"
+            )
+        return True
 
     def _datagram(self, session: _Session, data: bytes, source: Address, now: float) -> None:
         provider = session.spec.provider_addr

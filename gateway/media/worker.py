@@ -353,7 +353,7 @@ class _Worker:
         self._running = True
         self._checkpoints = checkpoint.Checkpointer(clock())
         self._warned: set[str] = set()
-        self._dtls = DtlsStreams(self._send)  # DTLS-SRTP handshakes of DTLS-keyed streams
+        self._dtls = DtlsStreams(self._send, self._warn)  # handshakes of DTLS-keyed streams
         fast = fastpath_enabled() if fast_path is None else fast_path and _fastpath is not None
         if fast:
             refusal = fastpath_refusal()
@@ -526,11 +526,13 @@ class _Worker:
         return None
 
     def _dtls_take(self, stream: _Stream, call_id: str, index: int, now: float) -> None:
-        """DTLS-SRTP on the stream's WAN RTP port: its handler demultiplexes (RFC 7983)."""
-        sock = stream.sockets[WAN_RTP]
-        handler = self._dtls.open(stream.key, call_id, index, stream.relay, sock, now)
-        entry = self._handlers[sock.fileno()]
-        self._handlers[sock.fileno()] = (sock, handler, entry[2], entry[3])
+        """DTLS-SRTP on the WAN RTP port (RFC 7983 demultiplexing), its RTCP rules on both."""
+        wan = stream.sockets[WAN_RTP]
+        handlers = self._dtls.open(stream.key, call_id, index, stream.relay, wan, now)
+        for which, handler in handlers.items():
+            sock = stream.sockets[which]
+            entry = self._handlers[sock.fileno()]
+            self._handlers[sock.fileno()] = (sock, handler, entry[2], entry[3])
 
     def _close_stream(self, stream: _Stream) -> None:
         stream.release()

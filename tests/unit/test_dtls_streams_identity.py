@@ -17,7 +17,7 @@ from gateway.media.control import DtlsFailed, DtlsKeyed, DtlsKeying, StreamSpec
 from gateway.media.dtls import DtlsDone, DtlsEndpoint, DtlsFailure
 from gateway.media.dtls_identity import DtlsIdentity
 from gateway.media.dtls_streams import DtlsStreams
-from gateway.media.relay import RelayStream
+from gateway.media.relay import WAN_RTP, RelayStream
 
 PROVIDER = ("127.0.67.30", 40000)
 PROFILES = ("AES_CM_128_HMAC_SHA1_80",)
@@ -76,7 +76,7 @@ def run(
         streams.set_identity(identity.certificate_der, identity.key_pem)
     stream_spec = spec(provider, ours_named)
     sock = FakeSocket()
-    handler = streams.open("c/0", "c", 0, RelayStream(stream_spec), sock, 0.0)  # type: ignore[arg-type]
+    handler = streams.open("c/0", "c", 0, RelayStream(stream_spec), sock, 0.0)[WAN_RTP]  # type: ignore[arg-type]
     far = DtlsEndpoint(
         role="server",
         certificate=provider.certificate_der,
@@ -132,7 +132,7 @@ def test_a_certificate_an_open_stream_names_is_kept_through_renewals(
     streams.set_identity(old.certificate_der, old.key_pem)
     first = spec(provider, old)
     sock = FakeSocket()
-    handler = streams.open("c/0", "c", 0, RelayStream(first), sock, 0.0)  # type: ignore[arg-type]
+    handler = streams.open("c/0", "c", 0, RelayStream(first), sock, 0.0)[WAN_RTP]  # type: ignore[arg-type]
     for identity in (new, DtlsIdentity(), DtlsIdentity()):
         streams.set_identity(identity.certificate_der, identity.key_pem)
     assert first.wan_dtls is not None
