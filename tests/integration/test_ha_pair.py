@@ -311,6 +311,9 @@ async def test_standby_takes_over_registration_ban_and_call_after_kill_9(
         assert "gw-a (epoch 1" in shown.stdout
         as_json = json.loads((await asyncio.to_thread(b.cli, "ha", "status", "--json")).stdout)
         assert as_json["redis"]["reachable"] is True
+        # The operator's other views work on a standby too.
+        status = await asyncio.to_thread(b.cli, "status")
+        assert status.returncode == 0, status.stderr
 
         # kill -9 A; its media workers end when their control socket closes.
         workers = [
