@@ -60,14 +60,14 @@ def ha_missing() -> str | None:
 
 
 def gateway_cli(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args, "--config", str(gw.config_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    """``gateway ARGS --config`` of one node; a command that hangs counts as a failure."""
+    argv = [sys.executable, "-m", "gateway", *args, "--config", str(gw.config_path)]
+    try:
+        return subprocess.run(
+            argv, cwd=ROOT, capture_output=True, text=True, timeout=30, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(argv, 124, "", "timed out after 30 s")
 
 
 def ha_status(gw: GatewayProcess) -> dict[str, Any]:
