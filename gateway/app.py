@@ -158,6 +158,7 @@ class Gateway:
             on_worker_lost=self._on_worker_lost,
             dtls_identity=self.dtls_identity,
             on_dtls_failed=self._on_dtls_failed,
+            on_dtls_keyed=self._on_dtls_keyed,
         )
         self._udp: SipUdpEndpoint | None = None
         self._servers: list[asyncio.Server] = []
@@ -624,6 +625,10 @@ class Gateway:
 
     def _on_dtls_failed(self, call_key: str, reason: str) -> None:
         self.core.media_problem(call_key, f"DTLS-SRTP: {reason}", self._now(), self._wall())
+        self._flush()
+
+    def _on_dtls_keyed(self, call_key: str, stream: int, generation: int, suite: str) -> None:
+        self.core.media_keyed(call_key, stream, generation, suite, self._now(), self._wall())
         self._flush()
 
     def _on_worker_lost(self, call_keys: list[str]) -> None:

@@ -44,6 +44,7 @@ from gateway.sip.call_events import (
     CallEnded,
     CallEvent,
     CallFailed,
+    CallKeyed,
     CallRefused,
     CallStarted,
     MediaEnded,
@@ -92,6 +93,8 @@ class _Pending:
     provider: str | None = None
     answered: float | None = None
     suite: str | None = None
+    #: "sdes" or "dtls" (how the WAN leg's SRTP is keyed), None: no secured media.
+    keying: str | None = None
     outcome: str = "unanswered"
     reason: str = ""
     status: int | None = None
@@ -217,8 +220,12 @@ class CallRecorder:
             return
         if isinstance(event, CallAnswered):
             pending.answered = wall
-            pending.suite = event.suite
+            pending.suite = event.suite or pending.suite  # a DTLS handshake may be done already
+            pending.keying = event.keying
             pending.outcome = "answered"
+            return
+        if isinstance(event, CallKeyed):  # the DTLS-SRTP handshake's suite
+            pending.suite, pending.keying = event.suite, event.keying
             return
         if not isinstance(event, TERMINAL_EVENTS):
             return
@@ -267,6 +274,7 @@ class CallRecorder:
         match event:
             case (
                 CallAnswered(pair=key)
+                | CallKeyed(pair=key)
                 | CallFailed(pair=key)
                 | CallCancelled(pair=key)
                 | CallEnded(pair=key)
@@ -360,6 +368,7 @@ class CallRecorder:
             "duration": round(ended - p.answered, 3) if p.answered is not None else 0.0,
             "setup_seconds": round(p.answered - p.started, 3) if p.answered is not None else None,
             "suite": p.suite,
+            "keying": p.keying,
             "outcome": p.outcome,
             "status": p.status,
             "end_reason": p.reason,

@@ -94,6 +94,8 @@ class _MediaView(Protocol):
     def chosen_suite(self) -> Any: ...
     @property
     def uses_plaintext_downgrade(self) -> bool: ...
+    @property
+    def keying(self) -> str | None: ...
 
 
 class _PairView(Protocol):
@@ -296,6 +298,7 @@ class OperatorConsole:
                     answered=answered,
                     suite=str(suite.value) if suite is not None else None,
                     plaintext_downgrade=bool(media is not None and media.uses_plaintext_downgrade),
+                    keying=media.keying if media is not None else None,
                 )
             )
         return rows

@@ -121,9 +121,12 @@ class CallStatus:
     #: Unix times of the call's start and of its answer (None until answered).
     started: float
     answered: float | None
-    #: The SRTP suite agreed on the WAN leg (None before the answer or under the downgrade).
+    #: The SRTP suite agreed on the WAN leg (None before the answer or under the downgrade;
+    #: for DTLS-SRTP, until the handshake agreed it).
     suite: str | None
     plaintext_downgrade: bool
+    #: How the WAN leg's SRTP is keyed: "sdes", "dtls", or None (no secured media).
+    keying: str | None = None
 
     @property
     def direction(self) -> str:

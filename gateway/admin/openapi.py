@@ -84,6 +84,7 @@ _CALL = {
         "answered": {"type": ["string", "null"], "format": "date-time"},
         "duration": {"type": "number"},
         "suite": {"type": ["string", "null"]},
+        "keying": {"type": ["string", "null"], "enum": ["sdes", "dtls", None]},
         "encryption": {"type": "string", "enum": ["srtp", "pending", "plaintext-downgrade"]},
         "encrypted": {"type": "boolean"},
         "media": {

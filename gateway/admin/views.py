@@ -240,6 +240,7 @@ def call_views(status: StatusView, sample: MediaSample | None) -> list[dict[str,
                 "answered": iso(call.answered),
                 "duration": round(now_wall - call.answered, 1) if call.answered else 0.0,
                 "suite": call.suite,
+                "keying": call.keying,
                 "encryption": call.encryption,
                 "encrypted": call.encryption == "srtp",
                 "media": {

@@ -182,6 +182,7 @@ class MediaController:
         restart_window: float = 60.0,
         dtls_identity: DtlsIdentity | None = None,
         on_dtls_failed: Callable[[str, str], None] | None = None,
+        on_dtls_keyed: Callable[[str, int, int, str], None] | None = None,
     ) -> None:
         """``workers`` defaults to one per core but one (the signalling process's own).
 
@@ -205,6 +206,8 @@ class MediaController:
         self.dtls_identity = dtls_identity
         #: ``on_dtls_failed(call_id, reason)``: a stream's DTLS-SRTP handshake failed.
         self.on_dtls_failed = on_dtls_failed
+        #: ``on_dtls_keyed(call_id, stream, generation, suite)``: a handshake agreed a suite.
+        self.on_dtls_keyed = on_dtls_keyed
         self._restart_limit = max(1, restart_limit)
         self._restart_window = restart_window
         self._records: dict[tuple[str, int], _Record] = {}
@@ -595,6 +598,13 @@ class MediaController:
             dtls = record.spec.wan_dtls if record is not None else None
             if record is not None and dtls is not None and dtls.generation == report.generation:
                 record.dtls_keys = report
+                if self.on_dtls_keyed is not None:
+                    try:
+                        self.on_dtls_keyed(
+                            report.call_id, report.stream, report.generation, report.tx.suite
+                        )
+                    except Exception:
+                        log.exception("on_dtls_keyed callback failed for call %s", report.call_id)
         elif isinstance(report, DtlsFailed):
             log.warning(
                 "call %s stream %d: DTLS-SRTP failed: %s",

@@ -301,6 +301,8 @@ class Association:
     ours: Fingerprint | None = None
     #: Our fingerprint in the SDP of the agreement in force (what the handshake must present).
     pinned: Fingerprint | None = None
+    #: The SRTP suite the worker's handshake agreed for the current generation (DtlsKeyed).
+    suite: SrtpSuite | None = None
     _key: tuple[object, ...] | None = None
     _addr: tuple[str, int] | None = None
 
@@ -321,6 +323,15 @@ class Association:
         key = (peer.role, frozenset(peer.fingerprints), addr, peer.tls_id, self.tls_id, self.ours)
         if self._key is not None and key != self._key:
             self.generation += 1
+            self.suite = None  # the new handshake reports its own
         self._key, self._addr, self.role = key, addr, peer.role
         self.pinned = self.ours
         return self.generation
+
+    def keyed(self, generation: int, suite: str) -> bool:
+        """The worker's handshake of ``generation`` agreed ``suite``: True when that is the
+        association in force (a report of a replaced one changes nothing)."""
+        if generation != self.generation or self._key is None:
+            return False
+        self.suite = SrtpSuite(suite)
+        return True

@@ -506,11 +506,26 @@ class CallMedia:
         return specs
 
     def chosen_suite(self) -> SrtpSuite | None:
-        """The suite of the first keyed stream (the audio one in practice), if any."""
-        for agreed in self._agreed:
+        """The suite of the first keyed stream (the audio one in practice), if any; a
+        DTLS-keyed stream's once its handshake reported it (:meth:`dtls_keyed`)."""
+        for agreed, slot in zip(self._agreed, self._slots, strict=False):
             if agreed is not None and agreed.tx is not None:
                 return agreed.tx.suite
+            if agreed is not None and agreed.provider.dtls is not None and slot.dtls.suite:
+                return slot.dtls.suite
         return None
+
+    @property
+    def keying(self) -> str | None:
+        """How the first secured WAN stream is keyed: "dtls", "sdes", or None (none is)."""
+        for agreed in self._agreed:
+            if agreed is not None and not agreed.provider.plaintext:
+                return "dtls" if agreed.provider.dtls is not None else "sdes"
+        return None
+
+    def dtls_keyed(self, index: int, generation: int, suite: str) -> bool:
+        """DtlsKeyed from the worker: True when it keyed the association in force."""
+        return index < len(self._slots) and self._slots[index].dtls.keyed(generation, suite)
 
     @property
     def uses_plaintext_downgrade(self) -> bool:

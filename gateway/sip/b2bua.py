@@ -40,7 +40,13 @@ from gateway.sdp.errors import SdpError
 from gateway.sip.actions import Action, SecurityNotice, SendMessage
 from gateway.sip.admission import Admission
 from gateway.sip.call_endings import CallEndings
-from gateway.sip.call_events import AckMissing, BadResponse, MalformedMessage, MediaEnded
+from gateway.sip.call_events import (
+    AckMissing,
+    BadResponse,
+    CallKeyed,
+    MalformedMessage,
+    MediaEnded,
+)
 from gateway.sip.call_restore import CallRecords
 from gateway.sip.call_setup import CallSetup
 from gateway.sip.dialog_index import DialogIndex
@@ -227,6 +233,19 @@ class B2bua:
             self._endings.hang_up(pair, now, reason=reason)
         else:
             self._endings.fail(pair, 503, f"media unavailable: {reason}", now)
+        self._pump(now, wall)
+
+    def media_keyed(
+        self, pair_key: str, stream: int, generation: int, suite: str, now: float, wall: datetime
+    ) -> None:
+        """A media worker's DTLS-SRTP handshake keyed a stream: the call's suite is known."""
+        pair = self._index.get(pair_key)
+        media = pair.media if pair is not None else None
+        if pair is None or media is None or not media.dtls_keyed(stream, generation, suite):
+            return  # an ended call, or an association replaced meanwhile
+        chosen = media.chosen_suite()
+        if chosen is not None:
+            self._out.emit(CallKeyed(pair.caller.call_id, pair.key, chosen.value))
         self._pump(now, wall)
 
     def handle_timer(self, now: float, wall: datetime) -> None:

@@ -55,9 +55,23 @@ class CallAnswered(_Event):
 
     kind: ClassVar[str] = "answered"
     pair: str
-    #: The SRTP suite the WAN leg uses (None: no media, or an operator's plaintext downgrade).
+    #: The SRTP suite the WAN leg uses (None: no media, an operator's plaintext downgrade, or
+    #: a DTLS-SRTP handshake not finished yet: :class:`CallKeyed` then tells it).
     suite: str | None
     plaintext_downgrade: bool
+    #: How the WAN leg's SRTP is keyed: "sdes", "dtls", or None (no secured media).
+    keying: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallKeyed(_Event):
+    """A DTLS-SRTP handshake on the call's WAN leg agreed its suite (RFC 5764 §4.1.2): the
+    worker's report, after the answer as a rule (the handshake follows the SDP)."""
+
+    kind: ClassVar[str] = "keyed"
+    pair: str
+    suite: str
+    keying: str = "dtls"
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +202,7 @@ class BadResponse(_Event):
 CallEvent = (
     CallStarted
     | CallAnswered
+    | CallKeyed
     | CallRefused
     | CallFailed
     | CallCancelled

@@ -622,9 +622,10 @@ class CallSetup:
             self._out.send_2xx(pair, pair.caller_side, pair.server_key, reply, now)
             suite = media.chosen_suite() if media is not None else None
             downgrade = bool(media and media.uses_plaintext_downgrade)
+            keying = media.keying if media is not None else None
             self._emit(
                 CallAnswered(
-                    pair.caller.call_id, pair.key, suite.value if suite else None, downgrade
+                    pair.caller.call_id, pair.key, suite.value if suite else None, downgrade, keying
                 )
             )
         else:

@@ -70,6 +70,14 @@ class MediaLink:
         return self.call.chosen_suite()
 
     @property
+    def keying(self) -> str | None:
+        return self.call.keying
+
+    def dtls_keyed(self, index: int, generation: int, suite: str) -> bool:
+        """The worker's DTLS-SRTP handshake of stream ``index`` agreed ``suite``."""
+        return self.call.dtls_keyed(index, generation, suite)
+
+    @property
     def uses_plaintext_downgrade(self) -> bool:
         return self.call.uses_plaintext_downgrade
 

@@ -14,14 +14,17 @@ offer with a=setup:active (rtpengine is the client).
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.lab.audio import analyse_wav, write_ulaw_tone
+from gateway.media.dtls import DTLS_PROFILES
 from tests.interop.conftest import ProcessSet, Tones
 from tests.interop.gateway_process import GatewayLayout, GatewayProcess
 from tests.interop.peers import (
@@ -323,3 +326,25 @@ def test_baresip_dtls_srtp_through_kamailio(site: Site, direction: str) -> None:
     assert byte_entropy(b"".join(p.payload[12:] for p in leg)) > 7.5
     assert not pcmu_tone(p.payload[12:-10] for p in leg).is_tone(440.0)
     assert not any(p.is_plain_sip() for p in wan)
+    # The call's record names the suite the handshake agreed, keyed "dtls".
+    (answered,) = gateway_events(site.gw, "answered")
+    assert answered["keying"] == "dtls", answered
+    keyed = gateway_events(site.gw, "keyed")
+    assert keyed and keyed[-1]["suite"] in DTLS_PROFILES, keyed
+    record = call_record(site.gw, str(answered["pair"]))
+    assert (record["suite"], record["keying"]) == (keyed[-1]["suite"], "dtls"), record
+
+
+def call_record(gw: GatewayProcess, pair: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The call detail record of ``pair`` (written once the worker's last counters came)."""
+    path = gw.config_path.parent / "state" / "cdr" / "calls.jsonl"
+    deadline = time.monotonic() + timeout
+    while True:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                if record.get("pair") == pair:
+                    return dict(record)
+        if time.monotonic() > deadline:
+            raise gw.fail(f"no call record for {pair} in {path}")
+        time.sleep(0.1)

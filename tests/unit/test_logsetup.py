@@ -51,7 +51,7 @@ def test_each_call_event_is_one_json_line_with_its_fields(
 ) -> None:
     gw = Gateway(parse_config(CONFIG, base_dir=str(tmp_path)), workers=1)
     with caplog.at_level(logging.INFO, logger="gateway.events"):
-        gw._record(CallAnswered("abc@phone", "c1", "AEAD_AES_128_GCM", False))
+        gw._record(CallAnswered("abc@phone", "c1", "AEAD_AES_128_GCM", False, "sdes"))
         gw._record(CallRefused("x@phone", "no international", 403, rule="dialplan.intl"))
     answered, refused = (r for r in caplog.records if r.name == "gateway.events")
     line = json.loads(answered.getMessage())
@@ -61,6 +61,7 @@ def test_each_call_event_is_one_json_line_with_its_fields(
         "pair": "c1",
         "suite": "AEAD_AES_128_GCM",
         "plaintext_downgrade": False,
+        "keying": "sdes",
     }
     assert answered.levelno == logging.INFO and refused.levelno == logging.WARNING
     assert json.loads(refused.getMessage())["rule"] == "dialplan.intl"

@@ -92,6 +92,7 @@ class Leg:
 class Media:
     suite: SrtpSuite | None
     uses_plaintext_downgrade: bool = False
+    keying: str | None = None
 
     def chosen_suite(self) -> SrtpSuite | None:
         return self.suite
@@ -272,6 +273,14 @@ def test_unanswered_and_downgraded_calls(site: Site) -> None:
     assert by_pair["c4"].phone == "127.0.0.30:5061"
     assert site.console.call_location("c4") == ("127.0.0.30:5061", "127.0.0.10:5062")
     assert site.console.call_location("gone") == (None, None)
+
+
+def test_a_dtls_keyed_call_shows_its_keying(site: Site) -> None:
+    dtls = _call("c5", answered=60.0)
+    dtls.media = Media(SrtpSuite.AEAD_AES_128_GCM, keying="dtls")
+    site.core.active_calls.append(dtls)
+    [call] = site.console.calls()
+    assert (call.suite, call.keying, call.encryption) == ("AEAD_AES_128_GCM", "dtls", "srtp")
 
 
 def test_registrations_counters_and_readiness_inputs(site: Site) -> None:
