@@ -198,6 +198,7 @@ def run_drill(failure: Failure, calls: int, workdir: Path, notify_via: Notify) -
             "timeline": timeline,
             "new_active": drill.new_active,
             "new_active_role": status.get("role"),
+            "takeover": status.get("takeover") if drill.new_active != "gwa" else None,
             "wan_bridge": wan_leaks(wan, keys),
         }
 

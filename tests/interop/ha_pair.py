@@ -208,6 +208,13 @@ class Drill:
             legacy.dial(self.lab.ns["lan"], f"sip:{secure.user}@{LAN_VIP}:5060")
         for phone in (*self.legacies, *self.secures):
             phone.wait_established(15)
+        standby = self.pair.gateways.get("gwb")
+        if standby is not None:  # a pair: the standby's warm copy holds every call
+            until(
+                f"gwb's replica holding {self.calls} calls",
+                lambda: ha_status(standby).get("calls_held") == self.calls,
+                15,
+            )
 
     def fail(self, failure: Failure) -> None:
         """Break something on the active node (gwa); note the time."""

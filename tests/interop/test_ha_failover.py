@@ -10,9 +10,11 @@ Before the failure a LAN host sends a scanner's OPTIONS and is banned. Then, wit
 - ``links-down``: gwa's LAN and WAN interfaces go down (keepalived on gwb stops hearing gwa),
 - ``kill-worker``: SIGKILL to one of gwa's media workers (gwa stays active and restarts it).
 
-Checked afterwards: the new active says so (``gateway ha status``: role active), every call
-still carries 1000 Hz to its plain phone (LAN bridge) and SRTP that decrypts to 440 Hz toward
-its SRTP phone (WAN bridge); over the whole drill every UDP packet a gateway sent on the WAN
+Before the failure the standby's warm copy holds both calls (``gateway ha status``). Checked
+afterwards: the new active says so (``gateway ha status``: role active; after a switchover
+both calls restored and their media re-opened), every call still carries 1000 Hz to its
+plain phone (LAN bridge) and SRTP that decrypts to 440 Hz toward its SRTP phone (WAN bridge);
+over the whole drill every UDP packet a gateway sent on the WAN
 bridge is SRTP under a key a gateway gave, no SIP crosses it in the clear and the gateways'
 TCP there is TLS; a BYE from either side after the switchover ends both legs; the phones'
 registrations (``gateway registrations``) and the ban are still there; a new call from the
@@ -99,6 +101,9 @@ def test_failover_drill_keeps_every_call_only_srtp_on_wan(lab: HaLab, failure: F
         status = ha_status(active)
         assert status.get("role") == "active", status
         assert status.get("node") == drill.new_active, status
+        if drill.new_active == "gwb":  # every call restored, its media re-opened
+            takeover = status.get("takeover") or {}
+            assert (takeover.get("restored"), takeover.get("media")) == (2, 2), status
     assert registered_users(active) >= {"2001", "2002"}
     assert banned(active, SCANNER_IP)
     drill.hang_up()
