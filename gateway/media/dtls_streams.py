@@ -40,7 +40,15 @@ from msgspec import structs
 from gateway.media.control import DtlsFailed, DtlsKeyed, StreamSpec
 from gateway.media.dtls import DtlsDone, DtlsEndpoint, DtlsFailure
 from gateway.media.dtls_identity import certificate_fingerprint
-from gateway.media.relay import LAN_RTCP, WAN_RTCP, WAN_RTP, Address, Forward, RelayStream
+from gateway.media.relay import (
+    LAN_RTCP,
+    LAN_RTP,
+    WAN_RTCP,
+    WAN_RTP,
+    Address,
+    Forward,
+    RelayStream,
+)
 
 __all__ = ["DtlsStreams"]
 
@@ -128,12 +136,20 @@ class DtlsStreams:
         sock: socket.socket,
         now: float,
     ) -> dict[int, _Handler]:
-        """Take a DTLS-keyed stream; returns the handlers for its WAN RTP socket and its two
-        RTCP sockets, by socket index (``relay.WAN_RTP`` …)."""
+        """Take a DTLS-keyed stream; returns the handlers for its four sockets, by socket
+        index (``relay.LAN_RTP`` …): DTLS on the WAN RTP port, the RTCP rules on the others."""
         session = _Session(key, call_id, index, relay, sock, relay.spec)
         self._sessions[key] = session
         self._start(session, relay.spec, now)
-        wan_rtp, lan_rtcp, wan_rtcp = relay.from_wan_rtp, relay.from_lan_rtcp, relay.from_wan_rtcp
+        lan_rtp, wan_rtp = relay.from_lan_rtp, relay.from_wan_rtp
+        lan_rtcp, wan_rtcp = relay.from_lan_rtcp, relay.from_wan_rtcp
+
+        def from_lan_rtp(data: bytes, source: Address, now: float) -> Forward | None:
+            # RFC 5761 §4: a phone multiplexing RTCP anyway (SR, RR, SDES, BYE, APP).
+            rtcp = len(data) > 1 and 200 <= data[1] <= 204
+            if rtcp and self._rtcp_unkeyed(session, data, lan=True):
+                return None
+            return lan_rtp(data, source, now)
 
         def from_wan_rtp(data: bytes, source: Address, now: float) -> Forward | None:
             if data and 20 <= data[0] <= 63:  # RFC 7983 §7: DTLS
@@ -151,7 +167,12 @@ class DtlsStreams:
                 return None
             return wan_rtcp(data, source, now)
 
-        return {WAN_RTP: from_wan_rtp, LAN_RTCP: from_lan_rtcp, WAN_RTCP: from_wan_rtcp}
+        return {
+            LAN_RTP: from_lan_rtp,
+            WAN_RTP: from_wan_rtp,
+            LAN_RTCP: from_lan_rtcp,
+            WAN_RTCP: from_wan_rtcp,
+        }
 
     def update(self, key: str, spec: StreamSpec, now: float) -> StreamSpec:
         """The spec to give the relay for an UpdateStream: the signalled one with the

@@ -11,7 +11,7 @@ from msgspec import structs
 
 from gateway.media.control import DtlsKeying, SrtpKeying, StreamSpec
 from gateway.media.dtls_streams import DtlsStreams
-from gateway.media.relay import LAN_RTCP, WAN_RTCP, WAN_RTP, RelayStream
+from gateway.media.relay import LAN_RTCP, LAN_RTP, WAN_RTCP, WAN_RTP, RelayStream
 
 PHONE = ("127.0.67.10", 4000)
 PROVIDER = ("127.0.67.30", 40000)
@@ -47,14 +47,20 @@ def stream(mux: bool) -> tuple[DtlsStreams, dict[int, Any], RelayStream, list[st
 
 def test_unmuxed_rtcp_is_dropped_both_ways_and_counted() -> None:
     _, handlers, relay, warnings = stream(mux=False)
-    assert set(handlers) == {WAN_RTP, LAN_RTCP, WAN_RTCP}
+    assert set(handlers) == {LAN_RTP, WAN_RTP, LAN_RTCP, WAN_RTCP}
     assert handlers[LAN_RTCP](RTCP_RR, PHONE, 1.0) is None
+    assert handlers[LAN_RTP](RTCP_RR, PHONE, 1.0) is None  # a phone muxing RTCP anyway
     provider_rtcp = (PROVIDER[0], PROVIDER[1] + 1)
     assert handlers[WAN_RTCP](b"\x16\xfe\xfd" + bytes(20), provider_rtcp, 1.0) is None  # DTLS
     assert handlers[WAN_RTCP](RTCP_RR + bytes(14), provider_rtcp, 1.0) is None
     c = relay.counters
-    assert c.drop_rtcp_unkeyed == 3 and c.wan_out_packets == 0 and c.lan_out_packets == 0
-    assert (c.lan_in_packets, c.wan_in_packets) == (1, 2)
+    assert c.drop_rtcp_unkeyed == 4 and c.wan_out_packets == 0 and c.lan_out_packets == 0
+    assert (c.lan_in_packets, c.wan_in_packets) == (2, 2)
+    # RTP from the phone still goes through the relay: protected with the handshake's keys.
+    rtp = bytes.fromhex("80000001000000a0deadbeef") + bytes(160)
+    handlers[LAN_RTP](rtp, PHONE, 2.0)  # a new SSRC's first packet is on probation
+    forward = handlers[LAN_RTP](rtp[:3] + b"\x02" + rtp[4:], PHONE, 2.1)
+    assert forward is not None and forward[1] == PROVIDER and c.drop_rtcp_unkeyed == 4
     assert len(set(warnings)) == 1 and "rtcp-mux" in warnings[0]
 
 
