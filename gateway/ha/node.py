@@ -92,7 +92,13 @@ class HaGateway(Gateway):
         # A standby restores nothing: the active's registrations move on while it waits,
         # and a copy restored now would carry stale CSeqs upstream after the takeover.
         if self.roles.role is Role.PROMOTING:
-            super()._restore_state()
+            # The caps document's calls that this box takes over go on (counted once, by
+            # the caps document: restoring the call then adds no second start).
+            self.policy.taking_over = frozenset(self.warm.calls)
+            try:
+                super()._restore_state()
+            finally:
+                self.policy.taking_over = frozenset()
 
     async def open_network(self) -> None:
         if self.roles.role is Role.PROMOTING:
@@ -261,6 +267,9 @@ class HaGateway(Gateway):
         restored = self.core.restore_calls(records, now, wall)
         for key, why in self.core.call_restore_skipped.items():
             log.warning("HA: call %s not taken over: %s", key, why)
+        for key in set(self.warm.calls) - set(restored):
+            # Kept in progress by the caps restore but not carried on: it ended now.
+            self.policy.call_ended(key, now)
         by_key = {r.key: r for r in records}
         reopened = 0
         for key in restored:

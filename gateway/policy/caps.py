@@ -19,6 +19,7 @@ towards per-hour or per-day caps, so one emergency can never use up a phone's qu
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from gateway.policy.settings import CapLimits, SpikeSettings
@@ -248,10 +249,12 @@ class CallCaps:
         active: list[ActiveCallRecord],
         now: float,
         wall: float,
+        running: Collection[str] = (),
     ) -> None:
         """Totals saved before a restart. Calls in progress then ended with the process: they
         count as ended now, which overcounts by the downtime at most (errs towards the
-        owner's money)."""
+        owner's money). Calls named in ``running`` go on here (an HA takeover): they stay in
+        progress with their start already counted, so restoring the call counts it once."""
 
         def core(t: float) -> float:
             return t - wall + now
@@ -266,6 +269,15 @@ class CallCaps:
             for end, seconds, intl in sorted(record.finished):
                 target.add_finished((core(end), seconds, intl))
         for call in active:
+            if call.key in running:
+                self._calls[call.key] = ActiveCall(
+                    call.phone,
+                    core(call.started),
+                    core(call.answered) if call.answered is not None else None,
+                    call.international,
+                    False,
+                )
+                continue
             billable = call.answered if call.answered is not None else call.started
             ended = (now, max(0.0, wall - billable), call.international)
             self._phones.setdefault(call.phone, _Usage.empty()).add_finished(ended)

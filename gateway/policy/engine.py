@@ -111,6 +111,8 @@ class PolicyEngine:
             offence_memory_seconds=f.offence_memory_seconds,
         )
         self._caps = CallCaps(s.caps.site)
+        #: Keys of the calls an HA promotion is about to take over (gateway.ha.node).
+        self.taking_over: frozenset[str] = frozenset()
         self._spike = SpikeDetector(s.caps.spike)
         self._events: list[SecurityEvent] = []
         self._counters: Counter[str] = Counter()
@@ -389,8 +391,9 @@ class PolicyEngine:
         return CapsDocument(version=STATE_VERSION, usage=usage, active=active)
 
     def import_caps(self, document: CapsDocument, now: float, wall: float) -> None:
-        """Restore the caps' running totals saved before a restart."""
-        self._caps.restore(document.usage, document.active, now, wall)
+        """Restore the caps' running totals saved before a restart; the calls named in
+        ``taking_over`` (an HA promotion sets it) stay in progress instead of ending now."""
+        self._caps.restore(document.usage, document.active, now, wall, self.taking_over)
 
     # ------------------------------------------------------------------ spike lock
 
