@@ -130,3 +130,25 @@ def test_rtpengine_accepts_our_answer_to_its_dtls_offer(
     [spec] = media.streams()
     assert spec is not None and spec.wan_dtls is not None and spec.wan_dtls.role == "client"
     rtpengine.ng({"command": "delete", **common})
+
+
+@pytest.mark.parametrize(("flags", "muxed"), [({}, False), ({"rtcp-mux": ["accept"]}, True)])
+def test_rtpengine_takes_our_rtcp_mux_only_when_told(
+    rtpengine: Rtpengine, flags: dict[str, list[str]], muxed: bool
+) -> None:
+    """rtpengine passes our a=rtcp-mux on to its plain party and, unless told to accept it,
+    answers with RTCP on its own port: the stream is then not muxed, and its RTCP is not
+    carried (gateway/media/dtls_streams.py: no association on the RTCP port)."""
+    media = call(("dtls",))
+    offer = media.offer_from_lan(PLAIN.format(host="127.0.116.30", port=4000).encode())
+    assert b"a=rtcp-mux\r\n" in offer
+    cid = secrets.token_hex(4)
+    common = {"call-id": cid, "from-tag": "gw"}
+    rtpengine.ng({"command": "offer", "sdp": offer.decode(), **common, **flags})
+    party = PLAIN.format(host=PARTY, port=5000)
+    answer = sdp(rtpengine.ng({"command": "answer", "sdp": party, "to-tag": "far", **common}))
+    assert (b"a=rtcp-mux\r\n" in answer) is muxed, answer
+    media.answer_from_wan(answer)
+    [spec] = media.streams()
+    assert spec is not None and spec.wan_dtls is not None and spec.wan_rtcp_mux is muxed
+    rtpengine.ng({"command": "delete", **common})
