@@ -91,6 +91,7 @@ PHONE = "127.0.14.10"
 GATEWAY_B = ("127.0.14.22", "127.0.14.23")
 TICKS = os.sysconf("SC_CLK_TCK")
 Notify = Literal["cli", "socket"]
+Check = Literal["proc", "gateway"]
 
 
 def missing_binaries() -> list[str]:
@@ -146,11 +147,13 @@ def first_new_call(lab: HaLab, caller: Baresip, callee: Baresip, since: float) -
     return None
 
 
-def run_drill(failure: Failure, calls: int, workdir: Path, notify_via: Notify) -> dict[str, Any]:
+def run_drill(
+    failure: Failure, calls: int, workdir: Path, notify_via: Notify, check_via: Check
+) -> dict[str, Any]:
     """One drill in a lab of its own; its figures."""
     pki = lab_pki(workdir / "pki")
     with HaLab(workdir / "lab", pki) as lab:
-        pair = Pair.start(lab, notify_via)
+        pair = Pair.start(lab, notify_via, check_via)
         drill = Drill(pair, calls=calls)
         drill.set_up()
         callee = lab.provider_phone("3009")
@@ -347,6 +350,16 @@ def main(argv: list[str] | None = None) -> int:
         help="keepalived's notify runs `gateway ha notify` (cli, the default) or posts the "
         "word to the control socket with curl (socket: the takeover without a Python start)",
     )
+    parser.add_argument(
+        "--check",
+        choices=("proc", "gateway"),
+        default="proc",
+        help="keepalived's track script: the gateway process's state (proc, the default) or "
+        "`gateway ha check` with deploy/ha/keepalived.conf's timing (gateway)",
+    )
+    parser.add_argument(
+        "--no-replication", action="store_true", help="the drills only (no set-up loop)"
+    )
     parser.add_argument("--json", type=Path, help="write the JSON here")
     parser.add_argument("--workdir", type=Path, help="keep the labs' files and logs here")
     args = parser.parse_args(argv)
@@ -365,10 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-failover-"))
     try:
         drills = [
-            run_drill(failure, args.calls, workdir / failure, args.notify)
+            run_drill(failure, args.calls, workdir / failure, args.notify, args.check)
             for failure in args.drills
         ]
-        cost = replication_cost(workdir / "replication", args.setups)
+        cost = (
+            None if args.no_replication else replication_cost(workdir / "replication", args.setups)
+        )
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -377,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "calls_per_drill": args.calls,
         "notify_via": args.notify,
+        "check_via": args.check,
         "drills": drills,
         "replication": cost,
         "host": {
@@ -387,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(table(drills, cost))
     suffix = "" if args.notify == "cli" else "-socket-notify"
+    suffix += "" if args.check == "proc" else "-gateway-check"
     path = args.json or RESULTS / f"failover-{started:%Y-%m-%d}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")

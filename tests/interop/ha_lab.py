@@ -145,6 +145,7 @@ class Keepalived(ManagedProcess):
         notify: Path,
         priority: int,
         check: Path | None = None,
+        check_timing: tuple[int, int, int] = (1, 1, 1),
     ) -> None:
         """``check``: a script that fails when the node's gateway is gone; while it fails the
         node is not master (keepalived's ``track_script``)."""
@@ -178,7 +179,7 @@ class Keepalived(ManagedProcess):
             "  vrrp_garp_master_repeat 2\n"
             f"  notify_fifo {workdir / 'notify.fifo'}\n"
             f"  notify_fifo_script {notify}\n"
-            "}\n" + _track_script(check) + "vrrp_sync_group GATEWAY {\n"
+            "}\n" + _track_script(check, check_timing) + "vrrp_sync_group GATEWAY {\n"
             "  group {\n    VI_LAN\n    VI_WAN\n  }\n"
             "}\n" + "".join(instances)
         )
@@ -193,9 +194,10 @@ class Keepalived(ManagedProcess):
         super().__init__(argv, name=f"keepalived-{node}", logdir=workdir, netns=netns)
 
 
-def _track_script(check: Path | None) -> str:
+def _track_script(check: Path | None, timing: tuple[int, int, int]) -> str:
     if check is None:
         return ""
+    timeout, fall, rise = timing
     # keepalived's track_process would see a kill at once, but it listens to the kernel's
     # process events, which only the initial network namespace delivers; a check script
     # every second (keepalived's shortest interval) is what works inside the lab.
@@ -203,9 +205,9 @@ def _track_script(check: Path | None) -> str:
         "vrrp_script GATEWAY_UP {\n"
         f'  script "{check}"\n'
         "  interval 1\n"
-        "  timeout 1\n"
-        "  fall 1\n"
-        "  rise 1\n"
+        f"  timeout {timeout}\n"
+        f"  fall {fall}\n"
+        f"  rise {rise}\n"
         "}\n"
     )
 
@@ -342,13 +344,16 @@ class HaLab:
         gateway_notify: bool = False,
         track_gateway: bool = False,
         notify_via: Literal["cli", "socket"] = "cli",
+        check_via: Literal["proc", "gateway"] = "proc",
     ) -> Keepalived:
         """keepalived in ``node``'s namespace; gwa has the higher priority. With
         ``gateway_notify`` the notify script also runs ``gateway ha notify STATE``; with
         ``track_gateway`` the node is master only while its gateway process runs (start the
         gateway first). ``notify_via="socket"`` posts the word to the control socket with curl
         instead of running ``gateway ha notify`` (the same request without a Python start:
-        how much of the takeover that start costs)."""
+        how much of the takeover that start costs). ``check_via="gateway"`` checks with
+        ``gateway ha check`` every second, 3 s timeout, 2 falls and rises, as
+        deploy/ha/keepalived.conf does, instead of the gateway process's state."""
         workdir = self.workdir / node
         workdir.mkdir(parents=True, exist_ok=True)
         script = workdir / "notify.sh"
@@ -386,7 +391,19 @@ class HaLab:
         script.chmod(0o700)
         priority = 150 if node == "gwa" else 100
         check: Path | None = None
-        if track_gateway:
+        timing = (1, 1, 1)
+        if track_gateway and check_via == "gateway":
+            check = workdir / "gateway-up.sh"
+            conf = workdir / "gw" / "gateway.toml"
+            check.write_text(
+                "#!/bin/sh\n"
+                f"cd {shlex.quote(str(REPO))} || exit 1\n"
+                f"exec {shlex.quote(sys.executable)} -m gateway ha check --config "
+                f"{shlex.quote(str(conf))}\n"
+            )
+            check.chmod(0o700)
+            timing = (3, 2, 2)
+        elif track_gateway:
             check = workdir / "gateway-up.sh"
             pid = self.gateways[node].pid
             check.write_text(
@@ -396,7 +413,7 @@ class HaLab:
                 'case "$state" in ""|Z|X) exit 1 ;; esac\n'
             )
             check.chmod(0o700)
-        keepalived = Keepalived(workdir, node, self.netns(node), script, priority, check)
+        keepalived = Keepalived(workdir, node, self.netns(node), script, priority, check, timing)
         self.keepalived[node] = self.start(keepalived)
         return keepalived
 

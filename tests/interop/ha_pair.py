@@ -98,7 +98,12 @@ class Pair:
     gateways: dict[Node, GatewayProcess] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, lab: HaLab, notify_via: Literal["cli", "socket"] = "cli") -> Pair:
+    def start(
+        cls,
+        lab: HaLab,
+        notify_via: Literal["cli", "socket"] = "cli",
+        check_via: Literal["proc", "gateway"] = "proc",
+    ) -> Pair:
         lab.start_redis()
         lab.start_kamailio()
         pair = cls(lab)
@@ -109,10 +114,22 @@ class Pair:
         # gwa's keepalived first: two started together may both time out before hearing each
         # other, both be master for a moment, and the loser's gateway is then fenced (it exits
         # for its service manager to start it again as standby, which the lab does not do).
-        lab.start_keepalived("gwa", gateway_notify=True, track_gateway=True, notify_via=notify_via)
+        lab.start_keepalived(
+            "gwa",
+            gateway_notify=True,
+            track_gateway=True,
+            notify_via=notify_via,
+            check_via=check_via,
+        )
         lab.wait_master("gwa")
         pair.wait_role("gwa", "active")
-        lab.start_keepalived("gwb", gateway_notify=True, track_gateway=True, notify_via=notify_via)
+        lab.start_keepalived(
+            "gwb",
+            gateway_notify=True,
+            track_gateway=True,
+            notify_via=notify_via,
+            check_via=check_via,
+        )
         until("gwb told backup", lambda: lab.roles("gwb")[-1:] == ["backup"], 20)
         pair.gateways["gwa"].wait_provider_up(20)
         assert lab.roles("gwb") == ["backup"], lab.roles("gwb")
