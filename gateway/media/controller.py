@@ -127,10 +127,28 @@ class _Record:
     def restore(self, call_id: str, stream: int) -> OpenStream:
         cp = self.checkpoint or StreamCheckpoint(call_id=call_id, stream=stream)
         self.updates = 0  # the new worker counts its own updates from here
-        spec, keys = self.spec, self.dtls_keys
-        if keys is not None:  # the association's keys: no new handshake on the successor
-            spec = msgspec.structs.replace(spec, wan_tx=keys.tx, wan_rx=keys.rx)
+        spec = self.carried_spec()
         return OpenStream(call_id=call_id, stream=stream, spec=spec, restore=cp)
+
+    def carried_spec(self) -> StreamSpec:
+        """The spec a successor (a restarted worker, the other gateway of a pair) opens the
+        stream with: a DTLS-keyed one with its association's keys, so no new handshake."""
+        spec, keys = self.spec, self.dtls_keys
+        if keys is not None:
+            spec = msgspec.structs.replace(spec, wan_tx=keys.tx, wan_rx=keys.rx)
+        return spec
+
+    @classmethod
+    def carried(cls, call_id: str, stream: int, spec: StreamSpec) -> _Record:
+        """The record of a stream taken over with :meth:`carried_spec`'s spec: the keys go
+        back into ``dtls_keys`` and the spec is the one the signalling sends (no keys), so
+        its later updates compare as on the old gateway."""
+        dtls, tx, rx = spec.wan_dtls, spec.wan_tx, spec.wan_rx
+        if dtls is None or tx is None or rx is None:
+            return cls(spec)
+        record = cls(msgspec.structs.replace(spec, wan_tx=None, wan_rx=None))
+        record.dtls_keys = DtlsKeyed(call_id, stream, dtls.generation, tx, rx)
+        return record
 
 
 class _WorkerHandle:
@@ -210,7 +228,9 @@ class MediaController:
         self.on_dtls_keyed = on_dtls_keyed
         self._restart_limit = max(1, restart_limit)
         self._restart_window = restart_window
-        self._records: dict[tuple[str, int], _Record] = {}
+        #: Per call, its streams' records by index: a call's look-ups (replication each
+        #: second, a close, a restore) cost its own streams, not every call's.
+        self._records: dict[str, dict[int, _Record]] = {}
         self._workers = [_WorkerHandle(slot) for slot in range(count)]
         self._request_ids = itertools.count(1)
         self._stopping = False
@@ -313,12 +333,12 @@ class MediaController:
             except MediaError:
                 handle.pending_open.pop(key, None)
                 raise
-            self._records[key] = _Record(command.spec)
+            self._records.setdefault(command.call_id, {})[command.stream] = _Record(command.spec)
             return self._opened(handle, key, future)
         if isinstance(command, UpdateStream):
             handle = self._live(command.call_id)
             self._write(handle, command)
-            record = self._records.get((command.call_id, command.stream))
+            record = self._record(command.call_id, command.stream)
             if record is not None:
                 record.update(command.spec)
             return self._drain(handle)
@@ -336,15 +356,15 @@ class MediaController:
         try:
             error = await asyncio.wait_for(future, REPLY_TIMEOUT)
         except TimeoutError:
-            self._records.pop(key, None)
+            self._drop(key)
             raise MediaError(f"media worker {handle.slot} did not answer OpenStream") from None
         except MediaError:
-            self._records.pop(key, None)
+            self._drop(key)
             raise
         finally:
             handle.pending_open.pop(key, None)
         if error is not None:
-            self._records.pop(key, None)
+            self._drop(key)
             raise MediaError(error)
         handle.calls.add(key[0])
 
@@ -413,21 +433,32 @@ class MediaController:
     # -- plumbing ------------------------------------------------------------------------
 
     def _forget(self, call_id: str) -> None:
-        """A call ends: its streams' records go (a call has a few streams; the scan is over
-        the records of every call, cheap next to the call's SIP work)."""
-        for key in [k for k in self._records if k[0] == call_id]:
-            del self._records[key]
+        """A call ends: its streams' records go."""
+        self._records.pop(call_id, None)
+
+    def _record(self, call_id: str, stream: int) -> _Record | None:
+        streams = self._records.get(call_id)
+        return streams.get(stream) if streams is not None else None
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        streams = self._records.get(key[0])
+        if streams is not None:
+            streams.pop(key[1], None)
+            if not streams:
+                del self._records[key[0]]
 
     def checkpoint(self, call_id: str, stream: int) -> StreamCheckpoint | None:
         """The latest checkpoint the controller holds for a stream (for tests and operators)."""
-        record = self._records.get((call_id, stream))
+        record = self._record(call_id, stream)
         return record.checkpoint if record is not None else None
 
     def stream_records(self, call_id: str) -> list[tuple[int, StreamSpec, StreamCheckpoint | None]]:
         """Per stream of a call: its index, the spec its worker runs and the latest
-        checkpoint (None before the first): what another gateway needs to carry it on."""
-        found = [(k[1], r.spec, r.checkpoint) for k, r in self._records.items() if k[0] == call_id]
-        return sorted(found, key=lambda entry: entry[0])
+        checkpoint (None before the first): what another gateway needs to carry it on. A
+        DTLS-keyed stream's spec carries the keys its handshake gave (DtlsKeyed) in
+        ``wan_tx``/``wan_rx``, so the other gateway carries the association on."""
+        streams = self._records.get(call_id, {})
+        return [(i, streams[i].carried_spec(), streams[i].checkpoint) for i in sorted(streams)]
 
     async def restore_streams(
         self,
@@ -439,20 +470,20 @@ class MediaController:
         worker crash. False (the call's streams closed again) when one could not be opened,
         the worker is down, or the call has streams here already."""
         handle = self._worker_for(call_id)
-        if not streams or not handle.alive or any(k[0] == call_id for k in self._records):
+        if not streams or not handle.alive or call_id in self._records:
             return False
         for entry in streams:
             if isinstance(entry, ReplicatedStream):
                 index, spec, checkpoint = entry.index, entry.spec, entry.checkpoint
             else:
                 index, spec, checkpoint = entry
-            record = _Record(spec)
+            record = _Record.carried(call_id, index, spec)
             if checkpoint is not None and (checkpoint.call_id, checkpoint.stream) == (
                 call_id,
                 index,
             ):
                 record.checkpoint = checkpoint
-            self._records[(call_id, index)] = record
+            self._records.setdefault(call_id, {})[index] = record
         restored, _failed = await self._restore(handle, [call_id])
         if call_id in restored:
             return True
@@ -589,12 +620,12 @@ class MediaController:
                 closed.set_result(report.streams)
         elif isinstance(report, Checkpoints):
             for cp in report.checkpoints:
-                record = self._records.get((cp.call_id, cp.stream))
+                record = self._record(cp.call_id, cp.stream)
                 # Taken before the worker saw an update the controller has since sent: stale.
                 if record is not None and cp.updates == record.updates:
                     record.checkpoint = cp
         elif isinstance(report, DtlsKeyed):
-            record = self._records.get((report.call_id, report.stream))
+            record = self._record(report.call_id, report.stream)
             dtls = record.spec.wan_dtls if record is not None else None
             if record is not None and dtls is not None and dtls.generation == report.generation:
                 record.dtls_keys = report
@@ -708,14 +739,15 @@ class MediaController:
         (calls restored, calls that could not be)."""
         waits = []
         for call_id in calls:
-            keys = sorted(k for k in self._records if k[0] == call_id)
-            if not keys:
+            streams = self._records.get(call_id, {})
+            if not streams:
                 continue  # still being set up when the worker died: its open failed
-            for key in keys:
+            for index in sorted(streams):
+                key = (call_id, index)
                 future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
                 handle.pending_open[key] = future
                 try:
-                    self._write(handle, self._records[key].restore(*key))
+                    self._write(handle, streams[index].restore(*key))
                 except MediaError:
                     handle.pending_open.pop(key, None)
                     future.set_result("worker gone again")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from gateway.media.ports import PortAllocator
 from gateway.media.suites import SrtpSuite
+from gateway.sdp import dtls
 from gateway.sdp.crypto import CryptoAttribute
 from gateway.sdp.errors import SdpError
 from gateway.sdp.negotiation import (
@@ -29,9 +30,11 @@ from gateway.sdp.negotiation import (
 from gateway.sdp.rewrite import OriginKeeper
 from gateway.state.calls import (
     AgreedMedia,
+    AssociationRecord,
     CryptoRecord,
     MediaRecord,
     OriginRecord,
+    PeerDtlsRecord,
     PhoneMedia,
     ProviderMedia,
     SlotRecord,
@@ -58,6 +61,7 @@ def export_media(call: CallMedia, caller_offered: bool) -> MediaRecord:
                 agreed=None if agreed is None else _agreed_record(agreed),
                 tx_generation=call._tx_generation[index],
                 rx_generation=call._rx_generation[index],
+                dtls=_association_record(slot.dtls) if slot.dtls._key is not None else None,
             )
         )
     return MediaRecord(
@@ -107,6 +111,9 @@ def restore_media(
         if entry_agreed is not None and entry_agreed.tx is not None:
             # Re-offers reuse this key for its suite (RFC 4568 §7.1.4): no re-key.
             slot.offered_masters = {entry_agreed.tx.suite: entry_agreed.tx.master}
+        if slot_record.dtls is not None:
+            peer = entry_agreed.provider.dtls if entry_agreed is not None else None
+            slot.dtls = _association(slot_record.dtls, peer)
         call._tx_generation[index] = slot_record.tx_generation
         call._rx_generation[index] = slot_record.rx_generation
         if entry_agreed is not None:
@@ -127,6 +134,40 @@ def _origin(address: str, record: OriginRecord) -> OriginKeeper:
     keeper.version = record.version
     keeper._last = _NO_SHAPE
     return keeper
+
+
+def _association_record(association: dtls.Association) -> AssociationRecord:
+    suite = association.suite
+    return AssociationRecord(
+        tls_id=association.tls_id,
+        generation=association.generation,
+        role=association.role,
+        ours=association.ours,
+        pinned=association.pinned,
+        suite=suite.value if suite is not None else None,
+        addr=association._addr,
+        agreed=association._key is not None,
+    )
+
+
+def _association(record: AssociationRecord, peer: dtls.PeerDtls | None) -> dtls.Association:
+    """The association as the old gateway held it: the same agreement key (RFC 5763 §6.6),
+    so a re-offer that changes nothing keeps its generation and the worker no new handshake."""
+    association = dtls.Association(record.tls_id, record.generation, record.role)
+    association.ours = _fingerprint(record.ours)
+    association.pinned = _fingerprint(record.pinned)
+    association.suite = SrtpSuite(record.suite) if record.suite is not None else None
+    association._addr = _pair(record.addr)
+    if record.agreed and peer is not None:
+        association._key = (
+            peer.role,
+            frozenset(peer.fingerprints),
+            association._addr,
+            peer.tls_id,
+            association.tls_id,
+            association.pinned,
+        )
+    return association
 
 
 def _crypto_record(crypto: CryptoAttribute | None) -> CryptoRecord | None:
@@ -172,6 +213,7 @@ def _agreed_record(agreed: _Agreed) -> AgreedMedia:
             plaintext=provider.plaintext,
             direction=provider.direction,
             proto=provider.proto,
+            dtls=_peer_record(provider.dtls),
         ),
         tx=_crypto_record(agreed.tx),
         rtcp_mux=agreed.rtcp_mux,
@@ -190,10 +232,33 @@ def _agreed(record: AgreedMedia) -> _Agreed:
             provider.plaintext,
             provider.direction,
             provider.proto,
+            _peer(provider.dtls),
         ),
         _crypto(record.tx),
         rtcp_mux=record.rtcp_mux,
     )
+
+
+def _peer_record(peer: dtls.PeerDtls | None) -> PeerDtlsRecord | None:
+    if peer is None:
+        return None
+    return PeerDtlsRecord(
+        fingerprints=peer.fingerprints,
+        role=peer.role,
+        answer_setup=peer.answer_setup,
+        tls_id=peer.tls_id,
+    )
+
+
+def _peer(record: PeerDtlsRecord | None) -> dtls.PeerDtls | None:
+    if record is None:
+        return None
+    fingerprints = tuple((f[0], f[1]) for f in record.fingerprints)
+    return dtls.PeerDtls(fingerprints, record.role, record.answer_setup, record.tls_id)
+
+
+def _fingerprint(value: tuple[str, str] | None) -> tuple[str, str] | None:
+    return None if value is None else (value[0], value[1])
 
 
 def _pair(addr: tuple[str, int] | None) -> tuple[str, int] | None:

@@ -14,8 +14,10 @@ SRTP key and raises the o= version.
 Restore emits nothing: the media workers' streams are re-opened by the glue
 (``MediaController.restore_streams``) from the records' stream specs and checkpoints. Calls
 still ringing are not exported (their transactions die with the old gateway: the caller
-retransmits into nothing and gives up, as after a crash), nor calls keyed with DTLS-SRTP
-(their keys never leave the worker's handshake).
+retransmits into nothing and gives up, as after a crash). A call keyed with DTLS-SRTP is
+exported with its association (``gateway.sdp.dtls``); the keys its handshake gave
+(RFC 5764 §4.2) are not the core's: the glue adds them to the streams from the media
+controller, and the new gateway's worker carries the association on without a handshake.
 """
 
 from __future__ import annotations
@@ -123,11 +125,6 @@ class CallRecords:
         streams: tuple[ReplicatedStream, ...] = ()
         if pair.media is not None:
             specs = pair.media.call.streams()
-            if any(spec is not None and spec.wan_dtls is not None for spec in specs):
-                # DTLS-SRTP keys exist only in the worker's handshake (RFC 5764 §4.2): no
-                # record could carry them, and a new handshake is not what the provider
-                # expects mid-call. Such a call ends with the gateway that holds it.
-                return None
             media = export_media(pair.media.call, pair.media.caller_offered)
             streams = tuple(
                 ReplicatedStream(index, spec)

@@ -4,11 +4,13 @@ The active gateway of a pair exports every confirmed call (``B2bua.export_call``
 :class:`CallRecord`: both dialogs as RFC 3261 §12 defines their state (Call-ID, local and
 remote name-addr with tags, Contact, remote target, route set, both CSeq numbers), what the
 media negotiation agreed per m-line (ports, the phone's and the provider's media addresses,
-the SDES suites and keys of RFC 4568, directions, the gateway's o= session id and version per
-leg, RFC 3264 §8) and, per relayed stream, the spec the media workers run with and, when the
-glue adds one, the worker's checkpoint (latches, SRTP rollover counters and sequence numbers,
-RFC 3711 §3.3.1). The standby restores it (``B2bua.restore_calls``,
-``MediaController.restore_streams``) and answers the call's in-dialog requests from then on.
+the SDES suites and keys of RFC 4568 or the DTLS-SRTP association of RFC 5763, directions,
+the gateway's o= session id and version per leg, RFC 3264 §8) and, per relayed stream, the
+spec the media workers run with and, when the glue adds one, the worker's checkpoint (latches,
+SRTP rollover counters and sequence numbers, RFC 3711 §3.3.1); a DTLS-keyed stream's spec then
+carries the keys its handshake exported (RFC 5764 §4.2) in ``wan_tx``/``wan_rx``. The standby
+restores it (``B2bua.restore_calls``, ``MediaController.restore_streams``) and answers the
+call's in-dialog requests from then on.
 
 Times are Unix time (the core's ``now`` and the Unix ``wall`` at that instant are inputs, as
 in :mod:`gateway.state.model`). In memory the keys are in clear; :func:`encode_call` takes
@@ -78,6 +80,31 @@ class PhoneMedia(msgspec.Struct, frozen=True, kw_only=True):
     proto: str
 
 
+class PeerDtlsRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """What the provider's SDP said about DTLS-SRTP for one m-line (RFC 5763 §5, RFC 8842):
+    its fingerprints, the role left to the gateway, our a=setup answer, its a=tls-id."""
+
+    fingerprints: tuple[tuple[str, str], ...]
+    role: str
+    answer_setup: str | None = None
+    tls_id: str | None = None
+
+
+class AssociationRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One m-line's DTLS association as the signalling holds it (``gateway.sdp.dtls``): a
+    re-offer after the takeover keeps it (same tls-id, role, generation) unless something
+    RFC 5763 §6.6 names changed. No key here: those are the streams' (sealed)."""
+
+    tls_id: str
+    generation: int = 0
+    role: str | None = None
+    ours: tuple[str, str] | None = None
+    pinned: tuple[str, str] | None = None
+    suite: str | None = None
+    addr: tuple[str, int] | None = None
+    agreed: bool = False
+
+
 class ProviderMedia(msgspec.Struct, frozen=True, kw_only=True):
     """What the provider signalled for one m-line, its key (``rx``) included."""
 
@@ -88,6 +115,8 @@ class ProviderMedia(msgspec.Struct, frozen=True, kw_only=True):
     plaintext: bool
     direction: str
     proto: str
+    #: DTLS-SRTP keying instead of ``rx`` (the keys are the streams', from the handshake).
+    dtls: PeerDtlsRecord | None = None
 
 
 class AgreedMedia(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,6 +137,7 @@ class SlotRecord(msgspec.Struct, frozen=True, kw_only=True):
     agreed: AgreedMedia | None = None
     tx_generation: int = 0
     rx_generation: int = 0
+    dtls: AssociationRecord | None = None
 
 
 class OriginRecord(msgspec.Struct, frozen=True, kw_only=True):
