@@ -6,13 +6,15 @@ link and no media stream: it is a standby, reading the active's replica from Red
 copy (``gateway.ha.replica.WarmCopy``), and tells systemd it is ready as such.
 
 ``gateway ha notify master`` (keepalived's notify script) promotes it, in this order: the
-replica read once more, the site's addresses awaited (keepalived adds them as it notifies),
-registrations and caps restored from Redis (the keeper's restore; shared bans are already
-applied), every confirmed call restored in the core and its streams re-opened by the media
-workers with their latest checkpoints, then the listeners, the provider link(s) over TLS and
-the writer of this node's own replica. An active told ``backup``, ``fault`` or ``stop`` (or
-seeing a newer active's marker) is fenced: it closes its sockets and media workers at once,
-sends nothing (no BYE: the other box carries the calls now), and ends with exit status 75 so
+replica read once more, registrations and caps restored from Redis (the keeper's restore;
+shared bans are already applied), every confirmed call restored in the core and its streams
+re-opened by the media workers with their latest checkpoints, then the listeners, the provider
+link(s) over TLS and the writer of this node's own replica. keepalived adds the site's
+addresses as it notifies: every socket of a pair's gateway binds with IP_FREEBIND
+(``gateway.transport.freebind``), so the promotion waits for none of them and traffic flows as
+soon as they are here. An active told ``backup``, ``fault`` or ``stop`` (or seeing a newer
+active's marker) is fenced: it closes its sockets and media workers at once, sends nothing (no
+BYE: the other box carries the calls now), and ends with exit status 75 so
 systemd starts it again, as a standby.
 """
 
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import signal
@@ -35,11 +36,13 @@ from redis.exceptions import RedisError
 
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
+from gateway.ha.keepalived import FifoReader, follow_fifo
 from gateway.ha.replica import CallWriter, WarmCopy
 from gateway.ha.role import Fence, Promote, Role, RoleMachine
 from gateway.policy.events import SecurityEvent
 from gateway.service import ServiceNotifier, socket_address
 from gateway.state.model import CAPS, REGISTRATIONS
+from gateway.transport import freebind
 
 __all__ = ["EXIT_FENCED", "HaGateway", "gateway_for"]
 
@@ -47,8 +50,6 @@ log = logging.getLogger("gateway.ha")
 
 #: Exit status of a fenced gateway (EX_TEMPFAIL): systemd's Restart=on-failure restarts it.
 EXIT_FENCED = 75
-#: Seconds a promotion waits for the site's addresses to appear on this box.
-ADDRESS_WAIT = 5.0
 #: Seconds between checks of live calls' media checkpoints (written when they moved).
 CHECKPOINT_EVERY = 1.0
 #: Calls whose checkpoints are compared per write round (bounds the loop's work per round).
@@ -72,6 +73,7 @@ class HaGateway(Gateway):
         self.node = config.ha.node or socket.gethostname()
         self.roles = RoleMachine(self.node)
         self.warm = WarmCopy(self.redis.link)
+        self.media.freebind = True  # the media workers' stream sockets (IP_FREEBIND)
         self.writer: CallWriter | None = None
         #: The routes `gateway ha` asks (the composition root hands them to the control socket).
         self.control_routes = self._add_routes
@@ -99,6 +101,11 @@ class HaGateway(Gateway):
                 super()._restore_state()
             finally:
                 self.policy.taking_over = frozenset()
+
+    async def start(self) -> None:
+        await super().start()
+        # Once every surface is up: keepalived's current word may promote this box at once.
+        self.keepalived: FifoReader | None = follow_fifo(self)
 
     async def open_network(self) -> None:
         if self.roles.role is Role.PROMOTING:
@@ -226,14 +233,17 @@ class HaGateway(Gateway):
             await asyncio.wait_for(self.warm.read_all(), timeout)
         except (RedisError, OSError, TimeoutError) as exc:
             log.error("HA: replica not re-read (%s): taking over the warm copy", exc)
-        await self._await_addresses()
         try:  # registrations and caps as the active last wrote them (else the local folder's)
             await asyncio.wait_for(self.redis.store.fetch((REGISTRATIONS, CAPS)), 2 * timeout)
         except TimeoutError:
             log.error("HA: Redis did not answer for the registrations: restoring the local ones")
         self._restore_state()  # registrations and caps, as after a restart
         restored, reopened = await self._restore_calls()
-        await super().open_network()
+        token = freebind.enabled.set(True)  # listeners and provider link: IP_FREEBIND
+        try:
+            await super().open_network()
+        finally:
+            freebind.enabled.reset(token)
         wall = time.time()
         self.writer = CallWriter(
             self.redis.link,
@@ -278,23 +288,6 @@ class HaGateway(Gateway):
             else:
                 self.core.media_problem(key, "media not restored at takeover", now, self._wall())
         return restored, reopened
-
-    async def _await_addresses(self) -> None:
-        """keepalived adds the site's addresses as it notifies: wait (briefly) until each can
-        be bound here (with ``net.ipv4.ip_nonlocal_bind = 1`` at once)."""
-        addresses = {
-            self.config.lan.sip_address,
-            self.config.lan.media_address,
-            self.config.wan.sip_address,
-            self.config.wan.media_address,
-        }
-        assert self._loop is not None
-        deadline = self._loop.time() + ADDRESS_WAIT
-        for address in sorted(addresses):
-            while not _bindable(address):
-                if self._loop.time() >= deadline:
-                    raise OSError(errno.EADDRNOTAVAIL, f"{address} is not on this box")
-                await asyncio.sleep(0.05)
 
     # ------------------------------------------------------------- active
 
@@ -420,6 +413,7 @@ class HaGateway(Gateway):
             ),
             "takeover": self.takeover or None,
             "fence_reason": roles.fence_reason or None,
+            "keepalived_fifo": kf.facts() if (kf := getattr(self, "keepalived", None)) else None,
         }
 
     def metrics_facts(self) -> Mapping[str, Any]:
@@ -452,15 +446,3 @@ def _dumps(data: Any) -> str:
     import json
 
     return json.dumps(data, default=str)
-
-
-def _bindable(address: str) -> bool:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind((address, 0))
-        except OSError as exc:
-            if exc.errno == errno.EADDRNOTAVAIL:
-                return False
-            raise
-    return True

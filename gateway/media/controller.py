@@ -59,6 +59,7 @@ from gateway.media.control import (
 )
 from gateway.media.dtls_identity import DtlsIdentity
 from gateway.state.calls import ReplicatedStream
+from gateway.transport import freebind
 
 __all__ = ["MediaController", "MediaError"]
 
@@ -234,6 +235,8 @@ class MediaController:
         self._workers = [_WorkerHandle(slot) for slot in range(count)]
         self._request_ids = itertools.count(1)
         self._stopping = False
+        #: Stream sockets bind with IP_FREEBIND (an HA pair: gateway.transport.freebind).
+        self.freebind = False
         #: Calls carried over to a restarted worker, since start (for operators' metrics).
         self.calls_restored = 0
 
@@ -534,6 +537,8 @@ class MediaController:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             env = worker_environment(os.environ)
+            if self.freebind:
+                env[freebind.MEDIA_ENV] = "1"
             # The worker must import this very package, installed or not.
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import socket
 
+from gateway.transport import freebind
+
 __all__ = ["SOCKET_BUFFER", "media_socket"]
 
 #: Socket buffers: a few hundred milliseconds of many streams (the kernel caps at rmem_max).
@@ -29,6 +31,8 @@ def media_socket(address: str, port: int, dscp: int) -> socket.socket:
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             with contextlib.suppress(OSError):  # a smaller buffer is not worth failing a call
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        if freebind.media_enabled():  # an HA pair: the address may arrive a moment later
+            freebind.allow_nonlocal(sock)
         sock.bind((address, port))
     except BaseException:
         sock.close()

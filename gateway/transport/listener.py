@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from gateway.limits import TLS_HANDSHAKE_TIMEOUT, ConnectionLimiter, Lease, LimitCounters
 from gateway.policy.events import SecurityEvent
+from gateway.transport import freebind
 from gateway.transport.stream import SipStreamConnection
 
 log = logging.getLogger("gateway.transport")
@@ -74,6 +75,8 @@ class StreamListener:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if freebind.enabled.get():  # an HA promotion: the address may arrive a moment later
+                freebind.allow_nonlocal(sock)
             sock.bind((host, port))
             sock.listen(BACKLOG)
             sock.setblocking(False)

@@ -17,6 +17,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from gateway.transport import freebind
 from gateway.transport.resolver import Target, resolve_provider
 from gateway.transport.stream import SipStreamConnection
 
@@ -130,6 +131,25 @@ class ProviderLink:
             else:
                 delay = self.reconnect_min
 
+    async def _open(
+        self, loop: asyncio.AbstractEventLoop, context: ssl.SSLContext | None, target: Target
+    ) -> tuple[asyncio.BaseTransport, SipStreamConnection]:
+        hostname = target.server_name if context is not None else None
+        if self.local_address and freebind.enabled.get():
+            # An HA promotion: the WAN address may arrive a moment after the connect starts.
+            sock = await freebind.connect(self.local_address, target.address, target.port)
+            return await loop.create_connection(
+                self._connection_factory, sock=sock, ssl=context, server_hostname=hostname
+            )
+        return await loop.create_connection(
+            self._connection_factory,
+            target.address,
+            target.port,
+            ssl=context,
+            server_hostname=hostname,
+            local_addr=(self.local_address, 0) if self.local_address else None,
+        )
+
     async def _connect_once(self) -> None:
         context = self._context_factory()
         targets = await resolve_provider(self.host, self.port, self.server_name)
@@ -140,15 +160,7 @@ class ProviderLink:
         for target in targets:
             try:
                 transport, protocol = await asyncio.wait_for(
-                    loop.create_connection(
-                        self._connection_factory,
-                        target.address,
-                        target.port,
-                        ssl=context,
-                        server_hostname=target.server_name if context is not None else None,
-                        local_addr=(self.local_address, 0) if self.local_address else None,
-                    ),
-                    self.connect_timeout,
+                    self._open(loop, context, target), self.connect_timeout
                 )
             except (OSError, ssl.SSLError, TimeoutError) as exc:
                 errors.append(f"{target.address}:{target.port}: {_describe(exc)}")

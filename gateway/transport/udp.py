@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
+
+from gateway.transport import freebind
 
 log = logging.getLogger("gateway.transport")
 
@@ -59,7 +62,10 @@ async def open_udp(
     on_oversize: Callable[[], None] | None = None,
 ) -> SipUdpEndpoint:
     loop = asyncio.get_running_loop()
-    _, protocol = await loop.create_datagram_endpoint(
-        lambda: SipUdpEndpoint(on_datagram, max_size, on_oversize), local_addr=(host, port)
-    )
+    factory = lambda: SipUdpEndpoint(on_datagram, max_size, on_oversize)  # noqa: E731
+    if freebind.enabled.get():  # an HA promotion: the address may arrive a moment later
+        sock = freebind.bound_socket(host, port, socket.SOCK_DGRAM)
+        _, protocol = await loop.create_datagram_endpoint(factory, sock=sock)
+        return protocol
+    _, protocol = await loop.create_datagram_endpoint(factory, local_addr=(host, port))
     return protocol
