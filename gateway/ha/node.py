@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
+from gateway.ha.keepalived import FifoReader, follow_fifo
 from gateway.ha.replica import CallWriter, WarmCopy
 from gateway.ha.role import Fence, Promote, Role, RoleMachine
 from gateway.policy.events import SecurityEvent
@@ -100,6 +101,11 @@ class HaGateway(Gateway):
                 super()._restore_state()
             finally:
                 self.policy.taking_over = frozenset()
+
+    async def start(self) -> None:
+        await super().start()
+        # Once every surface is up: keepalived's current word may promote this box at once.
+        self.keepalived: FifoReader | None = follow_fifo(self)
 
     async def open_network(self) -> None:
         if self.roles.role is Role.PROMOTING:
@@ -407,6 +413,7 @@ class HaGateway(Gateway):
             ),
             "takeover": self.takeover or None,
             "fence_reason": roles.fence_reason or None,
+            "keepalived_fifo": kf.facts() if (kf := getattr(self, "keepalived", None)) else None,
         }
 
     def metrics_facts(self) -> Mapping[str, Any]:

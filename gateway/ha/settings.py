@@ -30,6 +30,12 @@ class HaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     peer: str = ""
     #: Seconds between the active's writes of changed calls to Redis.
     replicate_interval: Annotated[float, msgspec.Meta(gt=0, le=5)] = 0.2
+    #: keepalived's notify FIFO (``vrrp_notify_fifo``), read by the gateway itself: the words
+    #: arrive in order, with no process start (gateway/ha/keepalived.py). "" = none (the notify
+    #: script's ``gateway ha notify`` only).
+    keepalived_fifo: str = ""
+    #: The ``vrrp_sync_group`` whose lines the gateway acts on; "" = any group's.
+    keepalived_group: str = ""
 
 
 def check_ha(config: Any) -> list[tuple[str, str]]:
@@ -49,6 +55,8 @@ def check_ha(config: Any) -> list[tuple[str, str]]:
         value = getattr(ha, field)
         if value and not _NAME.match(value):
             problems.append((f"ha.{field}", f"expected a host-like name, got {value!r}"))
+    if ha.keepalived_fifo and not ha.keepalived_fifo.startswith("/"):
+        problems.append(("ha.keepalived_fifo", "expected an absolute path"))
     if ha.node and ha.node == ha.peer:
         problems.append(("ha.peer", "the peer is this node: give each box its own name"))
     return problems
