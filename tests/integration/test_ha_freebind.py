@@ -5,9 +5,10 @@ test root there, nothing outside changes), whose loopback is up but holds only 1
 the far end's address. The site's address 127.0.68.200 is on no interface: a plain bind there
 fails (EADDRNOTAVAIL), while the gateway's own code binds it at once when marked for an HA
 pair: the LAN SIP UDP endpoint (``open_udp``), a stream listener (``StreamListener``) and a
-media worker's stream socket (``media_socket`` with the worker's environment). The address is
-then added, as keepalived does on promotion, and a SIP datagram, a TCP connection with a SIP
-message and a media datagram each reach their socket. Waits are socket timeouts and the
+media worker's stream socket (``media_socket`` with the worker's environment); the provider
+link's connection from that address (``freebind.connect``) is started and waits. The address
+is then added, as keepalived does on promotion: the provider link connects from it, and a SIP
+datagram, a TCP connection with a SIP message and a media datagram each reach their socket. Waits are socket timeouts and the
 event loop's own, never fixed sleeps.
 """
 
@@ -78,6 +79,12 @@ async def _in_namespace() -> dict[str, object]:
         freebind.enabled.reset(token)
     os.environ[freebind.MEDIA_ENV] = "1"
     media = media_socket(SITE, 0, 46)
+    provider = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    provider.bind((FAR, 0))
+    provider.listen()
+    linking = asyncio.ensure_future(freebind.connect(SITE, FAR, provider.getsockname()[1]))
+    await asyncio.sleep(0)  # let it start: it waits for the address
+    seen["link_before"] = linking.done()
     seen["bound"] = [
         udp.transport.get_extra_info("sockname")[0] if udp.transport else None,
         listener.address[0],
@@ -85,6 +92,10 @@ async def _in_namespace() -> dict[str, object]:
     ]
 
     _ip("addr", "add", f"{SITE}/32", "dev", "lo")  # keepalived's part
+    link = await asyncio.wait_for(linking, TIMEOUT)
+    seen["link"] = link.getsockname()[0]
+    link.close()
+    provider.close()
     request = (
         f"OPTIONS sip:{SITE} SIP/2.0\r\nVia: SIP/2.0/TCP {FAR}:5060;branch=z9hG4bKfree\r\n"
         f"Max-Forwards: 70\r\nFrom: <sip:a@{FAR}>;tag=1\r\nTo: <sip:b@{SITE}>\r\n"
@@ -137,6 +148,7 @@ def test_a_pairs_sockets_bind_the_site_address_before_it_is_here_and_then_carry_
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["plain_bind"] == errno.EADDRNOTAVAIL  # the address really is not here yet
     assert seen["bound"] == [SITE, SITE, SITE]
+    assert seen["link_before"] is False and seen["link"] == SITE
     assert seen["udp"] == "sip datagram"
     assert seen["media"] == "rtp"
     assert seen["tcp"] == "OPTIONS"
