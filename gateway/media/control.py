@@ -79,6 +79,10 @@ class StreamSpec(msgspec.Struct, frozen=True):
     direction: str = "sendrecv"
     #: DTLS-SRTP keying toward the provider (then ``wan_tx``/``wan_rx`` are None).
     wan_dtls: DtlsKeying | None = None
+    #: SRTCP keying on the WAN RTCP port when DTLS-keyed without rtcp-mux: the RTCP port's
+    #: own association gives it (RFC 5764 §4.1); ``wan_tx``/``wan_rx`` then key SRTP only.
+    wan_rtcp_tx: SrtpKeying | None = None
+    wan_rtcp_rx: SrtpKeying | None = None
 
 
 class SsrcIndex(msgspec.Struct, frozen=True, array_like=True):
@@ -243,6 +247,10 @@ class DtlsKeyed(msgspec.Struct, frozen=True, tag=True):
     generation: int
     tx: SrtpKeying
     rx: SrtpKeying
+    #: Without rtcp-mux, the RTCP port's association's keys once it completed (RFC 5764
+    #: §4.1); the report is sent again then, with both.
+    rtcp_tx: SrtpKeying | None = None
+    rtcp_rx: SrtpKeying | None = None
 
     def __repr__(self) -> str:  # never print key material
         return f"DtlsKeyed({self.call_id!r}, {self.stream}, generation={self.generation})"

@@ -135,8 +135,9 @@ class _Record:
         """The spec a successor (a restarted worker, the other gateway of a pair) opens the
         stream with: a DTLS-keyed one with its association's keys, so no new handshake."""
         spec, keys = self.spec, self.dtls_keys
-        if keys is not None:
-            spec = msgspec.structs.replace(spec, wan_tx=keys.tx, wan_rx=keys.rx)
+        if keys is not None:  # without rtcp-mux, the RTCP port's association's keys too
+            rtcp = {"wan_rtcp_tx": keys.rtcp_tx, "wan_rtcp_rx": keys.rtcp_rx}
+            spec = msgspec.structs.replace(spec, wan_tx=keys.tx, wan_rx=keys.rx, **rtcp)
         return spec
 
     @classmethod
@@ -147,8 +148,10 @@ class _Record:
         dtls, tx, rx = spec.wan_dtls, spec.wan_tx, spec.wan_rx
         if dtls is None or tx is None or rx is None:
             return cls(spec)
+        rtcp_tx, rtcp_rx = spec.wan_rtcp_tx, spec.wan_rtcp_rx
+        spec = msgspec.structs.replace(spec, wan_rtcp_tx=None, wan_rtcp_rx=None)
         record = cls(msgspec.structs.replace(spec, wan_tx=None, wan_rx=None))
-        record.dtls_keys = DtlsKeyed(call_id, stream, dtls.generation, tx, rx)
+        record.dtls_keys = DtlsKeyed(call_id, stream, dtls.generation, tx, rx, rtcp_tx, rtcp_rx)
         return record
 
 
@@ -633,8 +636,8 @@ class MediaController:
             record = self._record(report.call_id, report.stream)
             dtls = record.spec.wan_dtls if record is not None else None
             if record is not None and dtls is not None and dtls.generation == report.generation:
-                record.dtls_keys = report
-                if self.on_dtls_keyed is not None:
+                first, record.dtls_keys = record.dtls_keys is None, report  # again with RTCP's
+                if first and self.on_dtls_keyed is not None:
                     try:
                         self.on_dtls_keyed(
                             report.call_id, report.stream, report.generation, report.tx.suite

@@ -20,12 +20,15 @@ to the relay by the ordinary update path: from then on packets flow exactly as w
   (``DtlsKeying.local_fingerprint``): the worker keeps the current certificate, the one it
   replaced (an offer sent just before a renewal is answered after it) and any an open stream
   names; a named certificate no longer held fails the stream (never another certificate).
-- DTLS runs on the RTP component only: the gateway offers RTCP multiplexing (RFC 5761) and
-  SRTCP is keyed from the RTP association when it is muxed. Without it RFC 5764 §4.1 keys RTCP
-  with an association of its own on the RTCP port, which is not run here: RTCP then fails
-  closed, none crosses the WAN either way (the phone's RTCP, and anything on the WAN RTCP
-  port, the peer's RTCP handshake included, are dropped and counted ``drop_rtcp_unkeyed``),
-  logged once per stream; RTP is keyed and relayed as usual.
+- With RTCP multiplexing (RFC 5761) SRTCP is keyed from the RTP port's association. Without
+  it RFC 5764 §4.1 keys RTCP with an association of its own on the WAN RTCP port: a second
+  :class:`~gateway.media.dtls.DtlsEndpoint` runs there (same role, same certificate, same
+  fingerprint check, DTLS only from the provider's IP), and its exported keys become the
+  spec's ``wan_rtcp_tx``/``wan_rtcp_rx`` (SRTCP both ways) while SRTP keeps the RTP port's.
+  Until it completes RTCP fails closed: none crosses the WAN either way (the phone's RTCP and
+  RTCP on the WAN RTCP port are dropped and counted ``drop_rtcp_unkeyed``). A failed or timed
+  out RTCP handshake leaves it so (logged; the call and its RTP go on). :class:`DtlsKeyed` is
+  sent again once the RTCP keys are known, so a crashed worker's successor carries both on.
 """
 
 from __future__ import annotations
@@ -73,6 +76,10 @@ class _Session:
     timer: float | None = None
     #: Set by a datagram: the loop applies the outcome after the packet's turn.
     changed: bool = field(default=False)
+    #: Without rtcp-mux: the WAN RTCP port's association (RFC 5764 §4.1), a session of its
+    #: own whose ``parent`` is the RTP port's.
+    rtcp: _Session | None = None
+    parent: _Session | None = None
 
 
 class DtlsStreams:
@@ -135,10 +142,15 @@ class DtlsStreams:
         relay: RelayStream,
         sock: socket.socket,
         now: float,
+        rtcp_sock: socket.socket | None = None,
     ) -> dict[int, _Handler]:
         """Take a DTLS-keyed stream; returns the handlers for its four sockets, by socket
-        index (``relay.LAN_RTP`` …): DTLS on the WAN RTP port, the RTCP rules on the others."""
+        index (``relay.LAN_RTP`` …): DTLS on the WAN RTP port (and on ``rtcp_sock``, the WAN
+        RTCP port, without rtcp-mux), the RTCP rules on the others."""
         session = _Session(key, call_id, index, relay, sock, relay.spec)
+        if rtcp_sock is not None:
+            session.rtcp = _Session(f"{key}#rtcp", call_id, index, relay, rtcp_sock, relay.spec)
+            session.rtcp.parent = session
         self._sessions[key] = session
         self._start(session, relay.spec, now)
         lan_rtp, wan_rtp = relay.from_lan_rtp, relay.from_wan_rtp
@@ -163,6 +175,10 @@ class DtlsStreams:
             return lan_rtcp(data, source, now)
 
         def from_wan_rtcp(data: bytes, source: Address, now: float) -> Forward | None:
+            rtcp = session.rtcp
+            if data and 20 <= data[0] <= 63 and rtcp is not None and self._rtcp_runs(session):
+                self._datagram(rtcp, data, source, now)  # RFC 5764 §4.1: RTCP's own
+                return None
             if self._rtcp_unkeyed(session, data, lan=False):
                 return None
             return wan_rtcp(data, source, now)
@@ -187,6 +203,7 @@ class DtlsStreams:
     def close(self, key: str) -> None:
         self._sessions.pop(key, None)
         self._timed.pop(key, None)
+        self._timed.pop(f"{key}#rtcp", None)
 
     def __contains__(self, key: str) -> bool:
         return key in self._sessions
@@ -200,7 +217,8 @@ class DtlsStreams:
         changed, self._changed = self._changed, []
         for session in changed:
             session.changed = False
-            if self._sessions.get(session.key) is session:  # not closed since
+            owner = session.parent or session
+            if self._sessions.get(owner.key) is owner:  # not closed since
                 self._settle(session, now)
         if now >= self.next_due:
             for session in list(self._timed.values()):
@@ -224,6 +242,25 @@ class DtlsStreams:
     # -- internals -----------------------------------------------------------------------
 
     def _start(self, session: _Session, spec: StreamSpec, now: float) -> None:
+        self._start_rtp(session, spec, now)
+        rtcp = session.rtcp
+        if rtcp is not None:
+            rtcp.spec = spec
+            if self._rtcp_runs(session):
+                self._start_rtp(rtcp, spec, now)
+            else:
+                rtcp.endpoint = rtcp.done = rtcp.timer = None
+                rtcp.generation = -1
+                self._timed.pop(rtcp.key, None)
+
+    @staticmethod
+    def _rtcp_runs(session: _Session) -> bool:
+        """The WAN RTCP port has an association of its own: DTLS-keyed, no rtcp-mux."""
+        return session.spec.wan_dtls is not None and not session.spec.wan_rtcp_mux
+
+    def _start_rtp(self, session: _Session, spec: StreamSpec, now: float) -> None:
+        """Start (or keep) the association of ``session``: the RTP port's, or the RTCP
+        port's (``session.parent`` set), whose restored keys are ``wan_rtcp_tx``/``rx``."""
         keying = spec.wan_dtls
         if keying is None:
             session.endpoint = None
@@ -231,11 +268,14 @@ class DtlsStreams:
             return
         if keying.generation == session.generation and (session.endpoint or session.done):
             return  # RFC 5763 §6.6: nothing changed, the association stands
-        if spec.wan_tx is not None and spec.wan_rx is not None:
+        tx, rx = spec.wan_tx, spec.wan_rx
+        if session.parent is not None:  # the RTCP port's association
+            tx, rx = spec.wan_rtcp_tx, spec.wan_rtcp_rx
+        if tx is not None and rx is not None:
             # A stream a crashed worker held, re-opened with the keys its handshake gave
             # (DtlsKeyed): the association carries on, the provider starts no new one.
             session.generation = keying.generation
-            session.done = DtlsDone(spec.wan_tx.suite, spec.wan_tx, spec.wan_rx, "")
+            session.done = DtlsDone(tx.suite, tx, rx, "")
             session.endpoint = None
             return
         if keying.role == "client" and spec.provider_addr is None:
@@ -283,6 +323,8 @@ class DtlsStreams:
         spec = session.spec
         if spec.wan_dtls is None or spec.wan_rtcp_mux:
             return False
+        if session.rtcp is not None and session.rtcp.done is not None:
+            return False  # keyed by the RTCP port's association
         counters = session.relay.counters
         if lan:
             counters.lan_in_packets += 1
@@ -293,13 +335,16 @@ class DtlsStreams:
         counters.drop_rtcp_unkeyed += 1
         if self._warn is not None:  # the worker says it once, the counter says it per call
             self._warn(
-                "a DTLS-SRTP stream without rtcp-mux: its RTCP is not carried on the WAN (no "
-                "DTLS association on the RTCP port, RFC 5764 §4.1; counted drop_rtcp_unkeyed)"
+                "a DTLS-SRTP stream without rtcp-mux: its RTCP is not carried on the WAN until "
+                "the RTCP port's DTLS association completes (RFC 5764 §4.1; counted "
+                "drop_rtcp_unkeyed)"
             )
         return True
 
     def _datagram(self, session: _Session, data: bytes, source: Address, now: float) -> None:
         provider = session.spec.provider_addr
+        if session.parent is not None:
+            provider = session.spec.provider_rtcp_addr or provider
         endpoint = session.endpoint
         if provider is None or source[0] != provider[0]:
             session.relay.counters.dtls_wrong_source += 1
@@ -320,28 +365,48 @@ class DtlsStreams:
             return
         result = endpoint.result
         session.timer = endpoint.get_timer(now)
+        owner = session.parent or session
         if isinstance(result, DtlsDone) and session.done is None:
             session.done = result
-            session.relay.update(self._keyed(session))
+            session.relay.update(self._keyed(owner))
             session.relay.counters.dtls_handshakes += 1
-            generation = session.generation
-            self._send_report(
-                DtlsKeyed(session.call_id, session.index, generation, result.tx, result.rx)
-            )
+            done, rtcp = owner.done, owner.rtcp.done if owner.rtcp is not None else None
+            if done is not None:  # RTP's keys first; RTCP's with them once known
+                self._send_report(
+                    DtlsKeyed(
+                        owner.call_id,
+                        owner.index,
+                        owner.generation,
+                        done.tx,
+                        done.rx,
+                        rtcp.tx if rtcp is not None else None,
+                        rtcp.rx if rtcp is not None else None,
+                    )
+                )
         elif isinstance(result, DtlsFailure):
             self._fail(session, result.reason)
 
     def _keyed(self, session: _Session) -> StreamSpec:
         spec, done = session.spec, session.done
-        if done is None or spec.wan_dtls is None:
+        if spec.wan_dtls is None:
             return spec
-        return structs.replace(spec, wan_tx=done.tx, wan_rx=done.rx)
+        if done is not None:
+            spec = structs.replace(spec, wan_tx=done.tx, wan_rx=done.rx)
+        rtcp = session.rtcp.done if session.rtcp is not None else None
+        if rtcp is not None and not spec.wan_rtcp_mux:
+            spec = structs.replace(spec, wan_rtcp_tx=rtcp.tx, wan_rtcp_rx=rtcp.rx)
+        return spec
 
     def _transmit(self, session: _Session) -> None:
         endpoint = session.endpoint
         if endpoint is None:
             return
-        dest = session.peer or session.spec.provider_addr
+        spec = session.spec
+        dest = session.peer or spec.provider_addr
+        if session.parent is not None and session.peer is None:
+            # The provider's RTCP address: its a=rtcp, or its RTP port + 1 (RFC 3605).
+            rtp = spec.provider_addr
+            dest = spec.provider_rtcp_addr or (None if rtp is None else (rtp[0], rtp[1] + 1))
         out = endpoint.datagrams_to_send()
         if dest is None:
             return
@@ -352,6 +417,12 @@ class DtlsStreams:
 
     def _fail(self, session: _Session, reason: str) -> None:
         session.timer = None
+        if session.parent is not None:
+            # Only RTCP is at stake: it stays dropped (fail closed), the call goes on.
+            if not session.reported and self._warn is not None:
+                self._warn(f"DTLS on a WAN RTCP port failed, its RTCP stays dropped: {reason}")
+            session.reported = True
+            return
         if not session.reported:
             session.reported = True
             self._send_report(DtlsFailed(session.call_id, session.index, reason))

@@ -279,6 +279,8 @@ class RelayStream:
         "_provider_rtcp_latched",
         "_provider_rtp",
         "_provider_rtp_latched",
+        "_rtcp_rx",
+        "_rtcp_tx",
         "_rx",
         "_spec",
         "_ssrc_idle",
@@ -302,6 +304,9 @@ class RelayStream:
         self.counters = StreamCounters()
         self._tx: SrtpProtector | None = None
         self._rx: SrtpUnprotector | None = None
+        # SRTCP on the WAN RTCP port keyed apart (spec.wan_rtcp_tx/rx: DTLS without mux).
+        self._rtcp_tx: SrtpProtector | None = None
+        self._rtcp_rx: SrtpUnprotector | None = None
         self._phone_ip: str | None = None
         self._phone_rtp: Address | None = None
         self._phone_rtcp: Address | None = None
@@ -450,8 +455,12 @@ class RelayStream:
             self._lan_ssrcs = SsrcGate(self._ssrc_idle)
         if rx is not self._rx:
             self._wan_ssrcs = SsrcGate(self._ssrc_idle)
-        self._tx = tx
-        self._rx = rx
+        rtcp_tx, rtcp_rx = self._rtcp_tx, self._rtcp_rx
+        if not same_keying(spec.wan_rtcp_tx, old.wan_rtcp_tx):
+            rtcp_tx = SrtpProtector(spec.wan_rtcp_tx) if spec.wan_rtcp_tx else None
+        if not same_keying(spec.wan_rtcp_rx, old.wan_rtcp_rx):
+            rtcp_rx = SrtpUnprotector(spec.wan_rtcp_rx) if spec.wan_rtcp_rx else None
+        self._tx, self._rx, self._rtcp_tx, self._rtcp_rx = tx, rx, rtcp_tx, rtcp_rx
         self._plain = spec.wan_plaintext
 
         if spec.phone_addr != old.phone_addr or spec.phone_rtcp_addr != old.phone_rtcp_addr:
@@ -475,8 +484,8 @@ class RelayStream:
 
     def close(self) -> None:
         """Forget the SRTP contexts (and with them the keys) when the call ends."""
-        self._tx = None
-        self._rx = None
+        self._tx = self._rtcp_tx = None
+        self._rx = self._rtcp_rx = None
         self._spec = StreamSpec(lan_port=self._spec.lan_port, wan_port=self._spec.wan_port)
         self._changed()
 
@@ -640,7 +649,7 @@ class RelayStream:
         if dest is None:
             c.drop_no_peer += 1
             return None
-        tx = self._tx
+        tx = self._tx if self._to_provider_rtcp_via == WAN_RTP else self._rtcp_tx or self._tx
         if tx is not None:
             try:
                 out = tx.protect_rtcp(data)
@@ -751,7 +760,7 @@ class RelayStream:
 
     def _wan_rtcp(self, data: bytes, source: Address, now: float, muxed: bool) -> Forward | None:
         c = self.counters
-        rx = self._rx
+        rx = self._rx if muxed else self._rtcp_rx or self._rx
         if rx is not None:
             try:
                 out = rx.unprotect_rtcp(data)

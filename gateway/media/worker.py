@@ -82,6 +82,7 @@ from gateway.media.relay import (
     LAN_RTP,
     MAX_DATAGRAM,
     SSRC_IDLE_S,
+    WAN_RTCP,
     WAN_RTP,
     Address,
     Forward,
@@ -528,7 +529,8 @@ class _Worker:
     def _dtls_take(self, stream: _Stream, call_id: str, index: int, now: float) -> None:
         """DTLS-SRTP on the WAN RTP port (RFC 7983 demultiplexing), its RTCP rules on both."""
         wan = stream.sockets[WAN_RTP]
-        handlers = self._dtls.open(stream.key, call_id, index, stream.relay, wan, now)
+        rtcp = stream.sockets[WAN_RTCP]  # its own association without rtcp-mux (RFC 5764 §4.1)
+        handlers = self._dtls.open(stream.key, call_id, index, stream.relay, wan, now, rtcp)
         for which, handler in handlers.items():
             sock = stream.sockets[which]
             entry = self._handlers[sock.fileno()]

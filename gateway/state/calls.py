@@ -314,5 +314,8 @@ def _replace_masters(record: CallRecord, change: Callable[[bytes], bytes]) -> Ca
         spec = stream.spec
         tx_keying = keying(spec.wan_tx)
         spec = replace(spec, wan_tx=tx_keying, wan_rx=keying(spec.wan_rx))
+        # DTLS without rtcp-mux: the RTCP port's association's keys (sealed alike).
+        rtcp_tx = keying(spec.wan_rtcp_tx)
+        spec = replace(spec, wan_rtcp_tx=rtcp_tx, wan_rtcp_rx=keying(spec.wan_rtcp_rx))
         streams.append(replace(stream, spec=spec))
     return replace(record, media=media, streams=tuple(streams))
