@@ -154,6 +154,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.app import configure_logging
     from gateway.ha.node import gateway_for
+    from gateway.startup import StartFailed, run_guarded
 
     # The checks of `check-config`, files included: a gateway that would fail on a missing
     # certificate or an unwritable state folder says so, every problem at once, before it
@@ -171,10 +172,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         gateway = gateway_for(config)  # [ha] enabled: starts as standby (gateway/ha/)
-        await gateway.run_forever(drain=args.drain)
+        await run_guarded(gateway, args.drain)  # a failed start ends, non-zero, with why
 
     try:
         _run_loop(main())
+    except StartFailed as exc:
+        print(f"error: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except CertificateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
