@@ -9,7 +9,7 @@ Usage (from the repository root, as root: it builds network namespaces)::
 **Drills** run in the HA lab of the interop tests (tests/interop/ha_lab.py, ha_pair.py): two
 gateways with ``[ha] enabled`` in their own namespaces, keepalived (VRRPv3, 0.2 s adverts,
 unicast, both virtual addresses in one sync group, a check script every second that fails when
-the node's gateway is gone, ``gateway ha notify`` from its notify FIFO), Redis on a UNIX socket,
+the node's gateway is gone, the gateway reading keepalived's notify FIFO), Redis on a UNIX socket,
 kamailio over TLS with srtp-mand baresips, plain baresips on the LAN bridge; tshark on both
 bridges. With N calls up (440 Hz from each plain phone, 1000 Hz from each SRTP phone) one of:
 
@@ -35,9 +35,12 @@ BYE; 10 at a time, 50 per second at most); measured over those: the signalling p
 (utime + stime from /proc/PID/stat, the main process only: media workers are children) per
 call set-up, and the extra on B in percent of A's. Redis' own CPU is reported beside it.
 
-``--notify socket`` has keepalived's notify post the word to the control socket with curl
-instead of running ``gateway ha notify``: the same takeover without a Python interpreter's
-start, to show how much of the gap that start is (results in ``failover-<date>-socket-notify``).
+By default each gateway reads keepalived's notify FIFO itself (``[ha] keepalived_fifo``, as
+deploy/ha/keepalived.conf has it; results in ``failover-<date>-fifo``). ``--notify cli`` runs
+``gateway ha notify`` from keepalived's notify script instead (results in
+``failover-<date>``), ``--notify socket`` posts the word to the control socket with curl
+(``failover-<date>-socket-notify``). ``--check script`` tracks the gateway with
+deploy/ha/ha-check and the deployed timing instead of the process's state.
 
 Writes a table to stdout and JSON to ``bench/results/failover-<date>.json`` (``--json`` for
 another file). Nothing here asserts: CI's smoke run (tests/test_bench_failover.py) checks the
@@ -90,8 +93,8 @@ AUDIO = 3.0
 PHONE = "127.0.14.10"
 GATEWAY_B = ("127.0.14.22", "127.0.14.23")
 TICKS = os.sysconf("SC_CLK_TCK")
-Notify = Literal["cli", "socket"]
-Check = Literal["proc", "gateway"]
+Notify = Literal["fifo", "cli", "socket"]
+Check = Literal["proc", "gateway", "script"]
 
 
 def missing_binaries() -> list[str]:
@@ -345,17 +348,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="2 calls, 20 set-ups (CI)")
     parser.add_argument(
         "--notify",
-        choices=("cli", "socket"),
-        default="cli",
-        help="keepalived's notify runs `gateway ha notify` (cli, the default) or posts the "
-        "word to the control socket with curl (socket: the takeover without a Python start)",
+        choices=("fifo", "cli", "socket"),
+        default="fifo",
+        help="the gateway reads keepalived's notify FIFO itself (fifo, the default, as "
+        "deploy/ha/keepalived.conf has it), keepalived's notify runs `gateway ha notify` (cli) "
+        "or posts the word to the control socket with curl (socket)",
     )
     parser.add_argument(
         "--check",
-        choices=("proc", "gateway"),
+        choices=("proc", "gateway", "script"),
         default="proc",
-        help="keepalived's track script: the gateway process's state (proc, the default) or "
-        "`gateway ha check` with deploy/ha/keepalived.conf's timing (gateway)",
+        help="keepalived's track script: the gateway process's state (proc, the default), "
+        "deploy/ha/ha-check with deploy/ha/keepalived.conf's timing (script) or `gateway ha "
+        "check` every second, 3 s timeout (gateway)",
     )
     parser.add_argument(
         "--no-replication", action="store_true", help="the drills only (no set-up loop)"
@@ -402,8 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     print(table(drills, cost))
-    suffix = "" if args.notify == "cli" else "-socket-notify"
-    suffix += "" if args.check == "proc" else "-gateway-check"
+    suffix = {"cli": "", "socket": "-socket-notify", "fifo": "-fifo"}[args.notify]
+    suffix += {"proc": "", "gateway": "-gateway-check", "script": "-script-check"}[args.check]
     path = args.json or RESULTS / f"failover-{started:%Y-%m-%d}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")

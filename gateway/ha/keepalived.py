@@ -186,7 +186,7 @@ class FifoReader:
         ensure_fifo(self.path)
         # Read-write: the pipe stays open while keepalived restarts (no end-of-file to spin
         # on), and what keepalived writes while the gateway is away waits for it.
-        fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
         self._fd = fd
         waiting = self._read_all()
         words = self.lines.settle(waiting) if settle else self.lines.feed(waiting)

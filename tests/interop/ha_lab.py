@@ -146,6 +146,7 @@ class Keepalived(ManagedProcess):
         priority: int,
         check: Path | None = None,
         check_timing: tuple[int, int, int] = (1, 1, 1),
+        gateway_fifo: Path | None = None,
     ) -> None:
         """``check``: a script that fails when the node's gateway is gone; while it fails the
         node is not master (keepalived's ``track_script``)."""
@@ -179,7 +180,10 @@ class Keepalived(ManagedProcess):
             "  vrrp_garp_master_repeat 2\n"
             f"  notify_fifo {workdir / 'notify.fifo'}\n"
             f"  notify_fifo_script {notify}\n"
-            "}\n" + _track_script(check, check_timing) + "vrrp_sync_group GATEWAY {\n"
+            + (f"  vrrp_notify_fifo {gateway_fifo}\n" if gateway_fifo else "")
+            + "}\n"
+            + _track_script(check, check_timing)
+            + "vrrp_sync_group GATEWAY {\n"
             "  group {\n    VI_LAN\n    VI_WAN\n  }\n"
             "}\n" + "".join(instances)
         )
@@ -337,14 +341,19 @@ class HaLab:
     def notify_log(self, node: Node) -> Path:
         return self.workdir / node / "notify.log"
 
+    def gateway_fifo(self, node: Node) -> Path:
+        """keepalived's ``vrrp_notify_fifo`` of ``node``, read by its gateway ([ha]
+        keepalived_fifo), as deploy/ha/keepalived.conf has it."""
+        return self.workdir / node / "gateway.fifo"
+
     def start_keepalived(
         self,
         node: Node,
         *,
         gateway_notify: bool = False,
         track_gateway: bool = False,
-        notify_via: Literal["cli", "socket"] = "cli",
-        check_via: Literal["proc", "gateway"] = "proc",
+        notify_via: Literal["fifo", "cli", "socket"] = "fifo",
+        check_via: Literal["proc", "gateway", "script"] = "proc",
     ) -> Keepalived:
         """keepalived in ``node``'s namespace; gwa has the higher priority. With
         ``gateway_notify`` the notify script also runs ``gateway ha notify STATE``; with
@@ -353,7 +362,12 @@ class HaLab:
         instead of running ``gateway ha notify`` (the same request without a Python start:
         how much of the takeover that start costs). ``check_via="gateway"`` checks with
         ``gateway ha check`` every second, 3 s timeout, 2 falls and rises, as
-        deploy/ha/keepalived.conf does, instead of the gateway process's state."""
+        deploy/ha/keepalived.conf did before, instead of the gateway process's state.
+        ``notify_via="fifo"`` (the default, as deploy/ha/keepalived.conf has it): keepalived
+        writes its ``vrrp_notify_fifo``, which the gateway reads itself (start it with
+        ``[ha] keepalived_fifo`` = :meth:`gateway_fifo`); the notify script below then only
+        logs. ``check_via="script"``: deploy/ha/ha-check on the gateway's control socket with
+        deploy/ha/keepalived.conf's timing."""
         workdir = self.workdir / node
         workdir.mkdir(parents=True, exist_ok=True)
         script = workdir / "notify.sh"
@@ -366,15 +380,16 @@ class HaLab:
                 ' -d "{\\"state\\": \\"$state\\"}" http://gateway/ha/notify'
                 f" >> {shlex.quote(str(workdir / 'notify.out'))} 2>&1"
             )
-        elif gateway_notify:
+        elif gateway_notify and notify_via == "cli":
             conf = workdir / "gw" / "gateway.toml"
             tell = (
                 f'{shlex.quote(sys.executable)} -m gateway ha notify "$state" --config '
                 f"{shlex.quote(str(conf))} >> {shlex.quote(str(workdir / 'notify.out'))} 2>&1"
             )
         # keepalived's notify_fifo: one line per change, in order ("GROUP" "GATEWAY" MASTER
-        # 150), read by this one script. Separate notify_master/backup scripts run side by
-        # side, and a slow "backup" could reach the gateway after the "master" that followed.
+        # 150), read by this one script (it logs each word; with notify_via "fifo" the gateway
+        # reads its own copy, vrrp_notify_fifo). Separate notify_master/backup scripts run side
+        # by side, and a slow "backup" could reach the gateway after the "master" that followed.
         lines = [
             "#!/bin/sh",
             "# From the repository: a folder named like a subpackage of ``gateway`` in the",
@@ -392,7 +407,17 @@ class HaLab:
         priority = 150 if node == "gwa" else 100
         check: Path | None = None
         timing = (1, 1, 1)
-        if track_gateway and check_via == "gateway":
+        if track_gateway and check_via == "script":
+            check = workdir / "gateway-up.sh"
+            control_socket = workdir / "gw" / "control.sock"
+            check.write_text(
+                "#!/bin/sh\n"
+                f"exec {shlex.quote(str(REPO / 'deploy' / 'ha' / 'ha-check'))} "
+                f"{shlex.quote(str(control_socket))}\n"
+            )
+            check.chmod(0o700)
+            timing = (1, 2, 2)
+        elif track_gateway and check_via == "gateway":
             check = workdir / "gateway-up.sh"
             conf = workdir / "gw" / "gateway.toml"
             check.write_text(
@@ -413,7 +438,10 @@ class HaLab:
                 'case "$state" in ""|Z|X) exit 1 ;; esac\n'
             )
             check.chmod(0o700)
-        keepalived = Keepalived(workdir, node, self.netns(node), script, priority, check, timing)
+        fifo = self.gateway_fifo(node) if gateway_notify and notify_via == "fifo" else None
+        keepalived = Keepalived(
+            workdir, node, self.netns(node), script, priority, check, timing, fifo
+        )
         self.keepalived[node] = self.start(keepalived)
         return keepalived
 

@@ -2,7 +2,8 @@
 
 Built on tests/interop/ha_lab.py: Redis on a UNIX socket, kamailio (TLS) in ``wan``, a gateway
 with ``[ha] enabled`` in each of ``gwa`` and ``gwb`` (both start as standby, no listener), and
-one keepalived per node whose notify scripts run ``gateway ha notify STATE`` and which tracks
+one keepalived per node whose notify FIFO the node's gateway reads ([ha] keepalived_fifo,
+as deploy/ha/keepalived.conf has it; or, on request, ``gateway ha notify STATE``) and which tracks
 its node's gateway process (``track_process``: a killed gateway takes its node out of the
 election at once). gwa has the higher VRRP priority, so it is promoted first.
 
@@ -85,9 +86,13 @@ def control(gw: GatewayProcess, path: str) -> dict[str, Any]:
     return control_request(str(gw.config_path.parent / "control.sock"), "GET", path, timeout=10)
 
 
-def ha_config(node: Node) -> dict[str, Any]:
+def ha_config(node: Node, fifo: Path | None = None) -> dict[str, Any]:
+    """``[ha]`` of one node; with ``fifo`` its gateway reads keepalived's notify FIFO."""
     peer = NODES[1 - NODES.index(node)]
-    return {"ha": {"enabled": True, "node": node, "peer": peer, "replicate_interval": 0.2}}
+    ha: dict[str, Any] = {"enabled": True, "node": node, "peer": peer, "replicate_interval": 0.2}
+    if fifo is not None:
+        ha.update(keepalived_fifo=str(fifo), keepalived_group="GATEWAY")
+    return {"ha": ha}
 
 
 @dataclass
@@ -101,14 +106,15 @@ class Pair:
     def start(
         cls,
         lab: HaLab,
-        notify_via: Literal["cli", "socket"] = "cli",
-        check_via: Literal["proc", "gateway"] = "proc",
+        notify_via: Literal["fifo", "cli", "socket"] = "fifo",
+        check_via: Literal["proc", "gateway", "script"] = "proc",
     ) -> Pair:
         lab.start_redis()
         lab.start_kamailio()
         pair = cls(lab)
         for node in NODES:
-            pair.gateways[node] = lab.gateway(node, config=ha_config(node), wait=False)
+            fifo = lab.gateway_fifo(node) if notify_via == "fifo" else None
+            pair.gateways[node] = lab.gateway(node, config=ha_config(node, fifo), wait=False)
         for node in NODES:
             pair.wait_role(node, "standby")
         # gwa's keepalived first: two started together may both time out before hearing each
