@@ -181,6 +181,12 @@ def format_ha_status(data: dict[str, Any], now: float) -> str:
             f"takeover:     {takeover.get('restored')} of {takeover.get('replicated')} call(s), "
             f"media re-opened for {takeover.get('media')}, in {takeover.get('seconds')} s"
         )
+    fifo = data.get("keepalived_fifo")
+    if fifo:  # [ha] keepalived_fifo: what the gateway read of keepalived's notify FIFO
+        lines.append(
+            f"keepalived:   {fifo['path']}: last {fifo['last'] or 'none'}, {fifo['acted']} "
+            f"word(s) acted on, {fifo['unknown']} unknown line(s), reopened {fifo['reopened']}"
+        )
     if data.get("fence_reason"):
         lines.append(f"fenced:       {data['fence_reason']}")
     return "\n".join(lines)

@@ -7,6 +7,8 @@ into the FIFO by the test as keepalived writes them: the gateway creates the FIF
 a ``GROUP`` MASTER line that waited in the pipe before the gateway started promotes it,
 instance lines and noise are counted and ignored, the FIFO removed and made again (keepalived
 restarted) is followed, and a later ``GROUP ... BACKUP`` fences the gateway (exit 75).
+deploy/ha/ha-check (keepalived's track script) passes on the active gateway and fails once it
+is gone.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import secrets
 import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -36,6 +39,7 @@ WAN = "127.0.69.21"
 PROVIDER = "127.0.69.30"
 PASSWORD = "lab-secret-" + secrets.token_hex(4)
 KEY_ENV = "GATEWAY_TEST_HA_FIFO_KEY"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write(fifo: Path, text: str) -> None:
@@ -108,6 +112,8 @@ async def test_gateway_follows_keepalived_fifo_in_order(
         assert (tmp_path / "state" / "ha-vrrp-state").read_text().startswith("master ")
         assert await wait_for(lambda: len(provider.refresh_tls_sessions()) >= 1, 30.0)
         os.close(holder)
+        # keepalived's track script as deployed: passes while the gateway is active.
+        assert await asyncio.to_thread(_ha_check, tmp_path / "control.sock") == 0
 
         # Lines that are not the group's are counted and change nothing.
         _write(fifo, 'INSTANCE "VI_WAN" FAULT 100\nGROUP "OTHER" BACKUP 0\nhello\n')
@@ -134,9 +140,17 @@ async def test_gateway_follows_keepalived_fifo_in_order(
         code = await asyncio.to_thread(run.process.wait, 30)
         assert code == EXIT_FENCED, run.log()
         assert "keepalived says backup" in run.log()
+        # The fenced gateway is gone: the track script fails.
+        assert await asyncio.to_thread(_ha_check, tmp_path / "control.sock") == 1
     finally:
         run.stop()
         await provider.stop()
+
+
+def _ha_check(control_socket: Path) -> int:
+    script = ROOT / "deploy" / "ha" / "ha-check"
+    done = subprocess.run([str(script), str(control_socket)], capture_output=True, timeout=30)
+    return done.returncode
 
 
 async def _until(check, timeout: float) -> bool:  # type: ignore[no-untyped-def]

@@ -60,3 +60,15 @@ def test_settle_keeps_only_keepalived_current_word() -> None:
         "backup",
         "master",
     ]
+
+
+def test_ha_status_names_what_the_fifo_gave() -> None:
+    from gateway.ha.commands import format_ha_status
+
+    fifo = {"path": "/run/x.fifo", "reopened": 1, **NotifyLines().facts()}
+    fifo.update(last="master", acted=3, unknown=2)
+    text = format_ha_status({"role": "active", "keepalived_fifo": fifo}, 0.0)
+    assert (
+        "keepalived:   /run/x.fifo: last master, 3 word(s) acted on, 2 unknown line(s), "
+        "reopened 1" in text
+    )
