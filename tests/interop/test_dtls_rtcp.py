@@ -2,12 +2,12 @@
 
 rtpengine offers UDP/TLS/RTP/SAVP without a=rtcp-mux (its default unless told ``rtcp-mux:
 offer``; answering the gateway's own offer it also declines a=rtcp-mux unless told
-``rtcp-mux: accept``), so RTP and RTCP stay on two ports. RFC 5764 §4.1 would key RTCP with a
-second DTLS association on the RTCP port; the gateway does not run one, and fails closed for
-RTCP: none crosses the WAN leg either way (the phone's RTCP and anything on the gateway's WAN
-RTCP port are dropped and counted ``drop_rtcp_unkeyed``), while RTP is keyed and relayed as
-usual. Checked with a capture: tones both ways, DTLS then SRTP on the RTP ports, nothing from
-the gateway to rtpengine's RTCP port, no plain RTCP anywhere on the WAN.
+``rtcp-mux: accept``), so RTP and RTCP stay on two ports. RFC 5764 §4.1 keys RTCP with a
+second DTLS association on the RTCP port, which the gateway runs beside the RTP port's (same
+role, same certificate, same fingerprint check): SRTP keeps the RTP port's keys, SRTCP both ways
+takes the RTCP port's. Checked with a capture: tones both ways, two DTLS handshakes (one per
+port pair), then SRTP on the RTP ports and SRTCP on the RTCP ports both ways, never plain RTCP
+on the WAN, and the provider's RTCP reaching the phone as plain RTCP on the LAN.
 
 Layout, in one network namespace: kamailio (TLS, 127.0.0.1), the gateway (LAN 127.0.67.20,
 WAN 127.0.67.21), a plain baresip behind it (2001, 440 Hz), rtpengine on 127.0.67.40 in front
@@ -16,6 +16,7 @@ of a plain party (1000 Hz).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Callable
@@ -23,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.lab.audio import analyse_wav, write_ulaw_tone
+from gateway.lab.audio import analyse_wav, write_tone, write_ulaw_tone
+from gateway.media.relay import is_plain_rtcp
 from tests.interop.conftest import ProcessSet, Tones
 from tests.interop.gateway_process import GatewayLayout, GatewayProcess
 from tests.interop.peers import Kamailio, NetNamespace, Rtpengine, status_code
@@ -70,7 +72,7 @@ def site(
 
 
 @pytest.mark.matrix(peer="rtpengine-edge", scenario="call in (DTLS, RTCP not muxed)")
-def test_unmuxed_rtcp_on_a_dtls_leg_never_crosses_the_wan(site: Site) -> None:
+def test_unmuxed_rtcp_on_a_dtls_leg_is_keyed_by_its_own_association(site: Site) -> None:
     rtpe = site.procs.start(
         Rtpengine(
             site.tmp / "rtpengine",
@@ -80,8 +82,11 @@ def test_unmuxed_rtcp_on_a_dtls_leg_never_crosses_the_wan(site: Site) -> None:
         )
     )
     cap = site.capture("udp")
+    # The phone's tone outlasts the call (baresip hangs up when its file ends).
+    long_440 = write_tone(site.tmp / "tone440-long.wav", 440.0, 16.0)
+    site.tones = dataclasses.replace(site.tones, wav_440=long_440)
     legacy = site.legacy_phone(LEGACY)
-    party = PlainParty(site, write_ulaw_tone(site.tmp / "tone1000.ulaw", 1000.0, 8.0))
+    party = PlainParty(site, write_ulaw_tone(site.tmp / "tone1000.ulaw", 1000.0, 14.0))
     caller = TlsCaller(site)
     try:
         offer = rtpe.ng(
@@ -122,9 +127,9 @@ def test_unmuxed_rtcp_on_a_dtls_leg_never_crosses_the_wan(site: Site) -> None:
         caller.ack_and_route(final)
         legacy.wait_established(10)
         party.start((RTPENGINE, plain_port))
-        # Six seconds of tone: long enough for both ends' RTCP intervals (a duration of
-        # audio, not a wait for something to happen).
-        time.sleep(6.0)
+        # Twelve seconds of tone: two of both ends' RTCP intervals (5 s) after the RTCP
+        # port's handshake (a duration of audio, not a wait for something to happen).
+        time.sleep(12.0)
         assert caller.bye() == 200
         legacy.wait_terminated()
     finally:
@@ -156,10 +161,33 @@ def test_unmuxed_rtcp_on_a_dtls_leg_never_crosses_the_wan(site: Site) -> None:
     }
     print("WAN flows (src port, dst port, kind):", sorted(summary))
     ours = [p for p in media if p.src[0] == WAN_ADDRESS]
-    assert any(20 <= p.payload[0] <= 63 for p in ours), "no handshake from the gateway"
-    to_rtcp_port = [p for p in ours if p.dst[1] == rtpe_rtp + 1 or p.src[1] == gw_rtp + 1]
-    assert not to_rtcp_port, f"{len(to_rtcp_port)} datagrams on the RTCP ports from the gateway"
-    assert not [p for p in ours if p.is_rtcp_like() and p.payload[1] in (200, 201)]
+    theirs = [p for p in media if p.dst[0] == WAN_ADDRESS]
+    pairs = ((gw_rtp, rtpe_rtp, "rtp"), (gw_rtp + 1, rtpe_rtp + 1, "rtcp"))
+    for gw_port, rtpe_port, kind in pairs:
+        pair = [p for p in media if {p.src[1], p.dst[1]} == {gw_port, rtpe_port}]
+        sent = [p for p in pair if p in ours]
+        received = [p for p in pair if p in theirs]
+        # A handshake on this port pair, both ways, before the gateway sends anything else.
+        assert sent and 20 <= sent[0].payload[0] <= 63, f"no handshake first on the {kind} ports"
+        assert any(20 <= p.payload[0] <= 63 for p in received), kind
+        # Then only SRTP (RTP ports) or SRTCP (RTCP ports), both ways; never plain RTCP.
+        secured = [p for p in pair if not 20 <= p.payload[0] <= 63]
+        assert [p for p in secured if p in ours], f"nothing keyed from the gateway ({kind})"
+        assert [p for p in secured if p in theirs], f"nothing keyed from rtpengine ({kind})"
+        for p in secured:
+            like = p.is_rtcp_like() if kind == "rtcp" else p.is_rtp_like() or p.is_rtcp_like()
+            assert like, (kind, p.payload[:4].hex())
+            assert not is_plain_rtcp(p.payload), f"plain RTCP on the WAN {kind} ports"
+    # Nothing on the WAN outside the two port pairs.
+    stray = [p for p in ours if p.src[1] not in (gw_rtp, gw_rtp + 1)]
+    assert not stray, stray[:3]
+    # The provider's RTCP reached the phone, decrypted, from the gateway's LAN RTCP port.
+    lan_rtcp = [
+        p
+        for p in cap.packets()
+        if p.src[0] == LAN_ADDRESS and p.payload and p.is_rtcp_like() and is_plain_rtcp(p.payload)
+    ]
+    assert lan_rtcp, "no RTCP reached the phone"
     counters = media_counters(site.gw, str(gateway_events(site.gw, "answered")[0]["pair"]))
-    assert counters["drop_rtcp_unkeyed"] > 0, counters
-    assert counters["dtls_handshakes"] == 1, counters
+    assert counters["dtls_handshakes"] == 2, counters
+    assert counters["drop_auth"] == 0 and counters["dtls_wrong_source"] == 0, counters
