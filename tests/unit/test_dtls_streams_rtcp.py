@@ -1,7 +1,8 @@
 """RTCP of a DTLS-keyed WAN side without rtcp-mux fails closed (gateway/media/dtls_streams.py,
-RFC 5764 §4.1): the RTCP port's own association is not run, so neither the phone's RTCP nor
-anything on the WAN RTCP port crosses; both are counted ``drop_rtcp_unkeyed``. With rtcp-mux
-(or without DTLS) the relay's own handlers decide as before."""
+RFC 5764 §4.1) while the RTCP port's own association has not keyed it (here: none runs, the
+RTP port's keys are in force): neither the phone's RTCP nor anything on the WAN RTCP port
+crosses; both are counted ``drop_rtcp_unkeyed``. With rtcp-mux (or without DTLS) the relay's
+own handlers decide as before. The RTCP association itself: test_dtls_rtcp_association.py."""
 
 from __future__ import annotations
 
