@@ -166,6 +166,7 @@ class FifoReader:
         self._fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._inode: tuple[int, int] | None = None
 
     def start(self) -> None:
         """Open the FIFO, act on keepalived's current word (if any), then follow it."""
@@ -185,14 +186,26 @@ class FifoReader:
     def _open(self, *, settle: bool) -> None:
         ensure_fifo(self.path)
         # Read-write: the pipe stays open while keepalived restarts (no end-of-file to spin
-        # on), and what keepalived writes while the gateway is away waits for it.
-        fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+        # on), and what keepalived writes while the gateway is away waits for it. A FIFO
+        # keepalived made itself (root's, 0644) only opens for reading: then an end-of-file
+        # (keepalived gone) closes it and the watch opens it again.
+        flags = os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            fd = os.open(self.path, os.O_RDWR | flags)
+        except PermissionError:
+            fd = os.open(self.path, os.O_RDONLY | flags)
         self._fd = fd
-        waiting = self._read_all()
+        held = os.fstat(fd)
+        inode = (held.st_dev, held.st_ino)
+        if inode != self._inode:
+            if self._inode is not None:
+                self.reopened += 1  # another FIFO than before: keepalived made it again
+            log.info("HA: reading keepalived's notify FIFO %s", self.path)
+        self._inode = inode
+        waiting, _ = self._read_all()
         words = self.lines.settle(waiting) if settle else self.lines.feed(waiting)
         assert self._loop is not None
         self._loop.add_reader(fd, self._readable)
-        log.info("HA: reading keepalived's notify FIFO %s", self.path)
         for word in words:
             self._tell(word)
 
@@ -204,21 +217,25 @@ class FifoReader:
             self._loop.remove_reader(fd)
         os.close(fd)
 
-    def _read_all(self) -> bytes:
+    def _read_all(self) -> tuple[bytes, bool]:
+        """What the pipe holds, and whether it reached end-of-file (no writer left)."""
         data = b""
         while self._fd is not None:
             try:
                 chunk = os.read(self._fd, 65536)
             except BlockingIOError:
-                break
+                return data, False
             if not chunk:
-                break
+                return data, True
             data += chunk
-        return data
+        return data, False
 
     def _readable(self) -> None:
-        for word in self.lines.feed(self._read_all()):
+        data, ended = self._read_all()
+        for word in self.lines.feed(data):
             self._tell(word)
+        if ended:  # opened read-only and keepalived went away: the watch opens it again
+            self._close()
 
     def _tell(self, word: str) -> None:
         try:
@@ -248,8 +265,6 @@ class FifoReader:
                 self._open(settle=False)
             except OSError as exc:
                 log.error("HA: keepalived's notify FIFO %s: %s", self.path, exc)
-                continue
-            self.reopened += 1
 
 
 def follow_fifo(gateway: Any) -> FifoReader | None:
