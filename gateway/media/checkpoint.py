@@ -18,6 +18,11 @@ Why a checkpoint up to an interval old is enough (docs/high-availability.md):
   protected; their ROC is estimated from the checkpoint as RFC 3711 §3.3.1 does, which is right
   while fewer than 2^15 packets went by since it (more than ten minutes of audio). An index at
   or before the checkpoint is refused: never the same key and index twice.
+* Outbound SRTCP (RFC 3711 §3.4) has no such help: its index is the gateway's own counter per
+  SSRC, which a new context would start at 1 again under the same key. The checkpoint names per
+  kept SSRC the highest SRTCP index used; the new context moves libsrtp's counter past it plus
+  :data:`~gateway.media.srtp.SRTCP_MARGIN` (more than RTCP sends in a checkpoint's age) before
+  that SSRC's first SRTCP packet, and sends none for an SSRC the checkpoint does not name.
 * Inbound (unprotect), the provider's index carries on; the first packet of each SSRC sets the
   ROC from the same estimate, and an index at or before the checkpoint is refused as a replay.
   What the old worker accepted after its last checkpoint is not known here: such a packet,
@@ -66,11 +71,19 @@ def _indexes(
     return tuple(out)
 
 
+def _srtcp(gate: SsrcGate, context: SrtpProtector | None) -> tuple[tuple[int, int], ...]:
+    """Each kept SSRC's highest SRTCP index used under ``context`` (0: none yet)."""
+    if context is None:
+        return ()
+    kept, _ = gate.state()
+    return tuple(sorted((ssrc, context.srtcp_index(ssrc)) for ssrc, _heard in kept))
+
+
 def take(call_id: str, index: int, relay: RelayStream, updates: int) -> StreamCheckpoint:
     """The checkpoint of one stream (its relay's state must be current: the worker folds the
     C fast path's state back first)."""
     phone_rtp, phone_rtcp, provider_rtp, provider_rtcp = relay.latches()
-    tx, rx = relay.contexts()
+    tx, rx, rtcp_tx = relay.contexts()
     lan = relay.lan_reception.state()
     wan = relay.wan_reception.state()
     # state() is (max_seq, base, cycles, received, ...): no packet yet, no sequence number.
@@ -84,14 +97,19 @@ def take(call_id: str, index: int, relay: RelayStream, updates: int) -> StreamCh
         provider_rtcp=provider_rtcp,
         tx=_indexes(relay.lan_ssrcs, tx, lan[0] if lan[3] else -1),
         rx=_indexes(relay.wan_ssrcs, rx, wan[0] if wan[3] else -1),
+        srtcp=_srtcp(relay.lan_ssrcs, tx),
+        rtcp_srtcp=_srtcp(relay.lan_ssrcs, rtcp_tx),
     )
 
 
 def restore(relay: RelayStream, checkpoint: StreamCheckpoint, now: float) -> None:
     """Give a new relay (built from the same spec) a dead worker's state."""
-    tx, rx = relay.contexts()
+    tx, rx, rtcp_tx = relay.contexts()
     if tx is not None:
         tx.restore([(i.ssrc, i.roc, i.seq) for i in checkpoint.tx])
+        tx.restore_srtcp(list(checkpoint.srtcp))
+    if rtcp_tx is not None:
+        rtcp_tx.restore_srtcp(list(checkpoint.rtcp_srtcp))
     if rx is not None:
         rx.restore([(i.ssrc, i.roc, i.seq) for i in checkpoint.rx])
     relay.restore(

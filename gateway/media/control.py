@@ -117,6 +117,12 @@ class StreamCheckpoint(msgspec.Struct, frozen=True, tag=True):
     tx: tuple[SsrcIndex, ...] = ()
     #: Per kept SSRC, the inbound (unprotect) context's highest accepted index.
     rx: tuple[SsrcIndex, ...] = ()
+    #: Per kept phone SSRC, (SSRC, highest SRTCP index used toward the provider), RFC 3711
+    #: §3.4: the sender's own counter, under the outbound context's key (``srtcp``) and under
+    #: the RTCP port's own association's (``rtcp_srtcp``, DTLS without rtcp-mux). A restored
+    #: context starts each past it plus a margin and sends no SRTCP for an SSRC not named.
+    srtcp: tuple[tuple[int, int], ...] = ()
+    rtcp_srtcp: tuple[tuple[int, int], ...] = ()
 
 
 class OpenStream(msgspec.Struct, frozen=True, tag=True):

@@ -64,6 +64,7 @@ from collections.abc import Callable
 
 from gateway.media.control import StreamCounters, StreamSpec
 from gateway.media.srtp import (
+    SrtcpIndexError,
     SrtpAuthError,
     SrtpError,
     SrtpProtector,
@@ -102,6 +103,7 @@ __all__ = [
 ]
 
 Address = tuple[str, int]
+_Tx = SrtpProtector | None
 
 #: Socket indices: which of the stream's four sockets a forwarded packet leaves from.
 LAN_RTP = 0
@@ -386,9 +388,9 @@ class RelayStream:
             return None
         return self._provider_ip, self._phone_rtp, self._rx
 
-    def contexts(self) -> tuple[SrtpProtector | None, SrtpUnprotector | None]:
-        """The SRTP contexts (protect, unprotect) now in use, for checkpoints."""
-        return self._tx, self._rx
+    def contexts(self) -> tuple[SrtpProtector | None, SrtpUnprotector | None, _Tx]:
+        """The SRTP contexts (protect, unprotect, the RTCP port's protect) now in use."""
+        return self._tx, self._rx, self._rtcp_tx
 
     def latches(self) -> tuple[Address | None, Address | None, Address | None, Address | None]:
         """Latched phone RTP/RTCP and provider RTP/RTCP sources (None: not latched)."""
@@ -484,8 +486,7 @@ class RelayStream:
 
     def close(self) -> None:
         """Forget the SRTP contexts (and with them the keys) when the call ends."""
-        self._tx = self._rtcp_tx = None
-        self._rx = self._rtcp_rx = None
+        self._tx = self._rtcp_tx = self._rx = self._rtcp_rx = None
         self._spec = StreamSpec(lan_port=self._spec.lan_port, wan_port=self._spec.wan_port)
         self._changed()
 
@@ -653,6 +654,9 @@ class RelayStream:
         if tx is not None:
             try:
                 out = tx.protect_rtcp(data)
+            except SrtcpIndexError:  # it could repeat an index a dead worker used
+                c.drop_rtcp_unkeyed += 1
+                return None
             except SrtpError:
                 c.drop_malformed += 1
                 return None

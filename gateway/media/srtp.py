@@ -24,6 +24,15 @@ its index from them as RFC 3711 §3.3.1 does, adds an SSRC-specific libsrtp stre
 same key and sets its ROC (``srtp_set_stream_roc``, called through ctypes on the library
 pylibsrtp loaded, whose cffi binding does not declare it). :func:`estimate_roc` is that rule.
 
+SRTCP's index (RFC 3711 §3.4) is not the phone's: it is the sender's own 31-bit counter, kept by
+libsrtp per SSRC, starting at 1 in every new context. An :class:`SrtpProtector` counts, per SSRC,
+the highest SRTCP index it used (:meth:`SrtpProtector.srtcp_index`, checkpointed); a restored
+one (:meth:`SrtpProtector.restore_srtcp`) moves libsrtp's counter past the checkpointed index
+plus :data:`SRTCP_MARGIN` before the SSRC's first SRTCP packet, by protecting throw-away empty
+receiver reports of that SSRC (libsrtp has no call that sets the index; each
+``srtp_protect_rtcp`` raises it by one), and refuses (:class:`SrtcpIndexError`) RTCP of an SSRC
+the checkpoint did not name: the same key and index twice is a two-time pad (§9.1).
+
 Each SSRC seen by a session is a libsrtp stream; :meth:`SrtpProtector.forget` and
 :meth:`SrtpUnprotector.forget` remove one (``srtp_remove_stream``) when the relay gives its slot
 to another SSRC (see :class:`~gateway.media.relay.SsrcGate`).
@@ -58,9 +67,27 @@ _BUFFER = 1500
 _RTP_TRAILER = pylibsrtp.SRTP_MAX_TRAILER_LEN
 _RTCP_TRAILER = pylibsrtp.SRTP_MAX_SRTCP_TRAILER_LEN
 
+#: How far past a checkpointed SRTCP index a restored context starts. What it must cover is what
+#: the old context sent after the checkpoint its successor got: a worker's checkpoint is about
+#: CHECKPOINT_INTERVAL (0.5 s) old, an HA standby's about a second or two (gateway/ha/node.py).
+#: RTCP (RFC 3550 §6.2) comes every 5 s on average and never twice within about 2 s; 1024
+#: packets cover half an hour of that, or a phone sending 100 a second for ten seconds. The cost:
+#: 1024 more throw-away packets (about 2 ms) once per restored SSRC, 1024 of 2^31 indexes.
+SRTCP_MARGIN = 1024
+#: Most throw-away packets one SRTCP packet's advance protects (about 1.6 µs each: at most some
+#: 50 ms of the worker's loop); a farther target is reached over the next packets, each dropped
+#: until it is. A 24-hour call at one RTCP packet per 5 s has used about 17,280 indexes.
+SRTCP_STEP = 1 << 15
+#: The last SRTCP index (31 bits, RFC 3711 §3.4): libsrtp refuses to go beyond.
+SRTCP_MAX = 0x7FFFFFFF
+
 __all__ = [
     "NATIVE_REASONS",
+    "SRTCP_MARGIN",
+    "SRTCP_MAX",
+    "SRTCP_STEP",
     "NativeHandle",
+    "SrtcpIndexError",
     "SrtpAuthError",
     "SrtpBindingError",
     "SrtpError",
@@ -83,6 +110,11 @@ class SrtpAuthError(SrtpError):
 
 class SrtpReplayError(SrtpError):
     """The packet's index was already seen or is behind the replay window."""
+
+
+class SrtcpIndexError(SrtpError):
+    """An SRTCP packet refused because its index could repeat one used under the same key (an
+    SSRC a restored context has no checkpointed index for, or one not yet moved past it)."""
 
 
 class SrtpBindingError(SrtpError):
@@ -380,12 +412,28 @@ class SrtpProtector(_Indexes):
     length. libsrtp accepts any outbound SSRC and keeps a ROC per SSRC.
     """
 
-    __slots__ = ("_direct", "_pending", "_protect", "_protect_rtcp", "_session", "keying")
+    __slots__ = (
+        "_direct",
+        "_pending",
+        "_protect",
+        "_protect_rtcp",
+        "_session",
+        "_srtcp",
+        "_srtcp_at",
+        "_srtcp_restored",
+        "keying",
+    )
 
     def __init__(self, keying: SrtpKeying) -> None:
         session = _session(keying, pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
         self._session = session
         self._pending = {}
+        #: Per SSRC, the highest SRTCP index used (or, restored, reserved) under this key.
+        self._srtcp: dict[int, int] = {}
+        #: Per SSRC, the index libsrtp's stream last used (absent: 0, a new libsrtp stream).
+        self._srtcp_at: dict[int, int] = {}
+        #: Restored from a checkpoint: an SSRC not in ``_srtcp`` gets no SRTCP.
+        self._srtcp_restored = False
         #: The keying this context was built from (compared on update, never logged).
         self.keying = keying
         # Bound methods looked up once: the packet path calls them per packet.
@@ -401,13 +449,16 @@ class SrtpProtector(_Indexes):
         return _native(self._direct, "srtp_protect", _RTP_TRAILER)
 
     def forget(self, ssrc: int) -> None:
-        """Drop the stream (ROC, sequence state) libsrtp keeps for ``ssrc``, if any."""
+        """Drop the stream (ROC, sequence state) libsrtp keeps for ``ssrc``, if any. Its SRTCP
+        index is kept: a new libsrtp stream for it would be moved past it first."""
         _forget(self._session, ssrc)
+        self._srtcp_at.pop(ssrc, None)
 
     def protect(self, packet: bytes) -> bytes:
         """RTP → SRTP. Raises SrtpError (SrtpReplayError for a repeated sequence number)."""
-        if self._pending:
-            self._resume(packet, True)
+        if self._pending and self._resume(packet, True) is not None:
+            # A new libsrtp stream for the SSRC: its SRTCP index starts again at 0.
+            self._srtcp_at.pop(int.from_bytes(packet[8:12], "big"), None)
         direct = self._direct
         if direct is not None:
             return direct.run(_lib.srtp_protect, packet, _RTP_TRAILER)
@@ -416,12 +467,80 @@ class SrtpProtector(_Indexes):
         except _FAILURES as exc:
             raise _mapped(exc) from None
 
+    def srtcp_index(self, ssrc: int) -> int:
+        """The highest SRTCP index used (or reserved) for ``ssrc`` under this key (0: none)."""
+        return self._srtcp.get(ssrc, 0)
+
+    def restore_srtcp(self, indexes: list[tuple[int, int]]) -> None:
+        """Carry on from a dead worker's context under the same keys: each (SSRC, highest SRTCP
+        index it used) starts past that index plus :data:`SRTCP_MARGIN`; any other SSRC's RTCP
+        is refused from now on (it may have sent SRTCP after the checkpoint)."""
+        self._srtcp_restored = True
+        srtcp = self._srtcp
+        for ssrc, index in indexes:
+            srtcp[ssrc] = max(srtcp.get(ssrc, 0), min(index + SRTCP_MARGIN, SRTCP_MAX))
+
     def protect_rtcp(self, packet: bytes) -> bytes:
-        """RTCP → SRTCP (RFC 3711 §3.4, always encrypted with the E flag set)."""
+        """RTCP → SRTCP (RFC 3711 §3.4, always encrypted with the E flag set). Raises
+        SrtcpIndexError when the index libsrtp would use could repeat one used before."""
+        if len(packet) < 8:
+            raise SrtpError("RTCP packet too short")
+        ssrc = int.from_bytes(packet[4:8], "big")  # the sender's: libsrtp's stream (§3.4)
+        used = self._srtcp.get(ssrc)
+        if used is None:
+            if self._srtcp_restored:
+                raise SrtcpIndexError("no checkpointed SRTCP index for this SSRC")
+            used = 0
+        at = self._srtcp_at.get(ssrc, 0)
+        if used >= SRTCP_MAX or at >= SRTCP_MAX:
+            raise SrtcpIndexError("SRTCP index exhausted under this key")
+        if at < used:
+            at = self._advance(ssrc, at, used)
+        # Counted before libsrtp runs: a failure may still have used the index.
+        self._srtcp[ssrc] = self._srtcp_at[ssrc] = at + 1
         try:
             return self._protect_rtcp(packet)
         except _FAILURES as exc:
             raise _mapped(exc) from None
+
+    def _advance(self, ssrc: int, at: int, target: int) -> int:
+        """Move libsrtp's SRTCP index of ``ssrc`` from ``at`` toward ``target`` by protecting
+        throw-away empty receiver reports of it (RFC 3550 §6.4.2), at most
+        :data:`SRTCP_STEP`; returns ``target`` or raises SrtcpIndexError short of it."""
+        steps = min(target - at, SRTCP_STEP)
+        filler = b"\x80\xc9\x00\x01" + ssrc.to_bytes(4, "big")
+        done = 0
+        try:
+            direct = self._direct
+            if direct is not None:
+                # In place: SRTCP leaves the first eight bytes as they are and only appends its
+                # trailer, so the buffer holds the same empty report again for the next call.
+                function, handle, cdata, length = (
+                    _lib.srtp_protect_rtcp,
+                    direct._handle,
+                    direct._cdata,
+                    direct._length,
+                )
+                direct._buf[0:8] = filler
+                while done < steps:
+                    length[0] = 8
+                    status = function(handle, cdata, length)
+                    if status:
+                        raise _status_error(status)
+                    done += 1
+            else:
+                while done < steps:
+                    self._protect_rtcp(filler)
+                    done += 1
+        except (SrtpError, *_FAILURES):
+            # Where libsrtp's index stands is not known now: no more SRTCP for this SSRC.
+            self._srtcp[ssrc] = self._srtcp_at[ssrc] = SRTCP_MAX
+            raise SrtcpIndexError("SRTCP index could not be moved past the checkpoint") from None
+        at += steps
+        self._srtcp_at[ssrc] = at
+        if at < target:
+            raise SrtcpIndexError("SRTCP index still short of the restored checkpoint")
+        return at
 
 
 class SrtpUnprotector(_Indexes):
