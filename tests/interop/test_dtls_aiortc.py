@@ -16,10 +16,12 @@ gateway's WAN media port, and logs every datagram.
 
 Checked: both roles with tones both ways (RTP protected and unprotected by aiortc's own SRTP
 sessions), the WAN seen as DTLS then only SRTP in a capture and in the socket log, the suite
-in the call's record the one aiortc agreed. Refusals, each ending the call with the DTLS
-reason and no media either way: a far end offering only NULL SRTP profiles (both roles), and
-a handshake from a third address (dropped, counted, the call ends at the handshake's time
-limit). A wrong fingerprint in the offer is test_dtls.py's (rtpengine).
+in the call's record the one aiortc agreed. Refusals, each ending the call on both legs with
+the DTLS reason and no media either way: a far end with only NULL SRTP profiles (OpenSSL, so
+pyOpenSSL and aiortc, cannot name them: tests/interop/dtls_raw.py's hand-built hellos choose
+SRTP_NULL_HMAC_SHA1_80 against the gateway's ClientHello, or offer only NULL profiles to it),
+and a handshake from a third address (dropped, counted ``dtls_wrong_source``, the call ends at
+the handshake's time limit). A wrong fingerprint in the offer is test_dtls.py's (rtpengine).
 """
 
 from __future__ import annotations
@@ -40,17 +42,17 @@ from aiortc.rtcdtlstransport import (
     RTCDtlsFingerprint,
     RTCDtlsParameters,
     RTCDtlsTransport,
-    SRTPProtectionProfile,
 )
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
 from aiortc.rtp import RtpPacket
-from pylibsrtp import Policy
 
-from gateway.lab.audio import analyse_wav, write_ulaw_tone
+from gateway.lab.audio import analyse_wav, write_tone, write_ulaw_tone
 from gateway.media.dtls import DTLS_PROFILES
+from tests.interop import dtls_raw as raw
 from tests.interop.conftest import ProcessSet, Tones
 from tests.interop.gateway_process import GatewayLayout, GatewayProcess
 from tests.interop.peers import (
+    Baresip,
     Kamailio,
     NetNamespace,
     byte_entropy,
@@ -75,15 +77,6 @@ LAN_ADDRESS = "127.0.72.20"
 WAN_ADDRESS = "127.0.72.21"
 AIORTC = "127.0.72.40"
 THIRD = "127.0.72.41"
-
-#: aiortc patched to offer (client) or accept (server) only a NULL-cipher profile: SRTP
-#: without encryption, which the gateway must never agree to (invariant 3.2).
-NULL_ONLY = SRTPProtectionProfile(
-    libsrtp_profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_80,  # never reached: no key export
-    openssl_profile=b"SRTP_NULL_SHA1_80",
-    key_length=16,
-    salt_length=14,
-)
 
 
 @pytest.fixture
@@ -395,85 +388,179 @@ def test_aiortc_keys_the_call_tones_both_ways(
 # refusals
 
 
-async def refused_call(
-    site: Site, end: AiortcEnd, offered_setup: str, address: str = AIORTC
-) -> tuple[str, str]:
-    """Offer, answer and ACK, start aiortc's handshake and wait for the gateway's BYE on the
-    provider leg; return the BYE and aiortc's DTLS state."""
-    caller = TlsCaller(site)
-    handshake: asyncio.Future[None] | None = None
-    try:
-        final = await asyncio.to_thread(caller.invite, end.offer(offered_setup, address))
-        _, prints = end.take_answer(answer_of(final))
-        await asyncio.to_thread(caller.ack_and_route, final)
-        handshake = asyncio.ensure_future(end.dtls.start(RTCDtlsParameters(fingerprints=prints)))
-        bye = await asyncio.to_thread(read_sip_message, caller.tls, 30)
-        return bye, end.dtls.state
-    finally:
-        if handshake is not None:
-            handshake.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await handshake
-        caller.close()
-        await end.close()
+def long_call_phone(site: Site) -> Baresip:
+    """The plain phone with a 30 s tone: baresip hangs up when its file ends, and these calls
+    must outlast the gateway's 10 s handshake limit."""
+    phone = site.procs.start(
+        Baresip(
+            site.tmp / f"legacy-{LEGACY}",
+            user=LEGACY,
+            audio_file=write_tone(site.tmp / "tone440-30s.wav", 440.0, 30.0),
+            netns=site.ns.name,
+            domain=site.gateway_lan,
+            regint=60,
+        )
+    )
+    phone.wait_registered()
+    return phone
 
 
-def assert_no_media(site: Site, packets: list[Any], end: AiortcEnd) -> None:
+def ended_reason(site: Site, timeout: float = 10.0) -> str:
+    """The reason of the call's one media-ended line (the gateway hung up on media)."""
+    deadline = time.monotonic() + timeout
+    while not (ended := gateway_events(site.gw, "media-ended")):
+        if time.monotonic() > deadline:
+            raise site.gw.fail("no media-ended line")
+        time.sleep(0.1)
+    (only,) = ended
+    return str(only["reason"])
+
+
+class RawEnd:
+    """The far end's media socket for the hand-built hellos (tests/interop/dtls_raw.py): sends
+    to the gateway's WAN media port, logs every datagram both ways."""
+
+    def __init__(self, site: Site, bind: str) -> None:
+        self.sock = site.udp_socket(bind)
+        self.port = int(self.sock.getsockname()[1])
+        self.peer: tuple[str, int] | None = None
+        self.log: list[tuple[str, bytes]] = []
+
+    def send(self, data: bytes) -> None:
+        assert self.peer is not None
+        self.log.append(("out", data))
+        self.sock.sendto(data, self.peer)
+
+    def receive(self, timeout: float) -> bytes | None:
+        self.sock.settimeout(timeout)
+        try:
+            data, source = self.sock.recvfrom(4096)
+        except TimeoutError:
+            return None
+        assert source == self.peer, source
+        self.log.append(("in", data))
+        return data
+
+    def hello(self, timeout: float = 10.0) -> raw.Hello:
+        """The next hello the gateway sends (its other handshake datagrams are logged)."""
+        deadline = time.monotonic() + timeout
+        while (data := self.receive(max(0.0, deadline - time.monotonic()))) is not None:
+            found = raw.hellos(data)
+            if found:
+                return found[0]
+        raise AssertionError("no hello from the gateway")
+
+    def drain(self) -> None:
+        while self.receive(0.2) is not None:
+            pass
+
+
+def offer(port: int, setup: str, address: str = AIORTC) -> str:
+    """A UDP/TLS/RTP/SAVP offer for a far end whose certificate is never shown."""
+    fingerprint = ":".join(f"{b:02X}" for b in secrets.token_bytes(32))
+    return (
+        "v=0\r\n"
+        f"o=- {secrets.randbelow(10**9)} 1 IN IP4 {address}\r\n"
+        "s=-\r\n"
+        f"c=IN IP4 {address}\r\n"
+        "t=0 0\r\n"
+        f"m=audio {port} UDP/TLS/RTP/SAVP 0\r\n"
+        "a=rtpmap:0 PCMU/8000\r\n"
+        f"a=fingerprint:sha-256 {fingerprint}\r\n"
+        f"a=setup:{setup}\r\n"
+        "a=rtcp-mux\r\n"
+        "a=sendrecv\r\n"
+    )
+
+
+def gateway_port(answer: str) -> tuple[str, int]:
+    (address,) = re.findall(r"(?m)^c=IN IP4 (\S+)\r$", answer)
+    (port,) = re.findall(r"(?m)^m=audio (\d+) UDP/TLS/RTP/SAVP ", answer)
+    return address, int(port)
+
+
+def assert_no_media(site: Site, packets: list[Any], far: str) -> None:
     """Nothing but DTLS between the gateway's WAN address and the far end, no RTP from the
-    gateway to the phone, and aiortc's SRTP unprotected nothing."""
-    assert all(is_dtls(p.payload) for p in to_far_end(site, packets, AIORTC))
-    assert all(is_dtls(p.payload) for p in to_far_end(site, packets, THIRD))
-    assert all(is_dtls(d) for _, _, d in end.link.log)
+    gateway to the phone, no plain SIP on the WAN."""
+    assert all(is_dtls(p.payload) for p in to_far_end(site, packets, far))
     to_phone = [p for p in packets if p.src[0] == LAN_ADDRESS and p.payload and p.is_rtp_like()]
     assert not to_phone, f"{len(to_phone)} RTP packets reached the phone"
-    assert not end.heard.payloads
     assert not any(p.is_plain_sip() for p in packets if WAN_ADDRESS in (p.src[0], p.dst[0]))
 
 
-@pytest.mark.parametrize(
-    "offered_setup",
-    [
-        pytest.param(
-            "actpass",
-            marks=pytest.mark.matrix(
-                peer="aiortc", scenario="call in (DTLS, NULL only, gw client)"
-            ),
-        ),
-        pytest.param(
-            "active",
-            marks=pytest.mark.matrix(
-                peer="aiortc", scenario="call in (DTLS, NULL only, gw server)"
-            ),
-        ),
-    ],
-)
-def test_a_far_end_with_only_null_srtp_profiles_ends_the_call(
-    site: Site, offered_setup: str
-) -> None:
-    """aiortc patched to SRTP_NULL_SHA1_80 alone (offered as client, the only one it accepts
-    as server): no profile is agreed, the gateway ends the call on both legs with the DTLS
-    reason, and no media crosses either way."""
+@pytest.mark.matrix(peer="dtls-raw", scenario="call in (DTLS, NULL profile chosen, gw client)")
+def test_a_far_end_choosing_a_null_srtp_profile_ends_the_call(site: Site) -> None:
+    """The offer is actpass, so the gateway sends the ClientHello: it lists no NULL profile.
+    The far end's ServerHello chooses SRTP_NULL_HMAC_SHA1_80 anyway; the gateway refuses it
+    at once (OpenSSL: "bad srtp protection profile list"), ends the call on both legs with the
+    DTLS reason, and no media crosses either way."""
     cap = site.capture("udp")
-    legacy = site.legacy_phone(LEGACY)
-
-    async def call() -> tuple[AiortcEnd, str, str]:
-        end = await AiortcEnd.open(site, AIORTC)
-        end.dtls._srtp_profiles = [NULL_ONLY]
-        bye, state = await refused_call(site, end, offered_setup)
-        return end, bye, state
-
-    end, bye, state = asyncio.run(call())
-    assert bye.startswith("BYE "), bye
-    assert state != "connected", state
+    legacy = long_call_phone(site)
+    far = RawEnd(site, AIORTC)
+    caller = TlsCaller(site)
+    try:
+        final = caller.invite(offer(far.port, "actpass"))
+        answer = answer_of(final)
+        assert re.findall(r"(?m)^a=setup:(\S+)\r$", answer) == ["active"], answer
+        far.peer = gateway_port(answer)
+        caller.ack_and_route(final)
+        ours = far.hello()
+        assert ours.msg_type == raw.CLIENT_HELLO, ours
+        offered = ours.srtp_profiles()
+        assert offered, ours
+        assert not set(offered) & {raw.NULL_HMAC_SHA1_80, raw.NULL_HMAC_SHA1_32}, offered
+        cipher = next(c for c in raw.CIPHERS if c in ours.ciphers)
+        far.send(raw.server_hello(cipher, raw.NULL_HMAC_SHA1_80))
+        bye = read_sip_message(caller.tls, 15)
+        assert bye.startswith("BYE "), bye
+        far.drain()
+    finally:
+        caller.close()
     legacy.wait_log(r"session closed", 15)
     legacy.stop()
     cap.stop()
 
-    (ended,) = gateway_events(site.gw, "media-ended")
-    assert "DTLS-SRTP" in ended["reason"] and "profile" in ended["reason"], ended
+    reason = ended_reason(site)
+    assert "DTLS-SRTP" in reason and "srtp protection profile" in reason, reason
     assert not gateway_events(site.gw, "keyed")
-    assert any(is_dtls(d) for w, _, d in end.link.log if w == "in"), "no handshake tried"
-    assert_no_media(site, cap.packets(), end)
+    assert all(is_dtls(d) for _, d in far.log), "only DTLS crossed"
+    assert_no_media(site, cap.packets(), AIORTC)
+
+
+@pytest.mark.matrix(peer="dtls-raw", scenario="call in (DTLS, NULL profiles offered, gw server)")
+def test_a_far_end_offering_only_null_srtp_profiles_ends_the_call(site: Site) -> None:
+    """The offer is active, so the far end sends the ClientHello, listing only
+    SRTP_NULL_HMAC_SHA1_80 and _32. The gateway's ServerHello chooses none (no use_srtp
+    extension); nothing is keyed and at the handshake's time limit the call ends on both legs
+    with the DTLS reason; no media crosses either way."""
+    cap = site.capture("udp")
+    legacy = long_call_phone(site)
+    far = RawEnd(site, AIORTC)
+    caller = TlsCaller(site)
+    try:
+        final = caller.invite(offer(far.port, "active"))
+        answer = answer_of(final)
+        assert re.findall(r"(?m)^a=setup:(\S+)\r$", answer) == ["passive"], answer
+        far.peer = gateway_port(answer)
+        caller.ack_and_route(final)
+        far.send(raw.client_hello((raw.NULL_HMAC_SHA1_80, raw.NULL_HMAC_SHA1_32)))
+        theirs = far.hello()
+        assert theirs.msg_type == raw.SERVER_HELLO, theirs
+        assert theirs.srtp_profiles() is None, theirs.srtp_profiles()
+        bye = read_sip_message(caller.tls, 20)
+        assert bye.startswith("BYE "), bye
+        far.drain()
+    finally:
+        caller.close()
+    legacy.wait_log(r"session closed", 15)
+    legacy.stop()
+    cap.stop()
+
+    reason = ended_reason(site)
+    assert "DTLS-SRTP" in reason and "timed out" in reason, reason
+    assert not gateway_events(site.gw, "keyed")
+    assert all(is_dtls(d) for _, d in far.log), "only DTLS crossed"
+    assert_no_media(site, cap.packets(), AIORTC)
 
 
 @pytest.mark.matrix(peer="aiortc", scenario="call in (DTLS, handshake from a third address)")
@@ -482,30 +569,45 @@ def test_a_handshake_from_a_third_address_is_dropped_and_the_call_ends(site: Sit
     127.0.72.41. The gateway never answers it (counted dtls_wrong_source), nothing keys the
     call, and at the handshake's time limit the call ends with the DTLS reason on both legs."""
     cap = site.capture("udp")
-    legacy = site.legacy_phone(LEGACY)
+    legacy = long_call_phone(site)
 
-    async def call() -> tuple[AiortcEnd, str, str]:
+    async def call() -> tuple[AiortcEnd, str]:
         end = await AiortcEnd.open(site, THIRD)
-        bye, state = await refused_call(site, end, "active", address=AIORTC)
-        return end, bye, state
+        caller = TlsCaller(site)
+        handshake: asyncio.Future[None] | None = None
+        try:
+            final = await asyncio.to_thread(caller.invite, end.offer("active", AIORTC))
+            _, prints = end.take_answer(answer_of(final))
+            await asyncio.to_thread(caller.ack_and_route, final)
+            start = end.dtls.start(RTCDtlsParameters(fingerprints=prints))
+            handshake = asyncio.ensure_future(start)
+            bye = await asyncio.to_thread(read_sip_message, caller.tls, 20)
+            assert end.dtls.state != "connected", end.dtls.state
+        finally:
+            if handshake is not None:
+                handshake.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await handshake
+            caller.close()
+            await end.close()
+        return end, bye
 
-    end, bye, state = asyncio.run(call())
+    end, bye = asyncio.run(call())
     assert bye.startswith("BYE "), bye
-    assert state != "connected", state
     legacy.wait_log(r"session closed", 15)
     legacy.stop()
     cap.stop()
 
-    (ended,) = gateway_events(site.gw, "media-ended")
-    assert "DTLS-SRTP" in ended["reason"] and "timed out" in ended["reason"], ended
+    reason = ended_reason(site)
+    assert "DTLS-SRTP" in reason and "timed out" in reason, reason
     (answered,) = gateway_events(site.gw, "answered")
     counters = media_counters(site.gw, str(answered["pair"]))
-    assert counters["dtls_wrong_source"] >= 1, counters
+    assert counters["dtls_wrong_source"] >= 1 and counters["dtls_handshakes"] == 0, counters
     sent = [d for w, _, d in end.link.log if w == "out"]
     assert sent and all(is_dtls(d) for d in sent), "aiortc sent its ClientHello"
-    assert not [d for w, _, d in end.link.log if w == "in"], (
-        "the gateway answered the third address"
-    )
+    heard = [d for w, _, d in end.link.log if w == "in"]
+    assert not heard, "the gateway answered the third address"
     packets = cap.packets()
     assert not [p for p in packets if p.src[0] == WAN_ADDRESS], "the gateway's WAN sent UDP"
-    assert_no_media(site, packets, end)
+    assert_no_media(site, packets, THIRD)
+    assert not end.heard.payloads
