@@ -6,7 +6,8 @@ controller and worker processes on loopback (127.0.71.0/24); the provider's SRTC
 independent libsrtp context that lives through the crash and records every index: they must
 strictly increase across the kill, with RTCP sent after the last checkpoint (the lag the margin
 covers), for an SDES stream (RTCP on its own port), a DTLS-SRTP stream with rtcp-mux, and one
-whose RTCP port has its own DTLS association. Waits are socket timeouts or bounded polls of the
+whose RTCP port has its own DTLS association; and across a takeover by another gateway's
+workers from the replicated record (HA). Waits are socket timeouts or bounded polls of the
 controller, never fixed sleeps.
 """
 
@@ -28,6 +29,7 @@ from gateway.media.controller import MediaController
 from gateway.media.dtls_identity import DtlsIdentity
 from gateway.media.srtp import SRTCP_MARGIN
 from gateway.media.suites import SrtpSuite
+from gateway.state.calls import ReplicatedStream
 from tests.integration.test_dtls_worker import FarEnd, port_pair
 
 LAN = "127.0.71.1"
@@ -182,7 +184,10 @@ async def test_srtcp_indexes_strictly_increase_across_a_killed_worker(kind: str)
                 await asyncio.to_thread(provider.receive, note)
             before, after = provider.indexes[:8], provider.indexes[8:]
             assert before == list(range(1, 9))
-            assert after == list(range(5 + SRTCP_MARGIN + 1, 5 + SRTCP_MARGIN + 5))
+            # Past the checkpoint the successor got (5, or 8 when one more came before the
+            # kill) plus the margin, then one by one.
+            assert after[0] - SRTCP_MARGIN - 1 in (5, 8)
+            assert after == list(range(after[0], after[0] + 4))
             stats = (await controller.stats())["srtcp/0"]
             assert stats.drop_rtcp_unkeyed == stats.drop_malformed == 0
             assert stats.dtls_handshakes == 0  # carried on with the association's keys
@@ -190,3 +195,64 @@ async def test_srtcp_indexes_strictly_increase_across_a_killed_worker(kind: str)
         finally:
             for sock in socks:
                 sock.close()
+
+
+async def test_srtcp_indexes_strictly_increase_across_a_takeover_by_another_gateway() -> None:
+    """HA: the standby's workers restore the stream from the replicated record (its
+    checkpoint encoded and decoded as a call record carries it), the active's worker is
+    killed and not restarted; RTCP sent after the record was taken is what the margin covers."""
+    phone, phone_rtcp = udp(PHONE_IP), udp(PHONE_IP)
+    provider_rtp, provider_rtcp = udp(PROVIDER_IP), udp(PROVIDER_IP)
+    to_provider = SrtpKeying(SUITE.value, os.urandom(SUITE.master_length))
+    spec = StreamSpec(
+        lan_port=port_pair(LAN),
+        wan_port=port_pair(WAN),
+        phone_addr=phone.getsockname(),
+        phone_rtcp_addr=phone_rtcp.getsockname(),
+        provider_addr=provider_rtp.getsockname(),
+        provider_rtcp_addr=provider_rtcp.getsockname(),
+        wan_tx=to_provider,
+        wan_rx=SrtpKeying(SUITE.value, os.urandom(SUITE.master_length)),
+    )
+    provider = Provider(provider_rtcp, inbound(to_provider))
+    lan_rtp, lan_rtcp = (LAN, spec.lan_port), (LAN, spec.lan_port + 1)
+    active = MediaController(lan_address=LAN, wan_address=WAN, workers=1, restart_limit=1)
+    standby = MediaController(lan_address=LAN, wan_address=WAN, workers=1)
+    await active.start()
+    await standby.start()
+    try:
+        await active.open_stream("srtcp-ha", 0, spec)
+        phone.sendto(rtp(1), lan_rtp)  # on probation: the SSRC is new
+        phone.sendto(rtp(2), lan_rtp)
+        for note in range(5):
+            phone_rtcp.sendto(report(note), lan_rtcp)
+            await asyncio.to_thread(provider.receive, note)
+
+        def checkpointed() -> bool:
+            cp = active.checkpoint("srtcp-ha", 0)
+            return cp is not None and cp.srtcp == ((PHONE_SSRC, 5),)
+
+        await until(checkpointed, "SRTCP index 5 checkpointed")
+        records = [ReplicatedStream(i, s, c) for i, s, c in active.stream_records("srtcp-ha")]
+        wire = msgspec.msgpack.encode(records)
+        for note in range(5, 8):  # after the replicated record: the takeover's lag
+            phone_rtcp.sendto(report(note), lan_rtcp)
+            await asyncio.to_thread(provider.receive, note)
+        (pid,) = active.worker_pids()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await until(lambda: active.worker_states()[0]["state"] == "failed", "active worker gone")
+        replicated = msgspec.msgpack.decode(wire, type=list[ReplicatedStream])
+        assert await standby.restore_streams("srtcp-ha", replicated)
+        for note in range(8, 11):
+            phone_rtcp.sendto(report(note), lan_rtcp)
+            await asyncio.to_thread(provider.receive, note)
+        assert provider.indexes[:8] == list(range(1, 9))
+        assert provider.indexes[8:] == list(range(5 + SRTCP_MARGIN + 1, 5 + SRTCP_MARGIN + 4))
+        stats = (await standby.stats())["srtcp-ha/0"]
+        assert stats.drop_rtcp_unkeyed == stats.drop_malformed == 0
+    finally:
+        for sock in (phone, phone_rtcp, provider_rtp, provider_rtcp):
+            sock.close()
+        await standby.stop()
+        await active.stop()
