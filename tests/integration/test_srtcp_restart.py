@@ -29,6 +29,7 @@ from gateway.media.controller import MediaController
 from gateway.media.dtls_identity import DtlsIdentity
 from gateway.media.srtp import SRTCP_MARGIN
 from gateway.media.suites import SrtpSuite
+from gateway.media.worker import fastpath_enabled
 from gateway.state.calls import ReplicatedStream
 from tests.integration.test_dtls_worker import FarEnd, port_pair
 
@@ -99,8 +100,18 @@ def inbound(k: SrtpKeying) -> pylibsrtp.Session:
     return pylibsrtp.Session(policy)
 
 
-@pytest.mark.parametrize("kind", ["sdes", "dtls-mux", "dtls-rtcp-port"])
-async def test_srtcp_indexes_strictly_increase_across_a_killed_worker(kind: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "fastpath"),
+    [("sdes", "1"), ("sdes", "0"), ("dtls-mux", "1"), ("dtls-rtcp-port", "1")],
+)
+async def test_srtcp_indexes_strictly_increase_across_a_killed_worker(
+    kind: str, fastpath: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RTCP is always the Python path's; RTP (whose first packet after the restart re-creates
+    # the SSRC's libsrtp stream) runs on the C fast path or on Python.
+    monkeypatch.setenv("GATEWAY_MEDIA_FASTPATH", fastpath)
+    if fastpath == "1" and not fastpath_enabled():
+        pytest.skip("the C fast path is not built")
     identity, far_identity = DtlsIdentity(), DtlsIdentity()
     phone, phone_rtcp = udp(PHONE_IP), udp(PHONE_IP)
     far_rtp = FarEnd(far_identity, "client", source_ip=PROVIDER_IP)
@@ -179,6 +190,11 @@ async def test_srtcp_indexes_strictly_increase_across_a_killed_worker(kind: str)
                 phone_rtcp.sendto(report(note), lan_rtcp)
                 await asyncio.to_thread(provider.receive, note)
             phone.sendto(rtp(40), lan_rtp)
+            # Relayed before the next RTCP is sent: its SSRC's libsrtp stream is re-created.
+            while True:
+                data, _ = await asyncio.to_thread(far_rtp.sock.recvfrom, 4096)
+                if data[1] & 0x7F == 0 and data[2:4] == (40).to_bytes(2, "big"):
+                    break
             for note in range(10, 12):
                 phone_rtcp.sendto(report(note), lan_rtcp)
                 await asyncio.to_thread(provider.receive, note)
