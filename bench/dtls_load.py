@@ -533,8 +533,10 @@ async def beside_calls(bench: Bench, exe: Path, args: argparse.Namespace) -> dic
     finally:
         await bench.close(ids)
 
-    spent = loaded_window["worker_cpu_pct"] - quiet["worker_cpu_pct"]
-    derived = round(loaded_window["handshakes_per_s"] * 100 / spent, 1) if spent > 0 else None
+    # The handshakes-alone window: the worker's CPU there is the handshakes' (and their
+    # streams' opens and closes) with no calls' share to take off.
+    spent = alone["worker_cpu_pct"]
+    derived = round(alone["handshakes_per_s"] * 100 / spent, 1) if spent > 0 else None
 
     def ratio(a: float, b: float) -> float | None:
         return round(a / b, 3) if b else None
@@ -548,7 +550,7 @@ async def beside_calls(bench: Bench, exe: Path, args: argparse.Namespace) -> dic
         "worker_cpu_pct": loaded_window["worker_cpu_pct"],
         "worker_cpu_pct_calls_only": quiet["worker_cpu_pct"],
         # Below ~95 % the far ends (on the load core with the generator) set the pace, not the
-        # worker; the worker's ceiling then follows from its measured share (derived).
+        # worker; its ceiling then follows from its measured share with handshakes alone.
         "worker_saturated": loaded_window["worker_cpu_pct"] >= 95.0,
         "derived_handshakes_per_worker_core_s": derived,
         "handshakes_alone": alone,
