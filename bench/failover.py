@@ -5,6 +5,7 @@ Usage (from the repository root, as root: it builds network namespaces)::
     .venv/bin/python -m bench.failover                      # 4 calls per drill, 300 set-ups
     .venv/bin/python -m bench.failover --calls 6 --setups 600 --drills kill-gateway
     .venv/bin/python -m bench.failover --smoke --json out.json
+    .venv/bin/python -m bench.failover --drills --setups 600 --rounds 6 --hold-ms 500  # cost
 
 **Drills** run in the HA lab of the interop tests (tests/interop/ha_lab.py, ha_pair.py): two
 gateways with ``[ha] enabled`` in their own namespaces, keepalived (VRRPv3, 0.2 s adverts,
@@ -29,11 +30,18 @@ that are not SRTP under a gateway's key, plain SIP, TCP that is not TLS: all mus
 **Replication cost**: one kamailio (TLS), one sipp UAS behind stunnel registered as 7000, and two
 gateways on loopback in front of them, identical but for Redis: gateway A keeps its state in
 its folder only, gateway B has ``[state] redis_url`` and ``[ha] enabled`` (told ``master``, so it
-writes every call's record to Redis). sipp calls through A, then B (a warm-up: TLS up, caches
-filled), then ``--setups`` calls through A, then as many through B (INVITE, 200, ACK, 20 ms,
-BYE; 10 at a time, 50 per second at most); measured over those: the signalling process's CPU
-(utime + stime from /proc/PID/stat, the main process only: media workers are children) per
-call set-up, and the extra on B in percent of A's. Redis' own CPU is reported beside it.
+writes every call's record to Redis). sipp calls through both (a warm-up: TLS up, caches
+filled), both are watched 5 s without a call (idle CPU), then ``--rounds`` rounds of
+``--setups / --rounds`` calls through each, interleaved (A B, B A, A B, ...) so that the host's
+drift and the other load hit both alike (INVITE, 200, ACK, ``--hold-ms``, BYE; 10 at a time,
+50 per second at most). Measured: the signalling process's CPU (schedstat, nanoseconds, every
+thread of the main process: media workers are children) per call set-up, per round and side;
+reported as median, min and max per side, the extra of B's median over A's in percent, and
+B over A per round. Gateway B runs under bench/ha_cost_probe.py, which adds up the CPU its
+replication itself spends over the measured rounds (collecting and encoding changed calls,
+sealing their keys, the Redis pipeline, the marker check) and counts the writes; Redis' own
+CPU is reported beside it. With the default 20 ms calls most calls end within one replicate
+round and are never written; ``--hold-ms 500`` has every call written while it is up.
 
 By default each gateway reads keepalived's notify FIFO itself (``[ha] keepalived_fifo``, as
 deploy/ha/keepalived.conf has it; results in ``failover-<date>-fifo``). ``--notify cli`` runs
@@ -57,6 +65,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -227,12 +236,59 @@ class _Redis(ManagedProcess):
         return self
 
 
-def replication_cost(workdir: Path, setups: int) -> dict[str, Any]:
-    """CPU of the signalling process per call set-up, without and with Redis replication."""
+def _cpu_ns(pid: int) -> int:
+    """CPU time of ``pid``'s threads in nanoseconds (schedstat: no 10 ms clock ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
+def _probe(gw: GatewayProcess, out: Path, last: int) -> dict[str, Any]:
+    """Ask the probe wrapping ``gw`` (SIGUSR1) for its totals; wait for the new ones."""
+    os.kill(gw.pid, signal.SIGUSR1)
+
+    def fresh() -> bool:
+        with contextlib.suppress(OSError, ValueError):
+            return int(json.loads(out.read_text())["n"]) > last
+        return False
+
+    gw.wait_ready(fresh, timeout=10)
+    return dict(json.loads(out.read_text()))
+
+
+#: Seconds both gateways are watched with no call, for their idle CPU.
+IDLE = 5.0
+#: What bench/ha_cost_probe.py counts of the active's writes.
+COUNTS = ("rounds", "flushes", "encoded", "written", "deleted", "deleted_never_written")
+
+
+def _spread(values: Sequence[float]) -> dict[str, float | None]:
+    if not values:
+        return {"median": None, "min": None, "max": None}
+    return {
+        "median": round(statistics.median(values), 3),
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+    }
+
+
+def replication_cost(
+    workdir: Path, setups: int, rounds: int = 6, hold_ms: int = 20
+) -> dict[str, Any]:
+    """CPU of the signalling process per call set-up, without and with Redis replication.
+
+    After a warm-up through both, ``rounds`` rounds of ``setups // rounds`` set-ups through
+    each gateway, interleaved (A then B, then B then A, ...) so that drift in the host's load
+    hits both alike; each round gives a figure per side. Gateway B runs under
+    bench/ha_cost_probe.py, which adds up the CPU its replication spends (collect, encode,
+    seal, flush) over the measured rounds."""
     warm = max(5, setups // 4)
-    bench = Bench(workdir, limit=10, hold_ms=20)
+    per_round = max(1, setups // rounds)
+    bench = Bench(workdir, limit=10, hold_ms=hold_ms)
     try:
-        bench.bring_up(total_calls=2 * (setups + warm) + 10)
+        bench.bring_up(total_calls=2 * (rounds * per_round + warm) + 10)
         assert bench.gateway is not None and bench.kamailio is not None
         redis = bench.start(_Redis(workdir / "redis"))
         ha = ha_missing() is None
@@ -252,6 +308,14 @@ def replication_cost(workdir: Path, setups: int) -> dict[str, Any]:
             config=merge(UNLIMITED_POLICY, {"log": {"level": "info"}}, config),
         )
         gw_b = GatewayProcess(workdir / "gateway-b", layout, bench.pki)
+        probe_out = workdir / "gateway-b" / "probe.json"
+        probe = Path(__file__).resolve().parent / "ha_cost_probe.py"
+        gw_b.argv = [
+            sys.executable,
+            str(probe),
+            str(probe_out),
+            *gw_b.argv[3:],
+        ]  # after "-m gateway"
         gw_b.env = {"GATEWAY_STATE_KEY": os.urandom(32).hex()}
         bench.procs.append(gw_b)
         if ha:
@@ -264,11 +328,30 @@ def replication_cost(workdir: Path, setups: int) -> dict[str, Any]:
             gw_b.start()
         gw_b.wait_provider_up()
         targets = {"without_redis": bench.gateway, "with_redis": gw_b}
+        # Per measured round and side: CPU ms per call set-up (schedstat), and the totals.
+        per_round_ms: dict[str, list[float]] = {name: [] for name in targets}
+        ns = dict.fromkeys(targets, 0)
         ticks = dict.fromkeys(targets, 0)
         ok = dict.fromkeys(targets, 0)
-        redis_ticks = 0
-        for round_ in range(2):
-            for name, gw in targets.items():
+        redis_ns = 0
+        probe_before: dict[str, Any] = {}
+        order = list(targets)
+        # Idle CPU of each gateway (no call): what B's timers (writer rounds, marker, state
+        # keeper's heartbeat) cost per second whatever the call rate.
+        idle_before = {name: _cpu_ns(gw.pid) for name, gw in targets.items()}
+        idle_started = time.monotonic()
+        time.sleep(IDLE)
+        idle_took = time.monotonic() - idle_started
+        idle_ms_per_s = {
+            name: round((_cpu_ns(gw.pid) - idle_before[name]) / 1e6 / idle_took, 3)
+            for name, gw in targets.items()
+        }
+        seconds = dict.fromkeys(targets, 0.0)
+        for round_ in range(rounds + 1):  # round 0 warms both up (TLS, caches)
+            if round_ == 1:
+                probe_before = _probe(gw_b, probe_out, 0)
+            for name in order if round_ % 2 else reversed(order):
+                gw = targets[name]
                 uac = bench.start(
                     quiet(
                         Sipp(
@@ -279,38 +362,85 @@ def replication_cost(workdir: Path, setups: int) -> dict[str, Any]:
                             user="1001",
                             to_user="7000",
                             domain=gw.lan[0],
-                            calls=setups if round_ else warm,
+                            calls=per_round if round_ else warm,
                             rate=50.0,
                             limit=10,
                             timeout=120,
                             name=f"{name}-{round_}",
-                            params={"hold_ms": "20"},
+                            params={"hold_ms": str(hold_ms)},
                         )
                     )
                 )
-                before, r_before = _cpu_ticks(gw.pid), _cpu_ticks(redis.pid)
+                before, t_before, r_before = _cpu_ns(gw.pid), _cpu_ticks(gw.pid), _cpu_ns(redis.pid)
+                started = time.monotonic()
                 uac.wait_exit(timeout=300)
-                if round_:  # round 0 warms both up (TLS, caches); round 1 is measured
-                    ticks[name] += _cpu_ticks(gw.pid) - before
-                    ok[name] += uac.stats().successful
-                    if name == "with_redis":
-                        redis_ticks += _cpu_ticks(redis.pid) - r_before
+                took = time.monotonic() - started
+                if not round_:
+                    continue
+                spent = _cpu_ns(gw.pid) - before
+                done = uac.stats().successful
+                ns[name] += spent
+                seconds[name] += took
+                ticks[name] += _cpu_ticks(gw.pid) - t_before
+                ok[name] += done
+                if done:
+                    per_round_ms[name].append(spent / 1e6 / done)
+                if name == "with_redis":
+                    redis_ns += _cpu_ns(redis.pid) - r_before
+        probe_after = _probe(gw_b, probe_out, int(probe_before.get("n", 0)))
         per_call = {
-            name: round(ticks[name] / TICKS / ok[name] * 1000, 3) if ok[name] else None
-            for name in targets
+            name: round(ns[name] / 1e6 / ok[name], 3) if ok[name] else None for name in targets
         }
-        base, with_redis = per_call["without_redis"], per_call["with_redis"]
+        spread = {name: _spread(per_round_ms[name]) for name in targets}
+        base = spread["without_redis"]["median"]
+        with_redis = spread["with_redis"]["median"]
         extra = round((with_redis - base) / base * 100, 1) if base and with_redis else None
+        ratios = [
+            b / a
+            for a, b in zip(per_round_ms["without_redis"], per_round_ms["with_redis"], strict=True)
+        ]
+        calls_b = ok["with_redis"]
+        replication: dict[str, Any] = {
+            k: probe_after[k] - probe_before.get(k, 0) for k in probe_after if k != "n"
+        }
+        own = {
+            f"{k[:-2]}_ms_per_call": round(replication[k] * 1000 / calls_b, 4) if calls_b else None
+            for k in ("collect_s", "encode_s", "seal_s", "flush_s", "marker_s")
+        }
+        own_total = (
+            round((replication["collect_s"] + replication["flush_s"] + replication["marker_s"])
+                  * 1000 / calls_b, 4)
+            if calls_b else None
+        )  # fmt: skip
         return {
             "calls_measured": ok,
+            "rounds": rounds,
+            "setups_per_round": per_round,
+            "hold_ms": hold_ms,
             "signalling_cpu_ms_per_call": per_call,
+            "signalling_cpu_ms_per_call_per_round": {
+                name: [round(v, 3) for v in values] for name, values in per_round_ms.items()
+            },
+            "signalling_cpu_ms_per_call_spread": spread,
             "replication_extra_percent": extra,
-            "redis_cpu_ms_per_call": (
-                round(redis_ticks / TICKS / ok["with_redis"] * 1000, 3)
-                if ok["with_redis"]
-                else None
-            ),
+            "idle_cpu_ms_per_s": idle_ms_per_s,
+            "measured_seconds": {name: round(v, 1) for name, v in seconds.items()},
+            "with_over_without_per_round": _spread(ratios),
+            "replication_own_cpu": {
+                **own,
+                "total_ms_per_call": own_total,
+                "percent_of_setup": (
+                    round(own_total / with_redis * 100, 1) if own_total and with_redis else None
+                ),
+                "counts": {k: int(replication[k]) for k in COUNTS},
+            },
+            "signalling_cpu_ms_per_call_ticks": {
+                name: round(ticks[name] / TICKS / ok[name] * 1000, 3) if ok[name] else None
+                for name in targets
+            },
+            "redis_cpu_ms_per_call": (round(redis_ns / 1e6 / calls_b, 3) if calls_b else None),
             "ha_enabled_on_b": ha,
+            "cpu_clock": "schedstat (ns, all threads of the main process)",
             "clock_ticks_per_s": TICKS,
         }
     finally:
@@ -331,11 +461,20 @@ def table(drills: list[dict[str, Any]], cost: dict[str, Any] | None) -> str:
             f"{d['new_call_after_s']!s:>10} {leaks:>6}"
         )
     if cost is not None:
-        per = cost["signalling_cpu_ms_per_call"]
+        spread = cost["signalling_cpu_ms_per_call_spread"]
+        a, b = spread["without_redis"], spread["with_redis"]
+        own = cost["replication_own_cpu"]
         lines.append(
-            f"signalling CPU per call set-up: {per['without_redis']} ms without Redis, "
-            f"{per['with_redis']} ms with (+{cost['replication_extra_percent']} %); "
+            f"signalling CPU per call set-up, median (min-max) of {cost['rounds']} interleaved "
+            f"rounds: {a['median']} ({a['min']}-{a['max']}) ms without Redis, {b['median']} "
+            f"({b['min']}-{b['max']}) ms with (+{cost['replication_extra_percent']} %); "
             f"redis-server {cost['redis_cpu_ms_per_call']} ms"
+        )
+        lines.append(
+            f"replication's own CPU in the active: {own['total_ms_per_call']} ms per call "
+            f"({own['percent_of_setup']} % of a set-up): collect {own['collect_ms_per_call']} "
+            f"(encode {own['encode_ms_per_call']}, seal {own['seal_ms_per_call']}), flush "
+            f"{own['flush_ms_per_call']}, marker {own['marker_ms_per_call']}"
         )
     return "\n".join(lines)
 
@@ -344,6 +483,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=4, help="calls up per drill (1-8)")
     parser.add_argument("--setups", type=int, default=300, help="measured set-ups per gateway")
+    parser.add_argument(
+        "--rounds", type=int, default=6, help="interleaved measured rounds per gateway (cost)"
+    )
+    parser.add_argument(
+        "--hold-ms",
+        type=int,
+        default=20,
+        help="each measured call's length (cost); from 2 replicate intervals (400) on, every "
+        "call is written to Redis while up",
+    )
     parser.add_argument("--drills", nargs="*", choices=FAILURES, default=list(FAILURES))
     parser.add_argument("--smoke", action="store_true", help="2 calls, 20 set-ups (CI)")
     parser.add_argument(
@@ -369,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="keep the labs' files and logs here")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.calls, args.setups = 2, 20
+        args.calls, args.setups, args.rounds = 2, 20, 2
     if not 1 <= args.calls <= 8:
         parser.error("--calls must be 1 to 8")
     missing = missing_binaries()
@@ -387,7 +536,11 @@ def main(argv: list[str] | None = None) -> int:
             for failure in args.drills
         ]
         cost = (
-            None if args.no_replication else replication_cost(workdir / "replication", args.setups)
+            None
+            if args.no_replication
+            else replication_cost(
+                workdir / "replication", args.setups, max(1, args.rounds), args.hold_ms
+            )
         )
     finally:
         if args.workdir is None:
