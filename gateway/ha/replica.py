@@ -159,6 +159,10 @@ class CallWriter:
         """Move what the cores changed into the pending set (called from the loop)."""
         wall = time.time()
         for key, data in self._collect().items():
+            if data is None and key not in self.held and key not in self._pending:
+                # Never written (still ringing, or set up and ended within one round):
+                # nothing to delete, and no round trip nor message for the standby.
+                continue
             self._pending[key] = data
             self._waiting_since.setdefault(key, wall)
 
