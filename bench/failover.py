@@ -275,7 +275,11 @@ def _spread(values: Sequence[float]) -> dict[str, float | None]:
 
 
 def replication_cost(
-    workdir: Path, setups: int, rounds: int = 6, hold_ms: int = 20
+    workdir: Path,
+    setups: int,
+    rounds: int = 6,
+    hold_ms: int = 20,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     """CPU of the signalling process per call set-up, without and with Redis replication.
 
@@ -317,6 +321,8 @@ def replication_cost(
             *gw_b.argv[3:],
         ]  # after "-m gateway"
         gw_b.env = {"GATEWAY_STATE_KEY": os.urandom(32).hex()}
+        if profile is not None:  # cProfile of B over the measured rounds (a separate run)
+            gw_b.env["HA_COST_PROFILE"] = str(profile.resolve())
         bench.procs.append(gw_b)
         if ha:
             ManagedProcess.start(gw_b)
@@ -467,7 +473,7 @@ def table(drills: list[dict[str, Any]], cost: dict[str, Any] | None) -> str:
         lines.append(
             f"signalling CPU per call set-up, median (min-max) of {cost['rounds']} interleaved "
             f"rounds: {a['median']} ({a['min']}-{a['max']}) ms without Redis, {b['median']} "
-            f"({b['min']}-{b['max']}) ms with (+{cost['replication_extra_percent']} %); "
+            f"({b['min']}-{b['max']}) ms with ({cost['replication_extra_percent']} % more); "
             f"redis-server {cost['redis_cpu_ms_per_call']} ms"
         )
         lines.append(
@@ -492,6 +498,12 @@ def main(argv: list[str] | None = None) -> int:
         default=20,
         help="each measured call's length (cost); from 2 replicate intervals (400) on, every "
         "call is written to Redis while up",
+    )
+    parser.add_argument(
+        "--profile-active",
+        type=Path,
+        help="cProfile stats of gateway B over the measured rounds to this file (its CPU "
+        "figures are then the profiler's, not the gateway's)",
     )
     parser.add_argument("--drills", nargs="*", choices=FAILURES, default=list(FAILURES))
     parser.add_argument("--smoke", action="store_true", help="2 calls, 20 set-ups (CI)")
@@ -539,7 +551,11 @@ def main(argv: list[str] | None = None) -> int:
             None
             if args.no_replication
             else replication_cost(
-                workdir / "replication", args.setups, max(1, args.rounds), args.hold_ms
+                workdir / "replication",
+                args.setups,
+                max(1, args.rounds),
+                args.hold_ms,
+                args.profile_active,
             )
         )
     finally:

@@ -16,12 +16,15 @@ active's replication and adds up the thread CPU time (``time.thread_time``) each
 
 It also counts what was written: rounds, calls HSET, keys HDEL'd (and of those, keys that had
 never been written). On SIGUSR1 it writes the totals to OUT.json (atomically, with a running
-``n``), so the bench reads them before and after the rounds it measures. The wrapping costs a
-few ``thread_time`` calls per round and per call: microseconds against milliseconds a call.
+``n``), so the bench reads them before and after the rounds it measures (with
+``HA_COST_PROFILE=FILE`` in its environment it also runs cProfile over those rounds). The
+wrapping costs a few ``thread_time`` calls per round and per call: microseconds against
+milliseconds a call.
 """
 
 from __future__ import annotations
 
+import cProfile
 import functools
 import json
 import os
@@ -137,9 +140,20 @@ def main() -> int:
     out = Path(sys.argv[1])
     written = 0
 
+    # HA_COST_PROFILE=FILE: cProfile of the whole process between the first SIGUSR1 and the
+    # next (the measured rounds), its stats written to FILE (slows the process: a separate run).
+    profile_to = os.environ.get("HA_COST_PROFILE")
+    profiler = cProfile.Profile() if profile_to else None
+
     def dump(_signo: int, _frame: Any) -> None:
         nonlocal written
         written += 1
+        if profiler is not None and profile_to:
+            if written == 1:
+                profiler.enable()
+            else:
+                profiler.disable()
+                profiler.dump_stats(profile_to)
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps({"n": written, **TOTALS}))
         os.replace(tmp, out)
