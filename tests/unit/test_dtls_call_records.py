@@ -23,7 +23,7 @@ GCM = "AEAD_AES_128_GCM"
 
 def dtls_call() -> CallMedia:
     policy = MediaPolicy(
-        lan_address="10.0.0.1",
+        lan_address="192.0.2.1",
         wan_address="203.0.113.1",
         keying=("dtls",),
         dtls_fingerprint=lambda: OUR_FP,
@@ -51,7 +51,7 @@ def test_the_handshakes_suite_becomes_the_calls() -> None:
 
 
 def test_sdes_calls_say_sdes() -> None:
-    policy = MediaPolicy(lan_address="10.0.0.1", wan_address="203.0.113.1")
+    policy = MediaPolicy(lan_address="192.0.2.1", wan_address="203.0.113.1")
     call = CallMedia("c", policy, PortAllocator(10000, 10099), PortAllocator(20000, 20099))
     assert call.keying is None
     call.offer_from_wan(offer("RTP/SAVP", f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY[:40]}"))

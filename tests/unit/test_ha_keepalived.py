@@ -9,7 +9,7 @@ def test_parse_group_and_instance_lines() -> None:
     assert parse_line('GROUP "GATEWAY" MASTER 0') == NotifyLine("GROUP", "GATEWAY", "MASTER")
     assert parse_line('INSTANCE "VI_LAN" BACKUP 100') == NotifyLine("INSTANCE", "VI_LAN", "BACKUP")
     assert parse_line("GROUP GATEWAY MASTER 0") is None  # keepalived quotes its names
-    assert parse_line('VS "10.0.0.1:80" UP') is None
+    assert parse_line('VS "192.0.2.1:80" UP') is None
     assert parse_line("") is None
 
 

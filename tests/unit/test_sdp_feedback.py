@@ -64,7 +64,7 @@ def test_feedback_offer_reaches_the_phone_as_avp(
     proto: str, keying_line: str, keying: tuple[str, ...]
 ) -> None:
     policy = MediaPolicy(
-        lan_address="10.0.0.1",
+        lan_address="192.0.2.1",
         wan_address="203.0.113.1",
         keying=keying,
         dtls_fingerprint=lambda: OUR_FP,
@@ -86,7 +86,7 @@ def test_feedback_offer_reaches_the_phone_as_avp(
 
 def test_a_phone_that_offers_avpf_keeps_it() -> None:
     """Only offers from the WAN are narrowed: a phone that offers RTP/AVPF itself knows it."""
-    policy = MediaPolicy(lan_address="10.0.0.1", wan_address="203.0.113.1")
+    policy = MediaPolicy(lan_address="192.0.2.1", wan_address="203.0.113.1")
     call = CallMedia("c", policy, PortAllocator(10000, 10099), PortAllocator(20000, 20099))
     phone_offer = PHONE_ANSWER.replace(b"RTP/AVP", b"RTP/AVPF") + b"a=rtcp-fb:0 nack\r\n"
     out = call.offer_from_lan(phone_offer).decode()
