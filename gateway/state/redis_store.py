@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 
 from gateway.config import StateSettings
 from gateway.state.local import LocalStateStore
+from gateway.state.tasks import stop_tasks
 
 __all__ = [
     "BANS_CHANNEL",
@@ -164,6 +165,7 @@ class RedisStateStore:
         self._fetched: dict[str, StoredDocument] = {}
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         #: Status: Unix time of the last write that reached Redis, and seq per kind stored.
         self.last_write: float | None = None
         self.stored: dict[str, int] = {}
@@ -209,14 +211,15 @@ class RedisStateStore:
 
     def start(self) -> None:
         self._wake = asyncio.Event()
+        self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
         """Write what is pending once more (bounded by the timeout), then stop."""
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            task, self._task = self._task, None
+            await stop_tasks([task], "the state store's Redis writer")
         if self._dirty and self.link.up:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 await asyncio.wait_for(self._write(set(self._dirty)), self.link.timeout)
@@ -224,7 +227,7 @@ class RedisStateStore:
     async def _run(self) -> None:
         assert self._wake is not None
         pause = _BACKOFF_FIRST
-        while True:
+        while not self._stopping:
             try:
                 if not self.link.up:
                     await self.link.client.ping()

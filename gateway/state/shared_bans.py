@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from gateway.policy.bans import PersistedBan, SharedBan
 from gateway.state.redis_store import BANS_CHANNEL, SHARED_BANS, RedisLink
+from gateway.state.tasks import stop_tasks
 
 __all__ = ["BanMessage", "BanShareTracker", "SharedBans"]
 
@@ -153,6 +154,7 @@ class SharedBans:
         wall: Callable[[], float],
     ) -> None:
         self.link = link
+        self._stopping = False
         self.tracker = BanShareTracker(link.site)
         self._export = export
         self._apply = apply
@@ -187,11 +189,9 @@ class SharedBans:
             self._wake.set()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._stopping = True
+        tasks, self._tasks = self._tasks, []
+        await stop_tasks(tasks, "the shared ban list's Redis tasks")
 
     # ------------------------------------------------------------- publishing
 
@@ -199,7 +199,7 @@ class SharedBans:
         assert self._wake is not None
         loop = asyncio.get_running_loop()
         next_resync = 0.0
-        while True:
+        while not self._stopping:
             try:
                 if self._resync_due or loop.time() >= next_resync:
                     await self._resync()
@@ -270,7 +270,7 @@ class SharedBans:
 
     async def _subscriber(self) -> None:
         pause = 0.5
-        while True:
+        while not self._stopping:
             pubsub = self.link.client.pubsub()
             try:
                 await pubsub.subscribe(BANS_CHANNEL)
@@ -278,7 +278,7 @@ class SharedBans:
                 self._resync_due = True
                 self.poke()
                 pause = 0.5
-                while True:
+                while not self._stopping:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None:
                         self._receive(message)
