@@ -30,6 +30,7 @@ import msgspec
 from redis.exceptions import RedisError
 
 from gateway.state.redis_store import PREFIX, RedisLink
+from gateway.state.tasks import stop_tasks
 
 __all__ = [
     "ActiveMarker",
@@ -145,10 +146,8 @@ class CallWriter:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            task, self._task = self._task, None
+            await stop_tasks([task], "HA: the replica writer")
 
     def note_gone(self, key: str) -> None:
         """``key`` leaves the replica at the next write (a call not taken over)."""
